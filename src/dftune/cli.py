@@ -1,0 +1,71 @@
+"""The ``dftune`` command: one subcommand per stage, no logic here.
+
+Each subcommand lives in ``dftune/commands/<name>.py`` and exposes
+``register(subparsers)`` (adds its parser, options with their defaults) and
+``run(args) -> int``. Heavy imports (torch, transformers) happen inside ``run`` so
+``dftune --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Pipeline order; the help lists them in this order.
+COMMANDS = ["prepare", "train", "evaluate", "predict", "export", "demo", "synth"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default and keeps the descriptions' line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dftune import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="dftune",
+        description="FaceForensics++ videos to a fine-tuned, evaluated, submission-ready deepfake detector.\n"
+        "Stages: prepare -> train -> evaluate -> predict -> export; `dftune demo` runs them all on data it makes.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"dftune {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"dftune.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"dftune.commands.{name}":
+                continue  # stage not built in this version
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted; completed work is kept, run the same command again to continue", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
+        # user-facing errors (bad paths, bad manifests, ambiguous labels) carry their own message
+        if args.verbose >= 2:
+            raise
+        print(f"dftune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

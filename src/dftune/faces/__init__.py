@@ -1,0 +1,1 @@
+"""Face components: box geometry (pure), detectors (one protocol), video frame sampling."""

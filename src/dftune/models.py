@@ -1,0 +1,73 @@
+"""Loading Hugging Face image classifiers, and the small ones dftune builds itself.
+
+``load_classifier`` takes a local folder or a hub id (the hub works for users who
+are online; dftune never needs it in its tests or demo). ``build_tiny_vit`` makes
+a small randomly initialised ViT from a config, saved like any hub model, for the
+tests and the demo.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = None, **kwargs):
+    """Return ``(model, image_processor)`` for any ``AutoModelForImageClassification``.
+
+    Errors name the model and say what is wrong (missing folder, no weights, offline).
+    """
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    src = str(name_or_path)
+    if os.path.sep in src or src.startswith("."):
+        if not Path(src).exists():
+            raise FileNotFoundError(f"{src}: model folder does not exist")
+        if not (Path(src) / "config.json").exists():
+            raise FileNotFoundError(f"{src}: not a Hugging Face model folder (no config.json)")
+    try:
+        model = AutoModelForImageClassification.from_pretrained(src, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(src)
+    except OSError as e:
+        raise OSError(f"{src}: could not load the model ({e}). A hub id needs network access; "
+                      f"a local folder needs config.json, weights and preprocessor_config.json") from e
+    return model, processor
+
+
+def processor_stats(processor) -> dict:
+    """Mean, std and input size of an image processor, for on-device normalisation."""
+    mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
+    std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
+    size = getattr(processor, "size", None) or {}
+    if isinstance(size, dict):
+        h = size.get("height") or size.get("shortest_edge") or 224
+        w = size.get("width") or size.get("shortest_edge") or h
+    else:
+        h = w = int(size)
+    return {"mean": mean, "std": std, "height": int(h), "width": int(w),
+            "do_normalize": bool(getattr(processor, "do_normalize", True)),
+            "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255))}
+
+
+def build_tiny_vit(out_dir: str | os.PathLike, id2label: dict | None = None, image_size: int = 32,
+                   patch_size: int = 8, hidden_size: int = 32, layers: int = 2, heads: int = 2,
+                   seed: int = 0) -> Path:
+    """Save a small random ViT image classifier and its processor to ``out_dir``."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    id2label = id2label or {0: "Realism", 1: "Deepfake"}
+    id2label = {int(k): v for k, v in id2label.items()}
+    cfg = ViTConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, intermediate_size=hidden_size * 2, num_labels=len(id2label),
+        id2label=id2label, label2id={v: k for k, v in id2label.items()},
+    )
+    torch.manual_seed(seed)
+    model = ViTForImageClassification(cfg)
+    proc = ViTImageProcessor(size={"height": image_size, "width": image_size},
+                             image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
