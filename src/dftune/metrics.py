@@ -1,0 +1,195 @@
+"""Frame- and video-level metrics for a real/fake classifier: pure numpy/sklearn.
+
+Every function takes dftune's convention: ``y_true`` 0 = real, 1 = fake, and
+``prob_fake`` the model's probability of "fake" (already mapped through the
+model's label map). A video-level result is an aggregate of its frames' rows
+(:func:`video_aggregate`), then the same :func:`binary_metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+AGGREGATES = ("mean", "median", "max", "topk")
+_EPS = 1e-7
+
+
+def _arrays(y_true, prob_fake) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    p = np.asarray(prob_fake, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"y_true has {y.size} values but prob_fake has {p.size}")
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold only 0 (real) and 1 (fake)")
+    return y, p
+
+
+def log_loss(y_true, prob_fake) -> float:
+    """Mean binary cross-entropy (natural log) of ``prob_fake`` against ``y_true``."""
+    y, p = _arrays(y_true, prob_fake)
+    if not y.size:
+        return float("nan")
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def roc_auc(y_true, prob_fake) -> float:
+    """ROC AUC; NaN when only one class is present (AUC is undefined there)."""
+    y, p = _arrays(y_true, prob_fake)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, p))
+
+
+def macro_f1(y_true, y_pred) -> float:
+    """Mean of the real-class and fake-class F1, as sklearn's ``f1_score(average="macro")``.
+
+    A class absent from both truth and prediction is left out of the mean.
+    """
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    yp = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    f1s = []
+    for c in (0, 1):
+        tp = np.sum((yp == c) & (y == c))
+        fp = np.sum((yp == c) & (y != c))
+        fn = np.sum((yp != c) & (y == c))
+        if tp + fp + fn == 0:
+            continue  # class absent in truth and prediction: no information either way
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
+def confusion(y_true, y_pred) -> dict:
+    """Counts with fake as the positive class: tp, fp, tn, fn."""
+    y = np.asarray(y_true, dtype=np.int64).reshape(-1)
+    yp = np.asarray(y_pred, dtype=np.int64).reshape(-1)
+    return {
+        "tp": int(np.sum((yp == 1) & (y == 1))),
+        "fp": int(np.sum((yp == 1) & (y == 0))),
+        "tn": int(np.sum((yp == 0) & (y == 0))),
+        "fn": int(np.sum((yp == 0) & (y == 1))),
+    }
+
+
+def binary_metrics(y_true, prob_fake, threshold: float = 0.5, loss: float | None = None) -> dict:
+    """Accuracy, macro F1, ROC AUC (and log loss) at ``threshold`` (fake when prob >= threshold).
+
+    ``loss``: pass the training criterion's own loss to report it; when None the
+    binary log loss of ``prob_fake`` is computed. Returned keys: n, n_real, n_fake,
+    threshold, accuracy, macro_f1, auc, loss, balanced_accuracy, tpr (fake recall),
+    tnr (real recall), tp, fp, tn, fn.
+    """
+    y, p = _arrays(y_true, prob_fake)
+    pred = (p >= threshold).astype(np.int64)
+    c = confusion(y, pred)
+    n_fake, n_real = int(y.sum()), int(y.size - y.sum())
+    tpr = c["tp"] / n_fake if n_fake else float("nan")
+    tnr = c["tn"] / n_real if n_real else float("nan")
+    recalls = [r for r in (tpr, tnr) if not np.isnan(r)]
+    return {
+        "n": int(y.size),
+        "n_real": n_real,
+        "n_fake": n_fake,
+        "threshold": float(threshold),
+        "accuracy": float(np.mean(pred == y)) if y.size else float("nan"),
+        "macro_f1": macro_f1(y, pred),
+        "auc": roc_auc(y, p),
+        "loss": float(loss) if loss is not None else log_loss(y, p),
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        "tpr": float(tpr),
+        "tnr": float(tnr),
+        **c,
+    }
+
+
+def video_aggregate(video_keys: Sequence, probs, labels, how: str = "mean", k: int = 3):
+    """Pool frame rows into one row per video.
+
+    ``how``: "mean" (the guide's), "median", "max", or "topk" (mean of the ``k``
+    highest fake probabilities). A video's label is its rows' label; rows of one
+    video with different labels are an error. Returns ``(keys, probs, labels)``
+    as arrays sorted by key.
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
+    keys = np.asarray([str(v) for v in video_keys])
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if not (keys.size == p.size == y.size):
+        raise ValueError(f"video_keys ({keys.size}), probs ({p.size}) and labels ({y.size}) differ in length")
+    if keys.size == 0:
+        return keys, p, y
+    order = np.argsort(keys, kind="stable")
+    keys, p, y = keys[order], p[order], y[order]
+    uniq, starts = np.unique(keys, return_index=True)
+    ends = np.append(starts[1:], keys.size)
+    out_p = np.empty(uniq.size)
+    out_y = np.empty(uniq.size, dtype=np.int64)
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        yy = y[s:e]
+        if yy.min() != yy.max():
+            raise ValueError(f"video {uniq[i]!r} has rows labelled both real and fake")
+        out_y[i] = yy[0]
+        pp = p[s:e]
+        if how == "mean":
+            out_p[i] = pp.mean()
+        elif how == "median":
+            out_p[i] = np.median(pp)
+        elif how == "max":
+            out_p[i] = pp.max()
+        else:
+            out_p[i] = np.sort(pp)[-max(1, min(k, pp.size)):].mean()
+    return uniq, out_p, out_y
+
+
+def best_threshold(y_true, prob_fake) -> tuple[float, float]:
+    """The threshold that maximises macro F1 on these rows: ``(threshold, macro_f1)``.
+
+    Candidates are midpoints between consecutive distinct probabilities (plus the
+    ends), so the chosen threshold generalises a little better than a score itself.
+    Ties are broken toward the threshold closest to 0.5. With one class only,
+    returns (0.5, macro F1 at 0.5).
+    """
+    y, p = _arrays(y_true, prob_fake)
+    if y.size == 0:
+        return 0.5, float("nan")
+    if y.min() == y.max():
+        return 0.5, macro_f1(y, (p >= 0.5).astype(np.int64))
+    u = np.unique(p)
+    cands = np.concatenate([[u[0] - 1e-6], (u[:-1] + u[1:]) / 2, [u[-1] + 1e-6]])
+    cands = np.clip(cands, 0.0, 1.0)
+    # vectorised: predictions for every candidate at once (rows x candidates) for moderate n;
+    # sorted cumulative counts keep it O(n log n) for any n.
+    order = np.argsort(p)
+    ps, ys = p[order], y[order]
+    n_fake = ys.sum()
+    n_real = ys.size - n_fake
+    # number of rows with p < t, and fakes among them, for each candidate t
+    below = np.searchsorted(ps, cands, side="left")
+    fake_below = np.concatenate([[0], np.cumsum(ys)])[below]
+    real_below = below - fake_below
+    tp = n_fake - fake_below  # fakes predicted fake (p >= t)
+    fn = fake_below
+    tn = real_below
+    fp = n_real - real_below
+    f1_fake = np.where(2 * tp + fp + fn > 0, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+    f1_real = np.where(2 * tn + fn + fp > 0, 2 * tn / np.maximum(2 * tn + fn + fp, 1), 0.0)
+    f1 = (f1_fake + f1_real) / 2
+    best = f1.max()
+    tied = np.flatnonzero(np.isclose(f1, best, rtol=0, atol=1e-12))
+    i = tied[np.argmin(np.abs(cands[tied] - 0.5))]
+    return float(cands[i]), float(f1[i])
+
+
+def summarize(y_true, prob_fake, video_keys: Iterable | None = None, threshold: float = 0.5,
+              how: str = "mean", loss: float | None = None) -> dict:
+    """Frame-level and (when ``video_keys`` is given) video-level metrics in one dict."""
+    out = {"frame": binary_metrics(y_true, prob_fake, threshold, loss=loss)}
+    if video_keys is not None:
+        _, vp, vy = video_aggregate(list(video_keys), prob_fake, y_true, how=how)
+        out["video"] = binary_metrics(vy, vp, threshold)
+    return out
