@@ -1,0 +1,107 @@
+"""``dftune predict``: images and videos -> a submission-style CSV (one row per file)."""
+
+from __future__ import annotations
+
+from dftune.commands import add_parser
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "predict", "label images and videos with one or several models (TTA, ensemble) into a CSV",
+        description="Label images and videos with one or several models into a CSV, one row per file.\n"
+        "Faces are found and cropped as in the model's training data (its dftune.json); a video's sampled\n"
+        "frames are pooled; the label uses the model's threshold (set by `dftune evaluate --write-threshold`).\n"
+        "Example: dftune predict test_images/ test_videos/ --model runs/ft/best_model --out submission.csv",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image/video files or folders (searched recursively for jpg jpeg png bmp webp "
+                        "mp4 avi mov mkv webm)")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
+                   help="model folder (HF format, with dftune.json); repeat for an ensemble")
+    p.add_argument("--weight", action="append", type=float, metavar="W",
+                   help="ensemble weight of each --model, in the same order (default: equal)")
+    p.add_argument("--fake-label", default=None,
+                   help="name (or index) of the fake class for models whose labels do not say")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"],
+                   help="torch: the HF weights; int8 / onnx: the files `dftune export --int8/--onnx` wrote")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per forward pass")
+    p.add_argument("--tta", default="flip",
+                   help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none")
+    g = p.add_argument_group("face crop and video sampling (default: the model's dftune.json)")
+    g.add_argument("--detector", default=None, choices=["dlib", "retinaface", "none"],
+                   help="face detector; none = the whole image as it is (like transformers' pipeline)")
+    g.add_argument("--margin", type=float, default=None, help="crop side = margin x the face box side")
+    g.add_argument("--size", type=int, default=None, help="crop size in pixels")
+    g.add_argument("--frames", type=int, default=None, help="frames sampled evenly from each video")
+    g.add_argument("--every", type=int, default=None, help="sample every k-th frame instead (0: use --frames)")
+    g.add_argument("--aggregate", default=None,
+                   help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
+    g.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
+    d = p.add_argument_group("decision and CSV format")
+    d.add_argument("--threshold", type=float, default=None,
+                   help="fake when prob_fake >= this (default: the model's; an ensemble's: weighted mean)")
+    d.add_argument("--filename-style", default="relative", choices=["relative", "name", "stem", "path"],
+                   help="what the filename column shows: path relative to the folder given, name, stem, full path")
+    d.add_argument("--filename-column", default="filename", help="header of the file name column")
+    d.add_argument("--label-column", default="label", help="header of the label column")
+    d.add_argument("--prob-column", default="prob_fake", help="header of the probability column ('' to omit it)")
+    d.add_argument("--label-words", default="0,1", help="REAL,FAKE: what the label column says, e.g. real,fake")
+    d.add_argument("--error-label", default="real", choices=["real", "fake"],
+                   help="label given to a file that cannot be read")
+    d.add_argument("--no-extra-columns", action="store_true",
+                   help="write only filename, label (and prob) columns: no faces_found/frames/error")
+    d.add_argument("--per-model", action="store_true", help="add each ensemble member's prob_fake column")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dftune import inference
+    from dftune import predict as P
+
+    words = [w.strip() for w in args.label_words.split(",")]
+    if len(words) != 2 or not all(words):
+        raise ValueError(f"--label-words {args.label_words!r}: give two words, REAL,FAKE (e.g. 0,1 or real,fake)")
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be at least 1")
+    tta = inference.parse_tta(args.tta)
+    items = P.collect_inputs(args.inputs, args.filename_style)
+    if not items:
+        raise FileNotFoundError(f"no image or video files in {', '.join(args.inputs)}")
+    models = inference.load_models(args.model, args.fake_label, args.device, args.backend, args.weight)
+    s = P.PredictSettings(
+        tta=tta, batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
+        detector=args.detector, margin=args.margin, size=args.size, frames=args.frames, every=args.every,
+        error_label=1 if args.error_label == "fake" else 0, progress=not args.no_progress,
+    )
+    results = P.predict_files(models, items, s)
+    fmt = P.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
+                      not args.no_extra_columns, args.per_model)
+    P.write_csv(args.out, results, fmt, [m.name for m in models])
+
+    crop = P.crop_settings(models, s)
+    thr = s.threshold if s.threshold is not None else inference.ensemble_threshold(models)
+    sm = P.summary(results)
+    con = Console(stderr=True)
+    t = Table(title=f"dftune predict -> {args.out}", show_header=False)
+    t.add_row("models", ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models))
+    t.add_row("device / backend", f"{models[0].device} / {args.backend}")
+    t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
+              f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
+    t.add_row("TTA", ", ".join(tta) or "none")
+    t.add_row("threshold", f"{thr:.4f}")
+    t.add_row("files", f"{sm['files']} ({sm['images']} images, {sm['videos']} videos)")
+    t.add_row("predicted", f"{sm['predicted_fake']} fake, {sm['predicted_real']} real")
+    if crop.detector != "none":
+        t.add_row("no face found (whole image used)", str(sm["no_face"]))
+    t.add_row("errors (default label)", f"{sm['errors']}" + (f" -> {args.error_label}" if sm["errors"] else ""))
+    con.print(t)
+    for r in results:
+        if r.error:
+            con.print(f"[yellow]error[/yellow] {r.name}: {r.error}")
+    return 0
