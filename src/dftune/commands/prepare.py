@@ -1,0 +1,140 @@
+"""``dftune prepare``: FF++ (or real/fake folders) to face crops + manifest."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from dftune.commands import add_parser
+
+DESCRIPTION = """\
+Index FaceForensics++ (or a folder of real/ and fake/ videos and images), sample frames,
+detect the largest face, crop it with the guide's geometry (side = max(w, h) x margin,
+clipped to the frame), resize bicubic and save JPEG q95, with FF++'s official
+identity-disjoint splits. Writes OUT/{train,val,test}/{real,fake}/*.jpg,
+OUT/manifest.csv and OUT/summary.json. Re-running the same command resumes.
+
+examples:
+  dftune prepare /data/FaceForensics++ --out data/ffpp-c23
+  dftune prepare /data/FaceForensics++ --out data/ffpp-c23 --detector retinaface --workers 16
+  dftune prepare /data/FaceForensics++ --out data/ffpp --shard 1/4   # ... then 2/4, 3/4, 4/4
+  dftune prepare /data/FaceForensics++ --out data/ffpp --merge       # manifest from all shards
+  dftune prepare my_data/ --source folders --split random --out data/mine
+"""
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes K/N such as 1/4, got {text!r}") from None
+    return k, n
+
+
+def _ratios(text: str) -> tuple[float, float, float]:
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ValueError(f"--ratios takes three non-negative numbers train,val,test, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def register(sub) -> None:
+    from dftune.faces.detectors import REGISTRY
+    from dftune.sources import SOURCES
+    from dftune.sources.ffpp import COMPRESSIONS, DEFAULT_METHODS, OPTIONAL_METHODS
+
+    p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION)
+    p.add_argument("root", help="FF++ root (holding original_sequences/ and manipulated_sequences/) "
+                                "or, with --source folders, a folder with real/ and fake/")
+    p.add_argument("--out", required=True, help="output folder for crops, manifest.csv and summary.json")
+    p.add_argument("--source", choices=SOURCES, default="ffpp", help="input layout")
+    p.add_argument("--split", choices=("official", "random"), default="official",
+                   help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
+    p.add_argument("--splits", default=None, metavar="DIR",
+                   help="folder with train.json/val.json/test.json in FF++'s format "
+                        "(default: the official ones shipped with dftune)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --split random")
+    p.add_argument("--ratios", type=_ratios, default=(0.72, 0.14, 0.14), metavar="T,V,T",
+                   help="train,val,test fractions of identity groups for --split random (FF++'s official shares)")
+    p.add_argument("--compression", choices=COMPRESSIONS, default="c23", help="FF++ compression folder to read")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+                   help=f"manipulation methods to read (also: {', '.join(OPTIONAL_METHODS)})")
+    p.add_argument("--actors", action="store_true", help="also read original_sequences/actors (DeepFakeDetection reals)")
+    p.add_argument("--frames", type=int, default=10, help="frames per video, evenly spaced: linspace(0, n-1, frames)")
+    p.add_argument("--every", type=int, default=0, metavar="K",
+                   help="take every K-th frame instead of --frames evenly spaced (0 = off)")
+    p.add_argument("--size", type=int, default=224, help="crop side in pixels after bicubic resize")
+    p.add_argument("--margin", type=float, default=1.3, help="crop side = max(face w, h) x margin")
+    p.add_argument("--detector", choices=sorted(REGISTRY), default="dlib",
+                   help="face detector: dlib = HOG exactly as the guide/baseline (width 640, upsample 1); "
+                        "retinaface = RetinaFace-mobilenet on onnxruntime, several times faster, 5 landmarks")
+    p.add_argument("--landmarks", action="store_true",
+                   help="record facial landmarks in the manifest (retinaface: 5 points; dlib: 68 points, "
+                        "needs face-recognition-models) for self-blended training images")
+    p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--decode-threads", type=int, default=0,
+                   help="FFmpeg decoding threads per worker (0: 1 when --workers > 1, else automatic)")
+    p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="process only share K of N (stable by video name); merge with --merge when all are done")
+    p.add_argument("--merge", action="store_true",
+                   help="process nothing: rebuild manifest.csv and summary.json from all work in --out (after shards)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dftune.prepare import PrepareConfig
+    from dftune.prepare import run as prepare
+
+    cfg = PrepareConfig(
+        root=args.root, out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,
+        ratios=tuple(args.ratios), compression=args.compression, methods=tuple(args.methods), actors=args.actors,
+        frames=args.frames, every=args.every, size=args.size, margin=args.margin, detector=args.detector,
+        landmarks=args.landmarks, quality=args.quality, workers=args.workers, decode_threads=args.decode_threads,
+        shard=args.shard, merge_only=args.merge, progress=not args.no_progress,
+    )
+    try:
+        summary = prepare(cfg)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished videos are kept in", cfg.out, "- run the same command to continue",
+              file=sys.stderr)
+        return 130
+    print_summary(summary)
+    if summary["crops"]["total"] == 0 and not args.shard:
+        print(f"dftune prepare: error: no face crop was produced; see {cfg.out}/summary.json", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    v = s["videos"]
+    t = Table(title=f"prepare: {s['out']}", show_lines=False)
+    for col in ("split", "real crops", "fake crops", "videos", "by method"):
+        t.add_column(col, justify="right" if col != "by method" and col != "split" else "left")
+    for split in ("train", "val", "test"):
+        c = s["crops"]["by_split"].get(split)
+        if not c:
+            continue
+        methods = ", ".join(f"{m} {n}" for m, n in sorted(c["methods"].items()))
+        t.add_row(split, str(c["real"]), str(c["fake"]), str(c["videos"]), methods)
+    console.print(t)
+    run = s["this_run"]
+    console.print(
+        f"videos: {v['done']} done, {v['failed']} failed, {v['pending']} pending, {v['excluded']} excluded, "
+        f"{v['with_no_face']} with no face | frames: {s['frames']['sampled']} sampled, "
+        f"{s['frames']['no_face']} without a face | this run: {run['todo']} processed, "
+        f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
+    )
+    for f in s["failures"][:5]:
+        console.print(f"[red]failed[/red] {f['error']}", highlight=False)
+    if len(s["failures"]) > 5:
+        console.print(f"... {len(s['failures']) - 5} more failures in summary.json")
+    if v["pending"]:
+        console.print(f"{v['pending']} videos still to do (other shards, or an interrupted run): "
+                      f"run again, or `--merge` once all shards are done")
+    console.print(f"manifest: {s['out']}/manifest.csv   summary: {s['out']}/summary.json")

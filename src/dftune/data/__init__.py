@@ -1,0 +1,1 @@
+"""Package data: FF++ official split files (see README.md here)."""

@@ -1,0 +1,351 @@
+"""Stage ``prepare``: videos and images to face crops plus a manifest.
+
+Flow: index the source -> assign identity-safe splits -> (this shard's share) -> for
+each video not already complete, in worker processes: sample frames, detect faces,
+crop with the guide's geometry, write JPEGs and a per-video *part* file -> merge all
+parts into ``OUT/manifest.csv`` and ``OUT/summary.json``.
+
+Resumability comes from the part files: a video is complete when its part
+(``OUT/.parts/<method>/<video_id>.json``) exists; crops and parts are written
+atomically, so a killed run redoes at most the videos that were in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from dftune.faces.geometry import crop_square, guide_square, points_to_crop
+from dftune.io import read_json, write_bytes, write_json
+from dftune.manifest import Row, counts, write_manifest
+from dftune.sources import Item, SourceError, get_indexer
+from dftune.sources.ffpp import DEFAULT_METHODS, load_split_files
+from dftune.sources.splits import assign_official, assign_random
+
+log = logging.getLogger(__name__)
+
+PARTS = ".parts"
+# settings that change the crops or where they go; a re-run must match them
+_CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
+              "detector", "landmarks", "quality")
+
+
+@dataclass
+class PrepareConfig:
+    root: Path
+    out: Path
+    source: str = "ffpp"
+    splits: str | None = None  # folder with train/val/test.json; None = FF++'s official (shipped)
+    split: str = "official"  # official | random
+    seed: int = 0
+    ratios: tuple[float, float, float] = (0.72, 0.14, 0.14)
+    compression: str = "c23"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    actors: bool = False
+    frames: int = 10
+    every: int = 0
+    size: int = 224
+    margin: float = 1.3
+    detector: str = "dlib"
+    landmarks: bool = False
+    quality: int = 95
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    decode_threads: int = 0  # 0: 1 thread per worker when workers > 1, FFmpeg's choice otherwise
+    shard: tuple[int, int] | None = None  # (K, N), K in 1..N
+    merge_only: bool = False
+    progress: bool = True
+
+    def crop_settings(self) -> dict:
+        d = {k: getattr(self, k) for k in _CROP_KEYS}
+        d["ratios"] = list(self.ratios) if self.split == "random" else None
+        d["seed"] = self.seed if self.split == "random" else None
+        d["splits"] = str(self.splits) if self.splits else None
+        return d
+
+
+# ---------------------------------------------------------------- indexing and splits
+
+def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[dict]]:
+    """All items of the source with their split set; also the excluded ones with reasons."""
+    indexer = get_indexer(cfg.source)
+    items = indexer(cfg.root, compression=cfg.compression, methods=cfg.methods, actors=cfg.actors,
+                    warnings=warnings)
+    if cfg.split == "random":
+        return assign_random(items, cfg.seed, cfg.ratios), []
+    if cfg.split != "official":
+        raise SourceError(f"--split must be official or random, got {cfg.split!r}")
+    if cfg.source == "folders" and not cfg.splits and not all(it.preset_split for it in items):
+        raise SourceError(f"{cfg.root}: a folders source has no FF++ ids; lay it out as train/val/test/{{real,fake}} "
+                          f"or use --split random")
+    id_split = load_split_files(cfg.splits)
+    return assign_official(items, id_split)
+
+
+def in_shard(item: Item, shard: tuple[int, int] | None) -> bool:
+    """Stable, listing-independent share: crc32 of the video key modulo N."""
+    if not shard:
+        return True
+    k, n = shard
+    return zlib.crc32(item.key.encode()) % n == k - 1
+
+
+def part_path(out: Path, item: Item) -> Path:
+    return out / PARTS / item.method / f"{item.video_id}.json"
+
+
+def crop_name(item: Item, frame_index: int) -> str:
+    """Unique across methods (the guide's ``{video}_frame{i}`` overwrote three methods' fakes)."""
+    return f"{item.split}/{'fake' if item.label else 'real'}/{item.method}_{item.video_id}_f{frame_index:05d}.jpg"
+
+
+# ---------------------------------------------------------------- the per-video work
+
+_WORKER: dict = {}
+
+
+def _init_worker(cfg: PrepareConfig) -> None:
+    """Build the detector once per process (dlib's costs ~0.4 s)."""
+    from dftune.faces.detectors import get_detector
+
+    _WORKER["cfg"] = cfg
+    _WORKER["detector"] = get_detector(cfg.detector)
+    _WORKER["predictor"] = _landmark_predictor() if cfg.landmarks and cfg.detector == "dlib" else None
+
+
+def _landmark_predictor():
+    try:
+        import dlib
+        import face_recognition_models
+    except ImportError:
+        raise SourceError("--landmarks with --detector dlib needs dlib's 68-point model: "
+                          "pip install face-recognition-models, or use --detector retinaface (5 points)") from None
+    return dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+
+
+def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> dict:
+    """Crops for one video or image; never raises for bad input (errors go in the part)."""
+    import cv2
+
+    from dftune.faces.detectors import largest
+    from dftune.faces.video import VideoError, load_image, sample_frames
+
+    rows: list[dict] = []
+    sampled = no_face = 0
+    error = ""
+    threads = cfg.decode_threads or (1 if cfg.workers > 1 else 0)
+    try:
+        if item.kind == "video":
+            frames: Iterable = sample_frames(item.path, cfg.frames, cfg.every, threads=threads)
+        else:
+            frames = [(0, load_image(item.path))]
+        for fi, rgb in frames:
+            sampled += 1
+            h, w = rgb.shape[:2]
+            face = largest(detector.detect(rgb))
+            if face is None:
+                no_face += 1
+                continue
+            box = guide_square(face.x1, face.y1, face.x2, face.y2, w, h, cfg.margin)
+            if box[2] <= 1:
+                no_face += 1
+                continue
+            crop = crop_square(rgb, box, cfg.size)
+            rel = crop_name(item, fi)
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                                   [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
+            if not ok:
+                raise RuntimeError("JPEG encoding failed")
+            write_bytes(cfg.out / rel, buf.tobytes())
+            marks = ""
+            if cfg.landmarks:
+                pts = face.landmarks
+                if predictor is not None:
+                    import dlib
+
+                    shape = predictor(rgb, dlib.rectangle(face.x1, face.y1, face.x2, face.y2))
+                    pts = [(p.x, p.y) for p in shape.parts()]
+                if pts:
+                    import json
+
+                    marks = json.dumps(points_to_crop(pts, box, cfg.size))
+            rows.append(asdict(Row(
+                path=rel, label=item.label, method=item.method, video=item.key, video_id=item.video_id,
+                target_id=item.target_id, source_id=item.source_id, frame_index=fi, split=item.split,
+                box_x=box[0], box_y=box[1], box_size=box[2], frame_width=w, frame_height=h,
+                detector=cfg.detector, score=round(face.score, 4), landmarks=marks,
+            )))
+    except VideoError as e:
+        error = str(e)
+    except Exception as e:  # one bad file never stops the batch
+        error = f"{item.path}: {type(e).__name__}: {e}"
+    if error and not rows:
+        status = "failed"
+    else:
+        status = "done"
+    return {"key": item.key, "file": str(item.path), "split": item.split, "label": item.label,
+            "method": item.method, "status": status, "error": error, "frames_sampled": sampled,
+            "frames_no_face": no_face, "rows": rows}
+
+
+def _work(item: Item) -> dict:
+    cfg = _WORKER["cfg"]
+    part = process_item(item, cfg, _WORKER["detector"], _WORKER.get("predictor"))
+    write_json(part_path(cfg.out, item), part, indent=None)
+    return part
+
+
+# ---------------------------------------------------------------- merge and summary
+
+def load_parts(out: Path) -> dict[str, dict]:
+    parts = {}
+    base = out / PARTS
+    if not base.is_dir():
+        return parts
+    for p in sorted(base.rglob("*.json")):
+        try:
+            d = read_json(p)
+            parts[d["key"]] = d
+        except Exception as e:  # a torn or foreign file: redo that video
+            log.warning("%s: unreadable part file (%s); the video will be redone", p, e)
+    return parts
+
+
+def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list, run_stats: dict) -> dict:
+    """Manifest and summary from every part in OUT (all shards' work)."""
+    parts = load_parts(cfg.out)
+    keys = {it.key for it in items}
+    rows = [Row(**r) for k, p in parts.items() if k in keys and p["status"] == "done" for r in p["rows"]]
+    done = [p for k, p in parts.items() if k in keys and p["status"] == "done"]
+    failed = [p for k, p in parts.items() if k in keys and p["status"] == "failed"]
+    pending = sorted(k for k in keys if k not in parts)
+    write_manifest(cfg.out / "manifest.csv", rows)
+    c = counts(rows)
+    summary = {
+        "complete": not pending,
+        "root": str(cfg.root),
+        "out": str(cfg.out),
+        "settings": cfg.crop_settings(),
+        "videos": {
+            "indexed": len(items) + len(excluded),
+            "excluded": len(excluded),
+            "in_splits": len(items),
+            "done": len(done),
+            "failed": len(failed),
+            "pending": len(pending),
+            "with_no_face": sum(1 for p in done if p["frames_sampled"] and not p["rows"]),
+        },
+        "frames": {"sampled": sum(p["frames_sampled"] for p in done + failed),
+                   "no_face": sum(p["frames_no_face"] for p in done + failed)},
+        "crops": {"total": len(rows), "by_split": c},
+        "failures": [{"file": p["file"], "error": p["error"]} for p in failed],
+        "partial_videos": [{"file": p["file"], "error": p["error"]} for p in done if p["error"]],
+        "no_face_videos": [p["file"] for p in done if p["frames_sampled"] and not p["rows"]],
+        "excluded": excluded,
+        "warnings": warnings,
+        "pending": pending[:100],
+        "this_run": run_stats,
+    }
+    write_json(cfg.out / "summary.json", summary)
+    return summary
+
+
+def _check_settings(cfg: PrepareConfig) -> None:
+    path = cfg.out / "settings.json"
+    want = cfg.crop_settings()
+    if path.exists():
+        have = read_json(path)
+        diff = {k: (have.get(k), want[k]) for k in _CROP_KEYS if have.get(k) != want[k]}
+        if diff:
+            detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+            raise SourceError(f"{cfg.out}: already prepared with other settings ({detail}); "
+                              f"use another --out, or the same settings to resume")
+    else:
+        write_json(path, want)
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(cfg: PrepareConfig) -> dict:
+    """Prepare crops; returns the summary (also at ``OUT/summary.json``)."""
+    cfg.out = Path(cfg.out)
+    cfg.root = Path(cfg.root)
+    if cfg.shard:
+        k, n = cfg.shard
+        if not (1 <= k <= n):
+            raise SourceError(f"--shard {k}/{n}: K must be between 1 and N")
+    warnings: list[dict] = []
+    items, excluded = index_items(cfg, warnings)
+    if not items:
+        raise SourceError(f"{cfg.root}: no video is in any split ({len(excluded)} excluded; see their reasons with -v)")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _check_settings(cfg)
+    if not cfg.merge_only and cfg.landmarks and cfg.detector == "dlib":
+        _landmark_predictor()  # fail early with the install hint, not in every worker
+
+    if not cfg.shard:
+        _remove_stale_temp_files(cfg.out)
+    done_keys = {k for k, p in load_parts(cfg.out).items() if p.get("status") == "done"}
+    mine = [it for it in items if in_shard(it, cfg.shard)]
+    todo = [] if cfg.merge_only else [it for it in mine if it.key not in done_keys]
+    stats = {"todo": len(todo), "skipped_complete": len(mine) - len(todo) if not cfg.merge_only else 0,
+             "shard": list(cfg.shard) if cfg.shard else None, "workers": cfg.workers, "interrupted": False}
+    t0 = time.perf_counter()
+    frames = 0
+    try:
+        for part in _execute(cfg, todo):
+            frames += part["frames_sampled"]
+            if part["status"] == "failed":
+                log.warning("%s", part["error"])
+    except KeyboardInterrupt:
+        stats["interrupted"] = True
+    elapsed = time.perf_counter() - t0
+    stats.update(elapsed_s=round(elapsed, 2), frames=frames,
+                 frames_per_s=round(frames / elapsed, 2) if elapsed > 0 and frames else 0.0)
+    summary = merge(cfg, items, warnings, excluded, stats)
+    if stats["interrupted"]:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Temporary files a killed run left behind (never those of a live shard: shards skip this)."""
+    for p in out.rglob(".*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
+def _execute(cfg: PrepareConfig, todo: list[Item]):
+    """Yield part dicts as videos finish, in one process or a pool, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo), unit="video", desc="prepare", disable=not cfg.progress or not todo,
+               dynamic_ncols=True)
+    frames = 0
+    t0 = time.perf_counter()
+    try:
+        if cfg.workers <= 1 or len(todo) <= 1:
+            _init_worker(cfg)
+            results = map(_work, todo)
+            pool = None
+        else:
+            import multiprocessing as mp
+
+            ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+            pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=(cfg,))
+            results = pool.imap_unordered(_work, todo, chunksize=1)
+        try:
+            for part in results:
+                frames += part["frames_sampled"]
+                bar.update(1)
+                bar.set_postfix(frames_s=f"{frames / max(time.perf_counter() - t0, 1e-9):.1f}", refresh=False)
+                yield part
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    finally:
+        bar.close()

@@ -1,0 +1,47 @@
+"""Where inputs come from. Each source indexes a root into :class:`Item`\\ s;
+``REGISTRY`` maps ``--source`` names to indexers. A new source is one module plus one line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class SourceError(ValueError):
+    """The input itself is wrong (missing root, wrong layout, missing split file)."""
+
+
+@dataclass
+class Item:
+    """One input video or image, before face extraction."""
+
+    path: Path
+    kind: str  # "video" or "image"
+    label: int  # 0 real, 1 fake
+    method: str
+    video_id: str
+    target_id: str = ""
+    source_id: str = ""
+    split: str = ""  # filled by the split step; "" = not assigned
+    preset_split: str = ""  # split the layout itself gives (folders source with train/val/test)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/{self.video_id}"
+
+    @property
+    def identities(self) -> list[str]:
+        return [i for i in (self.target_id, self.source_id) if i]
+
+
+def get_indexer(name: str):
+    from dftune.sources import ffpp, folders
+
+    registry = {"ffpp": ffpp.index, "folders": folders.index}
+    try:
+        return registry[name]
+    except KeyError:
+        raise SourceError(f"unknown source {name!r}; choose one of {', '.join(registry)}") from None
+
+
+SOURCES = ("ffpp", "folders")
