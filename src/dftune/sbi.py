@@ -171,6 +171,7 @@ def deform_mask(mask: np.ndarray, rng: np.random.Generator, face_size: float,
     peak = float(m.max())
     if peak > 0:
         m = m / peak  # the blend ratio, not the blur, sets the strongest blend
+    m[m < 1 / 255] = 0.0  # cut the blur's far tail: below one grey level it changes nothing visible
     return np.clip(m, 0.0, 1.0).astype(np.float32)
 
 
