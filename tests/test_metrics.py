@@ -26,6 +26,14 @@ def test_binary_metrics_match_sklearn():
     assert M.binary_metrics(y, p, loss=0.25)["loss"] == 0.25
 
 
+def test_auc_with_ties_matches_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300) * 0.5 + 0.3 * y, 1)  # many ties
+    assert M.roc_auc(y, p) == pytest.approx(roc_auc_score(y, p))
+    assert M.roc_auc([0, 1], [0.5, 0.5]) == 0.5
+
+
 def test_threshold_changes_predictions():
     y = np.array([0, 0, 1, 1])
     p = np.array([0.1, 0.4, 0.45, 0.9])

@@ -36,13 +36,22 @@ def log_loss(y_true, prob_fake) -> float:
 
 
 def roc_auc(y_true, prob_fake) -> float:
-    """ROC AUC; NaN when only one class is present (AUC is undefined there)."""
+    """ROC AUC (Mann-Whitney U with tied scores counted half); NaN when only one class is present."""
     y, p = _arrays(y_true, prob_fake)
-    if y.size == 0 or y.min() == y.max():
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y, p))
+    order = np.argsort(p, kind="mergesort")
+    ps = p[order]
+    ranks = np.empty(y.size, dtype=np.float64)
+    # average rank (1-based) over runs of equal scores
+    starts = np.flatnonzero(np.concatenate([[True], ps[1:] != ps[:-1]]))
+    ends = np.append(starts[1:], ps.size)
+    avg = (starts + ends + 1) / 2.0
+    ranks[order] = np.repeat(avg, ends - starts)
+    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 def macro_f1(y_true, y_pred) -> float:
