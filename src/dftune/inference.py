@@ -212,7 +212,11 @@ def load_int8(model_dir: str | os.PathLike):
     cfg = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForImageClassification.from_config(cfg).eval()
     q = quantize_int8(model)
-    q.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notes on quantized storages
+        q.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
     return q.eval()
 
 
@@ -262,7 +266,9 @@ def load_model(path: str | os.PathLike, fake_label: str | None = None, device: s
         module = load_int8(path)
 
         def run(x, _m=module):
-            return _m(pixel_values=x).logits
+            # one image at a time: dynamic quantization scales activations over the whole input
+            # tensor, so a batched image's result would depend on the other images in its batch
+            return torch.cat([_m(pixel_values=x[i:i + 1]).logits for i in range(x.shape[0])])
     else:
         import onnxruntime as ort
 

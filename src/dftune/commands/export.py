@@ -1,0 +1,68 @@
+"""``dftune export``: a verified, self-contained submission folder (plain HF model, int8, ONNX, script)."""
+
+from __future__ import annotations
+
+from dftune.commands import add_parser
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "export", "write a verified submission folder: HF model + dftune.json + standalone script (int8, ONNX)",
+        description="Write a self-contained submission folder: the Hugging Face model (loads with from_pretrained,\n"
+        "no dftune needed), dftune.json, predict_submission.py (standalone: same results as `dftune predict`) and\n"
+        "its README; --int8 / --onnx add those exports. Each is checked against the source model.\n"
+        "Example: dftune export runs/ft/best_model --out submit/model/deep-fake-detector-v2-model --int8 --onnx",
+    )
+    p.add_argument("model", metavar="MODEL_DIR", help="model folder to export (HF format, with dftune.json)")
+    p.add_argument("--out", required=True, metavar="SUBMIT_DIR", help="submission folder to write")
+    p.add_argument("--int8", action="store_true", help="add model_int8.pt: dynamic int8 quantization of Linear layers")
+    p.add_argument("--onnx", action="store_true", help="add model.onnx (onnxruntime)")
+    p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
+    p.add_argument("--samples", nargs="*", default=[], metavar="IMAGE",
+                   help="images or folders to verify the exports on (default: synthetic images)")
+    p.add_argument("--n-samples", type=int, default=16, help="how many sample images to verify on")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest |prob_fake difference| allowed for the plain folder (ONNX: 10x this)")
+    p.add_argument("--int8-tolerance", type=float, default=0.1, help="largest |prob_fake difference| for int8")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--bench-seconds", type=float, default=2.0,
+                   help="seconds of CPU timing per variant for images/s (0: skip)")
+    p.add_argument("--force", action="store_true", help="replace SUBMIT_DIR if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from dftune import export as E
+
+    s = E.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
+                         n_samples=args.n_samples, tolerance=args.tolerance, int8_tolerance=args.int8_tolerance,
+                         opset=args.opset, bench_seconds=args.bench_seconds, force=args.force)
+    try:
+        rep = E.export(args.model, args.out, s)
+    except E.ExportError as e:
+        Console(stderr=True).print(f"[red]export failed:[/red] {e}")
+        return 1
+    con = Console(stderr=True)
+    t = Table(title=f"dftune export -> {rep['out']}  (CPU, {torch.get_num_threads()} threads, "
+                    f"{rep['samples']} {rep['sample_source']} samples)")
+    for c in ("variant", "MB", "agree", "max |Δp|", "tol", "img/s", "speed"):
+        t.add_column(c, justify="left" if c == "variant" else "right")
+    t.add_row("source fp32", f"{rep['source_size_bytes'] / 1e6:.2f}", "", "", "",
+              _f(rep["exports"]["plain"]["source_images_per_s"]), "1.00x")
+    for name, c in rep["exports"].items():
+        speed = c["images_per_s"]
+        ratio = speed / c["source_images_per_s"] if c["source_images_per_s"] == c["source_images_per_s"] else float("nan")
+        t.add_row(name, f"{c['size_bytes'] / 1e6:.2f}", f"{c['label_agreement']:.1%}",
+                  f"{c['max_prob_diff']:.2e}", f"{c['tolerance']:g}", _f(speed), f"{ratio:.2f}x")
+    con.print(t)
+    con.print(f"standalone script: {rep['out']}/{E.SCRIPT_NAME} (see {E.README_NAME}); "
+              f"threshold {rep['threshold']:.4f}")
+    return 0
+
+
+def _f(v: float) -> str:
+    return "-" if v != v else f"{v:.1f}"

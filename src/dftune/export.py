@@ -1,0 +1,215 @@
+"""Stage ``export``: a verified, self-contained submission folder.
+
+``SUBMIT_DIR`` gets a plain Hugging Face model folder (config, safetensors,
+preprocessor config, ``dftune.json``) that ``from_pretrained`` loads without dftune,
+the standalone ``predict_submission.py`` and its README, and on request:
+
+- ``model_int8.pt``: dynamic int8 quantization of the ``nn.Linear`` layers (the guide's
+  Q4), saved as the quantized model's state dict. It reloads by building the model
+  from ``config.json``, quantizing it the same way and loading the state dict
+  (:func:`dftune.inference.load_int8`; the standalone script does the same). A state
+  dict was chosen over TorchScript: TorchScript is deprecated in recent torch and
+  tracing HF models is fragile; the state dict reloads with ``weights_only=True``.
+- ``model.onnx``: ``torch.onnx.export`` with the TorchScript-based exporter
+  (``dynamo=False``; the dynamo exporter needs onnxscript), batch axis dynamic.
+
+Every export is checked on sample inputs against the source model through the
+same preprocessing ``predict`` uses: label agreement and the largest ``prob_fake``
+difference; past the tolerance the export fails (the folder is not written).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dftune import inference, modelmeta
+from dftune.io import write_json
+
+log = logging.getLogger(__name__)
+
+SCRIPT_NAME = "predict_submission.py"
+README_NAME = "README.md"
+REPORT_NAME = "export_report.json"
+
+
+class ExportError(RuntimeError):
+    """An export that does not reproduce the source model within tolerance."""
+
+
+@dataclass
+class ExportSettings:
+    int8: bool = False
+    onnx: bool = False
+    fake_label: str | None = None
+    samples: Sequence[str] = ()  # image files / folders to verify on; default: synthetic images
+    n_samples: int = 16
+    tolerance: float = 1e-4  # plain folder and ONNX: max |prob_fake difference|
+    int8_tolerance: float = 0.1
+    opset: int = 17
+    bench_seconds: float = 2.0  # per backend, for images/s; 0 skips the speed measurement
+    force: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def sample_images(model: inference.LoadedModel, files: Sequence[str] = (), n: int = 16, seed: int = 0) -> list:
+    """Verification inputs: the given images (folders searched), else seeded synthetic ones
+    (smooth gradients plus noise, at and off the model's input size so resizing is covered)."""
+    from dftune.faces.video import IMAGE_EXTS, load_image
+
+    paths: list[Path] = []
+    for f in files:
+        p = Path(f)
+        paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS) if p.is_dir() else [p]
+    if paths:
+        return [load_image(p) for p in paths[:n]]
+    rng = np.random.default_rng(seed)
+    out = []
+    h, w = model.pre.height, model.pre.width
+    for i in range(n):
+        hh, ww = (h, w) if i % 2 == 0 else (h + 7 * (i % 5), w + 3 * (i % 7))
+        yy, xx = np.mgrid[0:hh, 0:ww]
+        base = np.stack([(xx * (i + 1) + yy * 3) % 256, (yy * (i + 2)) % 256, (xx + yy) * 2 % 256], -1)
+        img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+        out.append(img)
+    return out
+
+
+def dir_size(paths: Sequence[Path]) -> int:
+    return int(sum(p.stat().st_size for p in paths if p.exists()))
+
+
+def images_per_second(model: inference.LoadedModel, images: list, seconds: float, batch: int = 8) -> float:
+    """CPU throughput of ``prob_fake`` (no TTA) on batches of ``images``."""
+    if seconds <= 0:
+        return float("nan")
+    chunk = (images * (batch // max(1, len(images)) + 1))[:batch]
+    inference.model_prob_fake(model, chunk)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        inference.model_prob_fake(model, chunk)
+        n += len(chunk)
+    return n / (time.perf_counter() - t0)
+
+
+def compare(ref: np.ndarray, got: np.ndarray, threshold: float) -> dict:
+    return {
+        "n": int(ref.size),
+        "label_agreement": float(np.mean((ref >= threshold) == (got >= threshold))),
+        "max_prob_diff": float(np.max(np.abs(ref - got))) if ref.size else 0.0,
+        "mean_prob_diff": float(np.mean(np.abs(ref - got))) if ref.size else 0.0,
+    }
+
+
+def _copy_template(dst: Path) -> None:
+    tpl = resources.files("dftune") / "export_template"
+    for name in (SCRIPT_NAME, README_NAME):
+        (dst / name).write_bytes((tpl / name).read_bytes())
+
+
+def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) -> None:
+    import warnings
+
+    import torch
+
+    class Logits(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, pixel_values):
+            return self.m(pixel_values=pixel_values).logits
+
+    x = torch.zeros(1, 3, height, width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Logits(module.eval().cpu()), (x,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["pixel_values"], output_names=["logits"],
+                          dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSettings | None = None) -> dict:
+    """Write and verify the submission folder; returns the report (also saved as export_report.json)."""
+    import torch
+
+    s = s or ExportSettings()
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not s.force:
+        raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
+    src = inference.load_model(model_dir, s.fake_label, device="cpu")
+    images = sample_images(src, s.samples, s.n_samples)
+    ref = inference.model_prob_fake(src, images)
+    thr = src.meta.threshold
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    report: dict = {"source": str(model_dir), "threshold": thr, "fake_index": src.meta.fake_index,
+                    "samples": len(images), "sample_source": "files" if s.samples else "synthetic",
+                    "source_size_bytes": dir_size([p for p in Path(model_dir).glob("*")
+                                                   if p.suffix in (".safetensors", ".bin")]),
+                    "exports": {}}
+    try:
+        # 1. the plain HF folder, always
+        from transformers import AutoImageProcessor
+
+        src.module.save_pretrained(tmp, safe_serialization=True)
+        AutoImageProcessor.from_pretrained(model_dir).save_pretrained(tmp)
+        meta = src.meta
+        meta.extra = dict(meta.extra, exported_from=str(model_dir))
+        modelmeta.save(tmp, meta)
+        _copy_template(tmp)
+        plain_files = [tmp / "config.json", tmp / "model.safetensors", tmp / "preprocessor_config.json"]
+        missing = [p.name for p in plain_files if not p.exists()]
+        if missing:
+            raise ExportError(f"{tmp}: save_pretrained did not write {', '.join(missing)}")
+        checks = [("plain", "torch", plain_files, s.tolerance)]
+
+        if s.int8:
+            q = inference.quantize_int8(src.module.cpu())
+            torch.save(q.state_dict(), tmp / inference.INT8_NAME)
+            checks.append(("int8", "int8", [tmp / inference.INT8_NAME], s.int8_tolerance))
+            # quantize_dynamic copies the model; the source stays fp32
+        if s.onnx:
+            export_onnx(src.module, tmp / inference.ONNX_NAME, src.pre.height, src.pre.width, s.opset)
+            checks.append(("onnx", "onnx", [tmp / inference.ONNX_NAME], s.tolerance * 10))
+
+        src_speed = images_per_second(src, images, s.bench_seconds)
+        for name, backend, files, tol in checks:
+            m = inference.load_model(tmp, s.fake_label, device="cpu", backend=backend)  # reload from disk
+            got = inference.model_prob_fake(m, images)
+            c = compare(ref, got, thr)
+            c.update({"tolerance": tol, "size_bytes": dir_size(files),
+                      "images_per_s": images_per_second(m, images, s.bench_seconds) if name != "plain" else src_speed,
+                      "source_images_per_s": src_speed, "files": [p.name for p in files]})
+            report["exports"][name] = c
+            if not c["max_prob_diff"] <= tol:
+                raise ExportError(
+                    f"{name} export differs from the source model: max |prob_fake difference| "
+                    f"{c['max_prob_diff']:.3g} > tolerance {tol:g} (label agreement {c['label_agreement']:.1%}); "
+                    f"nothing was written to {out}")
+        write_json(tmp / "export_report.json", report)
+        os.chmod(tmp, 0o755)  # mkdtemp / atomic writes make private files; a submission folder is shared
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        # move into place: the finished folder replaces any old one
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    report["out"] = str(out)
+    return report
