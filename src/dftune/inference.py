@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -340,3 +342,45 @@ def ensemble_threshold(models: Sequence[LoadedModel]) -> float:
 def batched(items: Sequence, size: int):
     for i in range(0, len(items), max(1, size)):
         yield items[i:i + size]
+
+
+@dataclass
+class _Raised:
+    error: BaseException
+
+
+def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
+    """``map(fn, items)`` computed one step ahead in a background thread (decode/detect
+    overlaps the model's forward pass)."""
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                q.put(fn(it))
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(_Raised(e))
+        finally:
+            q.put(done)
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        while True:
+            r = q.get()
+            if r is done:
+                break
+            if isinstance(r, _Raised):
+                raise r.error
+            yield r
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)

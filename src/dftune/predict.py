@@ -13,11 +13,9 @@ import csv
 import io as _io
 import logging
 import os
-import queue
-import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -161,39 +159,6 @@ class Cropper:
         return fc
 
 
-def _prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
-    """``map(fn, items)`` computed one step ahead in a background thread (decode/detect
-    overlaps the model's forward pass)."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        try:
-            for it in items:
-                if stop.is_set():
-                    return
-                q.put(fn(it))
-        finally:
-            q.put(done)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
-        while True:
-            r = q.get()
-            if r is done:
-                break
-            yield r
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
-
-
 @dataclass
 class PredictSettings:
     tta: tuple = ("flip",)
@@ -275,7 +240,7 @@ def predict_files(models, items: Sequence[InputFile], s: PredictSettings) -> lis
 
         bar = tqdm(total=len(items), unit="file", desc="predict", dynamic_ncols=True)
     try:
-        for i, fc in enumerate(_prefetch(cropper, items)):
+        for i, fc in enumerate(inference.prefetch(cropper, items)):
             pending.append((i, fc))
             buf.extend(fc.crops)
             if len(buf) >= s.batch_size:

@@ -1,0 +1,79 @@
+"""``dftune evaluate``: frame- and video-level metrics of one or several models on a prepared split."""
+
+from __future__ import annotations
+
+from dftune.commands import add_parser
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "evaluate", "measure models on a prepared split: frame/video metrics, per method, tuned threshold",
+        description="Measure one or several models on a prepared split (frame and video level, per manipulation\n"
+        "method), at 0.5 and at the macro-F1-optimal threshold found on val. Writes metrics.json, report.md,\n"
+        "predictions.csv and ROC / confusion-matrix PNGs. --write-threshold stores the val threshold in each\n"
+        "model's dftune.json so `dftune predict` uses it.\n"
+        "Example: dftune evaluate --model baseline/ --model runs/ft/best_model --data data/ff --out runs/eval",
+    )
+    p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
+                   help="model folder; repeat to compare models side by side")
+    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="prepared folder (manifest.csv)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
+    p.add_argument("--threshold-split", default="val", choices=["train", "val", "test"],
+                   help="split the macro-F1-optimal threshold is tuned on")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
+    p.add_argument("--tta", default="flip", help="TTA views as in predict: flip, cropF, comma separated, or none")
+    p.add_argument("--aggregate", default="mean", help="video score from its crops: mean, median, max, topk[:K]")
+    p.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
+    p.add_argument("--ensemble", action="store_true", help="also measure the models' averaged prob_fake")
+    p.add_argument("--weight", action="append", type=float, metavar="W", help="ensemble weight per --model")
+    p.add_argument("--write-threshold", action="store_true",
+                   help="store the val threshold in each model's dftune.json (used by predict)")
+    p.add_argument("--threshold-level", default="frame", choices=["frame", "video"],
+                   help="which val threshold --write-threshold stores (the competition mixes images and videos)")
+    p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
+    p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"], help="as in predict")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda ...")
+    p.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dftune import evaluate as E
+    from dftune import inference
+
+    s = E.EvalSettings(
+        split=args.split, threshold_split=args.threshold_split, tta=inference.parse_tta(args.tta),
+        aggregate=args.aggregate, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
+        backend=args.backend, fake_label=args.fake_label, ensemble=args.ensemble, weights=args.weight,
+        threshold_level=args.threshold_level, write_threshold=args.write_threshold, plots=not args.no_plots,
+        progress=not args.no_progress,
+    )
+    res = E.evaluate(args.model, args.data, args.out, s)
+    con = Console()
+    t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res['aggregate']})")
+    for c in E.SUMMARY_HEADER:
+        t.add_column(c, justify="left" if c in ("model", "level") else "right")
+    for r in E.summary_rows(res):
+        t.add_row(*r)
+    con.print(t)
+    mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
+    for c in E.METHOD_HEADER:
+        mt.add_column(c, justify="left" if c in ("model", "method") else "right")
+    for r in E.method_rows(res, "video"):
+        mt.add_row(*r)
+    con.print(mt)
+    if res["skipped_crops"]:
+        con.print(f"[yellow]{res['skipped_crops']} crops could not be read and were skipped (see the log)[/yellow]")
+    for nm, e in res["models"].items():
+        if "threshold_written" in e:
+            con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
+                      f"{args.threshold_split}) written to {e['path']}/dftune.json")
+    if args.out:
+        con.print(f"metrics: {args.out}/metrics.json, report: {args.out}/report.md")
+    return 0

@@ -1,0 +1,331 @@
+"""Stage ``evaluate``: one or several models measured on a prepared split.
+
+Every crop of the split (and of ``val``, for the threshold) is scored once per model
+through :mod:`dftune.inference` (the same preprocessing and TTA as ``predict``).
+Frame-level metrics use the crops; video-level metrics pool a video's crops (mean by
+default; median, max, top-k mean). Both are reported at 0.5 and at the macro-F1-optimal
+threshold found on val, overall and per manipulation method (each method's fakes
+against all reals). ``--write-threshold`` stores the val threshold in the model's
+``dftune.json`` so ``predict`` uses it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dftune import inference, manifest, modelmeta
+from dftune import metrics as M
+from dftune import metrics_extra as X
+from dftune.io import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class EvalSettings:
+    split: str = "test"
+    threshold_split: str = "val"
+    tta: tuple = ("flip",)
+    aggregate: str = "mean"
+    top_k: int = 3
+    batch_size: int = 32
+    device: str = "auto"
+    backend: str = "torch"
+    fake_label: str | None = None
+    ensemble: bool = False
+    weights: Sequence[float] | None = None
+    threshold_level: str = "frame"  # which val threshold --write-threshold stores: frame or video
+    write_threshold: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s: EvalSettings):
+    """``(ok_mask, ensemble_probs, per_model_probs (M, N))`` for the rows' crops.
+
+    Crops that cannot be read are left out (``ok_mask`` False) with a warning naming them.
+    """
+    from dftune.faces.video import load_image
+
+    n = len(rows)
+    per = np.full((len(models), n), np.nan)
+    ens = np.full(n, np.nan)
+    ok = np.zeros(n, dtype=bool)
+    idx = list(range(n))
+    chunks = list(inference.batched(idx, s.batch_size))
+
+    def load(chunk):
+        imgs, good = [], []
+        for i in chunk:
+            p = manifest.image_path(data, rows[i])
+            try:
+                imgs.append(load_image(p))
+                good.append(i)
+            except Exception as e:
+                log.warning("%s: skipped, cannot read the crop (%s)", p, e)
+        return good, imgs, len(chunk)
+
+    bar = None
+    if s.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, unit="crop", desc="evaluate", dynamic_ncols=True)
+    try:
+        for good, imgs, n_chunk in inference.prefetch(load, chunks):
+            if good:
+                e, p = inference.ensemble_prob_fake(models, imgs, s.tta)
+                ens[good], per[:, good], ok[good] = e, p, True
+            if bar:
+                bar.update(n_chunk)
+    finally:
+        if bar:
+            bar.close()
+    return ok, ens, per
+
+
+def _level_report(y, p, methods, thr_val: float | None) -> dict:
+    out = {"at_0.5": X.full_metrics(y, p, 0.5), "per_method_at_0.5": X.per_method(y, p, methods, 0.5)}
+    if thr_val is not None:
+        out["at_val_threshold"] = X.full_metrics(y, p, thr_val)
+        out["per_method_at_val_threshold"] = X.per_method(y, p, methods, thr_val)
+    return out
+
+
+def _video_rows(rows, p, how, k):
+    keys = [r.video for r in rows]
+    y = [r.label for r in rows]
+    vk, vp, vy = M.video_aggregate(keys, p, y, how=how, k=k)
+    meth_of = {r.video: r.method for r in rows}
+    return vk, vp, vy, [meth_of[v] for v in vk]
+
+
+def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
+             s: EvalSettings | None = None) -> dict:
+    """Measure the models; write metrics.json, report.md, predictions.csv and PNGs to ``out_dir``."""
+    s = s or EvalSettings()
+    how, k = X.parse_aggregate(s.aggregate, s.top_k)
+    if s.threshold_level not in ("frame", "video"):
+        raise ValueError("--threshold-level must be frame or video")
+    all_rows = manifest.read_manifest(data)
+    eval_rows = [r for r in all_rows if r.split == s.split]
+    if not eval_rows:
+        have = sorted({r.split for r in all_rows})
+        raise ValueError(f"{manifest.manifest_file(data)}: no rows in split {s.split!r} (it has {have})")
+    val_rows = [r for r in all_rows if r.split == s.threshold_split] if s.threshold_split != s.split else []
+    if s.threshold_split == s.split:
+        log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is optimistic",
+                    s.split)
+        val_rows = eval_rows
+    if not val_rows:
+        log.warning("no %s rows: no tuned threshold, only the 0.5 results", s.threshold_split)
+
+    models = inference.load_models(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    names = _unique_names([m.path for m in models])
+    rows = eval_rows + (val_rows if val_rows is not eval_rows else [])
+    ok, ens, per = score_rows(models, data, rows, s)
+    n_eval = len(eval_rows)
+    scored = {nm: per[i] for i, nm in enumerate(names)}
+    if s.ensemble and len(models) > 1:
+        scored[ENSEMBLE] = ens
+
+    result: dict = {
+        "data": str(data), "split": s.split, "threshold_split": s.threshold_split if val_rows else None,
+        "tta": list(s.tta), "aggregate": how if how != "topk" else f"topk:{k}", "backend": s.backend,
+        "skipped_crops": int((~ok).sum()), "models": {},
+    }
+    ev_ok = ok[:n_eval]
+    ev_rows = [r for r, g in zip(eval_rows, ev_ok) if g]
+    y = np.array([r.label for r in ev_rows], dtype=np.int64)
+    methods = [r.method for r in ev_rows]
+    if val_rows is eval_rows:
+        va_rows, va_sel = ev_rows, slice(0, n_eval)
+    else:
+        va_rows, va_sel = val_rows, slice(n_eval, len(rows))
+    va_ok = ok[va_sel]
+    va_rows = [r for r, g in zip(va_rows, va_ok) if g]
+    yv = np.array([r.label for r in va_rows], dtype=np.int64)
+
+    curves = {"frame": {}, "video": {}}
+    for nm, probs in scored.items():
+        p = probs[:n_eval][ev_ok]
+        pv = probs[va_sel][va_ok]
+        entry: dict = {"path": models[names.index(nm)].path if nm in names else None}
+        if nm != ENSEMBLE:
+            entry["model_threshold"] = models[names.index(nm)].meta.threshold
+        thr_f = thr_v = None
+        if len(va_rows):
+            thr_f, f1_f = M.best_threshold(yv, pv)
+            _, vpv, vyv, _ = _video_rows(va_rows, pv, how, k)
+            thr_v, f1_v = M.best_threshold(vyv, vpv)
+            entry["val_threshold"] = {"frame": thr_f, "frame_val_macro_f1": f1_f,
+                                      "video": thr_v, "video_val_macro_f1": f1_v, "n_val_crops": len(va_rows)}
+        entry["frame"] = _level_report(y, p, methods, thr_f)
+        vk, vp, vy, vm = _video_rows(ev_rows, p, how, k)
+        entry["video"] = _level_report(vy, vp, vm, thr_v)
+        entry["video"]["n_videos"] = int(len(vk))
+        for level, (yy, pp) in (("frame", (y, p)), ("video", (vy, vp))):
+            fpr, tpr, _ = X.roc_points(yy, pp)
+            curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
+        result["models"][nm] = entry
+
+    if s.write_threshold:
+        if not len(va_rows):
+            raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
+        for m, nm in zip(models, names):
+            t = result["models"][nm]["val_threshold"][s.threshold_level]
+            _write_threshold(m, t, s, how, k)
+            result["models"][nm]["threshold_written"] = t
+
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", _clean(result))
+        write_text(out / "predictions.csv", _predictions_csv(ev_rows, {nm: v[:n_eval][ev_ok] for nm, v in scored.items()}))
+        write_text(out / "report.md", report_md(result))
+        if s.plots:
+            from dftune import plots
+
+            for level in ("frame", "video"):
+                plots.roc_figure(curves[level], out / f"roc_{level}.png", f"ROC, {level} level ({s.split})")
+            for nm, e in result["models"].items():
+                for level in ("frame", "video"):
+                    key = "at_val_threshold" if "at_val_threshold" in e[level] else "at_0.5"
+                    thr = e[level][key]["threshold"]
+                    plots.confusion_figure(e[level][key]["confusion_matrix"],
+                                           out / f"confusion_{_safe(nm)}_{level}.png",
+                                           f"{nm}: {level} level, threshold {thr:.3f}")
+        result["out"] = str(out)
+    return result
+
+
+def _write_threshold(m: inference.LoadedModel, t: float, s: EvalSettings, how: str, k: int) -> None:
+    meta = modelmeta.load(m.path, m.id2label, s.fake_label)
+    meta.threshold = float(t)
+    meta.threshold_source = "val"
+    meta.extra = dict(meta.extra, threshold_tuning={
+        "split": s.threshold_split, "level": s.threshold_level, "tta": list(s.tta),
+        "aggregate": how if how != "topk" else f"topk:{k}", "backend": s.backend})
+    modelmeta.save(m.path, meta)
+    log.info("%s: threshold %.4f written to %s", m.path, t, modelmeta.meta_path(m.path))
+
+
+def _unique_names(paths: Sequence[str]) -> list[str]:
+    names = []
+    for p in paths:
+        parts = Path(p).resolve().parts
+        nm = parts[-1]
+        i = 2
+        while nm in names and i <= len(parts):
+            nm = "/".join(parts[-i:])
+            i += 1
+        names.append(nm)
+    return names
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _clean(o):
+    """NaN -> None so metrics.json is strict JSON."""
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return None if np.isnan(o) else float(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+def _predictions_csv(rows, scored: dict) -> str:
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "video", "method", "label", "frame_index"] + [f"prob_fake_{n}" for n in scored])
+    for i, r in enumerate(rows):
+        w.writerow([r.path, r.video, r.method, r.label, r.frame_index] + [f"{v[i]:.6f}" for v in scored.values()])
+    return buf.getvalue()
+
+
+def _f(v, pct=False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "-"
+    return f"{v:.3f}"
+
+
+def summary_rows(result: dict) -> list[list[str]]:
+    """One row per model and level: the numbers the terminal table and report.md show."""
+    out = []
+    for nm, e in result["models"].items():
+        for level in ("frame", "video"):
+            a = e[level]["at_0.5"]
+            b = e[level].get("at_val_threshold")
+            out.append([nm, level, str(a["n"]), _f(a["accuracy"]), _f(a["macro_f1"]),
+                        _f(b["threshold"]) if b else "-", _f(b["macro_f1"]) if b else "-",
+                        _f(a["auc"]), _f(a["average_precision"]), _f(a["eer"])])
+    return out
+
+
+SUMMARY_HEADER = ["model", "level", "n", "acc@.5", "F1@.5", "val thr", "F1@thr", "AUC", "AP", "EER"]
+
+
+def method_rows(result: dict, level: str = "video") -> list[list[str]]:
+    out = []
+    for nm, e in result["models"].items():
+        key = "per_method_at_val_threshold" if "per_method_at_val_threshold" in e[level] else "per_method_at_0.5"
+        for meth, m in e[level][key].items():
+            out.append([nm, meth, str(m["n_fake"]), _f(m["auc"]), _f(m["macro_f1"]), _f(m["tpr"]), _f(m["eer"])])
+    return out
+
+
+METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
+
+
+def _md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report_md(result: dict) -> str:
+    parts = [
+        f"# dftune evaluate: {result['split']} split of `{result['data']}`",
+        "",
+        f"TTA: {', '.join(result['tta']) or 'none'}; video score = {result['aggregate']} of its crops; "
+        f"threshold tuned for macro F1 on: {result['threshold_split'] or 'nothing (no val rows)'}"
+        + (f"; {result['skipped_crops']} unreadable crops skipped" if result["skipped_crops"] else "") + ".",
+        "",
+        "## Summary",
+        "",
+        "F1 = macro F1 (the competition's metric); `val thr` = the macro-F1-optimal threshold on val; "
+        "EER = equal error rate; AP = average precision (fake = positive).",
+        "",
+        _md_table(SUMMARY_HEADER, summary_rows(result)),
+        "",
+        "## Per manipulation method (video level)",
+        "",
+        "Each method's fakes against all reals, at the tuned threshold (0.5 without val); "
+        "`caught` = share of that method's fakes called fake.",
+        "",
+        _md_table(METHOD_HEADER, method_rows(result, "video")),
+        "",
+        "## Per manipulation method (frame level)",
+        "",
+        _md_table(METHOD_HEADER, method_rows(result, "frame")),
+        "",
+        "Figures: `roc_frame.png`, `roc_video.png`, `confusion_<model>_<level>.png`. "
+        "All numbers: `metrics.json`; per-crop scores: `predictions.csv`.",
+        "",
+    ]
+    return "\n".join(parts)
