@@ -1,0 +1,162 @@
+"""Benchmark: `dftune prepare` frames/s against the guide's method, same tree, same run.
+
+    python benchmarks/bench_prepare.py [--ids 4] [--frames-per-video 150] [--workers N] [--work DIR]
+
+Builds (once, cached in --work) an FF++-shaped tree of 1280x720 H.264 videos, then times:
+  guide      the guide's way re-implemented: one process, OpenCV seek to each of the 10 frames,
+             dlib HOG on the frame downscaled to width 640 with upsample 1, crop, JPEG q95
+  decode     decode-only floor: dftune's sequential PyAV decoding of the same 10 frames, one process
+  dlib       `dftune prepare --detector dlib --workers N`
+  retinaface `dftune prepare --detector retinaface --workers N`
+and prints frames/s, the ratio to the guide, and the box agreement with the guide:
+dlib's share of frames with IoU >= 0.9 (goal: 95% of frames both detect), and for
+retinaface the faces found and whether its crop centres fall on the guide's faces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def guide_way(videos: list[Path], out: Path, frames: int = 10) -> tuple[int, float, dict]:
+    """The guide's preprocessing as its text describes it (our code, its behaviour)."""
+    import cv2
+    import dlib
+
+    from dftune.faces.geometry import guide_square
+
+    det = dlib.get_frontal_face_detector()
+    out.mkdir(parents=True, exist_ok=True)
+    boxes = {}
+    n = 0
+    t0 = time.perf_counter()
+    for v in videos:
+        cap = cv2.VideoCapture(str(v))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        if total <= 0:
+            continue
+        for i in np.linspace(0, total - 1, frames).astype(int):
+            cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+            ok, bgr = cap.read()
+            if not ok:
+                continue
+            n += 1
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            h, w = rgb.shape[:2]
+            scale = 1.0
+            small = rgb
+            if w > 640:
+                scale = 640 / w
+                small = cv2.resize(rgb, (640, int(h * scale)))
+            faces = det(small, 1)
+            if len(faces) == 0:
+                continue
+            f = max(faces, key=lambda r: r.width() * r.height())
+            x1, y1, x2, y2 = (int(f.left() / scale), int(f.top() / scale), int(f.right() / scale),
+                              int(f.bottom() / scale))
+            x, y, s = guide_square(x1, y1, x2, y2, w, h, 1.3)
+            crop = cv2.resize(rgb[y:y + s, x:x + s], (224, 224), interpolation=cv2.INTER_CUBIC)
+            cv2.imwrite(str(out / f"{v.parent.parent.parent.name}_{v.stem}_frame{i:03d}.jpg"),
+                        cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+            boxes[(str(v), int(i))] = (x, y, s)
+        cap.release()
+    return n, time.perf_counter() - t0, boxes
+
+
+def decode_only(videos: list[Path], frames: int = 10) -> tuple[int, float]:
+    from dftune.faces.video import sample_frames
+
+    n = 0
+    t0 = time.perf_counter()
+    for v in videos:
+        for _ in sample_frames(v, frames):
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def dftune_way(root: Path, out: Path, detector: str, workers: int) -> tuple[int, float, dict]:
+    from dftune.manifest import read_manifest
+    from dftune.prepare import PrepareConfig, run
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    s = run(PrepareConfig(root=root, out=out, splits=str(root / "splits"), detector=detector, workers=workers,
+                          progress=False))
+    dt = time.perf_counter() - t0  # wall time of the whole command: indexing, pool start, merge included
+    boxes = {}
+    for r in read_manifest(out):
+        kind = "original_sequences" if r.label == 0 else "manipulated_sequences"
+        sub = "youtube" if r.label == 0 else r.method
+        path = root / kind / sub / "c23" / "videos" / f"{r.video_id}.mp4"
+        boxes[(str(path), r.frame_index)] = (r.box_x, r.box_y, r.box_size)
+    return s["frames"]["sampled"], dt, boxes
+
+
+def agreement(ref: dict, other: dict) -> dict:
+    from dftune.faces.geometry import square_iou
+
+    both = [k for k in ref if k in other]
+    ious = [square_iou(ref[k], other[k]) for k in both]
+    centred = 0
+    for k in both:
+        (x, y, s), (ox, oy, os_) = ref[k], other[k]
+        cx, cy = ox + os_ / 2, oy + os_ / 2
+        # crop centre inside the central half of the guide's crop = same face
+        centred += (abs(cx - (x + s / 2)) < s / 4) and (abs(cy - (y + s / 2)) < s / 4)
+    return {"guide_faces": len(ref), "faces": len(other), "both": len(both),
+            "iou_ge_0.9": round(float(np.mean([i >= 0.9 for i in ious])) if ious else 0.0, 3),
+            "median_iou": round(float(np.median(ious)), 3) if ious else 0.0,
+            "centred_on_same_face": round(centred / len(both), 3) if both else 0.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ids", type=int, default=6, help="identities (videos = ids x 5)")
+    ap.add_argument("--frames-per-video", type=int, default=300, help="length of each generated video (FF++ videos are mostly 300+ frames)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dftune worker processes")
+    ap.add_argument("--work", default="/tmp/dftune-bench-prepare", help="folder for the tree and outputs")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    args = ap.parse_args()
+
+    from dftune.demo.dataset import build_ffpp_tree
+
+    work = Path(args.work)
+    root = work / f"ffpp-720p-{args.ids}x{args.frames_per_video}"
+    t = time.perf_counter()
+    info = build_ffpp_tree(root, n_ids=args.ids, frames=args.frames_per_video, width=1280, height=720)
+    print(f"tree: {info['videos']} videos of {args.frames_per_video} frames at 1280x720 "
+          f"({time.perf_counter() - t:.0f} s to build/check) in {root}", flush=True)
+    videos = sorted(root.rglob("*.mp4"))
+
+    res = {}
+    n, dt, guide_boxes = guide_way(videos, work / "guide-out")
+    res["guide"] = {"frames": n, "s": dt}
+    print(f"guide      {n / dt:7.1f} frames/s  (1 process, seek per frame, dlib HOG)", flush=True)
+    n, dt = decode_only(videos)
+    res["decode"] = {"frames": n, "s": dt}
+    print(f"decode     {n / dt:7.1f} frames/s  (floor: sequential decode only, 1 process) "
+          f"x{(n / dt) / (res['guide']['frames'] / res['guide']['s']):.2f}", flush=True)
+    for det in ("dlib", "retinaface"):
+        n, dt, boxes = dftune_way(root, work / f"out-{det}", det, args.workers)
+        res[det] = {"frames": n, "s": dt, "agreement": agreement(guide_boxes, boxes)}
+        ratio = (n / dt) / (res["guide"]["frames"] / res["guide"]["s"])
+        res[det]["ratio"] = ratio
+        print(f"{det:10s} {n / dt:7.1f} frames/s  x{ratio:.2f} vs guide  ({args.workers} workers)  "
+              f"agreement: {json.dumps(res[det]['agreement'])}", flush=True)
+    res["cpu_count"] = os.cpu_count()
+    res["workers"] = args.workers
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
