@@ -226,3 +226,27 @@ def test_help_lists_every_option_with_defaults(capsys):
     for opt in ("--frames", "--margin", "--size", "--workers", "--shard", "--merge", "--split", "--splits"):
         assert opt in out
     assert "(default: 10)" in out and "(default: 1.3)" in out
+
+
+def test_deepfakedetection_is_split_by_actor(ffpp_copy, tmp_path):
+    src = ffpp_copy / "original_sequences/youtube/c23/videos/000.mp4"
+    act = ffpp_copy / "original_sequences/actors/c23/videos"
+    dfd = ffpp_copy / "manipulated_sequences/DeepFakeDetection/c23/videos"
+    act.mkdir(parents=True)
+    dfd.mkdir(parents=True)
+    for name in ("01__walking", "02__talking", "03__kitchen", "04__outside"):
+        shutil.copy(src, act / f"{name}.mp4")
+    for name in ("01_02__walking__ABC", "03_04__kitchen__DEF"):
+        shutil.copy(src, dfd / f"{name}.mp4")
+    out = tmp_path / "dfd"
+    assert _prepare(ffpp_copy, out, "--methods", "DeepFakeDetection", "--actors") == 0
+    rows = read_manifest(out)
+    by_actor = {}
+    for r in rows:
+        if r.method in ("actors", "DeepFakeDetection"):
+            for i in (r.target_id, r.source_id):
+                if i:
+                    assert by_actor.setdefault(i, r.split) == r.split
+    assert {r.method for r in rows} >= {"actors", "DeepFakeDetection", "original"}
+    fake = next(r for r in rows if r.video_id == "01_02__walking__ABC")
+    assert (fake.target_id, fake.source_id) == ("01", "02")

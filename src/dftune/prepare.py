@@ -83,6 +83,15 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
         raise SourceError(f"{cfg.root}: a folders source has no FF++ ids; lay it out as train/val/test/{{real,fake}} "
                           f"or use --split random")
     id_split = load_split_files(cfg.splits)
+    # DeepFakeDetection and its actors have no official split: split them by actor,
+    # identity-grouped and seeded, so they stay usable and leak-free
+    dfd = [it for it in items if it.method in ("actors", "DeepFakeDetection")]
+    if dfd:
+        assign_random(dfd, cfg.seed, cfg.ratios)
+        for it in dfd:
+            it.preset_split = it.split
+        warnings.append({"file": str(cfg.root), "error": f"{len(dfd)} DeepFakeDetection/actors videos have no official "
+                         f"split; split by actor id (seed {cfg.seed}, ratios {list(cfg.ratios)})"})
     return assign_official(items, id_split)
 
 
