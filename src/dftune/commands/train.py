@@ -1,0 +1,121 @@
+"""``dftune train``: fine-tune a Hugging Face image classifier on prepared face crops."""
+
+from __future__ import annotations
+
+import argparse
+
+from dftune.commands import add_parser
+
+DESCRIPTION = """\
+Fine-tune any AutoModelForImageClassification (a local folder or a hub id) on the
+crops `dftune prepare` made. Defaults are the guide's (batch 16, AdamW 1e-5, 5 epochs,
+early stopping patience 3 on val macro F1). Writes RUN_DIR/best and RUN_DIR/last
+(Hugging Face folders with dftune.json), history.json, settings.yaml, tensorboard/.
+
+Multi-GPU / multi-node: accelerate launch -m dftune train ...
+Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=VALUE.
+"""
+
+# flag -> (TrainConfig field, type, help); defaults come from TrainConfig and are shown in --help
+_FLAGS = [
+    ("--epochs", "epochs", int, "epochs to train"),
+    ("--batch-size", "batch_size", int, "images per optimizer step per process (before --grad-accum)"),
+    ("--lr", "lr", float, "AdamW learning rate"),
+    ("--weight-decay", "weight_decay", float, "AdamW weight decay (not on biases and norms)"),
+    ("--schedule", "schedule", str, "learning-rate schedule: constant or cosine (after --warmup)"),
+    ("--warmup", "warmup_ratio", float, "share of all steps spent warming the learning rate up linearly"),
+    ("--grad-accum", "grad_accum", int, "loader batches per optimizer step"),
+    ("--micro-batch", "micro_batch", int, "images per forward pass (0 = batch size); halved by itself on GPU OOM"),
+    ("--clip", "max_grad_norm", float, "gradient-norm clipping (0 = off)"),
+    ("--balance", "balance", str, "class imbalance: loss (class-weighted CE), sampler (balanced sampling) or none"),
+    ("--monitor", "monitor", str, "val metric for best checkpoint and early stopping: f1, auc or loss"),
+    ("--monitor-level", "monitor_level", str, "monitor at frame or video level"),
+    ("--patience", "patience", int, "early stopping: epochs without improvement (0 = off)"),
+    ("--seed", "seed", int, "random seed (data order, augmentations, head init)"),
+    ("--workers", "num_workers", int, "data loader worker processes"),
+    ("--precision", "precision", str, "auto (bf16 if the GPU has it, else fp16; fp32 on CPU), bf16, fp16 or no"),
+    ("--aggregate", "video_aggregate", str, "frame-to-video pooling for video metrics: mean, median, max, topk"),
+    ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
+                                        "do not say which is fake"),
+]
+
+
+def register(sub) -> None:
+    from dftune.train.config import TrainConfig
+
+    d = TrainConfig()
+    p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION)
+    p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
+    p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
+    p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
+    p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
+    for flag, field, typ, help_ in _FLAGS:
+        p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS,
+                       help=f"{help_} (default: {getattr(d, field)})")
+    p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
+                   help="replace a classifier head of another size by a new 2-class real/fake head")
+    p.add_argument("--no-aug", dest="aug", action="store_false", default=argparse.SUPPRESS,
+                   help="turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=argparse.SUPPRESS,
+                   help="do not write TensorBoard scalars")
+    p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
+                   help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint "
+                                                         "(its settings.yaml; flags given now override it)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _overrides(args) -> dict:
+    from dftune.train.config import FIELDS, parse_sets
+
+    out = {k: v for k, v in vars(args).items() if k in FIELDS}
+    out.update(parse_sets(args.sets))
+    return out
+
+
+def run(args) -> int:
+    from dftune.train import config as C
+    from dftune.train.loop import resume_config, train
+
+    overrides = _overrides(args)
+    if args.resume:
+        cfg = resume_config(args.out, overrides)
+    else:
+        base = C.build(None, C.load_yaml(args.config)) if args.config else C.TrainConfig()
+        cfg = C.build(base, overrides)
+    summary = train(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print_summary(summary)
+    return 0
+
+
+def print_summary(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="dftune train", show_header=True, header_style="bold")
+    t.add_column("")
+    t.add_column("frame")
+    t.add_column("video")
+    bv = s.get("best_val") or {}
+    fr, vi = bv.get("frame", {}), bv.get("video", {})
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.4f}" if isinstance(x, float) else str(x)
+
+    for key, name in (("macro_f1", "macro F1 @0.5"), ("auc", "ROC AUC"), ("accuracy", "accuracy"),
+                      ("loss", "loss"), ("best_threshold", "val-optimal threshold"),
+                      ("best_threshold_f1", "macro F1 @threshold"), ("n", "images / videos")):
+        t.add_row(name, f(fr.get(key)), f(vi.get(key)))
+    c = Console()
+    c.print(t)
+    c.print(f"epochs run {s['epochs_run']}/{s['epochs_planned']} ({s['stopped']}); best epoch {s['best_epoch']} "
+            f"by {s['monitor']} = {f(s['best_value'])}")
+    c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
+    c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
+    if s["skipped"]:
+        c.print(f"[yellow]{len(s['skipped'])} unreadable image(s) skipped; listed in "
+                f"{s['run_dir']}/skipped.txt[/yellow]")

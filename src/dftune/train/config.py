@@ -1,0 +1,192 @@
+"""Training settings: one flat dataclass whose defaults are the guide's numbers.
+
+Precedence, lowest first: these defaults, a YAML file (``--config run.yaml``, keys
+= field names), then command-line flags and ``--set KEY=VALUE``. Every run writes
+the resolved settings to ``RUN_DIR/settings.yaml``; ``--resume`` reads them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+BALANCE = ("loss", "sampler", "none")
+MONITOR = ("f1", "auc", "loss")
+LEVELS = ("frame", "video")
+SCHEDULES = ("constant", "cosine")
+PRECISION = ("auto", "bf16", "fp16", "no")
+
+
+@dataclass
+class TrainConfig:
+    # guide, section 5
+    epochs: int = 5
+    batch_size: int = 16  # per process, per optimizer step before accumulation
+    lr: float = 1e-5
+    weight_decay: float = 0.01  # torch's AdamW default, as the guide's AdamW
+    num_workers: int = 4
+    # guide, section 9
+    balance: str = "loss"  # loss (class-weighted CE) | sampler (balanced sampling) | none
+    patience: int = 3  # early stopping on the monitor metric; 0 = off
+    monitor: str = "f1"  # f1 | auc | loss
+    monitor_level: str = "frame"  # frame | video
+    # beyond the guide
+    schedule: str = "constant"  # constant | cosine (after linear warm-up)
+    warmup_ratio: float = 0.0  # fraction of all optimizer steps spent warming up
+    grad_accum: int = 1  # loader batches per optimizer step
+    micro_batch: int = 0  # 0 = batch_size; halved automatically on GPU out-of-memory
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 on GPUs that have it, else fp16 (scaled) on GPU, fp32 on CPU
+    video_aggregate: str = "mean"  # how frame probabilities become a video's (metrics.video_aggregate)
+    max_train_batches: int = 0  # >0: cap batches per epoch (smoke runs)
+    tensorboard: bool = True
+    # augmentations, training split only
+    aug: bool = True  # master switch
+    aug_hflip: float = 0.5  # probability
+    aug_crop_scale: float = 0.85  # random resized crop keeps at least this share of the area; 1 = off
+    aug_color: float = 0.2  # brightness/contrast/saturation jitter strength; 0 = off
+    aug_jpeg: float = 0.5  # probability of re-compressing as JPEG
+    aug_jpeg_quality: tuple = (40, 95)
+    aug_blur: float = 0.1  # probability of a light Gaussian blur
+    aug_noise: float = 0.1  # probability of light Gaussian noise
+    # labels and head
+    fake_label: str | None = None
+    reinit_head: bool = False
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        def one_of(name, allowed):
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+
+        one_of("balance", BALANCE)
+        one_of("monitor", MONITOR)
+        one_of("monitor_level", LEVELS)
+        one_of("schedule", SCHEDULES)
+        one_of("precision", PRECISION)
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive; got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+        if self.micro_batch < 0 or self.micro_batch > self.batch_size:
+            raise ValueError(f"micro_batch must be 0 (= batch_size) or 1..{self.batch_size}; got {self.micro_batch}")
+        q = tuple(self.aug_jpeg_quality)
+        if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
+            raise ValueError(f"aug_jpeg_quality must be two qualities lo <= hi in 1..100; got {self.aug_jpeg_quality}")
+        self.aug_jpeg_quality = (int(q[0]), int(q[1]))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["aug_jpeg_quality"] = list(self.aug_jpeg_quality)
+        return d
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.monitor != "loss"
+
+
+FIELDS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a YAML value or a ``--set`` string into the field's type."""
+    f = FIELDS.get(name)
+    if f is None:
+        close = [k for k in FIELDS if name.replace("-", "_") in k or k in name]
+        hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+        raise ValueError(f"unknown training setting {name!r}{hint}; settings are: {', '.join(FIELDS)}")
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if value is None:
+        return None
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            v = value.strip().lower()
+            if v in ("1", "true", "yes", "on"):
+                return True
+            if v in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name} expects true/false; got {value!r}")
+        return bool(value)
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            value = [x for x in value.replace("-", ",").split(",") if x.strip()]
+        return tuple(int(x) for x in value)
+    try:
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} expects a number; got {value!r}") from None
+    return value if value is None or isinstance(value, str) else str(value)
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    import yaml
+
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: config file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{p}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a mapping of setting: value at the top level")
+    # tolerate a nested "train:" section and the run metadata settings.yaml carries
+    data = data.get("train", data)
+    return {k: v for k, v in data.items() if k in FIELDS or not k.startswith("_")}
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """``["lr=1e-4", "aug_jpeg=0"]`` -> dict; errors name the bad item."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE; got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip().replace("-", "_")] = v.strip()
+    return out
+
+
+def build(base: TrainConfig | Mapping | None = None, *layers: Mapping) -> TrainConfig:
+    """A config from a base and override layers (later wins); unknown keys are errors."""
+    d = base.to_dict() if isinstance(base, TrainConfig) else dict(TrainConfig().to_dict())
+    if isinstance(base, Mapping):
+        for k, v in base.items():
+            d[k] = _coerce(k, v)
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            d[k.replace("-", "_")] = _coerce(k.replace("-", "_"), v)
+    return TrainConfig(**d)
+
+
+def save_yaml(path: str | os.PathLike, cfg: TrainConfig, extra: Mapping | None = None) -> None:
+    """Write the resolved settings (plus run metadata under keys starting with ``_``)."""
+    import yaml
+
+    from dftune.io import write_text
+
+    d = cfg.to_dict()
+    if extra:
+        d.update({f"_{k}" if not k.startswith("_") else k: v for k, v in extra.items()})
+    write_text(path, yaml.safe_dump(d, sort_keys=False))
+
+
+def load_run_settings(path: str | os.PathLike) -> tuple[TrainConfig, dict]:
+    """Read ``settings.yaml`` back: (config, run metadata)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    meta = {k[1:]: v for k, v in raw.items() if k.startswith("_")}
+    return build({k: v for k, v in raw.items() if not k.startswith("_")}), meta

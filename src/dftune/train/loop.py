@@ -1,0 +1,473 @@
+"""The trainer: setup, loop, validate, checkpoint. Read it top to bottom.
+
+The same code runs on one CPU, one GPU, or many GPUs/nodes under
+``accelerate launch -m dftune train ...``: Accelerate places the model and
+batches, wraps DDP, casts to bf16/fp16, gathers validation results, and saves the
+optimizer/scheduler/RNG state. Only the main process writes files.
+
+RUN_DIR after a run::
+
+    settings.yaml        resolved settings + run metadata (data, model, label map, devices)
+    history.json         one record per epoch, rewritten after every epoch
+    best/  last/         Hugging Face model folders (model + processor + dftune.json)
+    last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs
+    tensorboard/         scalars
+    skipped.txt          images that could not be read (if any)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dftune import labels as _labels
+from dftune import metrics as M
+from dftune import modelmeta
+from dftune.io import read_json, write_json, write_text
+from dftune.manifest import read_manifest
+from dftune.train import data as D
+from dftune.train.config import TrainConfig, load_run_settings, save_yaml
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+TRAINER_FILE = "trainer.json"
+
+
+class TrainError(ValueError):
+    """A run that cannot start; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
+    """The prepared data's crop settings (``settings.json`` written by prepare), or the guide's defaults."""
+    p = Path(data_dir) / "settings.json"
+    if not p.exists():
+        log.info("%s: no settings.json; recording the guide's crop settings in the model", data_dir)
+        return modelmeta.CropSettings()
+    s = read_json(p)
+    known = modelmeta.CropSettings.__dataclass_fields__
+    return modelmeta.CropSettings(**{k: v for k, v in s.items() if k in known})
+
+
+def load_model(source: str, cfg: TrainConfig):
+    """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head."""
+    from transformers import AutoConfig
+
+    from dftune.models import load_classifier
+
+    try:
+        mcfg = AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise OSError(f"{source}: could not read the model's config ({e})") from e
+    try:
+        lm = _labels.resolve(mcfg.id2label, cfg.fake_label, where=str(source))
+        model, proc = load_classifier(source)
+    except _labels.LabelMappingError:
+        if not (cfg.reinit_head and mcfg.num_labels != 2):
+            raise
+        id2label = _labels.dftune_id2label()
+        log.warning("%s: %d-class head replaced by a new 2-class head %s (--reinit-head)", source,
+                    mcfg.num_labels, id2label)
+        model, proc = load_classifier(source, num_labels=2, id2label=id2label,
+                                      label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
+        lm = _labels.resolve(model.config.id2label)
+    if cfg.reinit_head and mcfg.num_labels == 2:
+        log.warning("%s: --reinit-head ignored, the head already has 2 outputs", source)
+    return model, proc, lm
+
+
+def pick_precision(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.precision != "auto":
+        return cfg.precision
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def lr_lambda(total_steps: int, warmup: int, schedule: str) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "cosine":
+            t = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+        return 1.0
+
+    return f
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` so a kill leaves one complete folder (``final`` or ``final.old``)."""
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_dir(run_dir: Path) -> Path | None:
+    for name in ("last", "last.old"):  # last.old: killed between the two renames of _swap_in
+        d = run_dir / name
+        if (d / STATE_DIR / TRAINER_FILE).exists():
+            return d
+    return None
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLike, cfg: TrainConfig,
+          resume: bool = False, progress: bool = True,
+          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+    """Fine-tune ``model_source`` on the prepared crops in ``data_dir``; return the run summary."""
+    import torch
+    import torch.nn.functional as F
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    data_dir, run_dir = Path(data_dir), Path(out_dir)
+    resume_from = last_dir(run_dir) if resume else None
+    if resume and resume_from is None:
+        raise TrainError(f"{run_dir}: nothing to resume (no last/{STATE_DIR}); start without --resume")
+    if not resume and last_dir(run_dir) is not None:
+        raise TrainError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+
+    # ---- devices, precision, trackers
+    use_tb = cfg.tensorboard and _has_tensorboard()
+    accelerator = Accelerator(
+        mixed_precision=pick_precision(cfg),
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        log_with="tensorboard" if use_tb else None,
+        project_dir=str(run_dir),
+    )
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+
+    # ---- model and labels (by name, never assumed)
+    model, processor, lm = load_model(model_source, cfg)
+    spec = D.InputSpec.from_processor(processor)
+    fake_i, real_i = lm.fake_index, lm.real_index
+
+    # ---- data
+    rows = read_manifest(data_dir, splits=("train", "val"))
+    train_rows, bad_train = D.check_files(data_dir, [r for r in rows if r.split == "train"])
+    val_rows, bad_val = D.check_files(data_dir, [r for r in rows if r.split == "val"])
+    skipped = set(bad_train + bad_val)
+    if not train_rows or not val_rows:
+        raise TrainError(f"{data_dir}: need train and val crops, found {len(train_rows)} train / {len(val_rows)} val "
+                         f"readable rows; check the manifest's split column (dftune prepare makes both)")
+    train_ds = D.CropDataset(data_dir, train_rows, D.make_transform(spec, D.AugSettings.from_config(cfg)), cfg.seed)
+    val_ds = D.CropDataset(data_dir, val_rows, D.make_transform(spec, None), cfg.seed)
+    counts = train_ds.class_counts()
+    if (counts == 0).any():
+        raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
+    pin = torch.cuda.is_available()
+    sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler")
+    train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, cfg.num_workers, pin)
+    val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, cfg.num_workers, pin)
+    normalize = D.Normalize(spec)
+
+    # class weights live in the model's index space: weight[fake_index] is the fake class's
+    w = D.class_weights(counts) if cfg.balance == "loss" else np.ones(2)
+    class_w = torch.zeros(2)
+    class_w[real_i], class_w[fake_i] = float(w[0]), float(w[1])
+    to_model = torch.tensor([real_i, fake_i])  # dftune label (0 real, 1 fake) -> model output index
+
+    # ---- optimizer and schedule
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    n_batches = len(train_dl) if not cfg.max_train_batches else min(len(train_dl), cfg.max_train_batches)
+    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule))
+    accelerator.register_for_checkpointing(scheduler)
+    class_w, to_model = class_w.to(accelerator.device), to_model.to(accelerator.device)
+
+    # ---- state: fresh or resumed
+    state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
+             "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0}
+    history: list[dict] = []
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / STATE_DIR))
+        state.update(read_json(resume_from / STATE_DIR / TRAINER_FILE))
+        if (run_dir / "history.json").exists():
+            history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= state["epoch"]]
+        skipped |= set(state.get("skipped", []))
+        accelerator.print(f"resuming {run_dir} after epoch {state['epoch']} (best {cfg.monitor} "
+                          f"{state['best']} at epoch {state['best_epoch']})")
+    run_meta = {
+        "data": str(data_dir.resolve()), "model": str(model_source), "label_map": lm.to_dict(),
+        "id2label": {int(k): v for k, v in accelerator.unwrap_model(model).config.id2label.items()},
+        "train_counts": {"real": int(counts[0]), "fake": int(counts[1])},
+        "class_weights": {"real": float(w[0]), "fake": float(w[1])},
+        "input": {"height": spec.out_size[0], "width": spec.out_size[1], "mean": list(spec.mean),
+                  "std": list(spec.std)},
+        "processes": accelerator.num_processes, "device": str(accelerator.device),
+        "mixed_precision": accelerator.mixed_precision,
+        "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+    }
+    if main:
+        save_yaml(run_dir / "settings.yaml", cfg, run_meta)
+    if use_tb:
+        accelerator.init_trackers("tensorboard")
+    crop = crop_settings(data_dir)
+    crop.aggregate = cfg.video_aggregate
+
+    # ---- one optimizer-step window: forward/backward in micro-batches, halving on OOM
+    def forward_backward(pixels, labels, valid, denom, sync: bool):
+        x = normalize(pixels)
+        target = to_model[labels]
+        sw = class_w[target] * valid.float()
+        n = x.shape[0]
+        while True:
+            mb = state["micro_batch"]
+            try:
+                loss_sum = torch.zeros((), device=x.device)
+                probs = []
+                for s in range(0, n, mb):
+                    last = s + mb >= n
+                    ctx = contextlib.nullcontext() if (sync and last) else accelerator.no_sync(model)
+                    with ctx:
+                        logits = model(pixel_values=x[s:s + mb]).logits.float()
+                        ce = F.cross_entropy(logits, target[s:s + mb], reduction="none")
+                        loss = (ce * sw[s:s + mb]).sum() / denom
+                        accelerator.backward(loss)
+                    loss_sum += loss.detach()
+                    probs.append(logits.detach().softmax(-1)[:, fake_i])
+                return loss_sum, torch.cat(probs)
+            except torch.OutOfMemoryError:
+                if mb <= 1:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                state["micro_batch"] = mb // 2
+                msg = (f"out of memory at micro-batch {mb}: continuing with {mb // 2} x "
+                       f"{math.ceil(cfg.batch_size / (mb // 2))} accumulation (effective batch unchanged)")
+                log.warning(msg)
+                tqdm.write(msg) if main else None
+
+    # ---- validation: frame and video level, gathered over processes
+    def validate() -> dict:
+        model.eval()
+        P, I, V = [], [], []
+        with torch.no_grad():
+            for batch in val_dl:
+                logits = model(pixel_values=normalize(batch["pixels"])).logits.float()
+                p = logits.softmax(-1)[:, fake_i]
+                p, idx, ok = accelerator.gather_for_metrics((p, batch["index"], batch["valid"]))
+                P.append(p.cpu()), I.append(idx.cpu()), V.append(ok.cpu())
+        model.train()
+        p, idx, ok = torch.cat(P).numpy(), torch.cat(I).numpy(), torch.cat(V).numpy()
+        for i in idx[~ok]:
+            skipped.add(f"{val_ds.paths[i]}: cannot decode as an image")
+        p, idx = p[ok].astype(np.float64), idx[ok]
+        y = val_ds.labels[idx]
+        keys = [val_rows[i].video for i in idx]
+        frame = M.binary_metrics(y, p)
+        _, vp, vy = M.video_aggregate(keys, p, y, how=cfg.video_aggregate)
+        video = M.binary_metrics(vy, vp)
+        t, t_f1 = M.best_threshold(y, p)
+        vt, vt_f1 = M.best_threshold(vy, vp)
+        frame.update(best_threshold=t, best_threshold_f1=t_f1)
+        video.update(best_threshold=vt, best_threshold_f1=vt_f1)
+        return {"frame": _short(frame), "video": _short(video)}
+
+    def monitor_value(val: dict) -> float:
+        key = {"f1": "macro_f1", "auc": "auc", "loss": "loss"}[cfg.monitor]
+        return float(val[cfg.monitor_level][key])
+
+    def improved(v: float) -> bool:
+        if state["best"] is None or math.isnan(state["best"]):
+            return not math.isnan(v)
+        return v > state["best"] if cfg.higher_is_better else v < state["best"]
+
+    def save_model(dest: Path, record: dict, with_state: bool) -> None:
+        tmp = dest.with_name(dest.name + ".tmp")
+        accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        if with_state:
+            accelerator.save_state(str(tmp / STATE_DIR))  # every process writes its RNG state
+        if main:
+            accelerator.unwrap_model(model).save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            val = record["val"]
+            meta = modelmeta.ModelMeta(
+                fake_index=fake_i, real_index=real_i, threshold=float(val["frame"]["best_threshold"]),
+                threshold_source="train-val", crop=crop,
+                extra={"epoch": record["epoch"], "best_epoch": state["best_epoch"], "monitor": cfg.monitor,
+                       "monitor_level": cfg.monitor_level, "metrics": val, "trained_from": str(model_source),
+                       "data": str(data_dir.resolve())})
+            modelmeta.save(tmp, meta)
+            if with_state:
+                write_json(tmp / STATE_DIR / TRAINER_FILE, {**state, "skipped": sorted(skipped)})
+            _swap_in(tmp, dest)
+        accelerator.wait_for_everyone()
+
+    # ---- the loop
+    model.train()
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["bad_epochs"] >= cfg.patience > 0:
+            break  # early stopping
+        set_seed(cfg.seed + epoch, device_specific=True)  # an epoch's randomness depends on (seed, epoch) only
+        train_dl.set_epoch(epoch)
+        t0 = time.perf_counter()
+        sums = torch.zeros(6, device=accelerator.device)  # loss, n, tp, fp, tn, fn
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
+                   leave=False, dynamic_ncols=True)
+        window: list = []
+        seen = 0
+        for bi, batch in enumerate(train_dl):
+            if bi >= n_batches:
+                break
+            start = bi - bi % cfg.grad_accum
+            win_len = min(cfg.grad_accum, n_batches - start)
+            sync = bi - start == win_len - 1
+            valid = batch["valid"]
+            if not bool(valid.all()):
+                for i in batch["index"][~valid].tolist():
+                    skipped.add(f"{train_ds.paths[i]}: cannot decode as an image")
+            denom = (class_w[to_model[batch["labels"]]] * valid.float()).sum().clamp_min(1e-8) * win_len
+            loss, prob = forward_backward(batch["pixels"], batch["labels"], valid, denom, sync)
+            pred = (prob >= 0.5).long()
+            y, v = batch["labels"], valid
+            sums += torch.stack([loss * win_len, v.sum(), ((pred == 1) & (y == 1) & v).sum(),
+                                 ((pred == 1) & (y == 0) & v).sum(), ((pred == 0) & (y == 0) & v).sum(),
+                                 ((pred == 0) & (y == 1) & v).sum()]).float()
+            if sync:
+                if cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+            seen += int(batch["labels"].shape[0]) * accelerator.num_processes
+            bar.update(1)
+            if bi % 10 == 0 or bi == n_batches - 1:
+                bar.set_postfix(loss=f"{(sums[0] / (bi + 1)).item():.4f}",
+                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        train_time = time.perf_counter() - t0
+        tot = accelerator.reduce(sums, reduction="sum").tolist()
+        tp, fp, tn, fn = tot[2:]
+        f1s = [2 * tp / max(1, 2 * tp + fp + fn), 2 * tn / max(1, 2 * tn + fn + fp)]
+        train_stats = {"loss": tot[0] / max(1, n_batches * accelerator.num_processes),
+                       "accuracy": (tp + tn) / max(1, tot[1]), "macro_f1": sum(f1s) / 2,
+                       "images_per_s": seen / train_time, "lr": scheduler.get_last_lr()[0],
+                       "micro_batch": state["micro_batch"]}
+        val = validate()
+        v = monitor_value(val)
+        record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": v,
+                  "time_s": round(time.perf_counter() - t0, 3)}
+        state["epoch"] = epoch
+        if improved(v):
+            state.update(best=v, best_epoch=epoch, bad_epochs=0)
+            record["best"] = True
+            save_model(run_dir / "best", record, with_state=False)
+        else:
+            state["bad_epochs"] += 1
+            record["best"] = False
+        history.append(record)
+        save_model(run_dir / "last", record, with_state=True)
+        if main:
+            write_json(run_dir / "history.json", history)
+            if skipped:
+                write_text(run_dir / "skipped.txt", "\n".join(sorted(skipped)) + "\n")
+        if use_tb:
+            accelerator.log(_scalars(record), step=epoch)
+        accelerator.print(_epoch_line(record, cfg))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+    stop_reason = "completed all epochs"
+    if state["bad_epochs"] >= cfg.patience > 0 and state["epoch"] < cfg.epochs:
+        stop_reason = f"early stopping: no val {cfg.monitor} improvement for {cfg.patience} epochs"
+    if use_tb:
+        accelerator.end_training()
+
+    best_rec = next((h for h in history if h["epoch"] == state["best_epoch"]), None)
+    summary = {
+        "run_dir": str(run_dir), "epochs_run": state["epoch"], "epochs_planned": cfg.epochs,
+        "best_epoch": state["best_epoch"], "monitor": f"val {cfg.monitor_level} {cfg.monitor}",
+        "best_value": state["best"], "best_val": best_rec["val"] if best_rec else None,
+        "best_dir": str(run_dir / "best"), "last_dir": str(run_dir / "last"), "stopped": stop_reason,
+        "skipped": sorted(skipped), "label_map": lm.to_dict(), "micro_batch": state["micro_batch"],
+        "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+    }
+    return summary
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+_KEEP = ("n", "n_real", "n_fake", "loss", "accuracy", "macro_f1", "auc", "balanced_accuracy",
+         "best_threshold", "best_threshold_f1")
+
+
+def _short(m: dict) -> dict:
+    return {k: (None if isinstance(m[k], float) and math.isnan(m[k]) else m[k]) for k in _KEEP if k in m}
+
+
+def _scalars(rec: dict) -> dict:
+    out = {f"train/{k}": v for k, v in rec["train"].items() if isinstance(v, (int, float))}
+    for level in ("frame", "video"):
+        for k, v in rec["val"][level].items():
+            if isinstance(v, (int, float)) and v is not None:
+                out[f"val_{level}/{k}"] = v
+    return out
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _epoch_line(rec: dict, cfg: TrainConfig) -> str:
+    fr, vi, tr = rec["val"]["frame"], rec["val"]["video"], rec["train"]
+    return (f"epoch {rec['epoch']}/{cfg.epochs}: train loss {tr['loss']:.4f} f1 {tr['macro_f1']:.4f} "
+            f"({tr['images_per_s']:.0f} img/s) | val frame loss {_fmt(fr['loss'])} f1 {_fmt(fr['macro_f1'])} "
+            f"auc {_fmt(fr['auc'])} | video f1 {_fmt(vi['macro_f1'])} auc {_fmt(vi['auc'])}"
+            f"{'  * best' if rec['best'] else ''}")
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def resume_config(run_dir: str | os.PathLike, overrides: dict) -> TrainConfig:
+    """Settings for ``--resume``: the run's own settings.yaml, with explicit overrides (e.g. more epochs)."""
+    from dftune.train.config import build
+
+    p = Path(run_dir) / "settings.yaml"
+    if not p.exists():
+        raise TrainError(f"{run_dir}: no settings.yaml to resume from")
+    cfg, _ = load_run_settings(p)
+    return build(cfg, overrides)

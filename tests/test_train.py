@@ -1,0 +1,284 @@
+"""dftune train: offline, on CPU, with tiny ViTs built from a config and crops from the demo generator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dftune import labels, modelmeta
+from dftune.train import data as D
+from dftune.train.config import TrainConfig, build, load_yaml, parse_sets
+from dftune.train.loop import TrainError, train
+
+torch.set_num_threads(1)
+
+# a tiny ViT that learns the demo task in a few epochs (hidden 64; hidden 32 barely moves)
+TINY = dict(image_size=32, hidden_size=64)
+FAST = dict(epochs=6, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=0, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    from dftune.demo.dataset import make_crops
+
+    out = tmp_path_factory.mktemp("crops")
+    make_crops(out, n_videos=8, frames=8, size=32, methods=("Deepfakes", "FaceSwap"))
+    return out
+
+
+def _model(tmp_path_factory, name, id2label, n=None):
+    from dftune.models import build_tiny_vit
+
+    return str(build_tiny_vit(tmp_path_factory.mktemp(name), id2label, **TINY))
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    return _model(tmp_path_factory, "vit", {0: "Realism", 1: "Deepfake"})
+
+
+@pytest.fixture(scope="module")
+def vit_swapped(tmp_path_factory):
+    return _model(tmp_path_factory, "vit_swapped", {0: "Deepfake", 1: "Real"})
+
+
+@pytest.fixture(scope="module")
+def fast_run(crops, vit, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    summary = train(crops, vit, out, TrainConfig(**FAST), progress=False)
+    return out, summary
+
+
+def _probs(model_dir: Path, crops: Path, split="val"):
+    """Fake probabilities of a saved model on a split, through dftune's own input pipeline."""
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    from dftune.manifest import read_manifest
+
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    proc = AutoImageProcessor.from_pretrained(model_dir)
+    meta = modelmeta.load(model_dir, model.config.id2label)
+    spec = D.InputSpec.from_processor(proc)
+    rows = read_manifest(crops, splits=[split])
+    ds = D.CropDataset(crops, rows, D.make_transform(spec, None))
+    batch = D.collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        logits = model(pixel_values=D.Normalize(spec)(batch["pixels"])).logits
+    return logits, logits.softmax(-1)[:, meta.fake_index].numpy(), ds.labels, rows, meta, proc
+
+
+# ------------------------------------------------------------------ learning and checkpoints
+
+
+def test_loss_falls_and_model_learns(fast_run):
+    out, summary = fast_run
+    hist = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    losses = [h["train"]["loss"] for h in hist]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert hist[-1]["val"]["frame"]["auc"] > 0.85
+    assert summary["epochs_run"] == 6 and summary["stopped"] == "completed all epochs"
+    assert (out / "settings.yaml").exists() and (out / "tensorboard").exists() is False
+
+
+def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
+    from dftune.metrics import binary_metrics
+
+    out, summary = fast_run
+    hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
+    for name, epoch in (("best", summary["best_epoch"]), ("last", 6)):
+        logits, p, y, rows, meta, proc = _probs(out / name, crops)
+        m = binary_metrics(y, p)
+        rec = hist[epoch]["val"]["frame"]
+        assert m["auc"] == pytest.approx(rec["auc"], abs=1e-6)
+        assert m["loss"] == pytest.approx(rec["loss"], abs=1e-5)
+        assert m["macro_f1"] == pytest.approx(rec["macro_f1"])
+        # the saved model folder carries what dftune needs to use it again
+        assert (meta.fake_index, meta.real_index) == (1, 0)
+        assert meta.threshold_source == "train-val" and meta.threshold == pytest.approx(rec["best_threshold"])
+        assert meta.crop.size == 32 and meta.crop.detector == "none"  # from the data's settings.json
+        assert meta.extra["epoch"] == epoch
+    # on-device normalisation gives what the model's own processor gives
+    from PIL import Image
+
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(out / "best").eval()
+    imgs = [Image.open(crops / r.path).convert("RGB") for r in rows[:6]]
+    with torch.no_grad():
+        ref = model(**proc(images=imgs, return_tensors="pt")).logits
+    best_logits = _probs(out / "best", crops)[0][:6]
+    assert torch.allclose(ref, best_logits, atol=1e-4)
+
+
+def test_label_swapped_model_learns_the_right_direction(crops, vit_swapped, tmp_path):
+    out = tmp_path / "run"
+    train(crops, vit_swapped, out, TrainConfig(**FAST), progress=False)
+    _, p, y, _, meta, _ = _probs(out / "last", crops)
+    assert meta.fake_index == 0 and meta.real_index == 1  # the model's own order, not reordered
+    cfg = json.loads((out / "last" / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "Deepfake", "1": "Real"}
+    assert p[y == 1].mean() > p[y == 0].mean() + 0.2
+    hist = json.loads((out / "history.json").read_text())
+    assert hist[-1]["val"]["frame"]["auc"] > 0.85
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "warmup_ratio": 0.2})
+    train(crops, vit, tmp_path / "a", cfg, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    with pytest.raises(TrainError, match="--resume"):
+        train(crops, vit, tmp_path / "b", cfg, progress=False)
+    summary = train(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
+    assert summary["epochs_run"] == 3
+    a = load_file(tmp_path / "a" / "last" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "last" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["val"] for h in ha] == [h["val"] for h in hb]
+    assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
+
+
+def test_early_stopping_stops(crops, vit, tmp_path):
+    cfg = TrainConfig(**{**FAST, "epochs": 6, "lr": 1e-12, "patience": 1, "max_grad_norm": 0})
+    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(hist) == 2 and summary["epochs_run"] == 2
+    assert summary["stopped"].startswith("early stopping") and summary["best_epoch"] == 1
+
+
+# ------------------------------------------------------------------ labels and heads
+
+
+def test_model_without_fake_real_labels_is_refused(crops, tmp_path_factory, tmp_path, capsys):
+    from dftune.cli import main
+
+    vague = _model(tmp_path_factory, "vague", {0: "LABEL_0", 1: "LABEL_1"})
+    with pytest.raises(labels.LabelMappingError, match="--fake-label"):
+        train(crops, vague, tmp_path / "x", TrainConfig(**FAST), progress=False)
+    rc = main(["train", "--data", str(crops), "--model", vague, "--out", str(tmp_path / "y"), "--workers", "0"])
+    assert rc == 2 and "--fake-label" in capsys.readouterr().err
+    # naming the fake class makes it usable
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "fake_label": "LABEL_0"})
+    train(crops, vague, tmp_path / "z", cfg, progress=False)
+    meta = modelmeta.load(tmp_path / "z" / "best")
+    assert (meta.fake_index, meta.real_index) == (0, 1)
+
+
+def test_head_of_another_size_only_with_reinit_head(crops, tmp_path_factory, tmp_path):
+    three = _model(tmp_path_factory, "three", {0: "cat", 1: "dog", 2: "bird"})
+    with pytest.raises(labels.LabelMappingError, match="--reinit-head"):
+        train(crops, three, tmp_path / "x", TrainConfig(**FAST), progress=False)
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "reinit_head": True})
+    train(crops, three, tmp_path / "y", cfg, progress=False)
+    saved = json.loads((tmp_path / "y" / "best" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "Realism", "1": "Deepfake"}
+
+
+# ------------------------------------------------------------------ robustness
+
+
+def test_corrupt_image_is_skipped_and_reported(crops, vit, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(crops, data)
+    bad_train = sorted((data / "train" / "fake").glob("*.jpg"))[0]
+    bad_val = sorted((data / "val" / "real").glob("*.jpg"))[0]
+    bad_train.write_bytes(b"not a jpeg at all")
+    bad_val.write_bytes(b"\xff\xd8\xff garbage")
+    summary = train(data, vit, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}), progress=False)
+    text = (tmp_path / "run" / "skipped.txt").read_text()
+    assert str(bad_train) in text and str(bad_val) in text
+    assert len(summary["skipped"]) == 2
+    from dftune.manifest import read_manifest
+
+    n_val = len(read_manifest(data, splits=["val"]))
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist[0]["val"]["frame"]["n"] == n_val - 1
+
+
+def test_out_of_memory_halves_micro_batch_and_keeps_the_step(crops, vit, tmp_path, monkeypatch):
+    from transformers import ViTForImageClassification
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1})
+    train(crops, vit, tmp_path / "plain", cfg, progress=False)
+
+    forward = ViTForImageClassification.forward
+
+    def small_gpu(self, pixel_values=None, **kw):
+        if self.training and pixel_values.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(self, pixel_values=pixel_values, **kw)
+
+    monkeypatch.setattr(ViTForImageClassification, "forward", small_gpu)
+    summary = train(crops, vit, tmp_path / "oom", cfg, progress=False)
+    assert summary["micro_batch"] == 2
+    # same effective batch: the same training curve (weights differ only by float summation order,
+    # which Adam magnifies on gradients that are pure noise, such as attention key biases)
+    ha = json.loads((tmp_path / "plain" / "history.json").read_text())[0]
+    hb = json.loads((tmp_path / "oom" / "history.json").read_text())[0]
+    assert hb["train"]["micro_batch"] == 2 and ha["train"]["micro_batch"] == 8
+    assert hb["train"]["loss"] == pytest.approx(ha["train"]["loss"], rel=1e-4)
+    assert hb["val"]["frame"]["loss"] == pytest.approx(ha["val"]["frame"]["loss"], rel=1e-3)
+
+
+# ------------------------------------------------------------------ components
+
+
+def test_config_layers_and_errors(tmp_path):
+    y = tmp_path / "run.yaml"
+    y.write_text("lr: 3.0e-5\nbalance: sampler\naug_jpeg_quality: [30, 90]\n")
+    cfg = build(None, load_yaml(y), parse_sets(["epochs=2", "aug_jpeg=0", "aug=false"]), {"batch_size": 8})
+    assert (cfg.lr, cfg.balance, cfg.epochs, cfg.batch_size) == (3e-5, "sampler", 2, 8)
+    assert cfg.aug_jpeg == 0.0 and cfg.aug is False and cfg.aug_jpeg_quality == (30, 90)
+    d = TrainConfig()
+    assert (d.batch_size, d.lr, d.epochs, d.patience, d.monitor) == (16, 1e-5, 5, 3, "f1")
+    with pytest.raises(ValueError, match="unknown training setting"):
+        build(None, {"learning_rate": 1})
+    with pytest.raises(ValueError, match="balance"):
+        build(None, {"balance": "oversample"})
+
+
+def test_augmentation_is_a_function_of_seed_epoch_index(crops):
+    from dftune.manifest import read_manifest
+
+    spec = D.InputSpec(32, 32, (0.5,) * 3, (0.5,) * 3)
+    rows = read_manifest(crops, splits=["train"])
+    ds = D.CropDataset(crops, rows, D.make_transform(spec, D.AugSettings.from_config(TrainConfig())), seed=3)
+    a, b, c = ds[(5, 1)]["image"], ds[(5, 1)]["image"], ds[(5, 2)]["image"]
+    assert a.shape == (32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    plain = D.CropDataset(crops, rows, D.make_transform(spec, None))
+    assert np.array_equal(plain[5]["image"], plain[(5, 1)]["image"])  # no augmentation outside train
+
+
+def test_sampler_balance_and_class_weights():
+    y = np.array([0] * 20 + [1] * 80)
+    s = D.EpochSampler(y, seed=0, balanced=True)
+    s.set_epoch(1)
+    drawn = y[[i for i, _ in s]]
+    assert 0.4 < drawn.mean() < 0.6
+    s2 = D.EpochSampler(y, seed=0)
+    s2.set_epoch(1)
+    order1 = [i for i, _ in s2]
+    s2.set_epoch(2)
+    assert sorted(order1) == list(range(100)) and order1 != [i for i, _ in s2]
+    assert D.class_weights([20, 80]) == pytest.approx([2.5, 0.625])  # the guide's 4:1
