@@ -259,15 +259,15 @@ class Predictor:
             def run(x):
                 return torch.from_numpy(sess.run(None, {name: x.cpu().numpy().astype(np.float32)})[0])
         else:
-            if backend == "int8":
-                from torch.ao.quantization import quantize_dynamic
-
-                model = quantize_dynamic(AutoModelForImageClassification.from_config(cfg).eval(),
-                                         {torch.nn.Linear}, dtype=torch.qint8)
+            if backend == "int8":  # dynamic int8 Linear layers, rebuilt from config.json + state dict
                 import warnings
 
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                    warnings.simplefilter("ignore")  # torch's deprecation notes on eager quantization
+                    from torch.ao.quantization import quantize_dynamic
+
+                    model = quantize_dynamic(AutoModelForImageClassification.from_config(cfg).eval(),
+                                             {torch.nn.Linear}, dtype=torch.qint8)
                     model.load_state_dict(torch.load(d / "model_int8.pt", map_location="cpu", weights_only=True))
                 self.device = "cpu"
             else:
