@@ -62,3 +62,18 @@ def test_sample_indices_follow_the_guide():
     assert sample_indices(5, 10) == [0, 1, 2, 3, 4]
     assert sample_indices(10, 3, every=4) == [0, 4, 8]
     assert sample_indices(0, 10) == []
+
+
+def test_skipping_decoder_gives_the_frames_a_full_decode_gives(ffpp_tree):
+    import av
+
+    from dftune.faces.video import decode_frames, sample_frames
+
+    video = ffpp_tree / "original_sequences/youtube/c23/videos/001.mp4"
+    with av.open(str(video)) as c:
+        assert c.streams.video[0].frames == 12
+    fast = dict(sample_frames(video, 5))
+    full = dict(decode_frames(video, list(range(12)), threads=1))
+    assert sorted(fast) == [0, 2, 5, 8, 11]
+    for i, rgb in fast.items():
+        assert np.array_equal(rgb, full[i])
