@@ -141,11 +141,13 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
         if epoch == 2:
             raise Killed
 
+    # the interrupted run also uses loader workers: results must not depend on them
+    cfg_b = build(cfg, {"num_workers": 2})
     with pytest.raises(Killed):
-        train(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+        train(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
     with pytest.raises(TrainError, match="--resume"):
-        train(crops, vit, tmp_path / "b", cfg, progress=False)
-    summary = train(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
+        train(crops, vit, tmp_path / "b", cfg_b, progress=False)
+    summary = train(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
     assert summary["epochs_run"] == 3
     a = load_file(tmp_path / "a" / "last" / "model.safetensors")
     b = load_file(tmp_path / "b" / "last" / "model.safetensors")

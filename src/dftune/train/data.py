@@ -1,7 +1,7 @@
 """Training data: the manifest as a dataset, augmentations, sampling, batching.
 
 Work is split the way timm splits it: loader workers decode, resize and augment
-uint8 images (numpy/OpenCV/PIL, no torchvision); a batch travels as uint8 NHWC
+uint8 images (numpy/PIL, no torchvision; OpenCV stays out of forked workers); a batch travels as uint8 NHWC
 (4x smaller than float, pinned on GPU); :class:`Normalize` turns it into the model's
 input on the device in one fused op per batch, with the model processor's mean/std.
 
@@ -142,17 +142,22 @@ def _color_jitter(img, rng, s):
 
 
 def _jpeg(img, rng, quality):
-    import cv2
+    import io
+
+    from PIL import Image
 
     q = int(rng.integers(quality[0], quality[1] + 1))
-    ok, buf = cv2.imencode(".jpg", img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, q])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1] if ok else img
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=q)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def _blur(img, rng):
-    import cv2
+    from PIL import Image, ImageFilter
 
-    return cv2.GaussianBlur(img, (0, 0), sigmaX=float(rng.uniform(0.3, 1.2)))
+    return np.asarray(Image.fromarray(img).filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2)))))
 
 
 def _noise(img, rng):
@@ -201,13 +206,18 @@ def make_transform(spec: InputSpec, aug: AugSettings | None):
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Decode with OpenCV (fast libjpeg-turbo path); raise ValueError naming the file if it cannot."""
-    import cv2
+    """Decode to RGB uint8 with PIL; raise ValueError naming the file if it cannot.
 
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise ValueError(f"{path}: cannot decode as an image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    PIL rather than OpenCV in loader workers: OpenCV's thread pool, once used in the
+    parent (the demo data generator, a detector), deadlocks forked workers.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:
+        raise ValueError(f"{path}: cannot decode as an image ({e})") from None
 
 
 class CropDataset:
@@ -327,12 +337,10 @@ def make_loader(dataset: CropDataset, batch_size: int, sampler=None, num_workers
 
 
 def _worker_init(_worker_id: int) -> None:
-    try:
-        import cv2
+    """Workers decode and augment with numpy/PIL only and need no threads of their own."""
+    import torch
 
-        cv2.setNumThreads(1)
-    except Exception:  # pragma: no cover - OpenCV missing is reported when decoding
-        pass
+    torch.set_num_threads(1)
 
 
 def class_weights(counts: Sequence[int]) -> np.ndarray:

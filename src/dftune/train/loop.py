@@ -297,7 +297,8 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
 
     def monitor_value(val: dict) -> float:
         key = {"f1": "macro_f1", "auc": "auc", "loss": "loss"}[cfg.monitor]
-        return float(val[cfg.monitor_level][key])
+        v = val[cfg.monitor_level][key]
+        return float("nan") if v is None else float(v)  # AUC is undefined with one class in val
 
     def improved(v: float) -> bool:
         if state["best"] is None or math.isnan(state["best"]):
@@ -382,7 +383,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
                        "micro_batch": state["micro_batch"]}
         val = validate()
         v = monitor_value(val)
-        record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": v,
+        record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": None if math.isnan(v) else v,
                   "time_s": round(time.perf_counter() - t0, 3)}
         state["epoch"] = epoch
         if improved(v):
