@@ -5,12 +5,14 @@
 Three numbers, same model, batch and data, in one run:
 
 * step only   - forward/backward/AdamW on a batch already in memory (upper bound)
-* dftune      - `dftune.train.loop.train` (loader workers decode + augment, uint8 batches,
-                on-device normalisation, Accelerate); images/s of its 2nd epoch
+* dftune      - `dftune.train.loop.train` (loader workers decode (+ augment), uint8 batches,
+                on-device normalisation, Accelerate); images/s of its 2nd epoch, with the
+                augmentations off (the guide's work) and on (the default)
 * guide       - a loop as the guide writes it: PIL open + image processor per image in
                 the Dataset, float tensors collated, same workers
 
-ratio = dftune / step-only shows the input pipeline's overhead. With a GPU, it also
+ratio = dftune / step-only shows the input pipeline's overhead. The machine's load
+average is printed: on a shared CPU the workers compete with other processes. With a GPU, it also
 times ViT-B/16 (random init, 224 px) in bf16, naming the card.
 """
 
@@ -62,12 +64,12 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def dftune_loop(data, model_dir, batch, workers, out, precision="auto", epochs=2):
+def dftune_loop(data, model_dir, batch, workers, out, precision="auto", epochs=2, aug=True):
     from dftune.train.config import TrainConfig
     from dftune.train.loop import train
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch, num_workers=workers, patience=0, tensorboard=False,
-                      precision=precision, lr=1e-5)
+                      precision=precision, lr=1e-5, aug=aug)
     train(data, model_dir, out, cfg, progress=False)
     hist = json.loads((Path(out) / "history.json").read_text())
     return hist[-1]["train"]["images_per_s"]
@@ -141,11 +143,15 @@ def main(argv=None):
     res = {"cpu_count": os.cpu_count(), "threads": args.threads, "workers": args.workers, "batch": args.batch,
            "model": f"tiny ViT {args.image_size}px hidden {args.hidden}", "crops": f"{n_train} x {args.crop_size}px"}
     res["step_only"] = step_only(tiny, args.batch, args.steps)
-    res["dftune"] = dftune_loop(data, str(tiny), args.batch, args.workers, tmp / "run", precision="no")
+    res["dftune_no_aug"] = dftune_loop(data, str(tiny), args.batch, args.workers, tmp / "run0", precision="no",
+                                       aug=False)
+    res["dftune_aug"] = dftune_loop(data, str(tiny), args.batch, args.workers, tmp / "run1", precision="no")
     res["guide"] = guide_loop(data, str(tiny), args.batch, args.workers)
-    res["ratio_dftune_step"] = res["dftune"] / res["step_only"]
+    res["ratio_dftune_no_aug_step"] = res["dftune_no_aug"] / res["step_only"]
+    res["ratio_dftune_aug_step"] = res["dftune_aug"] / res["step_only"]
     res["ratio_guide_step"] = res["guide"] / res["step_only"]
-    res["speedup_vs_guide"] = res["dftune"] / res["guide"]
+    res["speedup_vs_guide_same_work"] = res["dftune_no_aug"] / res["guide"]
+    res["load_avg_1min"] = os.getloadavg()[0]
 
     if torch.cuda.is_available() and not args.no_gpu:
         from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor

@@ -284,3 +284,26 @@ def test_sampler_balance_and_class_weights():
     s2.set_epoch(2)
     assert sorted(order1) == list(range(100)) and order1 != [i for i, _ in s2]
     assert D.class_weights([20, 80]) == pytest.approx([2.5, 0.625])  # the guide's 4:1
+
+
+def test_cli_config_overrides_and_resume(crops, vit, tmp_path, capsys):
+    import yaml
+
+    from dftune.cli import main
+
+    y = tmp_path / "run.yaml"
+    y.write_text("epochs: 3\nlr: 1.0e-3\nbatch_size: 8\nbalance: sampler\naug_jpeg: 0\n")
+    out = tmp_path / "run"
+    base = ["train", "--data", str(crops), "--model", vit, "--out", str(out), "--workers", "0", "--no-progress",
+            "--no-tensorboard"]
+    assert main(base + ["--config", str(y), "--epochs", "1", "--set", "aug_blur=0"]) == 0
+    s = yaml.safe_load((out / "settings.yaml").read_text())
+    assert (s["epochs"], s["lr"], s["batch_size"], s["balance"], s["aug_jpeg"], s["aug_blur"]) == \
+        (1, 1e-3, 8, "sampler", 0.0, 0.0)
+    assert s["_label_map"]["fake_index"] == 1 and s["_effective_batch"] == 8
+    assert "best model" in capsys.readouterr().out
+    # --resume keeps the run's own settings; flags given now override them
+    assert main(base + ["--resume", "--epochs", "2"]) == 0
+    s = yaml.safe_load((out / "settings.yaml").read_text())
+    assert (s["epochs"], s["balance"], s["lr"]) == (2, "sampler", 1e-3)
+    assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]

@@ -49,8 +49,13 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
+    from dftune.metrics import AGGREGATES
+    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, SCHEDULES
+
+    choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
+               "precision": PRECISION, "video_aggregate": AGGREGATES}
     for flag, field, typ, help_ in _FLAGS:
-        p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS,
+        p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {getattr(d, field)})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
                    help="replace a classifier head of another size by a new 2-class real/fake head")

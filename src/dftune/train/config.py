@@ -29,7 +29,10 @@ class TrainConfig:
     weight_decay: float = 0.01  # torch's AdamW default, as the guide's AdamW
     num_workers: int = 4
     # guide, section 9
-    balance: str = "loss"  # loss (class-weighted CE) | sampler (balanced sampling) | none
+    # loss (class-weighted CE, the guide's 4:1) | sampler (balanced sampling) | none. "loss" is the
+    # default by measurement: demo crops at FF++'s 1 real : 4 fake, tiny ViT, 8 epochs, 3 seeds, final
+    # val macro F1 @0.5 = 1.000 (loss) vs 0.945 (none) vs 0.913 (sampler); see docs/design.md.
+    balance: str = "loss"
     patience: int = 3  # early stopping on the monitor metric; 0 = off
     monitor: str = "f1"  # f1 | auc | loss
     monitor_level: str = "frame"  # frame | video
