@@ -277,8 +277,9 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
             for batch in val_dl:
                 logits = model(pixel_values=normalize(batch["pixels"])).logits.float()
                 p = logits.softmax(-1)[:, fake_i]
-                p, idx, ok = accelerator.gather_for_metrics((p, batch["index"], batch["valid"]))
-                P.append(p.cpu()), I.append(idx.cpu()), V.append(ok.cpu())
+                # uint8, not bool: every collective backend gathers it
+                p, idx, ok = accelerator.gather_for_metrics((p, batch["index"], batch["valid"].to(torch.uint8)))
+                P.append(p.cpu()), I.append(idx.cpu()), V.append(ok.cpu().bool())
         model.train()
         p, idx, ok = torch.cat(P).numpy(), torch.cat(I).numpy(), torch.cat(V).numpy()
         for i in idx[~ok]:
