@@ -39,11 +39,15 @@ def processor_stats(processor) -> dict:
     mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
     std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
     size = getattr(processor, "size", None) or {}
-    if isinstance(size, dict):
-        h = size.get("height") or size.get("shortest_edge") or 224
-        w = size.get("width") or size.get("shortest_edge") or h
-    else:
+
+    def _get(key):  # a dict in transformers 4, a SizeDict (attributes and .get) in 5
+        return getattr(size, key, None) if not isinstance(size, dict) else size.get(key)
+
+    if isinstance(size, (int, float)):
         h = w = int(size)
+    else:
+        h = _get("height") or _get("shortest_edge") or 224
+        w = _get("width") or _get("shortest_edge") or h
     return {"mean": mean, "std": std, "height": int(h), "width": int(w),
             "do_normalize": bool(getattr(processor, "do_normalize", True)),
             "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255))}

@@ -343,7 +343,10 @@ def _execute(cfg: PrepareConfig, todo: list[Item]):
         else:
             import multiprocessing as mp
 
-            ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
+            # forkserver, not fork: a forked child inherits OpenCV's thread pool in whatever
+            # state the parent left it and can deadlock in cv2 (seen when the parent made videos)
+            methods = mp.get_all_start_methods()
+            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
             pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=(cfg,))
             results = pool.imap_unordered(_work, todo, chunksize=1)
         try:
