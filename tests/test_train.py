@@ -101,7 +101,7 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
         # the saved model folder carries what dftune needs to use it again
         assert (meta.fake_index, meta.real_index) == (1, 0)
         assert meta.threshold_source == "train-val" and meta.threshold == pytest.approx(rec["best_threshold"])
-        assert meta.crop.size == 32 and meta.crop.detector == "none"  # from the data's settings.json
+        assert meta.crop.size == 32 and meta.crop.detector == "retinaface"  # from the data's settings.json
         assert meta.extra["epoch"] == epoch
     # on-device normalisation gives what the model's own processor gives
     from PIL import Image

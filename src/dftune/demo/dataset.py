@@ -323,8 +323,11 @@ def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, s
                                     frame_width=w, frame_height=h, detector="none", score=1.0))
     from dftune.io import write_json
 
-    write_json(out / "settings.json", {"detector": "none", "margin": margin, "size": size, "frames": frames,
-                                       "every": 0, "source": "dftune.demo.dataset.make_crops"})
+    # the boxes are the renderer's own (rows say detector "none"); settings name the detector a
+    # model trained on these crops should use on new media, which `train` copies into dftune.json
+    write_json(out / "settings.json", {"detector": "retinaface", "margin": margin, "size": size, "frames": frames,
+                                       "every": 0, "source": "dftune.demo.dataset.make_crops",
+                                       "boxes": "rendered face boxes, no detector"})
     return write_manifest(out / "manifest.csv", rows)
 
 
