@@ -35,6 +35,8 @@ _FLAGS = [
     ("--workers", "num_workers", int, "data loader worker processes"),
     ("--precision", "precision", str, "auto (bf16 if the GPU has it, else fp16; fp32 on CPU), bf16, fp16 or no"),
     ("--aggregate", "video_aggregate", str, "frame-to-video pooling for video metrics: mean, median, max, topk"),
+    ("--sbi", "sbi", float, "probability that a real training crop becomes a self-blended pseudo-fake on the fly "
+                            "(landmark mask when the manifest has landmarks, else the crop's face box; 0 = off)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]

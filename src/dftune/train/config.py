@@ -56,6 +56,8 @@ class TrainConfig:
     aug_jpeg_quality: tuple = (40, 95)
     aug_blur: float = 0.1  # probability of a light Gaussian blur
     aug_noise: float = 0.1  # probability of light Gaussian noise
+    # self-blended images: probability that a real training crop becomes a pseudo-fake on the fly
+    sbi: float = 0.0
     # labels and head
     fake_label: str | None = None
     reinit_head: bool = False
@@ -83,6 +85,11 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
         if self.micro_batch < 0 or self.micro_batch > self.batch_size:
             raise ValueError(f"micro_batch must be 0 (= batch_size) or 1..{self.batch_size}; got {self.micro_batch}")
+        if not 0 <= self.sbi < 1:
+            raise ValueError(f"sbi is a probability in [0, 1); got {self.sbi}")
+        if self.balance == "sampler" and self.sbi >= 0.5:
+            raise ValueError(f"--balance sampler cannot balance classes when --sbi >= 0.5 turns most reals into "
+                             f"fakes; got sbi={self.sbi} (use --balance loss)")
         q = tuple(self.aug_jpeg_quality)
         if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
             raise ValueError(f"aug_jpeg_quality must be two qualities lo <= hi in 1..100; got {self.aug_jpeg_quality}")

@@ -227,8 +227,10 @@ class CropDataset:
     image (so batches keep their shape across processes); the loop skips and reports it.
     """
 
-    def __init__(self, location: str | os.PathLike, rows: Sequence[Row], transform, seed: int = 0):
+    def __init__(self, location: str | os.PathLike, rows: Sequence[Row], transform, seed: int = 0,
+                 sbi: float = 0.0):
         self.rows = list(rows)
+        self.sbi = float(sbi)  # probability that a real crop becomes a self-blended pseudo-fake
         self.paths = [str(image_path(location, r)) for r in self.rows]
         self.labels = np.array([r.label for r in self.rows], dtype=np.int64)
         self.transform = transform
@@ -241,18 +243,31 @@ class CropDataset:
     def __getitem__(self, key):
         i, epoch = key if isinstance(key, tuple) else (key, None)
         rng = None if epoch is None else np.random.default_rng((self.seed, int(epoch), int(i)))
+        label = int(self.labels[i])
         try:
-            img = self.transform(read_rgb(self.paths[i]), rng)
+            raw = read_rgb(self.paths[i])
+            # SBI happens before the augmentations, as if the pseudo-fake had been on disk; it needs
+            # the per-(seed, epoch, index) rng, so evaluation data (rng None) is never altered
+            if self.sbi and label == 0 and rng is not None and rng.random() < self.sbi:
+                from dftune.sbi import self_blend
+
+                raw = self_blend(raw, self.rows[i].landmark_points() or None, rng)[0]
+                label = 1
+            img = self.transform(raw, rng)
             valid = True
         except Exception as e:  # one bad file never stops a run
             log.warning("skipping %s", e)
             if self._blank is None:
                 self._blank = self.transform(np.zeros((8, 8, 3), np.uint8), None)
             img, valid = self._blank, False
-        return {"image": img, "label": int(self.labels[i]), "index": int(i), "valid": valid}
+        return {"image": img, "label": label, "index": int(i), "valid": valid}
 
     def class_counts(self) -> np.ndarray:
-        return np.bincount(self.labels, minlength=2)
+        """Expected real/fake counts of an epoch: pseudo-fakes count as fake (for class weights)."""
+        n_real, n_fake = np.bincount(self.labels, minlength=2)[:2].astype(float)
+        if not self.sbi:
+            return np.array([n_real, n_fake])
+        return np.array([n_real * (1 - self.sbi), n_fake + n_real * self.sbi])
 
 
 class EpochSampler:
@@ -263,9 +278,11 @@ class EpochSampler:
     ``balanced=True`` draws with replacement so each class is half of every epoch.
     """
 
-    def __init__(self, labels: np.ndarray, seed: int = 0, shuffle: bool = True, balanced: bool = False):
+    def __init__(self, labels: np.ndarray, seed: int = 0, shuffle: bool = True, balanced: bool = False,
+                 sbi: float = 0.0):
         self.labels = np.asarray(labels)
         self.seed, self.shuffle, self.balanced = int(seed), shuffle, balanced
+        self.sbi = float(sbi)  # share of drawn reals that become pseudo-fakes; the balance accounts for it
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -280,6 +297,9 @@ class EpochSampler:
         if self.balanced:
             counts = np.bincount(self.labels, minlength=2).astype(float)
             w = 1.0 / counts[self.labels]
+            if self.sbi:
+                # draw reals more often so that, after a share sbi of them turns fake, each class is half
+                w[self.labels == 0] /= 1 - 2 * self.sbi
             return rng.choice(n, size=n, replace=True, p=w / w.sum())
         return rng.permutation(n) if self.shuffle else np.arange(n)
 
@@ -338,9 +358,11 @@ def make_loader(dataset: CropDataset, batch_size: int, sampler=None, num_workers
 
 def _worker_init(_worker_id: int) -> None:
     """Workers decode and augment with numpy/PIL only and need no threads of their own."""
+    import cv2
     import torch
 
     torch.set_num_threads(1)
+    cv2.setNumThreads(0)  # OpenCV (used by --sbi) runs inline: no thread pool inherited across fork
 
 
 def class_weights(counts: Sequence[int]) -> np.ndarray:

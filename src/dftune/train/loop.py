@@ -173,13 +173,14 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     if not train_rows or not val_rows:
         raise TrainError(f"{data_dir}: need train and val crops, found {len(train_rows)} train / {len(val_rows)} val "
                          f"readable rows; check the manifest's split column (dftune prepare makes both)")
-    train_ds = D.CropDataset(data_dir, train_rows, D.make_transform(spec, D.AugSettings.from_config(cfg)), cfg.seed)
+    train_ds = D.CropDataset(data_dir, train_rows, D.make_transform(spec, D.AugSettings.from_config(cfg)), cfg.seed,
+                             sbi=cfg.sbi)
     val_ds = D.CropDataset(data_dir, val_rows, D.make_transform(spec, None), cfg.seed)
     counts = train_ds.class_counts()
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
     pin = torch.cuda.is_available()
-    sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler")
+    sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler", sbi=cfg.sbi)
     train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, cfg.num_workers, pin)
     val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, cfg.num_workers, pin)
     normalize = D.Normalize(spec)

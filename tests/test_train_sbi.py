@@ -1,0 +1,108 @@
+"""`dftune train --sbi P`: real training crops become self-blended pseudo-fakes on the fly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dftune.manifest import read_manifest
+from dftune.train import data as D
+from dftune.train.config import TrainConfig
+from dftune.train.loop import train
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory):
+    from dftune.demo.dataset import make_crops
+
+    out = tmp_path_factory.mktemp("sbi_crops")
+    make_crops(out, n_videos=6, frames=4, size=32, methods=("Deepfakes",))
+    return out
+
+
+def _ds(crops, sbi, seed=0, split="train"):
+    spec = D.InputSpec(32, 32, (0.5,) * 3, (0.5,) * 3)
+    rows = read_manifest(crops, splits=[split])
+    return D.CropDataset(crops, rows, D.make_transform(spec, None), seed=seed, sbi=sbi), rows
+
+
+def test_sbi_turns_the_expected_share_of_reals_into_fakes(crops):
+    ds, rows = _ds(crops, sbi=0.5)
+    reals = [i for i, r in enumerate(rows) if r.label == 0]
+    fakes = [i for i, r in enumerate(rows) if r.label == 1]
+    flipped = []
+    for epoch in range(10):
+        for i in reals:
+            s = ds[(i, epoch)]
+            if s["label"] == 1:
+                flipped.append(i)
+                plain = D.read_rgb(ds.paths[i])
+                assert not np.array_equal(s["image"], plain)  # really blended
+            else:
+                assert np.array_equal(s["image"], D.read_rgb(ds.paths[i]))
+        for i in fakes[:5]:
+            assert ds[(i, epoch)]["label"] == 1  # fakes stay fakes
+    share = len(flipped) / (10 * len(reals))
+    assert 0.35 < share < 0.65
+    # expected counts: pseudo-fakes count as fake for the class balance
+    n_real, n_fake = len(reals), len(fakes)
+    assert ds.class_counts() == pytest.approx([n_real * 0.5, n_fake + n_real * 0.5])
+
+
+def test_sbi_is_deterministic_under_a_seed_and_off_outside_training(crops):
+    a, rows = _ds(crops, sbi=0.9, seed=1)
+    b, _ = _ds(crops, sbi=0.9, seed=1)
+    c, _ = _ds(crops, sbi=0.9, seed=2)
+    i = next(i for i, r in enumerate(rows) if r.label == 0)
+    sa, sb = a[(i, 3)], b[(i, 3)]
+    assert sa["label"] == sb["label"] and np.array_equal(sa["image"], sb["image"])
+    assert any(not np.array_equal(a[(i, e)]["image"], c[(i, e)]["image"]) for e in range(5))
+    # without an epoch (evaluation-style access) nothing is altered
+    assert a[i]["label"] == 0 and np.array_equal(a[i]["image"], D.read_rgb(a.paths[i]))
+
+
+def test_balanced_sampler_accounts_for_pseudo_fakes():
+    y = np.array([0] * 20 + [1] * 80)
+    s = D.EpochSampler(y, seed=0, balanced=True, sbi=0.3)
+    reals = fakes = 0.0
+    for epoch in range(20):
+        s.set_epoch(epoch)
+        drawn = y[[i for i, _ in s]]
+        reals += (drawn == 0).sum() * 0.7
+        fakes += (drawn == 1).sum() + (drawn == 0).sum() * 0.3
+    assert 0.45 < reals / (reals + fakes) < 0.55
+    with pytest.raises(ValueError, match="sbi"):
+        TrainConfig(balance="sampler", sbi=0.6)
+    with pytest.raises(ValueError, match="sbi"):
+        TrainConfig(sbi=1.0)
+
+
+def test_train_with_sbi_on_reals_only(crops, tmp_path):
+    """SBI's own use: a detector trained from real faces alone (pseudo-fakes are the only fakes)."""
+    import csv
+
+    from dftune.models import build_tiny_vit
+
+    only_real = tmp_path / "reals"
+    only_real.mkdir()
+    lines = (crops / "manifest.csv").read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    keep = [l for l in body if ",train," not in l or l.split(",")[1] == "0"]
+    (only_real / "manifest.csv").write_text("\n".join([header] + keep) + "\n")
+    for split in ("train", "val", "test"):
+        (only_real / split).symlink_to(crops / split)
+    model = build_tiny_vit(tmp_path / "vit", image_size=32, hidden_size=64)
+    out = tmp_path / "run"
+    summary = train(only_real, str(model), out, TrainConfig(epochs=1, batch_size=8, num_workers=0, aug=False,
+                                                             tensorboard=False, sbi=0.5, lr=1e-3), progress=False)
+    import yaml
+
+    settings = yaml.safe_load((out / "settings.yaml").read_text())
+    assert settings["sbi"] == 0.5
+    n_real = sum(1 for l in keep if ",train," in l)
+    # pseudo-fakes count as fake for the class weights: expected counts n_real * (1 - p) and n_real * p
+    assert settings["_train_counts"] == {"real": n_real // 2, "fake": n_real // 2}
+    assert summary["epochs_run"] == 1 and (out / "best" / "dftune.json").exists()
