@@ -296,7 +296,7 @@ def print_table(r: dict) -> None:
     con = Console()
     t = Table(title="dftune demo: prepare -> train -> evaluate -> predict -> export", show_lines=True)
     t.add_column("", style="bold")
-    t.add_column("result")
+    t.add_column("result", overflow="fold")
     crops = ", ".join(f"{s} {v['real']} real / {v['fake']} fake ({v['videos']} videos)" for s, v in r["crops"].items())
     t.add_row("crops", crops)
     curve = "  ".join(f"{c['epoch']}:{c['train_loss']:.2f}/{_f(c['val_f1'])}" + ("*" if c["best"] else "")
