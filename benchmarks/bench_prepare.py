@@ -152,6 +152,8 @@ def main() -> int:
         print(f"{det:10s} {n / dt:7.1f} frames/s  x{ratio:.2f} vs guide  ({args.workers} workers)  "
               f"agreement: {json.dumps(res[det]['agreement'])}", flush=True)
     res["cpu_count"] = os.cpu_count()
+    res["loadavg_end"] = os.getloadavg()
+    print(f"cpus {os.cpu_count()}, load average at the end {os.getloadavg()[0]:.2f} (other work skews the figures)")
     res["workers"] = args.workers
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
