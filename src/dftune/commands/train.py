@@ -60,11 +60,11 @@ def register(sub) -> None:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {getattr(d, field)})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
-                   help="replace a classifier head of another size by a new 2-class real/fake head")
+                   help="replace a classifier head of another size by a new 2-class real/fake head (default: off)")
     p.add_argument("--no-aug", dest="aug", action="store_false", default=argparse.SUPPRESS,
-                   help="turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.)")
+                   help="turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.) (default: augment)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=argparse.SUPPRESS,
-                   help="do not write TensorBoard scalars")
+                   help="do not write TensorBoard scalars (default: write them to RUN_DIR/tensorboard)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint "
