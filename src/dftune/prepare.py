@@ -329,35 +329,14 @@ def _remove_stale_temp_files(out: Path) -> None:
 
 def _execute(cfg: PrepareConfig, todo: list[Item]):
     """Yield part dicts as videos finish, in one process or a pool, with a progress bar."""
-    from tqdm.auto import tqdm
+    from dftune.parallel import imap_progress
 
-    bar = tqdm(total=len(todo), unit="video", desc="prepare", disable=not cfg.progress or not todo,
-               dynamic_ncols=True)
     frames = 0
-    t0 = time.perf_counter()
-    try:
-        if cfg.workers <= 1 or len(todo) <= 1:
-            _init_worker(cfg)
-            results = map(_work, todo)
-            pool = None
-        else:
-            import multiprocessing as mp
 
-            # forkserver, not fork: a forked child inherits OpenCV's thread pool in whatever
-            # state the parent left it and can deadlock in cv2 (seen when the parent made videos)
-            methods = mp.get_all_start_methods()
-            ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
-            pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_init_worker, initargs=(cfg,))
-            results = pool.imap_unordered(_work, todo, chunksize=1)
-        try:
-            for part in results:
-                frames += part["frames_sampled"]
-                bar.update(1)
-                bar.set_postfix(frames_s=f"{frames / max(time.perf_counter() - t0, 1e-9):.1f}", refresh=False)
-                yield part
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-    finally:
-        bar.close()
+    def rate(part: dict, elapsed: float) -> dict:
+        nonlocal frames
+        frames += part["frames_sampled"]
+        return {"frames_s": f"{frames / max(elapsed, 1e-9):.1f}"}
+
+    yield from imap_progress(_work, todo, initializer=_init_worker, initargs=(cfg,), workers=cfg.workers,
+                             desc="prepare", unit="video", progress=cfg.progress, postfix=rate)

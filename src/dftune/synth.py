@@ -212,25 +212,7 @@ def run(cfg: SynthConfig) -> dict:
 
 
 def _execute(cfg: SynthConfig, jobs: list):
-    from tqdm.auto import tqdm
+    from dftune.parallel import imap_progress
 
-    bar = tqdm(total=len(jobs), unit="crop", desc="synth", disable=not cfg.progress or not jobs, dynamic_ncols=True)
-    pool = None
-    try:
-        if cfg.workers <= 1 or len(jobs) < 64:
-            _init(cfg)
-            results = map(_job, jobs)
-        else:
-            import multiprocessing as mp
-
-            ctx = mp.get_context("fork" if hasattr(os, "fork") else "spawn")
-            pool = ctx.Pool(min(cfg.workers, os.cpu_count() or 1), initializer=_init, initargs=(cfg,))
-            results = pool.imap_unordered(_job, jobs, chunksize=16)
-        for res in results:
-            bar.update(1)
-            yield res
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-        bar.close()
+    yield from imap_progress(_job, jobs, initializer=_init, initargs=(cfg,), workers=cfg.workers, desc="synth",
+                             unit="crop", progress=cfg.progress, chunksize=16, serial_below=64)
