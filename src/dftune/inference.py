@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from dftune import modelmeta
+from dftune.models import input_size
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Preprocess:
     @classmethod
     def from_processor(cls, processor) -> "Preprocess":
         resample = getattr(processor, "resample", 2)
-        h, w = _processor_size(getattr(processor, "size", None))
+        h, w = input_size(getattr(processor, "size", None))
         mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
         std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
         return cls(
@@ -97,18 +98,6 @@ class Preprocess:
 
     def key(self) -> tuple:
         return (self.height, self.width, self.do_resize, self.resample)
-
-
-def _processor_size(size) -> tuple[int, int]:
-    """``(height, width)`` from a processor's ``size`` (a dict, transformers 5's SizeDict, or an int)."""
-    if size is None:
-        return 224, 224
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    h = get("height") or get("shortest_edge") or 224
-    w = get("width") or get("shortest_edge") or h
-    return int(h), int(w)
 
 
 def resize_uint8(images: Sequence[np.ndarray], pre: Preprocess) -> np.ndarray:

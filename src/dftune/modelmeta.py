@@ -30,6 +30,11 @@ class CropSettings:
     every: int = 0  # >0: every k-th frame instead of ``frames`` evenly spaced
     aggregate: str = "mean"
 
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CropSettings":
+        """From prepare's ``settings.json`` or a ``dftune.json``; keys it does not know are ignored."""
+        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+
 
 @dataclass
 class ModelMeta:
@@ -47,7 +52,7 @@ class ModelMeta:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
-        crop = CropSettings(**{k: v for k, v in (d.get("crop") or {}).items() if k in CropSettings.__dataclass_fields__})
+        crop = CropSettings.from_dict(d.get("crop"))
         return cls(
             fake_index=int(d["fake_index"]),
             real_index=int(d["real_index"]),

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from dftune.manifest import Row, image_path
+from dftune.models import input_size
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class InputSpec:
         Tolerates ``size`` as a dict, transformers 5's ``SizeDict`` or an int, with
         height/width or shortest_edge (crops are square, so shortest_edge is the side).
         """
-        h, w = _hw(getattr(processor, "size", None), 224)
+        h, w = input_size(getattr(processor, "size", None), 224)
         mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
         std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
         if not getattr(processor, "do_normalize", True):
@@ -62,21 +63,10 @@ class InputSpec:
             rescale = 1.0
         ch = cw = 0
         if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
-            ch, cw = _hw(processor.crop_size, h)
+            ch, cw = input_size(processor.crop_size, h)
         resample = getattr(processor, "resample", None)
         resample = int(getattr(resample, "value", resample)) if resample is not None else 2
         return cls(h, w, tuple(float(x) for x in mean), tuple(float(x) for x in std), rescale, resample, ch, cw)
-
-
-def _hw(size, default: int) -> tuple[int, int]:
-    if size is None:
-        return default, default
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    get = (lambda k: size.get(k)) if hasattr(size, "get") else (lambda k: getattr(size, k, None))
-    h = get("height") or get("shortest_edge") or default
-    w = get("width") or get("shortest_edge") or h
-    return int(h), int(w)
 
 
 def resize(img: np.ndarray, size: tuple[int, int], resample: int = 2) -> np.ndarray:

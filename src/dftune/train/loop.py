@@ -55,9 +55,7 @@ def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
     if not p.exists():
         log.info("%s: no settings.json; recording the guide's crop settings in the model", data_dir)
         return modelmeta.CropSettings()
-    s = read_json(p)
-    known = modelmeta.CropSettings.__dataclass_fields__
-    return modelmeta.CropSettings(**{k: v for k, v in s.items() if k in known})
+    return modelmeta.CropSettings.from_dict(read_json(p))
 
 
 def load_model(source: str, cfg: TrainConfig):
