@@ -50,7 +50,7 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
     import cv2
     from PIL import Image
 
-    from dftune.demo import dataset as D
+    from dftune.stages.demo import dataset as D
 
     img_dir, vid_dir = root / "images", root / "videos"
     img_dir.mkdir(parents=True)
@@ -143,8 +143,8 @@ class GuideWay:
 
 
 def run_dftune(model_dir, inputs, backend, tta, detector, frames, batch):
-    from dftune import inference
-    from dftune import predict as P
+    from dftune import scoring as inference
+    from dftune.stages import predict as P
 
     models = inference.load_models([str(model_dir)], device="cpu", backend=backend)
     items = P.collect_inputs([inputs])
@@ -173,7 +173,7 @@ def main():
 
     import torch
 
-    from dftune import export as E
+    from dftune.stages import export as E
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -83,8 +83,8 @@ def decode_only(videos: list[Path], frames: int = 10) -> tuple[int, float]:
 
 
 def dftune_way(root: Path, out: Path, detector: str, workers: int) -> tuple[int, float, dict, float | None]:
-    from dftune.manifest import read_manifest
-    from dftune.prepare import PrepareConfig, run
+    from dftune.prepared import read_manifest
+    from dftune.stages.prepare import PrepareConfig, run
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -132,7 +132,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     args = ap.parse_args()
 
-    from dftune.demo.dataset import build_ffpp_tree
+    from dftune.stages.demo.dataset import build_ffpp_tree
 
     work = Path(args.work)
     root = work / f"ffpp-720p-{args.ids}x{args.frames_per_video}"

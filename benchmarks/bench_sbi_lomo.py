@@ -34,7 +34,7 @@ METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 
 def link_subset(src: Path, dst: Path, keep) -> Path:
     """A prepared folder holding the rows ``keep(row)`` accepts, crops hard-linked."""
-    from dftune.manifest import read_manifest, write_manifest
+    from dftune.prepared import read_manifest, write_manifest
 
     rows = [r for r in read_manifest(src) if keep(r)]
     for r in rows:
@@ -53,8 +53,8 @@ def link_subset(src: Path, dst: Path, keep) -> Path:
 
 def build_data(out: Path, workers: int) -> Path:
     from dftune.cli import main
-    from dftune.demo.dataset import build_ffpp_tree
-    from dftune.demo.pipeline import DemoConfig
+    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.stages.demo.pipeline import DemoConfig
 
     d = DemoConfig()
     root = out / "FaceForensics++"
@@ -75,9 +75,9 @@ def train_supports_sbi() -> bool:
 
 
 def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str, eval_data: Path) -> dict:
-    from dftune import evaluate as E
+    from dftune.stages import evaluate as E
     from dftune.train.config import build
-    from dftune.train.loop import train
+    from dftune.stages.train import train
 
     shutil.rmtree(run, ignore_errors=True)
     cfg = build(None, cfg_over)
@@ -114,10 +114,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from dftune.demo.pipeline import DemoConfig
-    from dftune.models import build_tiny_vit
-    from dftune.synth import SynthConfig
-    from dftune.synth import run as synth
+    from dftune.stages.demo.pipeline import DemoConfig
+    from dftune.model.load import build_tiny_vit
+    from dftune.stages.synth import SynthConfig
+    from dftune.stages.synth import run as synth
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         sbi_dir = out / f"lomo-{m}" / "sbi"
         if "sbi-offline" in variants and not (sbi_dir / "manifest.csv").exists():
             synth(SynthConfig(base, sbi_dir, progress=False, workers=1))
-        from dftune.manifest import read_manifest
+        from dftune.prepared import read_manifest
 
         n_train = sum(1 for r in read_manifest(base, splits=("train",)))
         cap = -(-n_train // d.batch_size)

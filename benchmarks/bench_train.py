@@ -5,7 +5,7 @@
 Three numbers, same model, batch and data, in one run:
 
 * step only   - forward/backward/AdamW on a batch already in memory (upper bound)
-* dftune      - `dftune.train.loop.train` (loader workers decode (+ augment), uint8 batches,
+* dftune      - `dftune.stages.train.train` (loader workers decode (+ augment), uint8 batches,
                 on-device normalisation, Accelerate); images/s of its 2nd epoch, with the
                 augmentations off (the guide's work) and on (the default)
 * guide       - a loop as the guide writes it: PIL open + image processor per image in
@@ -66,7 +66,7 @@ def _sync(device):
 
 def dftune_loop(data, model_dir, batch, workers, out, precision="auto", epochs=2, aug=True):
     from dftune.train.config import TrainConfig
-    from dftune.train.loop import train
+    from dftune.stages.train import train
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch, num_workers=workers, patience=0, tensorboard=False,
                       precision=precision, lr=1e-5, aug=aug)
@@ -82,7 +82,7 @@ def guide_loop(data, model_dir, batch, workers, epochs=2, device="cpu"):
     from torch.utils.data import DataLoader, Dataset
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from dftune.manifest import image_path, read_manifest
+    from dftune.prepared import image_path, read_manifest
 
     rows = read_manifest(data, splits=["train"])
     proc = AutoImageProcessor.from_pretrained(model_dir)
@@ -131,8 +131,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from dftune.demo.dataset import make_crops
-    from dftune.models import build_tiny_vit
+    from dftune.stages.demo.dataset import make_crops
+    from dftune.model.load import build_tiny_vit
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     data = tmp / "crops"

@@ -12,17 +12,17 @@ import pytest
 pytest.importorskip("torch")
 sk = pytest.importorskip("sklearn.metrics")
 
-from dftune import evaluate as E  # noqa: E402
+from dftune.stages import evaluate as E  # noqa: E402
 from dftune import metrics_extra as X  # noqa: E402
-from dftune import modelmeta  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.cli import main  # noqa: E402
-from dftune.manifest import read_manifest  # noqa: E402
-from dftune.models import build_tiny_vit  # noqa: E402
+from dftune.prepared import read_manifest  # noqa: E402
+from dftune.model.load import build_tiny_vit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from dftune.demo.dataset import make_crops
+    from dftune.stages.demo.dataset import make_crops
 
     root = tmp_path_factory.mktemp("evaluate")
     data = make_crops(root / "data", n_videos=4, frames=3, size=32).parent
@@ -154,7 +154,7 @@ def test_cli_two_models_outputs_agree_with_sklearn(env, tmp_path, capsys):
 
 
 def test_missing_split_is_a_clear_error(env, tmp_path):
-    from dftune.manifest import write_manifest
+    from dftune.prepared import write_manifest
 
     only_train = tmp_path / "train_only" / "manifest.csv"
     write_manifest(only_train, read_manifest(env["data"], ["train"]))

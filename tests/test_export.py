@@ -16,10 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dftune import export as E  # noqa: E402
-from dftune import inference, modelmeta  # noqa: E402
+from dftune.stages import export as E  # noqa: E402
+from dftune import scoring as inference
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.cli import main  # noqa: E402
-from dftune.models import build_tiny_vit  # noqa: E402
+from dftune.model.load import build_tiny_vit  # noqa: E402
 
 # runs a script with `import dftune` made impossible
 NO_DFTUNE = "import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; " \
@@ -30,7 +31,7 @@ def make_inputs(root: Path) -> Path:
     from PIL import Image
     from skimage import data
 
-    from dftune.demo import dataset as D
+    from dftune.stages.demo import dataset as D
 
     a = data.astronaut()[:320, 60:380]
     root.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-from dftune.models import build_tiny_vit, load_classifier, processor_stats
+from dftune.model.load import build_tiny_vit, load_classifier, processor_stats
 
 
 def test_processor_stats_reads_size_mean_std(tmp_path):

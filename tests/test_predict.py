@@ -11,10 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dftune import inference, modelmeta  # noqa: E402
-from dftune import predict as P  # noqa: E402
+from dftune import scoring as inference
+from dftune.model import meta as modelmeta  # noqa: E402
+from dftune.stages import predict as P  # noqa: E402
 from dftune.cli import main  # noqa: E402
-from dftune.models import build_tiny_vit  # noqa: E402
+from dftune.model.load import build_tiny_vit  # noqa: E402
 
 
 def swapped_copy(src: Path, dst: Path) -> Path:
@@ -38,7 +39,7 @@ def make_inputs(root: Path) -> Path:
     from PIL import Image
     from skimage import data
 
-    from dftune.demo import dataset as D
+    from dftune.stages.demo import dataset as D
 
     a = data.astronaut()[:320, 60:380]  # the face with some background
     (root / "sub").mkdir(parents=True, exist_ok=True)

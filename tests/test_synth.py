@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from dftune.cli import main
-from dftune.manifest import counts, image_path, read_manifest
-from dftune.synth import SynthConfig, run
+from dftune.prepared import counts, image_path, read_manifest
+from dftune.stages.synth import SynthConfig, run
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from dftune.demo.dataset import make_crops
+    from dftune.stages.demo.dataset import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=3, frames=2, size=48)

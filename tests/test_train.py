@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from dftune import labels, modelmeta
+from dftune.model import labels
+from dftune.model import meta as modelmeta
 from dftune.train import data as D
 from dftune.train.config import TrainConfig, build, load_yaml, parse_sets
-from dftune.train.loop import TrainError, train
+from dftune.stages.train import TrainError, train
 
 torch.set_num_threads(1)
 
@@ -24,7 +25,7 @@ FAST = dict(epochs=6, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    from dftune.demo.dataset import make_crops
+    from dftune.stages.demo.dataset import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=8, frames=8, size=32, methods=("Deepfakes", "FaceSwap"))
@@ -32,7 +33,7 @@ def crops(tmp_path_factory) -> Path:
 
 
 def _model(tmp_path_factory, name, id2label, n=None):
-    from dftune.models import build_tiny_vit
+    from dftune.model.load import build_tiny_vit
 
     return str(build_tiny_vit(tmp_path_factory.mktemp(name), id2label, **TINY))
 
@@ -58,7 +59,7 @@ def _probs(model_dir: Path, crops: Path, split="val"):
     """Fake probabilities of a saved model on a split, through dftune's own input pipeline."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from dftune.manifest import read_manifest
+    from dftune.prepared import read_manifest
 
     model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
     proc = AutoImageProcessor.from_pretrained(model_dir)
@@ -210,7 +211,7 @@ def test_corrupt_image_is_skipped_and_reported(crops, vit, tmp_path):
     text = (tmp_path / "run" / "skipped.txt").read_text()
     assert str(bad_train) in text and str(bad_val) in text
     assert len(summary["skipped"]) == 2
-    from dftune.manifest import read_manifest
+    from dftune.prepared import read_manifest
 
     n_val = len(read_manifest(data, splits=["val"]))
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
@@ -260,7 +261,7 @@ def test_config_layers_and_errors(tmp_path):
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index(crops):
-    from dftune.manifest import read_manifest
+    from dftune.prepared import read_manifest
 
     spec = D.InputSpec(32, 32, (0.5,) * 3, (0.5,) * 3)
     rows = read_manifest(crops, splits=["train"])

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from dftune.manifest import read_manifest
+from dftune.prepared import read_manifest
 from dftune.train import data as D
 from dftune.train.config import TrainConfig
-from dftune.train.loop import train
+from dftune.stages.train import train
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
-    from dftune.demo.dataset import make_crops
+    from dftune.stages.demo.dataset import make_crops
 
     out = tmp_path_factory.mktemp("sbi_crops")
     make_crops(out, n_videos=6, frames=4, size=32, methods=("Deepfakes",))
@@ -84,7 +84,7 @@ def test_train_with_sbi_on_reals_only(crops, tmp_path):
     """SBI's own use: a detector trained from real faces alone (pseudo-fakes are the only fakes)."""
     import csv
 
-    from dftune.models import build_tiny_vit
+    from dftune.model.load import build_tiny_vit
 
     only_real = tmp_path / "reals"
     only_real.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
-from dftune.io import atomic_path
+from dftune.atomic import atomic_path
 
 
 def _plt():

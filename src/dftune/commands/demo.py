@@ -23,7 +23,7 @@ examples:
 
 
 def register(sub) -> None:
-    from dftune.demo.pipeline import DemoConfig
+    from dftune.stages.demo.pipeline import DemoConfig
 
     d = DemoConfig()
     p = add_parser(sub, "demo", "the whole chain on a small self-made FF++-shaped dataset, in minutes on a CPU",
@@ -46,8 +46,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from dftune.demo.pipeline import DemoConfig, DemoError
-    from dftune.demo.pipeline import run as demo
+    from dftune.stages.demo.pipeline import DemoConfig, DemoError
+    from dftune.stages.demo.pipeline import run as demo
 
     cfg = DemoConfig(out=Path(args.out) if args.out else None, keep=args.keep, seed=args.seed, n_ids=args.n_ids,
                      frames=args.frames, epochs=args.epochs, sbi=args.sbi, workers=args.workers, onnx=args.onnx,

@@ -44,8 +44,8 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dftune import evaluate as E
-    from dftune import inference
+    from dftune.stages import evaluate as E
+    from dftune import scoring as inference
 
     s = E.EvalSettings(
         split=args.split, threshold_split=args.threshold_split, tta=inference.parse_tta(args.tta),

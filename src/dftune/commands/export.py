@@ -36,7 +36,7 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dftune import export as E
+    from dftune.stages import export as E
 
     s = E.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
                          n_samples=args.n_samples, tolerance=args.tolerance, int8_tolerance=args.int8_tolerance,

@@ -61,8 +61,8 @@ def run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dftune import inference
-    from dftune import predict as P
+    from dftune import scoring as inference
+    from dftune.stages import predict as P
 
     words = [w.strip() for w in args.label_words.split(",")]
     if len(words) != 2 or not all(words):

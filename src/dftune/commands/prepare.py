@@ -84,8 +84,8 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dftune.prepare import PrepareConfig
-    from dftune.prepare import run as prepare
+    from dftune.stages.prepare import PrepareConfig
+    from dftune.stages.prepare import run as prepare
 
     cfg = PrepareConfig(
         root=args.root, out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,

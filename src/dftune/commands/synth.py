@@ -65,8 +65,8 @@ def parse_sbi_sets(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from dftune.synth import SynthConfig
-    from dftune.synth import run as synth
+    from dftune.stages.synth import SynthConfig
+    from dftune.stages.synth import run as synth
 
     cfg = SynthConfig(data=args.data, out=args.out, splits=tuple(args.splits), per_real=args.per_real,
                       seed=args.seed, keep_fakes=args.keep_fakes, quality=args.quality, workers=args.workers,

@@ -83,7 +83,7 @@ def _overrides(args) -> dict:
 
 def run(args) -> int:
     from dftune.train import config as C
-    from dftune.train.loop import resume_config, train
+    from dftune.stages.train import resume_config, train
 
     overrides = _overrides(args)
     if args.resume:

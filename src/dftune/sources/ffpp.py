@@ -95,8 +95,8 @@ def load_split_files(folder: str | Path | None = None) -> dict[str, str]:
     mapping: dict[str, str] = {}
     for split in ("train", "val", "test"):
         if folder is None:
-            ref = resources.files("dftune.data").joinpath("ffpp_splits", f"{split}.json")
-            name, text = f"dftune/data/ffpp_splits/{split}.json", ref.read_text(encoding="utf-8")
+            ref = resources.files("dftune.resources").joinpath("ffpp_splits", f"{split}.json")
+            name, text = f"dftune/resources/ffpp_splits/{split}.json", ref.read_text(encoding="utf-8")
         else:
             path = Path(folder) / f"{split}.json"
             if not path.exists():

@@ -1,15 +1,8 @@
-"""Fine-tuning components: settings (config), data pipeline (data), the trainer (loop).
+"""Fine-tuning components: settings (config) and the data pipeline (data).
 
-``dftune train`` (dftune.commands.train) is the recipe; import heavy parts lazily.
+The epoch loop itself is the recipe :mod:`dftune.stages.train`.
 """
 
 from dftune.train.config import TrainConfig
 
-__all__ = ["TrainConfig", "train"]
-
-
-def train(*args, **kwargs):
-    """See :func:`dftune.train.loop.train`."""
-    from dftune.train.loop import train as _train
-
-    return _train(*args, **kwargs)
+__all__ = ["TrainConfig"]

@@ -185,7 +185,7 @@ def save_yaml(path: str | os.PathLike, cfg: TrainConfig, extra: Mapping | None =
     """Write the resolved settings (plus run metadata under keys starting with ``_``)."""
     import yaml
 
-    from dftune.io import write_text
+    from dftune.atomic import write_text
 
     d = cfg.to_dict()
     if extra:

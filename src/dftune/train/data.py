@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune.manifest import Row, image_path
-from dftune.models import input_size
+from dftune.prepared import Row, image_path
+from dftune.model.load import input_size
 
 log = logging.getLogger(__name__)
 

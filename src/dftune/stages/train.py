@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 
-from dftune import labels as _labels
+from dftune.model import labels as _labels
 from dftune import metrics as M
-from dftune import modelmeta
-from dftune.io import read_json, write_json, write_text
-from dftune.manifest import read_manifest
+from dftune.model import meta as modelmeta
+from dftune.atomic import read_json, write_json, write_text
+from dftune.prepared import read_manifest
 from dftune.train import data as D
 from dftune.train.config import TrainConfig, load_run_settings, save_yaml
 
@@ -62,7 +62,7 @@ def load_model(source: str, cfg: TrainConfig):
     """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head."""
     from transformers import AutoConfig
 
-    from dftune.models import load_classifier
+    from dftune.model.load import load_classifier
 
     try:
         mcfg = AutoConfig.from_pretrained(source)

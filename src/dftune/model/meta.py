@@ -12,8 +12,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dftune import labels as _labels
-from dftune.io import read_json, write_json
+from dftune.model import labels as _labels
+from dftune.atomic import read_json, write_json
 
 META_NAME = "dftune.json"
 FORMAT = 1

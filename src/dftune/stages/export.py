@@ -7,7 +7,7 @@ the standalone ``predict_submission.py`` and its README, and on request:
 - ``model_int8.pt``: dynamic int8 quantization of the ``nn.Linear`` layers (the guide's
   Q4), saved as the quantized model's state dict. It reloads by building the model
   from ``config.json``, quantizing it the same way and loading the state dict
-  (:func:`dftune.inference.load_int8`; the standalone script does the same). A state
+  (:func:`dftune.scoring.load_int8`; the standalone script does the same). A state
   dict was chosen over TorchScript: TorchScript is deprecated in recent torch and
   tracing HF models is fragile; the state dict reloads with ``weights_only=True``.
 - ``model.onnx``: ``torch.onnx.export`` with the TorchScript-based exporter
@@ -32,8 +32,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune import inference, modelmeta
-from dftune.io import write_json
+from dftune import scoring as inference
+from dftune.model import meta as modelmeta
+from dftune.atomic import write_json
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-from dftune.io import write_text
+from dftune.atomic import write_text
 
 SPLITS = ("train", "val", "test")
 

@@ -28,8 +28,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from dftune import modelmeta
-from dftune.models import input_size
+from dftune.model import meta as modelmeta
+from dftune.model.load import input_size
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def load_model(path: str | os.PathLike, fake_label: str | None = None, device: s
     pre = Preprocess.from_processor(processor)
     module = None
     if backend == "torch":
-        from dftune.models import load_classifier
+        from dftune.model.load import load_classifier
 
         module, _ = load_classifier(path)
         module = module.to(device).eval()

@@ -2,7 +2,7 @@
 
 Each file goes through the same face detection and square crop as the model's
 training data (settings from its ``dftune.json``), the crops through
-:mod:`dftune.inference` (batched, TTA, ensemble), a video's frames are pooled like
+:mod:`dftune.scoring` (batched, TTA, ensemble), a video's frames are pooled like
 ``evaluate`` pools them, and the label comes from the model's threshold. A file that
 cannot be read gets a row with its error and the default label; the batch goes on.
 """
@@ -20,8 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from dftune.faces.video import IMAGE_EXTS, VIDEO_EXTS, VideoError
-from dftune.io import write_text
-from dftune.modelmeta import CropSettings
+from dftune.atomic import write_text
+from dftune.model.meta import CropSettings
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def crop_settings(models, s: PredictSettings) -> CropSettings:
 
 def predict_files(models, items: Sequence[InputFile], s: PredictSettings) -> list[FileResult]:
     """Run the whole stage on ``items``; one result per item, in the same order."""
-    from dftune import inference
+    from dftune import scoring as inference
     from dftune.metrics_extra import aggregate_one, parse_aggregate
 
     crop = crop_settings(models, s)

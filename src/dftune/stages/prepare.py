@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Iterable
 
 from dftune.faces.geometry import crop_square, guide_square, points_to_crop
-from dftune.io import read_json, write_bytes, write_json
-from dftune.manifest import Row, counts, write_manifest
+from dftune.atomic import read_json, write_bytes, write_json
+from dftune.prepared import Row, counts, write_manifest
 from dftune.sources import Item, SourceError, get_indexer
 from dftune.sources.ffpp import DEFAULT_METHODS, load_split_files
 from dftune.sources.splits import assign_official, assign_random

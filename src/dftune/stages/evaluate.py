@@ -1,7 +1,7 @@
 """Stage ``evaluate``: one or several models measured on a prepared split.
 
 Every crop of the split (and of ``val``, for the threshold) is scored once per model
-through :mod:`dftune.inference` (the same preprocessing and TTA as ``predict``).
+through :mod:`dftune.scoring` (the same preprocessing and TTA as ``predict``).
 Frame-level metrics use the crops; video-level metrics pool a video's crops (mean by
 default; median, max, top-k mean). Both are reported at 0.5 and at the macro-F1-optimal
 threshold found on val, overall and per manipulation method (each method's fakes
@@ -21,10 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune import inference, manifest, modelmeta
+from dftune import prepared as manifest
+from dftune import scoring as inference
+from dftune.model import meta as modelmeta
 from dftune import metrics as M
 from dftune import metrics_extra as X
-from dftune.io import write_json, write_text
+from dftune.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dftune.io import read_json, write_bytes, write_json
-from dftune.manifest import SPLITS, Row, counts, image_path, manifest_file, read_manifest, write_manifest
+from dftune.atomic import read_json, write_bytes, write_json
+from dftune.prepared import SPLITS, Row, counts, image_path, manifest_file, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 

