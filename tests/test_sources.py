@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,101 @@ def test_ffpp_index(ffpp_tree):
     assert any("FaceShifter" in w["error"] for w in warnings)  # asked for, not present: warned, not fatal
     fake = next(it for it in items if it.key == "FaceSwap/000_001")
     assert (fake.target_id, fake.source_id) == ("000", "001")
+
+
+# ---------------------------------------------------------------- DeepFakeDetection: split by actor
+
+def _dfd_tree(root: Path, n_actors: int = 15) -> Path:
+    """Empty files named as FF++ names them: 2 reals per actor, a fake for every ordered actor pair."""
+    act = root / "original_sequences/actors/c23/videos"
+    dfd = root / "manipulated_sequences/DeepFakeDetection/c23/videos"
+    act.mkdir(parents=True)
+    dfd.mkdir(parents=True)
+    actors = [f"{i:02d}" for i in range(1, n_actors + 1)]
+    for a in actors:
+        for scene in ("walking_down_street_outside_angry", "kitchen_pan"):
+            (act / f"{a}__{scene}.mp4").touch()
+        for b in actors:
+            if a != b:
+                (dfd / f"{a}_{b}__walking_down_street_outside_angry__YVGY8LOK.mp4").touch()
+    return root
+
+
+def _dfd_official(root: Path, seed: int):
+    from dftune.stages.prepare import PrepareConfig, index_items
+
+    warnings = []
+    cfg = PrepareConfig(root, root.parent / "out", methods=("DeepFakeDetection",), actors=True, seed=seed)
+    kept, excluded = index_items(cfg, warnings)
+    return kept, excluded, warnings
+
+
+def test_dfd_official_split_deals_actors_to_every_split(tmp_path):
+    root = _dfd_tree(tmp_path / "ffpp")
+    kept, excluded, _ = _dfd_official(root, seed=0)
+    actor_split = {}
+    for it in kept:
+        if it.method == "actors":
+            assert actor_split.setdefault(it.target_id, it.split) == it.split, f"actor {it.target_id} crosses splits"
+    assert len(actor_split) == 15  # every actor's reals are kept, each actor in exactly one split
+    assert sum(it.method == "actors" for it in kept) == 30
+    # 15 actors by 0.72/0.14/0.14: 11/2/2
+    assert sorted(Counter(actor_split.values()).items()) == [("test", 2), ("train", 11), ("val", 2)]
+
+
+def test_dfd_official_split_keeps_fakes_only_within_a_split(tmp_path):
+    root = _dfd_tree(tmp_path / "ffpp")
+    kept, excluded, _ = _dfd_official(root, seed=0)
+    actor_split = {it.target_id: it.split for it in kept if it.method == "actors"}
+    fakes = [it for it in kept if it.method == "DeepFakeDetection"]
+    assert fakes
+    for it in fakes:
+        assert actor_split[it.target_id] == actor_split[it.source_id] == it.split
+    assert {it.split for it in fakes} == {"train", "val", "test"}
+
+
+def test_dfd_official_split_excludes_and_counts_straddling_fakes(tmp_path, caplog):
+    root = _dfd_tree(tmp_path / "ffpp")
+    with caplog.at_level("WARNING"):
+        kept, excluded, warnings = _dfd_official(root, seed=0)
+    actor_split = {it.target_id: it.split for it in kept if it.method == "actors"}
+    straddling = {f"{a}_{b}" for a in actor_split for b in actor_split if a != b and actor_split[a] != actor_split[b]}
+    assert straddling
+    assert len(kept) + len(excluded) == 15 * 2 + 15 * 14  # nothing vanishes: kept or excluded with a reason
+    assert {Path(e["file"]).name[:5] for e in excluded} == straddling
+    assert len(excluded) == len(straddling)
+    for e in excluded:
+        assert "different splits" in e["error"] and "excluded" in e["error"]
+    # the log states the real outcome: per-split counts and the number dropped
+    per = {s: sum(1 for it in kept if it.split == s and it.label == 1) for s in ("train", "val", "test")}
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert f"{len(straddling)} fakes dropped" in msg
+    assert f"fake videos train {per['train']}, val {per['val']}, test {per['test']}" in msg
+
+
+def test_dfd_actor_split_is_seeded(tmp_path):
+    root = _dfd_tree(tmp_path / "ffpp")
+
+    def splits(seed):
+        kept, excluded, _ = _dfd_official(root, seed)
+        return {it.key: it.split for it in kept}, sorted(e["file"] for e in excluded)
+
+    assert splits(0) == splits(0)
+    assert splits(0) != splits(1)
+
+
+def test_assign_actors_counts_and_random_split_drops_straddling_fakes(tmp_path):
+    from dftune.sources.splits import assign_actors
+
+    root = _dfd_tree(tmp_path / "ffpp", n_actors=6)
+    items = index(root, methods=("DeepFakeDetection",), actors=True)
+    res = assign_actors(items, seed=3)
+    c = res.counts()
+    assert sum(c["actors"].values()) == 6 and set(c["actors"]) == {"train", "val", "test"}
+    assert sum(c["reals"].values()) == 12
+    assert sum(c["fakes"].values()) + c["fakes_dropped"] == 30
+    assert c["fakes_dropped"] == len(res.excluded) > 0
+    # --split random splits them the same way, and leaves the dropped fakes out
+    items = index(root, methods=("DeepFakeDetection",), actors=True)
+    got = assign_random(items, seed=3)
+    assert {it.key: it.split for it in got} == {it.key: it.split for it in res.kept}
