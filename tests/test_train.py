@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dftune.portable import Preprocess
 from dftune.model import labels
 from dftune.model import meta as modelmeta
 from dftune.train import data as D
@@ -20,7 +21,7 @@ torch.set_num_threads(1)
 
 # a tiny ViT that learns the demo task in a few epochs (hidden 64; hidden 32 barely moves)
 TINY = dict(image_size=32, hidden_size=64)
-FAST = dict(epochs=6, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=0, tensorboard=False)
+FAST = dict(epochs=8, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=0, tensorboard=False)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _probs(model_dir: Path, crops: Path, split="val"):
     model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
     proc = AutoImageProcessor.from_pretrained(model_dir)
     meta = modelmeta.load(model_dir, model.config.id2label)
-    spec = D.InputSpec.from_processor(proc)
+    spec = Preprocess.from_processor(proc)
     rows = read_manifest(crops, splits=[split])
     ds = D.CropDataset(crops, rows, D.make_transform(spec, None))
     batch = D.collate([ds[i] for i in range(len(ds))])
@@ -79,11 +80,12 @@ def _probs(model_dir: Path, crops: Path, split="val"):
 def test_loss_falls_and_model_learns(fast_run):
     out, summary = fast_run
     hist = json.loads((out / "history.json").read_text())
-    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4, 5, 6, 7, 8]
     losses = [h["train"]["loss"] for h in hist]
-    assert losses[-1] < 0.7 * losses[0], losses
+    # guide-exact (antialiased) crops keep less of the demo fakes' aliasing: a slower fall than with INTER_CUBIC
+    assert losses[-1] < 0.8 * losses[0], losses
     assert hist[-1]["val"]["frame"]["auc"] > 0.85
-    assert summary["epochs_run"] == 6 and summary["stopped"] == "completed all epochs"
+    assert summary["epochs_run"] == 8 and summary["stopped"] == "completed all epochs"
     assert (out / "settings.yaml").exists() and (out / "tensorboard").exists() is False
 
 
@@ -92,7 +94,7 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
 
     out, summary = fast_run
     hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
-    for name, epoch in (("best", summary["best_epoch"]), ("last", 6)):
+    for name, epoch in (("best", summary["best_epoch"]), ("last", summary["epochs_run"])):
         logits, p, y, rows, meta, proc = _probs(out / name, crops)
         m = binary_metrics(y, p)
         rec = hist[epoch]["val"]["frame"]
@@ -101,7 +103,7 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
         assert m["macro_f1"] == pytest.approx(rec["macro_f1"])
         # the saved model folder carries what dftune needs to use it again
         assert (meta.fake_index, meta.real_index) == (1, 0)
-        assert meta.threshold_source == "train-val" and meta.threshold == pytest.approx(rec["best_threshold"])
+        assert meta.threshold == 0.5 and meta.extra["train_val_threshold"]["frame"] == rec["best_threshold"]
         assert meta.crop.size == 32 and meta.crop.detector == "retinaface"  # from the data's settings.json
         assert meta.extra["epoch"] == epoch
     # on-device normalisation gives what the model's own processor gives
@@ -117,6 +119,21 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
     assert torch.allclose(ref, best_logits, atol=1e-4)
 
 
+def test_saved_threshold_is_the_default_and_the_train_val_optimum_only_information(fast_run):
+    """The val optimum seen in training (frame or video level, no TTA) is not what predict should apply."""
+    out, summary = fast_run
+    hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
+    for name, epoch in (("best", summary["best_epoch"]), ("last", summary["epochs_run"])):
+        raw = json.loads((out / name / "dftune.json").read_text())
+        meta = modelmeta.load(out / name, {0: "Realism", 1: "Deepfake"})
+        assert raw["threshold"] == 0.5 and meta.threshold == 0.5
+        assert meta.threshold_source == modelmeta.ModelMeta(1, 0).threshold_source  # "default"
+        info = meta.extra["train_val_threshold"]
+        val = hist[epoch]["val"]
+        assert info["frame"] == val["frame"]["best_threshold"] and info["video"] == val["video"]["best_threshold"]
+        assert info["tta"] == [] and "evaluate --write-threshold" in info["note"]
+
+
 def test_label_swapped_model_learns_the_right_direction(crops, vit_swapped, tmp_path):
     out = tmp_path / "run"
     train(crops, vit_swapped, out, TrainConfig(**FAST), progress=False)
@@ -129,7 +146,10 @@ def test_label_swapped_model_learns_the_right_direction(crops, vit_swapped, tmp_
     assert hist[-1]["val"]["frame"]["auc"] > 0.85
 
 
-def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_path):
+@pytest.mark.parametrize("layout", ["current", "scheduler-registered"])
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_path, layout):
+    """layout "scheduler-registered": the interrupted run's state was saved when the LR scheduler was a
+    register_for_checkpointing custom object (custom_checkpoint_0.pkl) rather than a prepared one."""
     from safetensors.torch import load_file
 
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "warmup_ratio": 0.2})
@@ -146,6 +166,10 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     cfg_b = build(cfg, {"num_workers": 2})
     with pytest.raises(Killed):
         train(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
+    state_dir = tmp_path / "b" / "last" / "training_state"
+    assert (state_dir / "scheduler.bin").exists() and not list(state_dir.glob("custom_checkpoint_*"))
+    if layout == "scheduler-registered":
+        (state_dir / "scheduler.bin").rename(state_dir / "custom_checkpoint_0.pkl")
     with pytest.raises(TrainError, match="--resume"):
         train(crops, vit, tmp_path / "b", cfg_b, progress=False)
     summary = train(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
@@ -243,6 +267,91 @@ def test_out_of_memory_halves_micro_batch_and_keeps_the_step(crops, vit, tmp_pat
     assert hb["val"]["frame"]["loss"] == pytest.approx(ha["val"]["frame"]["loss"], rel=1e-3)
 
 
+class _OutOfMemoryInBackward(torch.autograd.Function):
+    """Identity whose backward runs out of memory (simulated)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated, in backward)")
+
+
+@pytest.mark.parametrize("where", ["forward", "backward"])
+def test_out_of_memory_mid_window_keeps_the_window_gradients(crops, vit, tmp_path, monkeypatch, where):
+    """grad_accum 2, micro-batch 4 of 8: out of memory in the 2nd micro-batch of the window's 2nd batch.
+
+    In a backward pass it strikes when the head and the encoder already hold that micro-batch's gradient
+    and the embeddings do not. The window is then redone at micro-batch 2, so the run must equal, bit for
+    bit, the run that used micro-batch 2 from the start (the same sums in the same order), and the run at
+    micro-batch 4 without the error up to float summation order. Dropping the window's first batch (the
+    old bug) moves the weights by about lr (1e-3).
+    """
+    from safetensors.torch import load_file
+    from transformers import ViTForImageClassification
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "grad_accum": 2, "micro_batch": 4, "max_train_batches": 4})
+    train(crops, vit, tmp_path / "mb2", build(cfg, {"micro_batch": 2}), progress=False)
+    train(crops, vit, tmp_path / "mb4", cfg, progress=False)
+
+    forward = ViTForImageClassification.forward
+    calls = []
+
+    def flaky_gpu(self, pixel_values=None, **kw):
+        if self.training:
+            calls.append(pixel_values.shape[0])
+            if len(calls) == 4:  # batch 2 of the first window, its 2nd micro-batch
+                if where == "forward":
+                    raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+                hook = self.vit.embeddings.register_forward_hook(lambda m, i, out: _OutOfMemoryInBackward.apply(out))
+                try:
+                    return forward(self, pixel_values=pixel_values, **kw)
+                finally:
+                    hook.remove()
+        return forward(self, pixel_values=pixel_values, **kw)
+
+    monkeypatch.setattr(ViTForImageClassification, "forward", flaky_gpu)
+    summary = train(crops, vit, tmp_path / "oom", cfg, progress=False)
+    assert summary["micro_batch"] == 2
+    oom, mb2, mb4 = (load_file(tmp_path / r / "last" / "model.safetensors") for r in ("oom", "mb2", "mb4"))
+    for k in oom:
+        assert torch.equal(oom[k], mb2[k]), k
+        assert torch.allclose(oom[k], mb4[k], rtol=0, atol=1e-4), k
+    # window 1: 4+4, 4+failed 4, then both batches again at 2+2+2+2; window 2: 2 x (2+2+2+2)
+    assert calls == [4, 4, 4, 4] + [2] * 16
+
+
+def test_lr_schedule_advances_once_per_optimizer_step_taken(crops, vit, tmp_path, monkeypatch):
+    """A step skipped by fp16's GradScaler (inf/NaN gradients) does not advance the schedule; nor does the
+    number of processes (a step is one optimizer step, not one step per process)."""
+    from types import SimpleNamespace
+
+    import accelerate.scheduler
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from dftune.stages.train import lr_lambda
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_train_batches": 6, "schedule": "cosine", "warmup_ratio": 0})
+    step = AcceleratedOptimizer.step
+    calls = []
+
+    def every_other_step_overflows(self, closure=None):  # what GradScaler.step + Accelerate report on inf/NaN
+        calls.append(1)
+        self._is_overflow = len(calls) % 2 == 0
+        if not self._is_overflow:
+            return step(self, closure)
+
+    monkeypatch.setattr(AcceleratedOptimizer, "step", every_other_step_overflows)
+    monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=4))
+    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    assert len(calls) == 6
+    lr = json.loads((tmp_path / "run" / "history.json").read_text())[0]["train"]["lr"]
+    assert lr == pytest.approx(cfg.lr * lr_lambda(6, 0, "cosine")(3))  # 3 steps taken of 6: half the peak
+    assert lr == pytest.approx(cfg.lr / 2)
+
+
 # ------------------------------------------------------------------ components
 
 
@@ -263,7 +372,7 @@ def test_config_layers_and_errors(tmp_path):
 def test_augmentation_is_a_function_of_seed_epoch_index(crops):
     from dftune.prepared import read_manifest
 
-    spec = D.InputSpec(32, 32, (0.5,) * 3, (0.5,) * 3)
+    spec = Preprocess(out_height=32, out_width=32, resize_height=32, resize_width=32)
     rows = read_manifest(crops, splits=["train"])
     ds = D.CropDataset(crops, rows, D.make_transform(spec, D.AugSettings.from_config(TrainConfig())), seed=3)
     a, b, c = ds[(5, 1)]["image"], ds[(5, 1)]["image"], ds[(5, 2)]["image"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
 from dftune.train import data as D
 from dftune.train.config import TrainConfig
@@ -24,7 +25,7 @@ def crops(tmp_path_factory):
 
 
 def _ds(crops, sbi, seed=0, split="train"):
-    spec = D.InputSpec(32, 32, (0.5,) * 3, (0.5,) * 3)
+    spec = Preprocess(out_height=32, out_width=32, resize_height=32, resize_width=32)
     rows = read_manifest(crops, splits=[split])
     return D.CropDataset(crops, rows, D.make_transform(spec, None), seed=seed, sbi=sbi), rows
 

@@ -17,29 +17,29 @@ RUN_DIR after a run::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from dftune.portable import Preprocess
 from dftune.model import labels as _labels
 from dftune import metrics as M
 from dftune.model import meta as modelmeta
 from dftune.atomic import read_json, write_json, write_text
+from dftune.pooling import video_aggregate
 from dftune.prepared import read_manifest
+from dftune.train import checkpoint as ckpt
 from dftune.train import data as D
+from dftune.train.checkpoint import STATE_DIR
 from dftune.train.config import TrainConfig, load_run_settings, save_yaml
+from dftune.train.step import ForwardBackward
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = "training_state"
-TRAINER_FILE = "trainer.json"
 
 
 class TrainError(ValueError):
@@ -107,22 +107,18 @@ def lr_lambda(total_steps: int, warmup: int, schedule: str) -> Callable[[int], f
     return f
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp`` so a kill leaves one complete folder (``final`` or ``final.old``)."""
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+def prepare_scheduler(accelerator, scheduler):
+    """``accelerator.prepare`` the LR scheduler, stepping it once per optimizer step actually taken.
 
-
-def last_dir(run_dir: Path) -> Path | None:
-    for name in ("last", "last.old"):  # last.old: killed between the two renames of _swap_in
-        d = run_dir / name
-        if (d / STATE_DIR / TRAINER_FILE).exists():
-            return d
-    return None
+    Accelerate's ``AcceleratedScheduler.step`` does nothing when the optimizer step was skipped (fp16
+    GradScaler found inf/NaN gradients), and Accelerate saves and loads it with the other state. Left
+    alone it also steps ``num_processes`` times per call (it assumes a schedule counted in
+    single-process batches); ours is counted in optimizer steps (``len(train_dl)`` after prepare is a
+    per-process length), hence ``split_batches`` = one step per call, whatever the process count.
+    """
+    prepared = accelerator.prepare(scheduler)
+    prepared.split_batches = True
+    return prepared
 
 
 # ---------------------------------------------------------------- the run
@@ -133,16 +129,15 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
     """Fine-tune ``model_source`` on the prepared crops in ``data_dir``; return the run summary."""
     import torch
-    import torch.nn.functional as F
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
     data_dir, run_dir = Path(data_dir), Path(out_dir)
-    resume_from = last_dir(run_dir) if resume else None
+    resume_from = ckpt.last_dir(run_dir) if resume else None
     if resume and resume_from is None:
         raise TrainError(f"{run_dir}: nothing to resume (no last/{STATE_DIR}); start without --resume")
-    if not resume and last_dir(run_dir) is not None:
+    if not resume and ckpt.last_dir(run_dir) is not None:
         raise TrainError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
 
     # ---- devices, precision, trackers
@@ -160,7 +155,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
 
     # ---- model and labels (by name, never assumed)
     model, processor, lm = load_model(model_source, cfg)
-    spec = D.InputSpec.from_processor(processor)
+    spec = Preprocess.from_processor(processor)
     fake_i, real_i = lm.fake_index, lm.real_index
 
     # ---- data
@@ -198,10 +193,8 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     n_batches = len(train_dl) if not cfg.max_train_batches else min(len(train_dl), cfg.max_train_batches)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule))
-    accelerator.register_for_checkpointing(scheduler)
+    scheduler = prepare_scheduler(accelerator, torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer, lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule)))
     class_w, to_model = class_w.to(accelerator.device), to_model.to(accelerator.device)
 
     # ---- state: fresh or resumed
@@ -209,8 +202,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
              "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0}
     history: list[dict] = []
     if resume_from is not None:
-        accelerator.load_state(str(resume_from / STATE_DIR))
-        state.update(read_json(resume_from / STATE_DIR / TRAINER_FILE))
+        state.update(ckpt.load(accelerator, resume_from))
         if (run_dir / "history.json").exists():
             history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= state["epoch"]]
         skipped |= set(state.get("skipped", []))
@@ -221,8 +213,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         "id2label": {int(k): v for k, v in accelerator.unwrap_model(model).config.id2label.items()},
         "train_counts": {"real": int(counts[0]), "fake": int(counts[1])},
         "class_weights": {"real": float(w[0]), "fake": float(w[1])},
-        "input": {"height": spec.out_size[0], "width": spec.out_size[1], "mean": list(spec.mean),
-                  "std": list(spec.std)},
+        "input": {"height": spec.out_height, "width": spec.out_width, "preprocess": spec.to_dict()},
         "processes": accelerator.num_processes, "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
         "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
@@ -234,39 +225,9 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     crop = crop_settings(data_dir)
     crop.aggregate = cfg.video_aggregate
 
-    # ---- one optimizer-step window: forward/backward in micro-batches, halving on OOM
-    def forward_backward(pixels, labels, valid, denom, sync: bool):
-        x = normalize(pixels)
-        target = to_model[labels]
-        sw = class_w[target] * valid.float()
-        n = x.shape[0]
-        while True:
-            mb = state["micro_batch"]
-            try:
-                loss_sum = torch.zeros((), device=x.device)
-                probs = []
-                for s in range(0, n, mb):
-                    last = s + mb >= n
-                    ctx = contextlib.nullcontext() if (sync and last) else accelerator.no_sync(model)
-                    with ctx:
-                        logits = model(pixel_values=x[s:s + mb]).logits.float()
-                        ce = F.cross_entropy(logits, target[s:s + mb], reduction="none")
-                        loss = (ce * sw[s:s + mb]).sum() / denom
-                        accelerator.backward(loss)
-                    loss_sum += loss.detach()
-                    probs.append(logits.detach().softmax(-1)[:, fake_i])
-                return loss_sum, torch.cat(probs)
-            except torch.OutOfMemoryError:
-                if mb <= 1:
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                state["micro_batch"] = mb // 2
-                msg = (f"out of memory at micro-batch {mb}: continuing with {mb // 2} x "
-                       f"{math.ceil(cfg.batch_size / (mb // 2))} accumulation (effective batch unchanged)")
-                log.warning(msg)
-                tqdm.write(msg) if main else None
+    # ---- one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.train.step)
+    forward_backward = ForwardBackward(accelerator, model, optimizer, state["micro_batch"], normalize,
+                                       on_message=tqdm.write if main else None)
 
     # ---- validation: frame and video level, gathered over processes
     def validate() -> dict:
@@ -287,7 +248,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         y = val_ds.labels[idx]
         keys = [val_rows[i].video for i in idx]
         frame = M.binary_metrics(y, p)
-        _, vp, vy = M.video_aggregate(keys, p, y, how=cfg.video_aggregate)
+        _, vp, vy = video_aggregate(keys, p, y, how=cfg.video_aggregate)
         video = M.binary_metrics(vy, vp)
         t, t_f1 = M.best_threshold(y, p)
         vt, vt_f1 = M.best_threshold(vy, vp)
@@ -306,29 +267,25 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         return v > state["best"] if cfg.higher_is_better else v < state["best"]
 
     def save_model(dest: Path, record: dict, with_state: bool) -> None:
-        tmp = dest.with_name(dest.name + ".tmp")
-        accelerator.wait_for_everyone()
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        if with_state:
-            accelerator.save_state(str(tmp / STATE_DIR))  # every process writes its RNG state
-        if main:
-            accelerator.unwrap_model(model).save_pretrained(tmp)
-            processor.save_pretrained(tmp)
+        def write(folder: Path) -> None:
+            accelerator.unwrap_model(model).save_pretrained(folder)
+            processor.save_pretrained(folder)
             val = record["val"]
+            # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
+            # `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val optimum seen here
+            # (frame or video level, no TTA) is kept as information only.
             meta = modelmeta.ModelMeta(
-                fake_index=fake_i, real_index=real_i, threshold=float(val["frame"]["best_threshold"]),
-                threshold_source="train-val", crop=crop,
+                fake_index=fake_i, real_index=real_i, crop=crop,
                 extra={"epoch": record["epoch"], "best_epoch": state["best_epoch"], "monitor": cfg.monitor,
                        "monitor_level": cfg.monitor_level, "metrics": val, "trained_from": str(model_source),
-                       "data": str(data_dir.resolve())})
-            modelmeta.save(tmp, meta)
-            if with_state:
-                write_json(tmp / STATE_DIR / TRAINER_FILE, {**state, "skipped": sorted(skipped)})
-            _swap_in(tmp, dest)
-        accelerator.wait_for_everyone()
+                       "data": str(data_dir.resolve()),
+                       "train_val_threshold": {
+                           "frame": val["frame"]["best_threshold"], "video": val["video"]["best_threshold"],
+                           "tta": [], "note": "frame/video level, no TTA; not applied: run `dftune evaluate "
+                                              "--write-threshold` to tune the threshold predict uses"}})
+            modelmeta.save(folder, meta)
+
+        ckpt.save(accelerator, dest, write, {**state, "skipped": sorted(skipped)} if with_state else None)
 
     # ---- the loop
     model.train()
@@ -341,7 +298,6 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         sums = torch.zeros(6, device=accelerator.device)  # loss, n, tp, fp, tn, fn
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
                    leave=False, dynamic_ncols=True)
-        window: list = []
         seen = 0
         for bi, batch in enumerate(train_dl):
             if bi >= n_batches:
@@ -353,9 +309,12 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
             if not bool(valid.all()):
                 for i in batch["index"][~valid].tolist():
                     skipped.add(f"{train_ds.paths[i]}: cannot decode as an image")
-            denom = (class_w[to_model[batch["labels"]]] * valid.float()).sum().clamp_min(1e-8) * win_len
-            loss, prob = forward_backward(batch["pixels"], batch["labels"], valid, denom, sync)
-            pred = (prob >= 0.5).long()
+            target = to_model[batch["labels"]]
+            weight = class_w[target] * valid.float()  # 0 drops an unreadable image
+            denom = weight.sum().clamp_min(1e-8) * win_len
+            loss, logits = forward_backward(batch["pixels"], target, weight, denom, sync)
+            state["micro_batch"] = forward_backward.micro_batch
+            pred = (logits.softmax(-1)[:, fake_i] >= 0.5).long()
             y, v = batch["labels"], valid
             sums += torch.stack([loss * win_len, v.sum(), ((pred == 1) & (y == 1) & v).sum(),
                                  ((pred == 1) & (y == 0) & v).sum(), ((pred == 0) & (y == 0) & v).sum(),
@@ -364,7 +323,7 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                scheduler.step()  # a no-op when fp16's GradScaler skipped the step (inf/NaN gradients)
                 optimizer.zero_grad(set_to_none=True)
                 state["step"] += 1
             seen += int(batch["labels"].shape[0]) * accelerator.num_processes

@@ -1,4 +1,5 @@
-"""Fine-tuning components: settings (config) and the data pipeline (data).
+"""Fine-tuning components: settings (config), the data pipeline (data), the out-of-memory step (step),
+checkpoint folders (checkpoint).
 
 The epoch loop itself is the recipe :mod:`dftune.stages.train`.
 """
