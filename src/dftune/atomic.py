@@ -1,6 +1,9 @@
 """Atomic file writes: write to a temporary name in the same folder, then rename.
 
-A run killed half way leaves either the old file or the new one, never a torn one.
+A run killed half way leaves either the old file or the new one, never a torn one. The
+file gets the mode the umask gives (a temporary file is private until renamed), and a
+write that fails (a full disk, a read-only folder) raises an error naming the file, the
+reason and the free space, and leaves the old file in place.
 """
 
 from __future__ import annotations
@@ -13,6 +16,38 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _read_umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+UMASK = _read_umask()  # read once: os.umask is process-wide and not thread-safe to probe later
+FILE_MODE = 0o666 & ~UMASK
+DIR_MODE = 0o777 & ~UMASK
+
+
+class WriteError(OSError):
+    """A file dftune could not write; the message names it, says why and how much space is left."""
+
+
+def free_space(folder: str | os.PathLike) -> str:
+    p = Path(folder)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+        return f"{st.f_bavail * st.f_frsize / 1e9:.2f} GB free on {p}"
+    except OSError:
+        return f"free space on {p} unknown"
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
+    """An OSError from writing ``path`` as a message a user can act on."""
+    why = e.strerror or str(e)
+    return WriteError(e.errno, f"{path}: cannot write ({why}); {free_space(Path(path).parent)}")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -21,15 +56,25 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     from the extension (OpenCV, PIL) keep working.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.tmp-", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
-    )
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.tmp-", suffix=suffix if suffix is not None else path.suffix, dir=path.parent
+        )
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from e
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, FILE_MODE)
         os.replace(tmp_path, path)
+    except WriteError:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -61,3 +106,35 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+class FolderBusy(RuntimeError):
+    """Another dftune process is writing the same folder."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, name: str = "lock", what: str = "dftune"):
+    """Hold ``folder/.NAME`` (an advisory ``flock``) while writing ``folder``; a second process
+    asking for the same lock gets :class:`FolderBusy` naming the holder, instead of redoing its work.
+    The lock goes with the process, so a killed run never leaves the folder locked."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    p = folder / f".{name}"
+    f = open(p, "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise FolderBusy(f"{folder}: {holder} is writing this folder; wait for it to finish (a re-run then "
+                             f"skips what it did), or split the work with --shard K/N") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (pid {os.getpid()})")
+        f.flush()
+        yield
+    finally:
+        f.close()

@@ -18,7 +18,16 @@ COMMANDS = ["prepare", "train", "evaluate", "predict", "export", "demo", "synth"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every option's default and keeps the descriptions' line breaks."""
+    """Shows every option's default and keeps the descriptions' line breaks; a help text that
+    states its default itself, and an on/off switch (off unless given), get no second one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default:" in text or "(default" in text or "%(default)" in text:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from dftune.progress import quiet_third_party
+
+    quiet_third_party()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

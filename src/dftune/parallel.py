@@ -27,9 +27,9 @@ def imap_progress(fn: Callable, items: Sequence, *, initializer: Callable, inita
     ``fn`` and ``initializer`` must be module-level functions and ``initargs``/items
     picklable when ``workers > 1``.
     """
-    from tqdm.auto import tqdm
+    from dftune.progress import bar as make_bar
 
-    bar = tqdm(total=len(items), unit=unit, desc=desc, disable=not progress or not items, dynamic_ncols=True)
+    bar = make_bar(len(items), desc, unit, progress and bool(items))
     pool = None
     t0 = time.perf_counter()
     try:
@@ -44,7 +44,7 @@ def imap_progress(fn: Callable, items: Sequence, *, initializer: Callable, inita
         for res in results:
             bar.update(1)
             if postfix is not None:
-                bar.set_postfix(postfix(res, time.perf_counter() - t0), refresh=False)
+                bar.set_postfix(**postfix(res, time.perf_counter() - t0), refresh=False)
             yield res
     finally:
         if pool is not None:

@@ -32,7 +32,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pseudo-fakes)")
     p.add_argument("--keep-fakes", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="keep the input's own fakes in the synthesised splits (--no-keep-fakes: reals + SBI only, "
-                        "the SBI paper's training set)")
+                        "the SBI paper's training set) (default: on)")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the pseudo-fakes")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--set", dest="sbi_set", action="append", default=[], metavar="KEY=VALUE",
@@ -77,10 +77,10 @@ def run(args) -> int:
 
 
 def print_summary(s: dict) -> None:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
-    console = Console()
+    con = console()
     t = Table(title=f"synth: {s['out']}")
     for col in ("split", "real crops", "fake crops", "of which SBI", "videos"):
         t.add_column(col, justify="left" if col == "split" else "right")
@@ -88,11 +88,11 @@ def print_summary(s: dict) -> None:
         c = s["crops"].get(split)
         if c:
             t.add_row(split, str(c["real"]), str(c["fake"]), str(c["methods"].get("SBI", 0)), str(c["videos"]))
-    console.print(t)
-    console.print(f"{s['pseudo_fakes']} pseudo-fakes from {s['from_reals']} real crops in {s['elapsed_s']} s; "
+    con.print(t)
+    con.print(f"{s['pseudo_fakes']} pseudo-fakes from {s['from_reals']} real crops in {s['elapsed_s']} s; "
                   f"{s['kept_rows']} input rows kept, {s['dropped_fakes']} input fakes left out")
     for p in s["problems"][:5]:
-        console.print(f"[red]problem[/red] {p}", highlight=False)
+        con.print(f"[red]problem[/red] {p}", highlight=False)
     if s["n_problems"] > 5:
-        console.print(f"... {s['n_problems'] - 5} more in {s['out']}/synth.json")
-    console.print(f"manifest: {s['out']}/manifest.csv   use: dftune train --data {s['out']} ...")
+        con.print(f"... {s['n_problems'] - 5} more in {s['out']}/synth.json")
+    con.print(f"manifest: {s['out']}/manifest.csv   use: dftune train --data {s['out']} ...")
