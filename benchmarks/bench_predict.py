@@ -64,8 +64,8 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
         Image.fromarray(rgb).save(img_dir / f"img_{i:03d}.jpg", quality=92)
     crop_dir = root / "crops"  # 224 px face crops, as prepare writes them: the model-only measurement
     crop_dir.mkdir(parents=True)
-    from dftune.faces.detectors import get_detector, largest
-    from dftune.faces.geometry import crop_square, guide_square
+    from dftune.portable import get_detector, largest
+    from dftune.portable import crop_square, guide_square
 
     det = get_detector("retinaface")
     for f in sorted(img_dir.iterdir()):
@@ -86,7 +86,7 @@ class GuideWay:
     def __init__(self, model_dir: Path, detector: str, margin: float = 1.3, size: int = 224):
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        from dftune.faces.detectors import get_detector
+        from dftune.portable import get_detector
 
         self.model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
         self.proc = AutoImageProcessor.from_pretrained(model_dir)
@@ -94,8 +94,8 @@ class GuideWay:
         self.margin, self.size = margin, size
 
     def crop(self, rgb):
-        from dftune.faces.detectors import largest
-        from dftune.faces.geometry import crop_square, guide_square, whole_image_box
+        from dftune.portable import largest
+        from dftune.portable import crop_square, guide_square, whole_image_box
 
         if self.det is None:
             return rgb

@@ -31,7 +31,7 @@ def guide_way(videos: list[Path], out: Path, frames: int = 10) -> tuple[int, flo
     import cv2
     import dlib
 
-    from dftune.faces.geometry import guide_square
+    from dftune.portable import guide_square
 
     det = dlib.get_frontal_face_detector()
     out.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def guide_way(videos: list[Path], out: Path, frames: int = 10) -> tuple[int, flo
 
 
 def decode_only(videos: list[Path], frames: int = 10) -> tuple[int, float]:
-    from dftune.faces.video import sample_frames
+    from dftune.portable import sample_frames
 
     n = 0
     t0 = time.perf_counter()

@@ -13,7 +13,8 @@ pytest.importorskip("torch")
 sk = pytest.importorskip("sklearn.metrics")
 
 from dftune.stages import evaluate as E  # noqa: E402
-from dftune import metrics_extra as X  # noqa: E402
+from dftune import metrics as X  # noqa: E402
+from dftune import pooling  # noqa: E402
 from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.cli import main  # noqa: E402
 from dftune.prepared import read_manifest  # noqa: E402
@@ -62,11 +63,11 @@ def test_extra_metrics_match_sklearn():
 
 
 def test_aggregate_specs():
-    assert X.parse_aggregate("topk:2") == ("topk", 2) and X.parse_aggregate("TOPK", 5) == ("topk", 5)
-    assert X.aggregate_one([0.1, 0.9, 0.8, 0.2], "topk", 2) == pytest.approx(0.85)
-    assert X.aggregate_one([0.1, 0.9, 0.8], "median") == pytest.approx(0.8)
+    assert pooling.parse_aggregate("topk:2") == ("topk", 2) and pooling.parse_aggregate("TOPK", 5) == ("topk", 5)
+    assert pooling.pool([0.1, 0.9, 0.8, 0.2], "topk", 2) == pytest.approx(0.85)
+    assert pooling.pool([0.1, 0.9, 0.8], "median") == pytest.approx(0.8)
     with pytest.raises(ValueError):
-        X.parse_aggregate("mode")
+        pooling.parse_aggregate("mode")
 
 
 def constructed_scores(rows):
@@ -117,8 +118,9 @@ def test_threshold_and_breakdown_on_constructed_scores(env, monkeypatch, tmp_pat
         assert m["auc"] == pytest.approx(sk.roc_auc_score(y[sel], p[sel]))
     # the threshold is written for predict
     meta = modelmeta.load(model)
-    assert meta.threshold == pytest.approx(e["val_threshold"]["frame"]) and meta.threshold_source == "val"
-    assert meta.extra["threshold_tuning"]["tta"] == ["flip"]
+    assert meta.threshold == pytest.approx(e["val_threshold"]["frame"])
+    assert meta.threshold_source["by"] == "evaluate" and meta.threshold_source["level"] == "frame"
+    assert meta.threshold_source["split"] == "val" and meta.threshold_source["tta"] == ["flip"]
 
 
 def test_cli_two_models_outputs_agree_with_sklearn(env, tmp_path, capsys):

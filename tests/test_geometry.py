@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from dftune.faces.geometry import crop_square, guide_square, points_to_crop, square_iou, whole_image_box
-from dftune.faces.video import sample_indices
+from dftune.faces.geometry import points_to_crop, square_iou
+from dftune.portable import crop_square, guide_square, whole_image_box
+from dftune.portable import sample_indices
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_sample_indices_follow_the_guide():
 def test_skipping_decoder_gives_the_frames_a_full_decode_gives(ffpp_tree):
     import av
 
-    from dftune.faces.video import decode_frames, sample_frames
+    from dftune.portable import decode_frames, sample_frames
 
     video = ffpp_tree / "original_sequences/youtube/c23/videos/001.mp4"
     with av.open(str(video)) as c:

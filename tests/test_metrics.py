@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+
+from dftune import pooling
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
 from dftune import metrics as M
@@ -57,16 +59,16 @@ def test_video_aggregate_all_modes():
     keys = ["b", "a", "a", "b", "a"]
     probs = [0.9, 0.1, 0.3, 0.5, 0.8]
     labels = [1, 0, 0, 1, 0]
-    k, p, y = M.video_aggregate(keys, probs, labels, "mean")
+    k, p, y = pooling.video_aggregate(keys, probs, labels, "mean")
     assert list(k) == ["a", "b"] and list(y) == [0, 1]
     assert p == pytest.approx([0.4, 0.7])
-    assert M.video_aggregate(keys, probs, labels, "median")[1] == pytest.approx([0.3, 0.7])
-    assert M.video_aggregate(keys, probs, labels, "max")[1] == pytest.approx([0.8, 0.9])
-    assert M.video_aggregate(keys, probs, labels, "topk", k=2)[1] == pytest.approx([0.55, 0.7])
+    assert pooling.video_aggregate(keys, probs, labels, "median")[1] == pytest.approx([0.3, 0.7])
+    assert pooling.video_aggregate(keys, probs, labels, "max")[1] == pytest.approx([0.8, 0.9])
+    assert pooling.video_aggregate(keys, probs, labels, "topk", k=2)[1] == pytest.approx([0.55, 0.7])
     with pytest.raises(ValueError, match="both real and fake"):
-        M.video_aggregate(["a", "a"], [0.1, 0.2], [0, 1])
+        pooling.video_aggregate(["a", "a"], [0.1, 0.2], [0, 1])
     with pytest.raises(ValueError):
-        M.video_aggregate(keys, probs, labels, "mode")
+        pooling.video_aggregate(keys, probs, labels, "mode")
 
 
 def test_best_threshold_is_optimal_over_a_grid():

@@ -1,12 +1,13 @@
-from dftune.model.load import build_tiny_vit, load_classifier, processor_stats
+from dftune.model.load import build_tiny_vit, load_classifier
+from dftune.portable import Preprocess
 
 
-def test_processor_stats_reads_size_mean_std(tmp_path):
+def test_preprocess_reads_size_mean_std(tmp_path):
     build_tiny_vit(tmp_path / "m", image_size=48, patch_size=8)
     _, proc = load_classifier(str(tmp_path / "m"))
-    st = processor_stats(proc)
-    assert (st["height"], st["width"]) == (48, 48)
-    assert st["mean"] == [0.5, 0.5, 0.5] and st["std"] == [0.5, 0.5, 0.5]
+    pre = Preprocess.from_processor(proc)
+    assert (pre.out_height, pre.out_width) == (48, 48)
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
 
 
 def test_missing_model_folder_is_named(tmp_path):

@@ -90,7 +90,7 @@ def test_cli_one_row_per_input_errors_and_faces(env, capsys):
                "--out", str(out), "--no-progress"])
     assert rc == 0
     rows = read_csv(out)
-    assert list(rows[0]) == ["filename", "label", "prob_fake", "faces_found", "frames", "error"]
+    assert list(rows[0]) == ["filename", "label", "prob_fake", "faces_found", "frames", "framing", "error"]
     by = {r["filename"]: r for r in rows}
     assert len(rows) == 8 and len(by) == 8  # exactly one row per input, none for notes.txt
     for bad in ("corrupt.jpg", "missing.png"):

@@ -73,9 +73,9 @@ def test_splits_follow_the_split_files(prepared, ffpp_tree):
 
 def test_crop_matches_the_guide_geometry_on_the_frame(prepared, ffpp_tree):
     """Re-derive one crop by hand from the decoded frame and the detector's box."""
-    from dftune.faces.detectors import get_detector, largest
-    from dftune.faces.geometry import guide_square
-    from dftune.faces.video import sample_frames
+    from dftune.portable import get_detector, largest
+    from dftune.portable import guide_square
+    from dftune.portable import sample_frames
 
     r = next(r for r in read_manifest(prepared) if r.video == "original/002" and r.frame_index == 5)
     video = ffpp_tree / "original_sequences/youtube/c23/videos/002.mp4"
@@ -234,19 +234,25 @@ def test_deepfakedetection_is_split_by_actor(ffpp_copy, tmp_path):
     dfd = ffpp_copy / "manipulated_sequences/DeepFakeDetection/c23/videos"
     act.mkdir(parents=True)
     dfd.mkdir(parents=True)
-    for name in ("01__walking", "02__talking", "03__kitchen", "04__outside"):
-        shutil.copy(src, act / f"{name}.mp4")
-    for name in ("01_02__walking__ABC", "03_04__kitchen__DEF"):
+    actors = ("01", "02", "03", "04", "05", "06")  # dealt 4/1/1 by the default ratios
+    for a in actors:
+        shutil.copy(src, act / f"{a}__walking.mp4")
+    fakes = [f"{a}_{b}__walking__ABC" for a, b in zip(actors, actors[1:] + actors[:1])]
+    for name in fakes:
         shutil.copy(src, dfd / f"{name}.mp4")
     out = tmp_path / "dfd"
     assert _prepare(ffpp_copy, out, "--methods", "DeepFakeDetection", "--actors") == 0
     rows = read_manifest(out)
     by_actor = {}
     for r in rows:
-        if r.method in ("actors", "DeepFakeDetection"):
-            for i in (r.target_id, r.source_id):
-                if i:
-                    assert by_actor.setdefault(i, r.split) == r.split
-    assert {r.method for r in rows} >= {"actors", "DeepFakeDetection", "original"}
-    fake = next(r for r in rows if r.video_id == "01_02__walking__ABC")
-    assert (fake.target_id, fake.source_id) == ("01", "02")
+        if r.method == "actors":
+            assert by_actor.setdefault(r.target_id, r.split) == r.split
+    assert len(by_actor) == 6 and set(by_actor.values()) == {"train", "val", "test"}
+    kept = {r.video_id for r in rows if r.method == "DeepFakeDetection"}
+    for r in rows:
+        if r.method == "DeepFakeDetection":
+            assert by_actor[r.target_id] == by_actor[r.source_id] == r.split
+    summary = json.loads((out / "summary.json").read_text())
+    dropped = {Path(e["file"]).stem for e in summary["excluded"] if "different splits" in e["error"]}
+    assert kept and dropped and kept | dropped == set(fakes) and not kept & dropped
+    assert any(f"{len(dropped)} fakes dropped" in w["error"] for w in summary["warnings"])

@@ -10,7 +10,7 @@ from dftune import sbi
 def crop() -> np.ndarray:
     """A real face crop at 64 px, made the way the demo data makes them."""
     from dftune.stages.demo.dataset import _background, identity, render_frame
-    from dftune.faces.geometry import crop_square, guide_square
+    from dftune.portable import crop_square, guide_square
 
     ph = identity(0)
     frame, (x1, y1, x2, y2) = render_frame(ph.rgb, ph.face, _background(0, 160, 120), 0.3, motion_seed=0)

@@ -3,7 +3,7 @@
 Every function takes dftune's convention: ``y_true`` 0 = real, 1 = fake, and
 ``prob_fake`` the model's probability of "fake" (already mapped through the
 model's label map). A video-level result is an aggregate of its frames' rows
-(:func:`video_aggregate`), then the same :func:`binary_metrics`.
+(:func:`dftune.pooling.video_aggregate`), then the same :func:`binary_metrics`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-AGGREGATES = ("mean", "median", "max", "topk")
 _EPS = 1e-7
 
 
@@ -63,25 +62,25 @@ def macro_f1(y_true, y_pred) -> float:
     yp = np.asarray(y_pred, dtype=np.int64).reshape(-1)
     f1s = []
     for c in (0, 1):
-        tp = np.sum((yp == c) & (y == c))
-        fp = np.sum((yp == c) & (y != c))
-        fn = np.sum((yp != c) & (y == c))
+        tp, fp, fn = _class_counts(y, yp, c)
         if tp + fp + fn == 0:
             continue  # class absent in truth and prediction: no information either way
         f1s.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(f1s)) if f1s else float("nan")
 
 
+def _class_counts(y: np.ndarray, yp: np.ndarray, c: int) -> tuple[int, int, int]:
+    """tp, fp, fn of class ``c`` (the one place rows are counted)."""
+    return (int(np.sum((yp == c) & (y == c))), int(np.sum((yp == c) & (y != c))),
+            int(np.sum((yp != c) & (y == c))))
+
+
 def confusion(y_true, y_pred) -> dict:
     """Counts with fake as the positive class: tp, fp, tn, fn."""
     y = np.asarray(y_true, dtype=np.int64).reshape(-1)
     yp = np.asarray(y_pred, dtype=np.int64).reshape(-1)
-    return {
-        "tp": int(np.sum((yp == 1) & (y == 1))),
-        "fp": int(np.sum((yp == 1) & (y == 0))),
-        "tn": int(np.sum((yp == 0) & (y == 0))),
-        "fn": int(np.sum((yp == 0) & (y == 1))),
-    }
+    tp, fp, fn = _class_counts(y, yp, 1)
+    return {"tp": tp, "fp": fp, "tn": int(y.size) - tp - fp - fn, "fn": fn}
 
 
 def binary_metrics(y_true, prob_fake, threshold: float = 0.5, loss: float | None = None) -> dict:
@@ -114,45 +113,6 @@ def binary_metrics(y_true, prob_fake, threshold: float = 0.5, loss: float | None
         **c,
     }
 
-
-def video_aggregate(video_keys: Sequence, probs, labels, how: str = "mean", k: int = 3):
-    """Pool frame rows into one row per video.
-
-    ``how``: "mean" (the guide's), "median", "max", or "topk" (mean of the ``k``
-    highest fake probabilities). A video's label is its rows' label; rows of one
-    video with different labels are an error. Returns ``(keys, probs, labels)``
-    as arrays sorted by key.
-    """
-    if how not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
-    keys = np.asarray([str(v) for v in video_keys])
-    p = np.asarray(probs, dtype=np.float64).reshape(-1)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if not (keys.size == p.size == y.size):
-        raise ValueError(f"video_keys ({keys.size}), probs ({p.size}) and labels ({y.size}) differ in length")
-    if keys.size == 0:
-        return keys, p, y
-    order = np.argsort(keys, kind="stable")
-    keys, p, y = keys[order], p[order], y[order]
-    uniq, starts = np.unique(keys, return_index=True)
-    ends = np.append(starts[1:], keys.size)
-    out_p = np.empty(uniq.size)
-    out_y = np.empty(uniq.size, dtype=np.int64)
-    for i, (s, e) in enumerate(zip(starts, ends)):
-        yy = y[s:e]
-        if yy.min() != yy.max():
-            raise ValueError(f"video {uniq[i]!r} has rows labelled both real and fake")
-        out_y[i] = yy[0]
-        pp = p[s:e]
-        if how == "mean":
-            out_p[i] = pp.mean()
-        elif how == "median":
-            out_p[i] = np.median(pp)
-        elif how == "max":
-            out_p[i] = pp.max()
-        else:
-            out_p[i] = np.sort(pp)[-max(1, min(k, pp.size)):].mean()
-    return uniq, out_p, out_y
 
 
 def best_threshold(y_true, prob_fake) -> tuple[float, float]:
@@ -199,6 +159,106 @@ def summarize(y_true, prob_fake, video_keys: Iterable | None = None, threshold: 
     """Frame-level and (when ``video_keys`` is given) video-level metrics in one dict."""
     out = {"frame": binary_metrics(y_true, prob_fake, threshold, loss=loss)}
     if video_keys is not None:
+        from dftune.pooling import video_aggregate
+
         _, vp, vy = video_aggregate(list(video_keys), prob_fake, y_true, how=how)
         out["video"] = binary_metrics(vy, vp, threshold)
+    return out
+
+
+# ---------------------------------------------------------------- what evaluate reports beyond these
+
+CLASS_NAMES = ("real", "fake")
+
+
+def average_precision(y_true, prob_fake) -> float:
+    """Average precision with fake as positive (sklearn's step-wise definition)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if y.size == 0 or y.min() == y.max():
+        return float("nan")
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, np.asarray(prob_fake, dtype=np.float64)))
+
+
+def roc_points(y_true, prob_fake) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` of the ROC curve; empty arrays with one class only."""
+    y = np.asarray(y_true, dtype=np.int64)
+    if y.size == 0 or y.min() == y.max():
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    from sklearn.metrics import roc_curve
+
+    return roc_curve(y, np.asarray(prob_fake, dtype=np.float64))
+
+
+def eer(y_true, prob_fake) -> tuple[float, float]:
+    """Equal error rate and its threshold: where the false-positive rate meets the miss rate.
+
+    Linear interpolation between the two ROC points that bracket FPR = FNR.
+    """
+    fpr, tpr, thr = roc_points(y_true, prob_fake)
+    if fpr.size == 0:
+        return float("nan"), float("nan")
+    fnr = 1.0 - tpr
+    d = fpr - fnr  # increases along the curve: -1 .. +1
+    i = int(np.searchsorted(d, 0.0))
+    if i == 0:
+        return float((fpr[0] + fnr[0]) / 2), float(min(thr[0], 1.0))
+    if i >= d.size:
+        return float((fpr[-1] + fnr[-1]) / 2), float(thr[-1])
+    d0, d1 = d[i - 1], d[i]
+    a = 0.0 if d1 == d0 else -d0 / (d1 - d0)
+    rate = fpr[i - 1] + a * (fpr[i] - fpr[i - 1])
+    t0, t1 = min(thr[i - 1], 1.0), thr[i]
+    return float(rate), float(t0 + a * (t1 - t0))
+
+
+def confusion_matrix(y_true, y_pred) -> list[list[int]]:
+    """2x2 counts, rows = truth (real, fake), columns = prediction (real, fake) — sklearn's layout."""
+    y = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    return [[int(np.sum((y == t) & (yp == p))) for p in (0, 1)] for t in (0, 1)]
+
+
+def per_class(y_true, y_pred) -> dict:
+    """Precision, recall, F1 and support for each class (0/0 counts as 0, like sklearn's zero_division=0)."""
+    y = np.asarray(y_true, dtype=np.int64)
+    yp = np.asarray(y_pred, dtype=np.int64)
+    out = {}
+    for c, name in enumerate(CLASS_NAMES):
+        tp, fp, fn = _class_counts(y, yp, c)
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0
+        out[name] = {"precision": prec, "recall": rec, "f1": f1, "support": int(np.sum(y == c))}
+    return out
+
+
+def full_metrics(y_true, prob_fake, threshold: float = 0.5) -> dict:
+    """Everything ``evaluate`` reports for one set of rows at one threshold."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(prob_fake, dtype=np.float64)
+    base = binary_metrics(y, p, threshold)
+    pred = (p >= threshold).astype(np.int64)
+    e, et = eer(y, p)
+    base.update({
+        "average_precision": average_precision(y, p),
+        "eer": e,
+        "eer_threshold": et,
+        "per_class": per_class(y, pred),
+        "confusion_matrix": confusion_matrix(y, pred),
+    })
+    return base
+
+
+def per_method(y_true, prob_fake, methods: Sequence[str], threshold: float = 0.5) -> dict:
+    """Each manipulation method's fakes against *all* reals: ``{method: full_metrics}``."""
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(prob_fake, dtype=np.float64)
+    meth = np.asarray([str(m) for m in methods])
+    real = y == 0
+    out = {}
+    for m in sorted(set(meth[y == 1].tolist())):
+        sel = real | ((y == 1) & (meth == m))
+        out[m] = full_metrics(y[sel], p[sel], threshold)
     return out

@@ -27,12 +27,13 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-from dftune.atomic import write_text
+from dftune.atomic import read_json, write_text
 
 SPLITS = ("train", "val", "test")
 
@@ -133,8 +134,22 @@ def read_manifest(location: str | os.PathLike, splits: Iterable[str] | None = No
 
 
 def image_path(location: str | os.PathLike, row: Row) -> Path:
-    """Absolute path of a row's crop (``path`` is relative to the manifest's folder)."""
+    """Path of one row's crop (``path`` is relative to the manifest's folder)."""
     return manifest_file(location).parent / row.path
+
+
+def image_paths(location: str | os.PathLike, rows: Iterable[Row]) -> list[Path]:
+    """Paths of many rows' crops, the folder resolved once."""
+    base = manifest_file(location).parent
+    return [base / r.path for r in rows]
+
+
+def read_settings(location: str | os.PathLike) -> dict | None:
+    """``settings.json`` beside the manifest (what ``prepare`` cropped with), or None."""
+    p = manifest_file(location).parent / "settings.json"
+    if not p.exists():
+        return None
+    return read_json(p)
 
 
 def counts(rows: Iterable[Row]) -> dict:
@@ -148,3 +163,31 @@ def counts(rows: Iterable[Row]) -> dict:
     for s in out.values():
         s["videos"] = len(s["videos"])
     return out
+
+
+PARTS = ".parts"
+_log = logging.getLogger(__name__)
+
+
+def load_parts(out: str | os.PathLike) -> dict[str, dict]:
+    """Every video's part file (``prepare``'s unit of resume): ``{key: part}``; each part names its source
+    ``file``, ``split``, ``label``, ``method`` and holds its rows."""
+    out = Path(out)
+    parts = {}
+    base = out / PARTS
+    if not base.is_dir():
+        return parts
+    for p in sorted(base.rglob("*.json")):
+        try:
+            d = read_json(p)
+            parts[d["key"]] = d
+        except Exception as e:  # a torn or foreign file: redo that video
+            _log.warning("%s: unreadable part file (%s); the video will be redone", p, e)
+    return parts
+
+
+def source_videos(location: str | os.PathLike, split: str) -> list[dict]:
+    """The source files ``prepare`` read for one split: ``[{key, file, label, method}]`` (from its parts)."""
+    parts = load_parts(manifest_file(location).parent)
+    return [{k: p[k] for k in ("key", "file", "label", "method")} for _, p in sorted(parts.items())
+            if p.get("split") == split and p.get("status") != "failed"]

@@ -1,19 +1,14 @@
-"""Running one or several classifiers on face crops: batched ``prob_fake``.
+"""Models and ensembles ready to score, and the one batching loop evaluate and predict share.
 
-The shared component of ``evaluate`` and ``predict`` (``train`` has its own loop).
-
-- Each model is loaded with its ``dftune.json`` (label map, threshold, crop settings);
-  ``prob_fake`` is the softmax probability of the model's *fake* output, whatever
-  index that is, so models whose labels are ordered differently combine correctly.
-- Preprocessing reproduces the model's image processor: a crop whose size differs
-  from the model's input is resized with PIL and the processor's own resampling
-  (what ``transformers.pipeline`` does, so single-image results agree with it);
-  rescale and normalisation (processor mean/std) are done on the device, per batch.
-- TTA views are made on the device from the normalised batch: ``flip`` (horizontal)
-  and ``cropF`` (centre crop of fraction F, resized back); the view probabilities
-  are averaged. An ensemble averages the models' ``prob_fake`` (optional weights).
-- Backends: ``torch`` (the HF folder), ``int8`` (``model_int8.pt`` written by
-  ``dftune export --int8``), ``onnx`` (``model.onnx`` from ``dftune export --onnx``).
+- :func:`load_model`: a model folder (HF format) with its ``dftune.json`` for a backend
+  (``torch``, ``int8``, ``onnx``); its preprocessing is :class:`dftune.portable.Preprocess`
+  read from its image processor, the same spec training used.
+- :class:`Ensemble`: members with weights and the ensemble's *own* decision threshold,
+  stored in an ``ensemble.json`` (written by ``evaluate --ensemble --write-threshold``
+  and by ``export``); ``--model`` accepts such a file or a folder holding one.
+- :func:`score_items`: crops of any number of items (rows, files) batched across items,
+  scored by every model (TTA views averaged), computed one step ahead of the model in a
+  background thread, with a progress bar; yields each item's scores in order.
 """
 
 from __future__ import annotations
@@ -28,125 +23,14 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+from dftune import portable
+from dftune.atomic import read_json, write_json
 from dftune.model import meta as modelmeta
-from dftune.model.load import input_size
+from dftune.portable import BACKENDS, INT8_NAME, ONNX_NAME, Preprocess, parse_tta, quantize_int8  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-INT8_NAME = "model_int8.pt"
-ONNX_NAME = "model.onnx"
-BACKENDS = ("torch", "int8", "onnx")
-
-
-def parse_tta(spec: str | Sequence[str] | None) -> tuple[str, ...]:
-    """``"flip,crop0.9"`` -> ``("flip", "crop0.9")``; ``"none"`` or empty -> no TTA.
-
-    Views: ``flip`` (horizontal mirror of every view) and ``cropF`` (0 < F < 1: centre
-    crop of that fraction of the side, resized back to the input size). The original
-    view is always included.
-    """
-    if spec is None:
-        return ()
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    out = []
-    for it in (s.strip().lower() for s in items):
-        if not it or it == "none":
-            continue
-        if it == "flip":
-            out.append("flip")
-        elif it.startswith("crop"):
-            try:
-                f = float(it[4:])
-            except ValueError:
-                raise ValueError(f"TTA view {it!r}: expected cropF with a fraction F, e.g. crop0.9") from None
-            if not 0.0 < f < 1.0:
-                raise ValueError(f"TTA view {it!r}: the crop fraction must be between 0 and 1")
-            out.append(f"crop{f:g}")
-        else:
-            raise ValueError(f"unknown TTA view {it!r}; use flip, cropF (e.g. crop0.9) or none")
-    return tuple(dict.fromkeys(out))
-
-
-@dataclass
-class Preprocess:
-    """What the model's image processor does, as numbers."""
-
-    height: int
-    width: int
-    mean: list[float]
-    std: list[float]
-    rescale: float = 1 / 255
-    do_resize: bool = True
-    do_rescale: bool = True
-    do_normalize: bool = True
-    resample: int = 2  # PIL.Image.BILINEAR, ViT's default
-
-    @classmethod
-    def from_processor(cls, processor) -> "Preprocess":
-        resample = getattr(processor, "resample", 2)
-        h, w = input_size(getattr(processor, "size", None))
-        mean = getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5]
-        std = getattr(processor, "image_std", None) or [0.5, 0.5, 0.5]
-        return cls(
-            height=h, width=w, mean=[float(v) for v in mean], std=[float(v) for v in std],
-            rescale=float(getattr(processor, "rescale_factor", None) or 1 / 255),
-            do_resize=bool(getattr(processor, "do_resize", True)),
-            do_rescale=bool(getattr(processor, "do_rescale", True)),
-            do_normalize=bool(getattr(processor, "do_normalize", True)),
-            resample=int(getattr(resample, "value", resample) if resample is not None else 2),
-        )
-
-    def key(self) -> tuple:
-        return (self.height, self.width, self.do_resize, self.resample)
-
-
-def resize_uint8(images: Sequence[np.ndarray], pre: Preprocess) -> np.ndarray:
-    """Stack RGB uint8 images at the model's input size (PIL resize, processor resampling)."""
-    from PIL import Image
-
-    out = np.empty((len(images), pre.height, pre.width, 3), dtype=np.uint8)
-    for i, im in enumerate(images):
-        if im.ndim != 3 or im.shape[2] != 3:
-            raise ValueError(f"expected an RGB image (H, W, 3), got shape {im.shape}")
-        if im.shape[0] == pre.height and im.shape[1] == pre.width or not pre.do_resize:
-            if im.shape[:2] != (pre.height, pre.width):
-                raise ValueError(f"image of size {im.shape[1]}x{im.shape[0]} and the processor does not resize")
-            out[i] = im
-        else:
-            out[i] = np.asarray(Image.fromarray(im).resize((pre.width, pre.height), resample=pre.resample))
-    return out
-
-
-def normalise(batch_uint8, pre: Preprocess, device):
-    """(N, H, W, 3) uint8 (numpy or tensor) -> normalised (N, 3, H, W) float32 on ``device``."""
-    import torch
-
-    x = torch.as_tensor(batch_uint8).to(device, non_blocking=True).permute(0, 3, 1, 2).float()
-    if pre.do_rescale:
-        x = x * pre.rescale
-    if pre.do_normalize:
-        mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
-        x = (x - mean) / std
-    return x
-
-
-def tta_views(x, tta: Sequence[str]):
-    """The TTA views of a normalised batch: the batch itself, centre crops, and their mirrors."""
-    import torch.nn.functional as F
-
-    views = [x]
-    h, w = x.shape[-2:]
-    for t in tta:
-        if t.startswith("crop"):
-            f = float(t[4:])
-            ch, cw = max(1, int(round(h * f))), max(1, int(round(w * f)))
-            y0, x0 = (h - ch) // 2, (w - cw) // 2
-            c = x[..., y0:y0 + ch, x0:x0 + cw]
-            views.append(F.interpolate(c, size=(h, w), mode="bilinear", align_corners=False, antialias=False))
-    if "flip" in tta:
-        views += [v.flip(-1) for v in views]
-    return views
+ENSEMBLE_NAME = "ensemble.json"
 
 
 @dataclass
@@ -193,98 +77,99 @@ def _quiet_transformers():
 
 
 def load_int8(model_dir: str | os.PathLike):
-    """Rebuild the dynamic-int8 model ``dftune export --int8`` saved (state dict of the quantized model)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageClassification
-
-    p = Path(model_dir) / INT8_NAME
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: no int8 model here; run `dftune export MODEL --out DIR --int8` first")
-    cfg = AutoConfig.from_pretrained(model_dir)
-    model = AutoModelForImageClassification.from_config(cfg).eval()
-    q = quantize_int8(model)
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch's deprecation notes on quantized storages
-        q.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
-    return q.eval()
-
-
-def quantize_int8(model):
-    """Dynamic int8 quantization of the ``nn.Linear`` layers (the guide's Q4)."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    """The dynamic-int8 model ``dftune export --int8`` saved, rebuilt from its config."""
+    return portable.load_runner(model_dir, "int8", "cpu")[1]
 
 
 def load_model(path: str | os.PathLike, fake_label: str | None = None, device: str = "auto",
                backend: str = "torch", weight: float = 1.0, threads: int = 0) -> LoadedModel:
     """Load a model folder (HF format) with its ``dftune.json`` for the chosen backend."""
-    import torch
     from transformers import AutoConfig, AutoImageProcessor
 
     _quiet_transformers()
     path = str(path)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
     device = pick_device(device)
     cfg = AutoConfig.from_pretrained(path)
     id2label = {int(k): v for k, v in cfg.id2label.items()}
-    meta = modelmeta.load(path, id2label, fake_label)
-    processor = AutoImageProcessor.from_pretrained(path)
-    pre = Preprocess.from_processor(processor)
-    module = None
-    if backend == "torch":
-        from dftune.model.load import load_classifier
-
-        module, _ = load_classifier(path)
-        module = module.to(device).eval()
-
-        def run(x, _m=module):
-            return _m(pixel_values=x).logits
-    elif backend == "int8":
-        if device != "cpu":
-            raise ValueError("the int8 backend (dynamic quantization) runs on the CPU only; use --device cpu")
-        module = load_int8(path)
-
-        def run(x, _m=module):
-            # one image at a time: dynamic quantization scales activations over the whole input
-            # tensor, so a batched image's result would depend on the other images in its batch
-            return torch.cat([_m(pixel_values=x[i:i + 1]).logits for i in range(x.shape[0])])
-    else:
-        import onnxruntime as ort
-
-        p = Path(path) / ONNX_NAME
-        if not p.exists():
-            raise FileNotFoundError(f"{p}: no ONNX model here; run `dftune export MODEL --out DIR --onnx` first")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-        providers = [p_ for p_ in providers if p_ in ort.get_available_providers()]
-        sess = ort.InferenceSession(str(p), opts, providers=providers)
-        inp = sess.get_inputs()[0].name
-
-        def run(x, _s=sess, _n=inp):
-            out = _s.run(None, {_n: x.detach().cpu().numpy().astype(np.float32)})[0]
-            return torch.from_numpy(out)
     if len(id2label) != 2:
         raise ValueError(f"{path}: dftune needs a two-class (real/fake) model, this one has {len(id2label)} labels")
+    meta = modelmeta.load(path, id2label, fake_label)
+    pre = Preprocess.from_processor(AutoImageProcessor.from_pretrained(path))
+    run, module, device = portable.load_runner(path, backend, device, threads)
     return LoadedModel(path=path, meta=meta, pre=pre, id2label=id2label, backend=backend, run=run,
                        device=device, weight=float(weight), module=module)
 
 
+# ---------------------------------------------------------------- ensembles
+
+
+@dataclass
+class Ensemble:
+    """Models scored together: ``prob_fake`` is the weighted mean of theirs (label orders never
+    clash), judged against the ensemble's own threshold."""
+
+    models: list
+    threshold: float = 0.5
+    threshold_source: dict = field(default_factory=lambda: dict(modelmeta.DEFAULT_SOURCE))
+    path: str | None = None  # the ensemble.json it came from, if any
+
+    @property
+    def single(self) -> bool:
+        return len(self.models) == 1
+
+    def threshold_text(self) -> str:
+        return portable.describe_threshold(self.threshold, self.threshold_source)
+
+
+def ensemble_file(p: str | os.PathLike) -> Path | None:
+    """``p`` itself if it is an ensemble JSON, ``p/ensemble.json`` for an ensemble folder, else None."""
+    p = Path(p)
+    if p.is_file() and p.suffix == ".json":
+        return p
+    if p.is_dir() and (p / ENSEMBLE_NAME).exists() and not (p / "config.json").exists():
+        return p / ENSEMBLE_NAME
+    return None
+
+
+def read_ensemble(path: str | os.PathLike) -> dict:
+    """An ``ensemble.json``: members (paths relative to the file) with weights, threshold, its source."""
+    path = Path(path)
+    try:
+        d = read_json(path)
+        members = [(str((path.parent / m["path"]).resolve()) if not os.path.isabs(m["path"]) else m["path"],
+                    float(m.get("weight", 1.0))) for m in d["members"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a dftune ensemble file ({type(e).__name__}: {e}); it needs "
+                         '{"members": [{"path": ..., "weight": ...}], "threshold": ...}') from None
+    if not members:
+        raise ValueError(f"{path}: the ensemble has no members")
+    return {"members": members, "threshold": float(d.get("threshold", 0.5)),
+            "threshold_source": modelmeta._source(d.get("threshold_source"))}
+
+
+def write_ensemble(path: str | os.PathLike, members: Sequence[tuple[str, float]], threshold: float,
+                   threshold_source: dict) -> Path:
+    """Write an ``ensemble.json``; member paths are stored relative to it so the folder can move."""
+    path = Path(path)
+    rel = [{"path": os.path.relpath(os.path.abspath(p), os.path.abspath(path.parent)), "weight": float(w)}
+           for p, w in members]
+    write_json(path, {"format": 1, "members": rel, "threshold": float(threshold),
+                      "threshold_source": threshold_source})
+    return path
+
+
 def load_models(paths: Sequence[str], fake_label: str | None = None, device: str = "auto",
                 backend: str = "torch", weights: Sequence[float] | None = None) -> list[LoadedModel]:
+    """Model folders (an ensemble file or folder expands into its members, with their weights)."""
+    return load_ensemble(paths, fake_label, device, backend, weights).models
+
+
+def load_ensemble(paths: Sequence[str], fake_label: str | None = None, device: str = "auto",
+                  backend: str = "torch", weights: Sequence[float] | None = None) -> Ensemble:
+    """What ``--model`` names, ready to score: one model (its own threshold), several (the
+    weighted mean of their thresholds, with a warning: untuned), or an ensemble file (its own)."""
     if not paths:
         raise ValueError("no model given (--model DIR)")
     if weights is not None and len(weights) != len(paths):
@@ -292,25 +177,29 @@ def load_models(paths: Sequence[str], fake_label: str | None = None, device: str
     ws = list(weights) if weights is not None else [1.0] * len(paths)
     if any(w < 0 for w in ws) or sum(ws) <= 0:
         raise ValueError("model weights must be non-negative and not all zero")
-    return [load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)]
+    ens_files = [ensemble_file(p) for p in paths]
+    if any(ens_files):
+        if len(paths) > 1:
+            raise ValueError("an ensemble file is a whole model set: give it alone to --model")
+        e = read_ensemble(ens_files[0])
+        models = [load_model(p, fake_label, device, backend, w) for p, w in e["members"]]
+        return Ensemble(models, e["threshold"], e["threshold_source"], str(ens_files[0]))
+    models = [load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)]
+    if len(models) == 1:
+        m = models[0]
+        return Ensemble(models, m.meta.threshold, m.meta.threshold_source)
+    w = np.array([m.weight for m in models])
+    t = float((w * np.array([m.meta.threshold for m in models])).sum() / w.sum())
+    return Ensemble(models, t, {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
+                                      "`dftune evaluate --ensemble --write-threshold` tunes one)"})
+
+
+# ---------------------------------------------------------------- scoring
 
 
 def model_prob_fake(model: LoadedModel, images: Sequence[np.ndarray], tta: Sequence[str] = ()) -> np.ndarray:
     """``prob_fake`` of one model for a batch of RGB uint8 images (any sizes)."""
-    import torch
-
-    if len(images) == 0:
-        return np.zeros(0, dtype=np.float64)
-    batch = resize_uint8(images, model.pre)
-    with torch.inference_mode():
-        x = normalise(batch, model.pre, model.device)
-        probs = None
-        views = tta_views(x, tta)
-        for v in views:
-            p = torch.softmax(model.run(v).float(), dim=-1)[:, model.fake_index]
-            probs = p if probs is None else probs + p
-        probs = probs / len(views)
-    return probs.double().cpu().numpy()
+    return portable.prob_fake(model.run, model.pre, model.fake_index, images, tta, model.device)
 
 
 def ensemble_prob_fake(models: Sequence[LoadedModel], images: Sequence[np.ndarray],
@@ -319,13 +208,6 @@ def ensemble_prob_fake(models: Sequence[LoadedModel], images: Sequence[np.ndarra
     per = np.stack([model_prob_fake(m, images, tta) for m in models]) if models else np.zeros((0, len(images)))
     w = np.array([m.weight for m in models], dtype=np.float64)
     return (w[:, None] * per).sum(0) / w.sum(), per
-
-
-def ensemble_threshold(models: Sequence[LoadedModel]) -> float:
-    """The decision threshold of an ensemble: its models' thresholds, weighted like their probabilities."""
-    w = np.array([m.weight for m in models], dtype=np.float64)
-    t = np.array([m.meta.threshold for m in models], dtype=np.float64)
-    return float((w * t).sum() / w.sum())
 
 
 def batched(items: Sequence, size: int):
@@ -339,8 +221,8 @@ class _Raised:
 
 
 def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
-    """``map(fn, items)`` computed one step ahead in a background thread (decode/detect
-    overlaps the model's forward pass)."""
+    """``map(fn, items)`` computed ahead in a background thread (decode/detect overlaps the
+    model's forward pass); an exception in ``fn`` is raised in the consumer."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
     done = object()
@@ -373,3 +255,44 @@ def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 t.join(0.05)
+
+
+def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable, tta: Sequence[str] = (),
+                batch_size: int = 32, progress: bool = True, desc: str = "score", unit: str = "item") -> Iterator:
+    """Score every item's crops; yield ``(item, info, ens (n,), per_model (M, n))`` in item order.
+
+    ``load(item) -> (crops, info)``: the RGB uint8 crops of one item (possibly none) and
+    whatever the caller wants back with them. Crops are batched across items, so one file's
+    ten frames and the next file's one image share a batch.
+    """
+    from dftune.progress import bar as make_bar
+
+    m = len(models)
+    pending: list = []  # (item, info, n_crops)
+    buf: list = []  # crops not scored yet
+    scored = np.zeros((m + 1, 0))  # scores of crops of pending items, in order
+
+    def drain(final: bool):
+        nonlocal buf, scored, pending
+        while len(buf) >= batch_size or (final and buf):
+            chunk, buf = buf[:batch_size], buf[batch_size:]
+            ens, per = ensemble_prob_fake(models, chunk, tta)
+            scored = np.hstack([scored, np.vstack([ens[None], per])])
+        used, j = 0, 0
+        while j < len(pending) and used + pending[j][2] <= scored.shape[1]:
+            item, info, n = pending[j]
+            yield item, info, scored[0, used:used + n], scored[1:, used:used + n]
+            used, j = used + n, j + 1
+        pending, scored = pending[j:], scored[:, used:]
+
+    bar = make_bar(len(items), desc, unit, progress)
+    try:
+        for item, (crops, info) in zip(items, prefetch(load, items)):
+            pending.append((item, info, len(crops)))
+            buf.extend(crops)
+            yield from drain(False)
+            bar.update(1)
+        yield from drain(True)
+    finally:
+        bar.close()
+    assert not pending, "internal error: crops left unscored"

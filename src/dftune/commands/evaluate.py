@@ -12,10 +12,10 @@ def register(sub) -> None:
         "method), at 0.5 and at the macro-F1-optimal threshold found on val. Writes metrics.json, report.md,\n"
         "predictions.csv and ROC / confusion-matrix PNGs. --write-threshold stores the val threshold in each\n"
         "model's dftune.json so `dftune predict` uses it.\n"
-        "Example: dftune evaluate --model baseline/ --model runs/ft/best_model --data data/ff --out runs/eval",
+        "Example: dftune evaluate --model baseline/ --model runs/ft/best --data data/ff --out runs/eval",
     )
     p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
-                   help="model folder; repeat to compare models side by side")
+                   help="model folder; repeat to compare models side by side, or an ensemble.json (or its folder)")
     p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="prepared folder (manifest.csv)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
     p.add_argument("--threshold-split", default="val", choices=["train", "val", "test"],
@@ -25,23 +25,31 @@ def register(sub) -> None:
     p.add_argument("--tta", default="flip", help="TTA views as in predict: flip, cropF, comma separated, or none")
     p.add_argument("--aggregate", default="mean", help="video score from its crops: mean, median, max, topk[:K]")
     p.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
-    p.add_argument("--ensemble", action="store_true", help="also measure the models' averaged prob_fake")
+    p.add_argument("--ensemble", action="store_true", help="also measure the models' weighted-mean prob_fake as one model (implied for an ensemble.json)")
     p.add_argument("--weight", action="append", type=float, metavar="W", help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
-                   help="store the val threshold in each model's dftune.json (used by predict)")
+                   help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
+                        "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
+                        "applies it and says where it came from")
+    p.add_argument("--ensemble-out", default=None, metavar="FILE",
+                   help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
+                        "for predict/export --model FILE (default: OUT/ensemble.json)")
     p.add_argument("--threshold-level", default="frame", choices=["frame", "video"],
                    help="which val threshold --write-threshold stores (the competition mixes images and videos)")
     p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
     p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"], help="as in predict")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda ...")
     p.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    p.add_argument("--from-videos", action="store_true",
+                   help="also score the split's source videos through predict's path (decode, detect, crop in "
+                        "memory) and report how far those video scores are from the ones pooled from the crops")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
     from dftune.stages import evaluate as E
@@ -51,11 +59,13 @@ def run(args) -> int:
         split=args.split, threshold_split=args.threshold_split, tta=inference.parse_tta(args.tta),
         aggregate=args.aggregate, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
         backend=args.backend, fake_label=args.fake_label, ensemble=args.ensemble, weights=args.weight,
-        threshold_level=args.threshold_level, write_threshold=args.write_threshold, plots=not args.no_plots,
+        threshold_level=args.threshold_level, write_threshold=args.write_threshold, ensemble_out=args.ensemble_out,
+        from_videos=args.from_videos,
+        plots=not args.no_plots,
         progress=not args.no_progress,
     )
     res = E.evaluate(args.model, args.data, args.out, s)
-    con = Console()
+    con = console()
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res['aggregate']})")
     for c in E.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
@@ -72,8 +82,17 @@ def run(args) -> int:
         con.print(f"[yellow]{res['skipped_crops']} crops could not be read and were skipped (see the log)[/yellow]")
     for nm, e in res["models"].items():
         if "threshold_written" in e:
+            where = e["path"] if nm == E.ENSEMBLE else f"{e['path']}/dftune.json"
             con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
-                      f"{args.threshold_split}) written to {e['path']}/dftune.json")
+                      f"{args.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
+        elif "model_threshold" in e:
+            con.print(f"{nm}: its stored threshold {e['model_threshold_text']}")
+    fv = res.get("from_videos")
+    if fv:
+        for nm, e in fv["models"].items():
+            con.print(f"--from-videos {nm}: {e['n']} videos through predict's path, AUC {E._f(e['auc'])}; vs crops: "
+                      f"mean |Δp| {E._f(e['mean_abs_diff'])}, label agreement {E._f(e['label_agreement_at_0.5'])}, "
+                      f"{e['only_from_videos']} videos only scored from the video")
     if args.out:
         con.print(f"metrics: {args.out}/metrics.json, report: {args.out}/report.md")
     return 0

@@ -11,15 +11,17 @@ def register(sub) -> None:
         description="Write a self-contained submission folder: the Hugging Face model (loads with from_pretrained,\n"
         "no dftune needed), dftune.json, predict_submission.py (standalone: same results as `dftune predict`) and\n"
         "its README; --int8 / --onnx add those exports. Each is checked against the source model.\n"
-        "Example: dftune export runs/ft/best_model --out submit/model/deep-fake-detector-v2-model --int8 --onnx",
+        "Example: dftune export runs/ft/best --out submit/model/deep-fake-detector-v2-model --int8 --onnx",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="model folder to export (HF format, with dftune.json)")
+    p.add_argument("model", metavar="MODEL_DIR", help="model folder to export (HF format, with dftune.json), or an ensemble.json / its folder "
+                        "(each member exported under members/, the ensemble's threshold kept)")
     p.add_argument("--out", required=True, metavar="SUBMIT_DIR", help="submission folder to write")
     p.add_argument("--int8", action="store_true", help="add model_int8.pt: dynamic int8 quantization of Linear layers")
     p.add_argument("--onnx", action="store_true", help="add model.onnx (onnxruntime)")
     p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
     p.add_argument("--samples", nargs="*", default=[], metavar="IMAGE",
-                   help="images or folders to verify the exports on (default: synthetic images)")
+                   help="images or folders to verify the exports on (default: the model's own val crops when its "
+                        "dftune.json names its training data; else synthetic images, a weak check that is flagged)")
     p.add_argument("--n-samples", type=int, default=16, help="how many sample images to verify on")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest |prob_fake difference| allowed for the plain folder (ONNX: 10x this)")
@@ -33,7 +35,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import torch
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
     from dftune.stages import export as E
@@ -44,9 +46,9 @@ def run(args) -> int:
     try:
         rep = E.export(args.model, args.out, s)
     except E.ExportError as e:
-        Console(stderr=True).print(f"[red]export failed:[/red] {e}")
+        console(stderr=True).print(f"[red]export failed:[/red] {e}")
         return 1
-    con = Console(stderr=True)
+    con = console(stderr=True)
     t = Table(title=f"dftune export -> {rep['out']}  (CPU, {torch.get_num_threads()} threads, "
                     f"{rep['samples']} {rep['sample_source']} samples)")
     for c in ("variant", "MB", "agree", "max |Δp|", "tol", "img/s", "speed"):
@@ -59,7 +61,11 @@ def run(args) -> int:
         t.add_row(name, f"{c['size_bytes'] / 1e6:.2f}", f"{c['label_agreement']:.1%}",
                   f"{c['max_prob_diff']:.2e}", f"{c['tolerance']:g}", _f(speed), f"{ratio:.2f}x")
     con.print(t)
-    con.print(f"standalone script: {rep['out']}/{E.SCRIPT_NAME} (see {E.README_NAME}); "
+    if "pipeline" in rep:
+        pl = rep["pipeline"]
+        con.print(f"transformers.pipeline loads the folder: label agreement {pl['label_agreement']:.1%}, "
+                  f"max |Δp| {pl['max_prob_diff']:.2e}")
+    con.print(f"standalone script: {rep['out']}/{E.SCRIPT_NAME} + {E.PORTABLE_NAME} (see {E.README_NAME}); "
               f"threshold {rep['threshold']:.4f}")
     return 0
 

@@ -11,13 +11,14 @@ def register(sub) -> None:
         description="Label images and videos with one or several models into a CSV, one row per file.\n"
         "Faces are found and cropped as in the model's training data (its dftune.json); a video's sampled\n"
         "frames are pooled; the label uses the model's threshold (set by `dftune evaluate --write-threshold`).\n"
-        "Example: dftune predict test_images/ test_videos/ --model runs/ft/best_model --out submission.csv",
+        "Example: dftune predict test_images/ test_videos/ --model runs/ft/best --out submission.csv",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image/video files or folders (searched recursively for jpg jpeg png bmp webp "
-                        "mp4 avi mov mkv webm)")
+                   help="image/video files or folders (searched recursively for jpg jpeg png bmp webp gif "
+                        "tif tiff, and mp4 avi mov mkv webm m4v; a GIF is scored by its first frame)")
     p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
-                   help="model folder (HF format, with dftune.json); repeat for an ensemble")
+                   help="model folder (HF format, with dftune.json); repeat for an ensemble, or give an "
+                        "ensemble.json (or its folder) written by `dftune evaluate --ensemble --write-threshold`")
     p.add_argument("--weight", action="append", type=float, metavar="W",
                    help="ensemble weight of each --model, in the same order (default: equal)")
     p.add_argument("--fake-label", default=None,
@@ -39,9 +40,13 @@ def register(sub) -> None:
     g.add_argument("--aggregate", default=None,
                    help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
     g.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
+    g.add_argument("--already-cropped", type=float, default=0.5, metavar="RATIO",
+                   help="an image whose detected face is at least RATIO of its shorter side is already a face "
+                        "crop and is used whole instead of cropped again (0: always crop)")
     d = p.add_argument_group("decision and CSV format")
     d.add_argument("--threshold", type=float, default=None,
-                   help="fake when prob_fake >= this (default: the model's; an ensemble's: weighted mean)")
+                   help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "
+                        "0.5 until `dftune evaluate --write-threshold` tunes one; the summary says which)")
     d.add_argument("--filename-style", default="relative", choices=["relative", "name", "stem", "path"],
                    help="what the filename column shows: path relative to the folder given, name, stem, full path")
     d.add_argument("--filename-column", default="filename", help="header of the file name column")
@@ -51,17 +56,17 @@ def register(sub) -> None:
     d.add_argument("--error-label", default="real", choices=["real", "fake"],
                    help="label given to a file that cannot be read")
     d.add_argument("--no-extra-columns", action="store_true",
-                   help="write only filename, label (and prob) columns: no faces_found/frames/error")
+                   help="write only filename, label (and prob) columns: no faces_found/frames/framing/error")
     d.add_argument("--per-model", action="store_true", help="add each ensemble member's prob_fake column")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
-    from dftune import scoring as inference
+    from dftune import scoring
     from dftune.stages import predict as P
 
     words = [w.strip() for w in args.label_words.split(",")]
@@ -69,39 +74,48 @@ def run(args) -> int:
         raise ValueError(f"--label-words {args.label_words!r}: give two words, REAL,FAKE (e.g. 0,1 or real,fake)")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    tta = inference.parse_tta(args.tta)
-    items = P.collect_inputs(args.inputs, args.filename_style)
+    tta = scoring.parse_tta(args.tta)
+    found = P.collect(args.inputs, args.filename_style)
+    items = found.files
     if not items:
-        raise FileNotFoundError(f"no image or video files in {', '.join(args.inputs)}")
-    models = inference.load_models(args.model, args.fake_label, args.device, args.backend, args.weight)
+        raise FileNotFoundError(f"no image or video files in {', '.join(args.inputs)}"
+                                + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+    ens = scoring.load_ensemble(args.model, args.fake_label, args.device, args.backend, args.weight)
+    models = ens.models
     s = P.PredictSettings(
         tta=tta, batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
         detector=args.detector, margin=args.margin, size=args.size, frames=args.frames, every=args.every,
-        error_label=1 if args.error_label == "fake" else 0, progress=not args.no_progress,
+        already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
+        progress=not args.no_progress,
     )
-    results = P.predict_files(models, items, s)
+    thr, thr_text = P.decision(ens, s)
+    results = P.predict_files(ens, items, s, threshold=thr)
     fmt = P.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
                       not args.no_extra_columns, args.per_model)
     P.write_csv(args.out, results, fmt, [m.name for m in models])
 
     crop = P.crop_settings(models, s)
-    thr = s.threshold if s.threshold is not None else inference.ensemble_threshold(models)
     sm = P.summary(results)
-    con = Console(stderr=True)
+    con = console(stderr=True)
     t = Table(title=f"dftune predict -> {args.out}", show_header=False)
-    t.add_row("models", ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models))
+    t.add_row("models", ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path
+                                              for m in models))
     t.add_row("device / backend", f"{models[0].device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
               f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
     t.add_row("TTA", ", ".join(tta) or "none")
-    t.add_row("threshold", f"{thr:.4f}")
+    t.add_row("threshold", thr_text)
     t.add_row("files", f"{sm['files']} ({sm['images']} images, {sm['videos']} videos)")
     t.add_row("predicted", f"{sm['predicted_fake']} fake, {sm['predicted_real']} real")
     if crop.detector != "none":
-        t.add_row("no face found (whole image used)", str(sm["no_face"]))
+        t.add_row("no face found (centre square used)", str(sm["no_face"]))
+        t.add_row("already a face crop (used whole)", str(sm["already_cropped"]))
     t.add_row("errors (default label)", f"{sm['errors']}" + (f" -> {args.error_label}" if sm["errors"] else ""))
+    if found.skipped:
+        t.add_row("skipped: not an image or video", f"{len(found.skipped)} (e.g. {found.skipped[0]})")
     con.print(t)
     for r in results:
         if r.error:
             con.print(f"[yellow]error[/yellow] {r.name}: {r.error}")
     return 0
+

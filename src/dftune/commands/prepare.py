@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import sys
 
@@ -26,20 +28,26 @@ examples:
 def _shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(x) for x in text.split("/"))
+        if not 1 <= k <= n:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"--shard takes K/N such as 1/4, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, such as 1/4; got {text!r}") from None
     return k, n
 
 
 def _ratios(text: str) -> tuple[float, float, float]:
-    parts = [float(x) for x in text.split(",")]
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise ValueError(f"--ratios takes three non-negative numbers train,val,test, got {text!r}")
+    try:
+        parts = [float(x) for x in text.split(",")]
+        if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three non-negative numbers train,val,test such as "
+                                         f"0.72,0.14,0.14; got {text!r}") from None
     return parts[0], parts[1], parts[2]
 
 
 def register(sub) -> None:
-    from dftune.faces.detectors import REGISTRY
+    from dftune.portable import DETECTORS as REGISTRY
     from dftune.sources import SOURCES
     from dftune.sources.ffpp import COMPRESSIONS, DEFAULT_METHODS, OPTIONAL_METHODS
 
@@ -108,10 +116,10 @@ def run(args) -> int:
 
 
 def print_summary(s: dict) -> None:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
-    console = Console(stderr=False)
+    con = console(stderr=False)
     v = s["videos"]
     t = Table(title=f"prepare: {s['out']}", show_lines=False)
     for col in ("split", "real crops", "fake crops", "videos", "by method"):
@@ -122,19 +130,19 @@ def print_summary(s: dict) -> None:
             continue
         methods = ", ".join(f"{m} {n}" for m, n in sorted(c["methods"].items()))
         t.add_row(split, str(c["real"]), str(c["fake"]), str(c["videos"]), methods)
-    console.print(t)
+    con.print(t)
     run = s["this_run"]
-    console.print(
+    con.print(
         f"videos: {v['done']} done, {v['failed']} failed, {v['pending']} pending, {v['excluded']} excluded, "
         f"{v['with_no_face']} with no face | frames: {s['frames']['sampled']} sampled, "
         f"{s['frames']['no_face']} without a face | this run: {run['todo']} processed, "
         f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
     )
     for f in s["failures"][:5]:
-        console.print(f"[red]failed[/red] {f['error']}", highlight=False)
+        con.print(f"[red]failed[/red] {f['error']}", highlight=False)
     if len(s["failures"]) > 5:
-        console.print(f"... {len(s['failures']) - 5} more failures in summary.json")
+        con.print(f"... {len(s['failures']) - 5} more failures in summary.json")
     if v["pending"]:
-        console.print(f"{v['pending']} videos still to do (other shards, or an interrupted run): "
+        con.print(f"{v['pending']} videos still to do (other shards, or an interrupted run): "
                       f"run again, or `--merge` once all shards are done")
-    console.print(f"manifest: {s['out']}/manifest.csv   summary: {s['out']}/summary.json")
+    con.print(f"manifest: {s['out']}/manifest.csv   summary: {s['out']}/summary.json")

@@ -51,7 +51,7 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
-    from dftune.metrics import AGGREGATES
+    from dftune.pooling import AGGREGATES
     from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, SCHEDULES
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
@@ -100,7 +100,7 @@ def run(args) -> int:
 
 
 def print_summary(s: dict) -> None:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
     t = Table(title="dftune train", show_header=True, header_style="bold")
@@ -117,7 +117,7 @@ def print_summary(s: dict) -> None:
                       ("loss", "loss"), ("best_threshold", "val-optimal threshold"),
                       ("best_threshold_f1", "macro F1 @threshold"), ("n", "images / videos")):
         t.add_row(name, f(fr.get(key)), f(vi.get(key)))
-    c = Console()
+    c = console()
     c.print(t)
     c.print(f"epochs run {s['epochs_run']}/{s['epochs_planned']} ({s['stopped']}); best epoch {s['best_epoch']} "
             f"by {s['monitor']} = {f(s['best_value'])}")

@@ -1,1 +1,1 @@
-"""Face components: box geometry (pure), detectors (one protocol), video frame sampling."""
+"""Face components: box geometry (pure). Detection, decoding and the crop itself live in dftune.portable."""

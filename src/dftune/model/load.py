@@ -34,30 +34,6 @@ def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = No
     return model, processor
 
 
-def input_size(size, default: int = 224) -> tuple[int, int]:
-    """``(height, width)`` from an image processor's ``size``: a dict (transformers 4), a
-    ``SizeDict`` (transformers 5, attributes), an int, or None; ``shortest_edge`` counts as
-    the side (dftune's crops are square)."""
-    if size is None:
-        return default, default
-    if isinstance(size, (int, float)):
-        return int(size), int(size)
-    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    h = get("height") or get("shortest_edge") or default
-    w = get("width") or get("shortest_edge") or h
-    return int(h), int(w)
-
-
-def processor_stats(processor) -> dict:
-    """Mean, std and input size of an image processor, for on-device normalisation."""
-    mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
-    std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
-    h, w = input_size(getattr(processor, "size", None))
-    return {"mean": mean, "std": std, "height": h, "width": w,
-            "do_normalize": bool(getattr(processor, "do_normalize", True)),
-            "rescale_factor": float(getattr(processor, "rescale_factor", 1 / 255))}
-
-
 def build_tiny_vit(out_dir: str | os.PathLike, id2label: dict | None = None, image_size: int = 32,
                    patch_size: int = 8, hidden_size: int = 32, layers: int = 2, heads: int = 2,
                    seed: int = 0) -> Path:

@@ -1,34 +1,39 @@
 """dftune's small JSON beside a model's ``config.json``: ``dftune.json``.
 
 It holds what dftune needs to use the model again exactly as it was trained and
-evaluated: the label map, the decision threshold, the crop settings of its data.
-A model folder without it (a hub model such as the baseline) gets defaults: labels
-resolved by name from ``config.id2label``, threshold 0.5, the guide's crop.
+evaluated: the label map, the decision threshold and where it came from, the crop
+settings of its data. ``config.json``'s label names stay the truth for which output
+is fake (:func:`dftune.portable.fake_index_of`). A model folder without ``dftune.json``
+(a hub model such as the baseline) gets defaults: labels by name, threshold 0.5, the
+guide's crop — and a warning saying so, since those may not be what it was trained on.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dftune.model import labels as _labels
 from dftune.atomic import read_json, write_json
+from dftune.portable import DEFAULT_CROP, META_NAME, describe_threshold, fake_index_of
 
-META_NAME = "dftune.json"
+log = logging.getLogger(__name__)
+
 FORMAT = 1
+DEFAULT_SOURCE = {"by": "default"}
 
 
 @dataclass
 class CropSettings:
     """How faces were found and cropped (``prepare``'s settings); ``predict`` reuses them."""
 
-    detector: str = "dlib"
-    margin: float = 1.3
-    size: int = 224
-    frames: int = 10
-    every: int = 0  # >0: every k-th frame instead of ``frames`` evenly spaced
-    aggregate: str = "mean"
+    detector: str = DEFAULT_CROP["detector"]
+    margin: float = DEFAULT_CROP["margin"]
+    size: int = DEFAULT_CROP["size"]
+    frames: int = DEFAULT_CROP["frames"]
+    every: int = DEFAULT_CROP["every"]  # >0: every k-th frame instead of ``frames`` evenly spaced
+    aggregate: str = DEFAULT_CROP["aggregate"]
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CropSettings":
@@ -36,53 +41,86 @@ class CropSettings:
         return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
 
 
+def _source(v) -> dict:
+    """Threshold provenance as a dict (older files stored a word)."""
+    if isinstance(v, dict):
+        return dict(v)
+    if v in (None, "", "default"):
+        return dict(DEFAULT_SOURCE)
+    return {"by": str(v)}
+
+
 @dataclass
 class ModelMeta:
     fake_index: int
     real_index: int
     threshold: float = 0.5
-    threshold_source: str = "default"  # "default", "val" (evaluate --write-threshold), "train-val"
+    # where the threshold came from: {"by": "default"} or {"by": "evaluate", "data", "split", "level", "tta",
+    # "aggregate"}: predict applies it as it was tuned
+    threshold_source: dict = field(default_factory=lambda: dict(DEFAULT_SOURCE))
     crop: CropSettings = field(default_factory=CropSettings)
     extra: dict = field(default_factory=dict)  # training summary, provenance
+    found: bool = True  # False: no dftune.json, everything above is assumed
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("found")
         d["format"] = FORMAT
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelMeta":
-        crop = CropSettings.from_dict(d.get("crop"))
         return cls(
             fake_index=int(d["fake_index"]),
             real_index=int(d["real_index"]),
             threshold=float(d.get("threshold", 0.5)),
-            threshold_source=str(d.get("threshold_source", "default")),
-            crop=crop,
+            threshold_source=_source(d.get("threshold_source")),
+            crop=CropSettings.from_dict(d.get("crop")),
             extra=dict(d.get("extra") or {}),
         )
+
+    def threshold_text(self) -> str:
+        return describe_threshold(self.threshold, self.threshold_source)
 
 
 def meta_path(model_dir: str | os.PathLike) -> Path:
     return Path(model_dir) / META_NAME
 
 
-def load(model_dir: str | os.PathLike, id2label: dict | None = None, fake_label: str | None = None) -> ModelMeta:
-    """Read ``dftune.json``; without one, build defaults from ``id2label``.
+_warned: set = set()
 
-    ``fake_label`` overrides the saved/derived label map (``--fake-label``).
+
+def load(model_dir: str | os.PathLike, id2label: dict | None = None, fake_label: str | None = None) -> ModelMeta:
+    """Read ``dftune.json`` and check it against ``config.json``'s labels; without one, defaults
+    (and one warning per folder naming the settings assumed).
+
+    ``fake_label`` overrides the label map (``--fake-label``).
     """
     p = meta_path(model_dir)
+    where = str(model_dir)
     if p.exists():
-        meta = ModelMeta.from_dict(read_json(p))
-        if fake_label is not None and id2label is not None:
-            lm = _labels.resolve(id2label, fake_label, where=str(model_dir))
-            meta.fake_index, meta.real_index = lm.fake_index, lm.real_index
+        raw = read_json(p)
+        if id2label is None:
+            return ModelMeta.from_dict(raw)
+        fake = fake_index_of(id2label, raw, fake_label, where)
+        meta = ModelMeta.from_dict({**raw, "fake_index": fake,
+                                    "real_index": next(int(k) for k in id2label if int(k) != fake)})
         return meta
     if id2label is None:
-        raise _labels.LabelMappingError(f"{model_dir}: no {META_NAME} and no id2label to derive labels from")
-    lm = _labels.resolve(id2label, fake_label, where=str(model_dir))
-    return ModelMeta(fake_index=lm.fake_index, real_index=lm.real_index)
+        from dftune.portable import LabelMappingError
+
+        raise LabelMappingError(f"{model_dir}: no {META_NAME} and no id2label to derive labels from")
+    fake = fake_index_of(id2label, None, fake_label, where)
+    meta = ModelMeta(fake_index=fake, real_index=next(int(k) for k in id2label if int(k) != fake), found=False)
+    key = os.path.abspath(where)
+    if key not in _warned:
+        _warned.add(key)
+        c = meta.crop
+        log.warning("%s: no %s, so assuming the guide's settings: detector %s, margin %s, size %s, %s frames "
+                    "per video, %s pooling, threshold 0.5 — if the model was trained otherwise, pass --detector/"
+                    "--margin/--size/--frames/--threshold", where, META_NAME, c.detector, c.margin, c.size,
+                    c.frames, c.aggregate)
+    return meta
 
 
 def save(model_dir: str | os.PathLike, meta: ModelMeta) -> Path:

@@ -16,7 +16,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from dftune.faces.video import VIDEO_EXTS
+from dftune.portable import VIDEO_EXTS
 from dftune.sources import Item, SourceError
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dftune.faces.video import IMAGE_EXTS, VIDEO_EXTS
+from dftune.portable import IMAGE_EXTS, VIDEO_EXTS
 from dftune.sources import Item, SourceError
 
 

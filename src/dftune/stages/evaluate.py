@@ -25,7 +25,8 @@ from dftune import prepared as manifest
 from dftune import scoring as inference
 from dftune.model import meta as modelmeta
 from dftune import metrics as M
-from dftune import metrics_extra as X
+from dftune import pooling as P
+from dftune.pooling import format_aggregate
 from dftune.atomic import write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class EvalSettings:
     weights: Sequence[float] | None = None
     threshold_level: str = "frame"  # which val threshold --write-threshold stores: frame or video
     write_threshold: bool = False
+    ensemble_out: str | None = None  # where --ensemble --write-threshold writes ensemble.json (default OUT/)
+    from_videos: bool = False  # also score the split's source videos through predict's path
     plots: bool = True
     progress: bool = True
 
@@ -57,56 +60,40 @@ def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s:
 
     Crops that cannot be read are left out (``ok_mask`` False) with a warning naming them.
     """
-    from dftune.faces.video import load_image
+    from dftune.portable import load_image
 
     n = len(rows)
     per = np.full((len(models), n), np.nan)
     ens = np.full(n, np.nan)
     ok = np.zeros(n, dtype=bool)
-    idx = list(range(n))
-    chunks = list(inference.batched(idx, s.batch_size))
+    paths = manifest.image_paths(data, rows)
 
-    def load(chunk):
-        imgs, good = [], []
-        for i in chunk:
-            p = manifest.image_path(data, rows[i])
-            try:
-                imgs.append(load_image(p))
-                good.append(i)
-            except Exception as e:
-                log.warning("%s: skipped, cannot read the crop (%s)", p, e)
-        return good, imgs, len(chunk)
+    def load(i):
+        try:
+            return [load_image(paths[i])], True
+        except Exception as e:
+            log.warning("%s: skipped, cannot read the crop (%s)", paths[i], e)
+            return [], False
 
-    bar = None
-    if s.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, unit="crop", desc="evaluate", dynamic_ncols=True)
-    try:
-        for good, imgs, n_chunk in inference.prefetch(load, chunks):
-            if good:
-                e, p = inference.ensemble_prob_fake(models, imgs, s.tta)
-                ens[good], per[:, good], ok[good] = e, p, True
-            if bar:
-                bar.update(n_chunk)
-    finally:
-        if bar:
-            bar.close()
+    for i, good, e, p in inference.score_items(models, range(n), load, s.tta, s.batch_size, s.progress,
+                                               "evaluate", "crop"):
+        if good:
+            ens[i], per[:, i], ok[i] = e[0], p[:, 0], True
     return ok, ens, per
 
 
 def _level_report(y, p, methods, thr_val: float | None) -> dict:
-    out = {"at_0.5": X.full_metrics(y, p, 0.5), "per_method_at_0.5": X.per_method(y, p, methods, 0.5)}
+    out = {"at_0.5": M.full_metrics(y, p, 0.5), "per_method_at_0.5": M.per_method(y, p, methods, 0.5)}
     if thr_val is not None:
-        out["at_val_threshold"] = X.full_metrics(y, p, thr_val)
-        out["per_method_at_val_threshold"] = X.per_method(y, p, methods, thr_val)
+        out["at_val_threshold"] = M.full_metrics(y, p, thr_val)
+        out["per_method_at_val_threshold"] = M.per_method(y, p, methods, thr_val)
     return out
 
 
 def _video_rows(rows, p, how, k):
     keys = [r.video for r in rows]
     y = [r.label for r in rows]
-    vk, vp, vy = M.video_aggregate(keys, p, y, how=how, k=k)
+    vk, vp, vy = P.video_aggregate(keys, p, y, how=how, k=k)
     meth_of = {r.video: r.method for r in rows}
     return vk, vp, vy, [meth_of[v] for v in vk]
 
@@ -115,7 +102,7 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
              s: EvalSettings | None = None) -> dict:
     """Measure the models; write metrics.json, report.md, predictions.csv and PNGs to ``out_dir``."""
     s = s or EvalSettings()
-    how, k = X.parse_aggregate(s.aggregate, s.top_k)
+    how, k = P.parse_aggregate(s.aggregate, s.top_k)
     if s.threshold_level not in ("frame", "video"):
         raise ValueError("--threshold-level must be frame or video")
     all_rows = manifest.read_manifest(data)
@@ -131,7 +118,10 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
     if not val_rows:
         log.warning("no %s rows: no tuned threshold, only the 0.5 results", s.threshold_split)
 
-    models = inference.load_models(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    ensemble = inference.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    models = ensemble.models
+    if ensemble.path:
+        s.ensemble = True  # an ensemble file is measured as the ensemble it is
     names = _unique_names([m.path for m in models])
     rows = eval_rows + (val_rows if val_rows is not eval_rows else [])
     ok, ens, per = score_rows(models, data, rows, s)
@@ -164,6 +154,7 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         entry: dict = {"path": models[names.index(nm)].path if nm in names else None}
         if nm != ENSEMBLE:
             entry["model_threshold"] = models[names.index(nm)].meta.threshold
+            entry["model_threshold_text"] = models[names.index(nm)].meta.threshold_text()
         thr_f = thr_v = None
         if len(va_rows):
             thr_f, f1_f = M.best_threshold(yv, pv)
@@ -176,17 +167,34 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         entry["video"] = _level_report(vy, vp, vm, thr_v)
         entry["video"]["n_videos"] = int(len(vk))
         for level, (yy, pp) in (("frame", (y, p)), ("video", (vy, vp))):
-            fpr, tpr, _ = X.roc_points(yy, pp)
+            fpr, tpr, _ = M.roc_points(yy, pp)
             curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
         result["models"][nm] = entry
 
     if s.write_threshold:
         if not len(va_rows):
             raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
-        for m, nm in zip(models, names):
-            t = result["models"][nm]["val_threshold"][s.threshold_level]
-            _write_threshold(m, t, s, how, k)
-            result["models"][nm]["threshold_written"] = t
+        source = threshold_source(data, s, how, k)
+        if not ensemble.path:  # members of an ensemble file keep their own thresholds
+            for m, nm in zip(models, names):
+                t = result["models"][nm]["val_threshold"][s.threshold_level]
+                _write_threshold(m, t, s, source)
+                result["models"][nm]["threshold_written"] = t
+        if ENSEMBLE in result["models"]:
+            t = result["models"][ENSEMBLE]["val_threshold"][s.threshold_level]
+            dest = ensemble.path or s.ensemble_out or (Path(out_dir) / inference.ENSEMBLE_NAME if out_dir else None)
+            if dest is None:
+                raise ValueError("--ensemble --write-threshold needs somewhere to write the ensemble: "
+                                 "--ensemble-out FILE or --out DIR")
+            inference.write_ensemble(dest, [(m.path, m.weight) for m in models], t, source)
+            result["models"][ENSEMBLE]["threshold_written"] = t
+            result["models"][ENSEMBLE]["path"] = str(dest)
+            log.info("ensemble with threshold %.4f written to %s", t, dest)
+
+    if s.from_videos:
+        crop_video = {nm: dict(zip(*_video_rows(ev_rows, v[:n_eval][ev_ok], how, k)[:2]))
+                      for nm, v in scored.items()}
+        result["from_videos"] = from_videos(ensemble, data, s, crop_video, how, k)
 
     if out_dir is not None:
         out = Path(out_dir)
@@ -210,13 +218,55 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
     return result
 
 
-def _write_threshold(m: inference.LoadedModel, t: float, s: EvalSettings, how: str, k: int) -> None:
+def from_videos(ensemble, data, s: EvalSettings, crop_video: dict, how: str, k: int) -> dict:
+    """The split's source videos scored through predict's own path (decode, detect, crop in memory,
+    whole frames when no face), side by side with the video scores pooled from the crops on disk."""
+    from dftune.prepared import source_videos
+    from dftune.stages import predict as P
+
+    vids = source_videos(data, s.split)
+    if not vids:
+        raise ValueError(f"{data}: --from-videos needs prepare's part files (.parts/) naming the {s.split} videos")
+    missing = [v["file"] for v in vids if not Path(v["file"]).exists()]
+    if missing:
+        raise FileNotFoundError(f"--from-videos: {len(missing)} source videos are not where prepare read them, "
+                                f"e.g. {missing[0]}")
+    items = [P.InputFile(Path(v["file"]), v["key"], "video") for v in vids]
+    ps = P.PredictSettings(tta=s.tta, batch_size=s.batch_size, aggregate=format_aggregate(how, k), top_k=k,
+                           progress=s.progress)
+    res = P.predict_files(ensemble, items, ps, threshold=0.5)
+    y = np.array([v["label"] for v in vids])
+    ok = np.array([not r.error for r in res])
+    out = {"videos": len(vids), "errors": int((~ok).sum()),
+           "no_face_videos": int(sum(r.faces_found == 0 for r in res if not r.error)), "models": {}}
+    names = list(crop_video)
+    for j, nm in enumerate(names):
+        p = np.array([r.prob_fake if nm == ENSEMBLE else (r.per_model[j] if r.per_model else np.nan) for r in res])
+        m = M.full_metrics(y[ok], p[ok], 0.5)
+        both = [(p[i], crop_video[nm][vids[i]["key"]]) for i in range(len(vids))
+                if ok[i] and vids[i]["key"] in crop_video[nm]]
+        a = np.array(both) if both else np.zeros((0, 2))
+        out["models"][nm] = {
+            "auc": m["auc"], "macro_f1_at_0.5": m["macro_f1"], "n": int(ok.sum()),
+            "compared_with_crops": len(both),
+            "only_from_videos": int(ok.sum()) - len(both),  # e.g. no face in any frame: no crops on disk
+            "mean_abs_diff": float(np.abs(a[:, 0] - a[:, 1]).mean()) if len(a) else float("nan"),
+            "max_abs_diff": float(np.abs(a[:, 0] - a[:, 1]).max()) if len(a) else float("nan"),
+            "label_agreement_at_0.5": float(np.mean((a[:, 0] >= 0.5) == (a[:, 1] >= 0.5))) if len(a) else float("nan"),
+        }
+    return out
+
+
+def threshold_source(data, s: EvalSettings, how: str, k: int) -> dict:
+    """How a written threshold was tuned: predict applies it knowing this, and prints it."""
+    return {"by": "evaluate", "data": str(data), "split": s.threshold_split, "level": s.threshold_level,
+            "tta": list(s.tta), "aggregate": format_aggregate(how, k), "backend": s.backend}
+
+
+def _write_threshold(m: inference.LoadedModel, t: float, s: EvalSettings, source: dict) -> None:
     meta = modelmeta.load(m.path, m.id2label, s.fake_label)
     meta.threshold = float(t)
-    meta.threshold_source = "val"
-    meta.extra = dict(meta.extra, threshold_tuning={
-        "split": s.threshold_split, "level": s.threshold_level, "tta": list(s.tta),
-        "aggregate": how if how != "topk" else f"topk:{k}", "backend": s.backend})
+    meta.threshold_source = source
     modelmeta.save(m.path, meta)
     log.info("%s: threshold %.4f written to %s", m.path, t, modelmeta.meta_path(m.path))
 
@@ -294,6 +344,15 @@ def method_rows(result: dict, level: str = "video") -> list[list[str]]:
 METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
 
 
+def _from_videos_md(fv: dict) -> list[str]:
+    rows = [[nm, str(e["n"]), _f(e["auc"]), _f(e["macro_f1_at_0.5"]), str(e["compared_with_crops"]),
+             str(e["only_from_videos"]), _f(e["mean_abs_diff"]), _f(e["max_abs_diff"]), _f(e["label_agreement_at_0.5"])]
+            for nm, e in fv["models"].items()]
+    return [f"{fv['videos']} videos ({fv['errors']} unreadable, {fv['no_face_videos']} with no face found):", "",
+            _md_table(["model", "videos", "AUC", "F1@.5", "also in crops", "only here", "mean |Δp|", "max |Δp|",
+                       "agree@.5"], rows), ""]
+
+
 def _md_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -326,6 +385,15 @@ def report_md(result: dict) -> str:
         "",
         _md_table(METHOD_HEADER, method_rows(result, "frame")),
         "",
+        "## evaluate and predict",
+        "",
+        "These numbers score the JPEG crops `prepare` wrote; `dftune predict` decodes the videos and crops in "
+        "memory (no JPEG round trip) and scores a video with no face on its whole frames, while such a video has "
+        "no crops here and is left out of these video metrics. `--from-videos` scores the split's videos through "
+        "predict's path to check that the two agree"
+        + (":" if result.get("from_videos") else "."),
+        "",
+        *(_from_videos_md(result["from_videos"]) if result.get("from_videos") else []),
         "Figures: `roc_frame.png`, `roc_video.png`, `confusion_<model>_<level>.png`. "
         "All numbers: `metrics.json`; per-crop scores: `predictions.csv`.",
         "",

@@ -34,13 +34,14 @@ import numpy as np
 
 from dftune import scoring as inference
 from dftune.model import meta as modelmeta
-from dftune.atomic import write_json
+from dftune.atomic import DIR_MODE, FILE_MODE, write_json
 
 log = logging.getLogger(__name__)
 
 SCRIPT_NAME = "predict_submission.py"
 README_NAME = "README.md"
 REPORT_NAME = "export_report.json"
+PORTABLE_NAME = "dftune_portable.py"
 
 
 class ExportError(RuntimeError):
@@ -62,27 +63,71 @@ class ExportSettings:
     extra: dict = field(default_factory=dict)
 
 
-def sample_images(model: inference.LoadedModel, files: Sequence[str] = (), n: int = 16, seed: int = 0) -> list:
-    """Verification inputs: the given images (folders searched), else seeded synthetic ones
-    (smooth gradients plus noise, at and off the model's input size so resizing is covered)."""
-    from dftune.faces.video import IMAGE_EXTS, load_image
+def sample_images(model: inference.LoadedModel, files: Sequence[str] = (), n: int = 16,
+                  seed: int = 0) -> tuple[list, str]:
+    """Verification inputs and where they came from: the given images (folders searched), else
+    the model's own val crops (its ``dftune.json`` names the prepared data it was trained on,
+    half real, half fake), else seeded synthetic images — a weak check, said loudly."""
+    from dftune.portable import IMAGE_EXTS, load_image
 
     paths: list[Path] = []
     for f in files:
         p = Path(f)
         paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS) if p.is_dir() else [p]
+    if files and not paths:
+        raise ExportError(f"--samples {' '.join(map(str, files))}: no images found")
     if paths:
-        return [load_image(p) for p in paths[:n]]
+        return [load_image(p) for p in paths[:n]], "files"
+    data = model.meta.extra.get("data")
+    if data and (Path(data) / "manifest.csv").exists():
+        from dftune.prepared import image_paths, read_manifest
+
+        rows = read_manifest(data, ["val"]) or read_manifest(data, ["test"])
+        rng = np.random.default_rng(seed)
+        pick = []
+        for label in (0, 1):
+            sel = [r for r in rows if r.label == label]
+            pick += [sel[i] for i in sorted(rng.permutation(len(sel))[: (n + 1 - label) // 2])]
+        imgs = []
+        for p in image_paths(data, pick):
+            try:
+                imgs.append(load_image(p))
+            except Exception as e:
+                log.warning("%s: skipped as an export sample (%s)", p, e)
+        if imgs:
+            return imgs, f"val crops of {data}"
+    log.warning("export: no --samples and no training data named in dftune.json: the exports are checked on "
+                "synthetic images, where a detector's scores sit near 0 or 1 — a WEAK check; pass --samples DIR "
+                "with real face crops")
     rng = np.random.default_rng(seed)
     out = []
-    h, w = model.pre.height, model.pre.width
+    h, w = model.pre.out_height, model.pre.out_width
     for i in range(n):
         hh, ww = (h, w) if i % 2 == 0 else (h + 7 * (i % 5), w + 3 * (i % 7))
         yy, xx = np.mgrid[0:hh, 0:ww]
         base = np.stack([(xx * (i + 1) + yy * 3) % 256, (yy * (i + 2)) % 256, (xx + yy) * 2 % 256], -1)
         img = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
         out.append(img)
-    return out
+    return out, "synthetic (weak check)"
+
+
+def pipeline_check(folder: Path, images: list, model: inference.LoadedModel) -> dict:
+    """``transformers.pipeline("image-classification")`` loads the folder on its own and names
+    the same top label as dftune (no face crop, no TTA) on the sample images."""
+    from PIL import Image
+    from transformers import pipeline
+
+    clf = pipeline("image-classification", model=str(folder), device="cpu")
+    fake_name = model.id2label[model.fake_index]
+    ours = inference.model_prob_fake(model, images)
+    agree, diffs = 0, []
+    for img, p in zip(images, ours):
+        res = clf(Image.fromarray(img), top_k=None)
+        score = next(r["score"] for r in res if r["label"] == fake_name)
+        agree += int((res[0]["label"] == fake_name) == (p > 0.5))
+        diffs.append(abs(score - p))
+    return {"n": len(images), "label_agreement": agree / max(1, len(images)),
+            "max_prob_diff": float(max(diffs) if diffs else 0.0)}
 
 
 def dir_size(paths: Sequence[Path]) -> int:
@@ -112,9 +157,11 @@ def compare(ref: np.ndarray, got: np.ndarray, threshold: float) -> dict:
 
 
 def _copy_template(dst: Path) -> None:
+    """The script, its README, and dftune's own portable module beside them, byte for byte."""
     tpl = resources.files("dftune") / "export_template"
     for name in (SCRIPT_NAME, README_NAME):
         (dst / name).write_bytes((tpl / name).read_bytes())
+    (dst / PORTABLE_NAME).write_bytes((resources.files("dftune") / "portable.py").read_bytes())
 
 
 def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) -> None:
@@ -146,15 +193,17 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not s.force:
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
+    if inference.ensemble_file(model_dir):
+        return export_ensemble(model_dir, out, s)
     src = inference.load_model(model_dir, s.fake_label, device="cpu")
-    images = sample_images(src, s.samples, s.n_samples)
+    images, sample_source = sample_images(src, s.samples, s.n_samples)
     ref = inference.model_prob_fake(src, images)
     thr = src.meta.threshold
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     report: dict = {"source": str(model_dir), "threshold": thr, "fake_index": src.meta.fake_index,
-                    "samples": len(images), "sample_source": "files" if s.samples else "synthetic",
+                    "samples": len(images), "sample_source": sample_source,
                     "source_size_bytes": dir_size([p for p in Path(model_dir).glob("*")
                                                    if p.suffix in (".safetensors", ".bin")]),
                     "exports": {}}
@@ -180,7 +229,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
             checks.append(("int8", "int8", [tmp / inference.INT8_NAME], s.int8_tolerance))
             # quantize_dynamic copies the model; the source stays fp32
         if s.onnx:
-            export_onnx(src.module, tmp / inference.ONNX_NAME, src.pre.height, src.pre.width, s.opset)
+            export_onnx(src.module, tmp / inference.ONNX_NAME, src.pre.out_height, src.pre.out_width, s.opset)
             checks.append(("onnx", "onnx", [tmp / inference.ONNX_NAME], s.tolerance * 10))
 
         src_speed = images_per_second(src, images, s.bench_seconds)
@@ -197,10 +246,12 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
                     f"{name} export differs from the source model: max |prob_fake difference| "
                     f"{c['max_prob_diff']:.3g} > tolerance {tol:g} (label agreement {c['label_agreement']:.1%}); "
                     f"nothing was written to {out}")
-        write_json(tmp / "export_report.json", report)
-        os.chmod(tmp, 0o755)  # mkdtemp / atomic writes make private files; a submission folder is shared
-        for f in tmp.iterdir():
-            os.chmod(f, 0o644)
+        report["pipeline"] = pipeline_check(tmp, images, src)
+        if report["pipeline"]["max_prob_diff"] > max(s.tolerance, 1e-4):
+            raise ExportError(f"transformers.pipeline on the exported folder differs from dftune: max |prob_fake "
+                              f"difference| {report['pipeline']['max_prob_diff']:.3g}; nothing was written to {out}")
+        write_json(tmp / REPORT_NAME, report)
+        _share(tmp)
         # move into place: the finished folder replaces any old one
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -214,3 +265,43 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
             shutil.rmtree(tmp, ignore_errors=True)
     report["out"] = str(out)
     return report
+
+
+def _share(folder: Path) -> None:
+    """mkdtemp makes a private folder; a submission folder gets the modes the umask gives."""
+    for d, dirs, files in os.walk(folder):
+        os.chmod(d, DIR_MODE)
+        for f in files:
+            os.chmod(os.path.join(d, f), FILE_MODE)
+
+
+def export_ensemble(ensemble: str | os.PathLike, out: Path, s: ExportSettings) -> dict:
+    """An ensemble's submission folder: each member exported (and checked) under ``members/``, its
+    ``ensemble.json`` (weights, the ensemble's own threshold) and the script at the top."""
+    from dataclasses import replace
+
+    e = inference.read_ensemble(inference.ensemble_file(ensemble))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        members, reports = [], {}
+        for i, (path, w) in enumerate(e["members"]):
+            dest = tmp / "members" / f"{i}_{Path(path).name}"
+            reports[dest.name] = export(path, dest, replace(s, force=True))
+            members.append((dest, w))
+        inference.write_ensemble(tmp / inference.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
+        _copy_template(tmp)
+        report = {"source": str(ensemble), "threshold": e["threshold"], "members": reports}
+        write_json(tmp / REPORT_NAME, report)
+        _share(tmp)
+        if out.exists():
+            if any(out.iterdir()) and not s.force:
+                raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    first = next(iter(reports.values()))
+    return {**report, "out": str(out), "exports": first["exports"], "samples": first["samples"],
+            "sample_source": first["sample_source"], "source_size_bytes": first["source_size_bytes"]}

@@ -1,162 +1,57 @@
 """Stage ``predict``: images and videos -> one ``prob_fake`` and label per file, as a CSV.
 
-Each file goes through the same face detection and square crop as the model's
-training data (settings from its ``dftune.json``), the crops through
-:mod:`dftune.scoring` (batched, TTA, ensemble), a video's frames are pooled like
-``evaluate`` pools them, and the label comes from the model's threshold. A file that
-cannot be read gets a row with its error and the default label; the batch goes on.
+Each file is framed by :func:`dftune.portable.frame_file` (the model's detector, margin,
+size and frame sampling from its ``dftune.json``; an image that already is a face crop is
+used whole; no face: the centred square), scored by :func:`dftune.scoring.score_items`
+(batched across files, TTA, ensemble), a video's frames pooled by
+:func:`dftune.portable.pool`, and labelled with the model's (or ensemble's) threshold.
+The submission script runs the same functions. A file that cannot be read gets a row
+with its error and the default label; the batch goes on.
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from dftune.faces.video import IMAGE_EXTS, VIDEO_EXTS, VideoError
+from dftune import portable
 from dftune.atomic import write_text
 from dftune.model.meta import CropSettings
+from dftune.portable import (CsvFormat, FileResult, InputFile, Inputs, collect, collect_inputs,  # noqa: F401
+                             kind_of, to_csv)
 
 log = logging.getLogger(__name__)
 
-DETECTORS = ("dlib", "retinaface", "none")
-
-
-@dataclass
-class InputFile:
-    path: Path
-    name: str  # what the CSV's filename column shows
-    kind: str  # "image" / "video" / "unknown"
-
-
-@dataclass
-class FileCrops:
-    """What ``predict`` feeds the model for one file."""
-
-    item: InputFile
-    crops: list = field(default_factory=list)
-    faces_found: int = 0
-    frames: int = 0
-    error: str = ""
-
-
-@dataclass
-class FileResult:
-    name: str
-    path: str
-    kind: str
-    prob_fake: float = float("nan")
-    label: int = 0
-    faces_found: int = 0
-    frames: int = 0
-    error: str = ""
-    per_model: list = field(default_factory=list)
-
-
-def kind_of(path: Path) -> str:
-    ext = path.suffix.lower()
-    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "unknown"
-
-
-def collect_inputs(inputs: Sequence[str | os.PathLike], name_style: str = "relative") -> list[InputFile]:
-    """Files as given and folders searched recursively for images and videos, in a stable order.
-
-    ``name_style``: ``relative`` (to the folder given; a file given directly shows its
-    name), ``name`` (file name only), ``stem`` (name without extension), ``path`` (as given).
-    """
-    out: list[InputFile] = []
-    seen: set = set()
-    for inp in inputs:
-        p = Path(inp)
-        if p.is_dir():
-            files = sorted((f for f in p.rglob("*") if f.is_file() and kind_of(f) != "unknown"
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts)),
-                           key=lambda f: f.relative_to(p).as_posix())
-            pairs = [(f, f.relative_to(p).as_posix()) for f in files]
-            if not files:
-                log.warning("%s: no image or video files found in this folder", p)
-        else:
-            pairs = [(p, p.name)]  # a missing file still gets a row with its error
-        for f, rel in pairs:
-            key = os.path.abspath(f)
-            if key in seen:
-                continue
-            seen.add(key)
-            name = {"relative": rel, "name": f.name, "stem": f.stem, "path": str(f)}.get(name_style)
-            if name is None:
-                raise ValueError(f"unknown filename style {name_style!r}; use relative, name, stem or path")
-            out.append(InputFile(f, name, kind_of(f)))
-    names = [i.name for i in out]
-    if len(set(names)) != len(names):
-        log.warning("some files share the same name in the CSV (filename style %r); use --filename-style relative "
-                    "or path to tell them apart", name_style)
-    return out
+DETECTORS = (*portable.DETECTORS, "none")
 
 
 class Cropper:
-    """Face detection and the guide's square crop for images and sampled video frames."""
+    """A file to the crops the model scores: :func:`dftune.portable.frame_file` with the settings."""
 
-    def __init__(self, crop: CropSettings, detector: str | None = None):
+    def __init__(self, crop: CropSettings, detector: str | None = None, already_cropped: float = portable.ALREADY_CROPPED):
         self.crop = crop
         self.detector_name = detector or crop.detector or "dlib"
         if self.detector_name not in DETECTORS:
             raise ValueError(f"unknown face detector {self.detector_name!r}; choose one of {', '.join(DETECTORS)}")
-        self._det = None
-        if self.detector_name != "none":
-            from dftune.faces.detectors import get_detector
+        self.already_cropped = already_cropped
+        self._det = portable.get_detector(self.detector_name)
 
-            self._det = get_detector(self.detector_name)
-
-    def crop_frame(self, rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-        """``(crop, face_found)``. No detector: the whole image as it is (the processor resizes it)."""
-        from dftune.faces.detectors import largest
-        from dftune.faces.geometry import crop_square, guide_square, whole_image_box
-
-        if self._det is None:
-            return rgb, False
-        h, w = rgb.shape[:2]
-        face = largest(self._det.detect(rgb))
-        if face is not None:
-            box = guide_square(face.x1, face.y1, face.x2, face.y2, w, h, self.crop.margin)
-            if box[2] > 0:
-                return crop_square(rgb, box, self.crop.size), True
-        return crop_square(rgb, whole_image_box(w, h), self.crop.size), False
-
-    def __call__(self, item: InputFile) -> FileCrops:
-        from dftune.faces.video import load_image, sample_frames
-
-        fc = FileCrops(item)
+    def __call__(self, item: InputFile) -> tuple[list, dict]:
+        """``(crops, info)``; ``info['error']`` names the file and the problem (no crops then)."""
+        c = self.crop
         try:
-            if not item.path.exists():
-                raise FileNotFoundError(f"{item.path}: file not found")
-            if item.kind == "image":
-                crop, found = self.crop_frame(load_image(item.path))
-                fc.crops, fc.faces_found, fc.frames = [crop], int(found), 1
-            elif item.kind == "video":
-                with_face, without = [], []
-                for _, rgb in sample_frames(item.path, self.crop.frames, self.crop.every):
-                    crop, found = self.crop_frame(rgb)
-                    (with_face if found else without).append(crop)
-                fc.frames = len(with_face) + len(without)
-                if fc.frames == 0:
-                    raise VideoError(f"{item.path}: no frames could be decoded")
-                fc.faces_found = len(with_face)
-                # as in prepare: frames with no face are skipped; none at all -> whole frames
-                fc.crops = with_face if with_face else without
-            else:
-                raise ValueError(f"{item.path}: not an image or video file (extension {item.path.suffix!r}; "
-                                 f"images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
+            ff = portable.frame_file(item.path, item.kind, self._det, c.margin, c.size, c.frames, c.every,
+                                     self.already_cropped)
+            return ff.crops, {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
         except Exception as e:  # one bad file never stops the batch
-            fc.crops = []
-            fc.error = str(e) if str(item.path) in str(e) else f"{item.path}: {type(e).__name__}: {e}"
-            log.info("%s", fc.error)
-        return fc
+            err = str(e) if str(item.path) in str(e) else f"{item.path}: {type(e).__name__}: {e}"
+            log.info("%s", err)
+            return [], {"faces_found": 0, "frames": 0, "framing": "", "error": err}
 
 
 @dataclass
@@ -165,12 +60,13 @@ class PredictSettings:
     batch_size: int = 16
     aggregate: str | None = None  # None: the model's (dftune.json crop.aggregate)
     top_k: int = 3
-    threshold: float | None = None  # None: the model's (ensemble: weighted mean of the models')
+    threshold: float | None = None  # None: the model's / the ensemble's
     detector: str | None = None
     margin: float | None = None
     size: int | None = None
     frames: int | None = None
     every: int | None = None
+    already_cropped: float = portable.ALREADY_CROPPED
     error_label: int = 0
     progress: bool = True
 
@@ -189,103 +85,53 @@ def crop_settings(models, s: PredictSettings) -> CropSettings:
     return crop
 
 
-def predict_files(models, items: Sequence[InputFile], s: PredictSettings) -> list[FileResult]:
-    """Run the whole stage on ``items``; one result per item, in the same order."""
-    from dftune import scoring as inference
-    from dftune.metrics_extra import aggregate_one, parse_aggregate
+def decision(ens, s: PredictSettings) -> tuple[float, str]:
+    """The threshold predict applies and where it came from, in words."""
+    if s.threshold is not None:
+        return float(s.threshold), portable.describe_threshold(s.threshold, "--threshold")
+    src = ens.threshold_source if isinstance(ens.threshold_source, dict) else {}
+    text = ens.threshold_text()
+    tuned_tta = src.get("tta")
+    if tuned_tta is not None and tuple(tuned_tta) != tuple(s.tta):
+        log.warning("the threshold was tuned with TTA %s but predict runs with TTA %s: labels may shift; "
+                    "use --tta %s or re-run `dftune evaluate --write-threshold --tta %s`",
+                    ",".join(tuned_tta) or "none", ",".join(s.tta) or "none", ",".join(tuned_tta) or "none",
+                    ",".join(s.tta) or "none")
+    return float(ens.threshold), text
 
-    crop = crop_settings(models, s)
-    how, k = parse_aggregate(crop.aggregate or "mean", s.top_k)
-    threshold = s.threshold if s.threshold is not None else inference.ensemble_threshold(models)
-    cropper = Cropper(crop, crop.detector)
-    results: list[FileResult | None] = [None] * len(items)
-    pending: list[tuple[int, FileCrops]] = []  # files whose crops are in the buffer
-    buf: list[np.ndarray] = []
-    probs_buf: list[np.ndarray] = []  # scored crops so far, (M+1, n) chunks
 
-    def finish(i: int, fc: FileCrops, ens: np.ndarray, per: np.ndarray):
-        r = FileResult(fc.item.name, str(fc.item.path), fc.item.kind, faces_found=fc.faces_found,
-                       frames=fc.frames, error=fc.error, label=s.error_label)
-        if not fc.error:
-            r.prob_fake = aggregate_one(ens, how, k)
-            r.per_model = [aggregate_one(row, how, k) for row in per]
+def predict_files(models, items: Sequence[InputFile], s: PredictSettings, threshold: float | None = None
+                  ) -> list[FileResult]:
+    """Run the whole stage on ``items``; one result per item, in the same order.
+
+    ``models``: a :class:`dftune.scoring.Ensemble` or a list of loaded models (their
+    weighted-mean threshold); ``threshold`` overrides both.
+    """
+    from dftune import scoring
+
+    ens = models if isinstance(models, scoring.Ensemble) else None
+    members = ens.models if ens else list(models)
+    if threshold is None:
+        threshold = s.threshold if s.threshold is not None else (
+            ens.threshold if ens else _mean_threshold(members))
+    crop = crop_settings(members, s)
+    how, k = portable.parse_aggregate(crop.aggregate or "mean", s.top_k)
+    cropper = Cropper(crop, crop.detector, s.already_cropped)
+    results = []
+    for item, info, e, per in scoring.score_items(members, items, cropper, s.tta, s.batch_size, s.progress,
+                                                  "predict", "file"):
+        r = FileResult(item.name, str(item.path), item.kind, label=s.error_label, **info)
+        if not r.error:
+            r.prob_fake = portable.pool(e, how, k)
+            r.per_model = [portable.pool(row, how, k) for row in per]
             r.label = int(r.prob_fake >= threshold)
-        results[i] = r
-
-    def flush(final: bool):
-        nonlocal buf, pending, probs_buf
-        while len(buf) >= s.batch_size or (final and buf):
-            chunk, buf = buf[:s.batch_size], buf[s.batch_size:]
-            ens, per = inference.ensemble_prob_fake(models, chunk, s.tta)
-            probs_buf.append(np.vstack([ens[None], per]))
-        scored = np.hstack(probs_buf) if probs_buf else np.zeros((len(models) + 1, 0))
-        used = 0
-        j = 0
-        while j < len(pending):
-            i, fc = pending[j]
-            n = len(fc.crops)
-            if used + n > scored.shape[1]:
-                break  # this file's crops are still in the buffer (and so are the later files')
-            finish(i, fc, scored[0, used:used + n], scored[1:, used:used + n])
-            used += n
-            j += 1
-        keep = pending[j:]
-        # crops of files not yet complete stay at the front of ``scored``
-        probs_buf = [scored[:, used:]] if used < scored.shape[1] else []
-        pending = keep
-
-    bar = None
-    if s.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), unit="file", desc="predict", dynamic_ncols=True)
-    try:
-        for i, fc in enumerate(inference.prefetch(cropper, items)):
-            pending.append((i, fc))
-            buf.extend(fc.crops)
-            if len(buf) >= s.batch_size:
-                flush(False)
-            if bar:
-                bar.update(1)
-        flush(True)
-    finally:
-        if bar:
-            bar.close()
-    assert not pending, "internal error: crops left unscored"
-    return results  # type: ignore[return-value]
+        results.append(r)
+    return results
 
 
-@dataclass
-class CsvFormat:
-    filename_column: str = "filename"
-    label_column: str = "label"
-    prob_column: str = "prob_fake"
-    label_words: tuple = ("0", "1")  # (real, fake)
-    extra_columns: bool = True  # faces_found, frames, error (and per-model probabilities)
-    per_model: bool = False
-
-
-def to_csv(results: Sequence[FileResult], fmt: CsvFormat, model_names: Sequence[str] = ()) -> str:
-    buf = _io.StringIO()
-    cols = [fmt.filename_column, fmt.label_column]
-    if fmt.prob_column:
-        cols.append(fmt.prob_column)
-    if fmt.extra_columns:
-        cols += ["faces_found", "frames", "error"]
-        if fmt.per_model and len(model_names) > 1:
-            cols += [f"prob_fake_{n}" for n in model_names]
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in results:
-        row = [r.name, fmt.label_words[r.label]]
-        if fmt.prob_column:
-            row.append("" if np.isnan(r.prob_fake) else f"{r.prob_fake:.6f}")
-        if fmt.extra_columns:
-            row += [r.faces_found, r.frames, r.error]
-            if fmt.per_model and len(model_names) > 1:
-                row += [f"{p:.6f}" for p in r.per_model] if r.per_model else [""] * len(model_names)
-        w.writerow(row)
-    return buf.getvalue()
+def _mean_threshold(models) -> float:
+    w = np.array([m.weight for m in models], dtype=np.float64)
+    return float((w * np.array([m.meta.threshold for m in models])).sum() / w.sum())
 
 
 def write_csv(path: str | os.PathLike, results: Sequence[FileResult], fmt: CsvFormat,
@@ -303,5 +149,6 @@ def summary(results: Sequence[FileResult]) -> dict:
         "predicted_fake": sum(r.label == 1 for r in ok),
         "predicted_real": sum(r.label == 0 for r in ok),
         "no_face": sum(r.faces_found == 0 for r in ok),
+        "already_cropped": sum(r.framing == portable.FRAMED_CROPPED for r in ok),
         "errors": len(results) - len(ok),
     }

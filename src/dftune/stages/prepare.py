@@ -20,16 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from dftune.faces.geometry import crop_square, guide_square, points_to_crop
-from dftune.atomic import read_json, write_bytes, write_json
-from dftune.prepared import Row, counts, write_manifest
+from dftune.faces.geometry import points_to_crop
+from dftune.atomic import FolderBusy, WriteError, folder_lock, read_json, write_bytes, write_json
+from dftune.prepared import PARTS, Row, counts, load_parts, write_manifest
 from dftune.sources import Item, SourceError, get_indexer
 from dftune.sources.ffpp import DEFAULT_METHODS, load_split_files
-from dftune.sources.splits import assign_official, assign_random
+from dftune.sources.splits import ACTOR_METHODS, assign_actors, assign_official, assign_random
 
 log = logging.getLogger(__name__)
 
-PARTS = ".parts"
 # settings that change the crops or where they go; a re-run must match them
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
               "detector", "landmarks", "quality")
@@ -62,8 +61,9 @@ class PrepareConfig:
 
     def crop_settings(self) -> dict:
         d = {k: getattr(self, k) for k in _CROP_KEYS}
-        d["ratios"] = list(self.ratios) if self.split == "random" else None
-        d["seed"] = self.seed if self.split == "random" else None
+        by_seed = self.split == "random" or self.actors or "DeepFakeDetection" in self.methods  # actor split
+        d["ratios"] = list(self.ratios) if by_seed else None
+        d["seed"] = self.seed if by_seed else None
         d["splits"] = str(self.splits) if self.splits else None
         return d
 
@@ -75,24 +75,28 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
     indexer = get_indexer(cfg.source)
     items = indexer(cfg.root, compression=cfg.compression, methods=cfg.methods, actors=cfg.actors,
                     warnings=warnings)
-    if cfg.split == "random":
-        return assign_random(items, cfg.seed, cfg.ratios), []
-    if cfg.split != "official":
+    if cfg.split not in ("official", "random"):
         raise SourceError(f"--split must be official or random, got {cfg.split!r}")
+    # DeepFakeDetection and its actors have no official split: deal the actors out
+    # (seeded, by the ratios); a fake whose two actors land in different splits is dropped
+    dropped: list[dict] = []
+    dfd = [it for it in items if it.method in ACTOR_METHODS and not it.preset_split]
+    if dfd:
+        res = assign_actors(dfd, cfg.seed, cfg.ratios)
+        for it in res.kept:
+            it.preset_split = it.split
+        dropped = res.excluded
+        items = [it for it in items if it.method not in ACTOR_METHODS or it.preset_split]
+        warnings.append({"file": str(cfg.root), "error": f"{len(dfd)} videos have no official split: {res.message()}",
+                         "actor_split": res.counts()})
+    if cfg.split == "random":
+        return assign_random(items, cfg.seed, cfg.ratios), dropped
     if cfg.source == "folders" and not cfg.splits and not all(it.preset_split for it in items):
         raise SourceError(f"{cfg.root}: a folders source has no FF++ ids; lay it out as train/val/test/{{real,fake}} "
                           f"or use --split random")
     id_split = load_split_files(cfg.splits)
-    # DeepFakeDetection and its actors have no official split: split them by actor,
-    # identity-grouped and seeded, so they stay usable and leak-free
-    dfd = [it for it in items if it.method in ("actors", "DeepFakeDetection")]
-    if dfd:
-        assign_random(dfd, cfg.seed, cfg.ratios)
-        for it in dfd:
-            it.preset_split = it.split
-        warnings.append({"file": str(cfg.root), "error": f"{len(dfd)} DeepFakeDetection/actors videos have no official "
-                         f"split; split by actor id (seed {cfg.seed}, ratios {list(cfg.ratios)})"})
-    return assign_official(items, id_split)
+    kept, excluded = assign_official(items, id_split)
+    return kept, excluded + dropped
 
 
 def in_shard(item: Item, shard: tuple[int, int] | None) -> bool:
@@ -119,7 +123,7 @@ _WORKER: dict = {}
 
 def _init_worker(cfg: PrepareConfig) -> None:
     """Build the detector once per process (dlib's costs ~0.4 s)."""
-    from dftune.faces.detectors import get_detector
+    from dftune.portable import get_detector
 
     _WORKER["cfg"] = cfg
     _WORKER["detector"] = get_detector(cfg.detector)
@@ -140,8 +144,8 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     """Crops for one video or image; never raises for bad input (errors go in the part)."""
     import cv2
 
-    from dftune.faces.detectors import largest
-    from dftune.faces.video import VideoError, load_image, sample_frames
+    from dftune.portable import VideoError, crop_face, crop_square, is_face_crop, load_image, sample_frames
+    from dftune.portable import whole_image_box
 
     rows: list[dict] = []
     sampled = no_face = 0
@@ -155,15 +159,15 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
         for fi, rgb in frames:
             sampled += 1
             h, w = rgb.shape[:2]
-            face = largest(detector.detect(rgb))
-            if face is None:
+            fc = crop_face(rgb, detector, cfg.margin, cfg.size)
+            if fc is None:
                 no_face += 1
                 continue
-            box = guide_square(face.x1, face.y1, face.x2, face.y2, w, h, cfg.margin)
-            if box[2] <= 1:
-                no_face += 1
-                continue
-            crop = crop_square(rgb, box, cfg.size)
+            face, box, crop = fc.face, fc.box, fc.crop
+            if item.kind != "video" and is_face_crop(face, w, h):
+                # an image that already is a face crop is kept whole, as predict does with it
+                box = whole_image_box(w, h)
+                crop = crop_square(rgb, box, cfg.size)
             rel = crop_name(item, fi)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])
@@ -190,6 +194,8 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
             )))
     except VideoError as e:
         error = str(e)
+    except WriteError:
+        raise  # a full disk or a read-only --out is no bad input: stop, and resume when it is fixed
     except Exception as e:  # one bad file never stops the batch
         error = f"{item.path}: {type(e).__name__}: {e}"
     if error and not rows:
@@ -209,20 +215,6 @@ def _work(item: Item) -> dict:
 
 
 # ---------------------------------------------------------------- merge and summary
-
-def load_parts(out: Path) -> dict[str, dict]:
-    parts = {}
-    base = out / PARTS
-    if not base.is_dir():
-        return parts
-    for p in sorted(base.rglob("*.json")):
-        try:
-            d = read_json(p)
-            parts[d["key"]] = d
-        except Exception as e:  # a torn or foreign file: redo that video
-            log.warning("%s: unreadable part file (%s); the video will be redone", p, e)
-    return parts
-
 
 def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list, run_stats: dict) -> dict:
     """Manifest and summary from every part in OUT (all shards' work)."""
@@ -292,6 +284,16 @@ def run(cfg: PrepareConfig) -> dict:
     if not items:
         raise SourceError(f"{cfg.root}: no video is in any split ({len(excluded)} excluded; see their reasons with -v)")
     cfg.out.mkdir(parents=True, exist_ok=True)
+    lock = "lock" if not cfg.shard else f"lock-{cfg.shard[0]}of{cfg.shard[1]}"
+    try:
+        with folder_lock(cfg.out, lock, "dftune prepare" + (f" --shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard
+                                                             else "")):
+            return _run_locked(cfg, items, excluded, warnings)
+    except FolderBusy as e:
+        raise SourceError(str(e)) from None
+
+
+def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list) -> dict:
     _check_settings(cfg)
     if not cfg.merge_only and cfg.landmarks and cfg.detector == "dlib":
         _landmark_predictor()  # fail early with the install hint, not in every worker

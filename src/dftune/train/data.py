@@ -20,70 +20,16 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune.prepared import Row, image_path
-from dftune.model.load import input_size
+from dftune.portable import Preprocess, normalise, resize_crop_uint8
+from dftune.prepared import Row, image_paths
 
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- preprocessing geometry
+# ---------------------------------------------------------------- preprocessing
 
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the model expects, read from its image processor."""
-
-    height: int
-    width: int
-    mean: tuple
-    std: tuple
-    rescale: float = 1 / 255
-    resample: int = 2  # PIL code (2 = bilinear, the ViT processor's)
-    crop_height: int = 0  # >0: centre crop after resize (processors with do_center_crop)
-    crop_width: int = 0
-
-    @property
-    def out_size(self) -> tuple[int, int]:
-        return (self.crop_height, self.crop_width) if self.crop_height else (self.height, self.width)
-
-    @classmethod
-    def from_processor(cls, processor) -> "InputSpec":
-        """Read size, crop, mean/std, rescale and resample from any HF image processor.
-
-        Tolerates ``size`` as a dict, transformers 5's ``SizeDict`` or an int, with
-        height/width or shortest_edge (crops are square, so shortest_edge is the side).
-        """
-        h, w = input_size(getattr(processor, "size", None), 224)
-        mean = list(getattr(processor, "image_mean", None) or [0.5, 0.5, 0.5])
-        std = list(getattr(processor, "image_std", None) or [0.5, 0.5, 0.5])
-        if not getattr(processor, "do_normalize", True):
-            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-        rescale = float(getattr(processor, "rescale_factor", 1 / 255) or 1 / 255)
-        if not getattr(processor, "do_rescale", True):
-            rescale = 1.0
-        ch = cw = 0
-        if getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None) is not None:
-            ch, cw = input_size(processor.crop_size, h)
-        resample = getattr(processor, "resample", None)
-        resample = int(getattr(resample, "value", resample)) if resample is not None else 2
-        return cls(h, w, tuple(float(x) for x in mean), tuple(float(x) for x in std), rescale, resample, ch, cw)
-
-
-def resize(img: np.ndarray, size: tuple[int, int], resample: int = 2) -> np.ndarray:
-    """Resize as the Hugging Face processors do (PIL, antialiased), so train matches predict."""
-    h, w = size
-    if img.shape[0] == h and img.shape[1] == w:
-        return img
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((w, h), resample=resample))
-
-
-def center_crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    y = max(0, (img.shape[0] - h) // 2)
-    x = max(0, (img.shape[1] - w) // 2)
-    return img[y:y + h, x:x + w]
+# The model's input is :class:`dftune.portable.Preprocess` (read once from its image processor):
+# the same resize rule, centre crop, rescale and normalisation as inference and the submission script.
 
 
 # ---------------------------------------------------------------- augmentations
@@ -155,18 +101,16 @@ def _noise(img, rng):
     return np.clip(img.astype(np.float32) + n, 0, 255).astype(np.uint8)
 
 
-def make_transform(spec: InputSpec, aug: AugSettings | None):
+def make_transform(spec: Preprocess, aug: AugSettings | None):
     """The per-image pipeline, uint8 RGB in and out: ``fn(img, rng_or_None) -> img``.
 
-    Order: random resized crop, resize to the model's input (as its processor does),
+    Order: random resized crop, the model's resize + centre crop (exactly as inference),
     flip, colour, then the degradations the test data may carry (blur, noise, JPEG).
-    With ``aug=None`` or ``rng=None`` it is the evaluation pipeline: resize (+ centre crop).
+    With ``aug=None`` or ``rng=None`` it is the evaluation pipeline: the processor's framing only.
     """
-    size = (spec.height, spec.width)
 
     def evaluate(img):
-        img = resize(img, size, spec.resample)
-        return center_crop(img, spec.out_size) if spec.crop_height else img
+        return resize_crop_uint8(img, spec)
 
     if aug is None:
         return lambda img, rng=None: evaluate(img)
@@ -221,7 +165,7 @@ class CropDataset:
                  sbi: float = 0.0):
         self.rows = list(rows)
         self.sbi = float(sbi)  # probability that a real crop becomes a self-blended pseudo-fake
-        self.paths = [str(image_path(location, r)) for r in self.rows]
+        self.paths = [str(p) for p in image_paths(location, self.rows)]
         self.labels = np.array([r.label for r in self.rows], dtype=np.int64)
         self.transform = transform
         self.seed = int(seed)
@@ -311,26 +255,14 @@ def collate(samples: list[dict]) -> dict:
 
 
 class Normalize:
-    """uint8 NHWC batch -> float NCHW model input, ``(x * rescale - mean) / std``, on the batch's device."""
+    """uint8 NHWC batch -> the model's float NCHW input on the batch's device
+    (:func:`dftune.portable.normalise`, the formula inference uses)."""
 
-    def __init__(self, spec: InputSpec):
-        import torch
-
-        mean = torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.scale = spec.rescale / std
-        self.shift = -mean / std
-        self._cache: dict = {}
+    def __init__(self, spec: Preprocess):
+        self.spec = spec
 
     def __call__(self, pixels):
-        import torch
-
-        dev = pixels.device
-        if dev not in self._cache:
-            self._cache[dev] = (self.scale.to(dev), self.shift.to(dev))
-        scale, shift = self._cache[dev]
-        x = pixels.permute(0, 3, 1, 2).float()
-        return torch.addcmul(shift, x, scale).contiguous()
+        return normalise(pixels, self.spec, pixels.device)
 
 
 def make_loader(dataset: CropDataset, batch_size: int, sampler=None, num_workers: int = 0, pin_memory: bool = False,
@@ -366,8 +298,7 @@ def class_weights(counts: Sequence[int]) -> np.ndarray:
 def check_files(location, rows: Sequence[Row]) -> tuple[list[Row], list[str]]:
     """Drop rows whose file is missing or empty up front; return (kept, problems)."""
     kept, bad = [], []
-    for r in rows:
-        p = Path(image_path(location, r))
+    for r, p in zip(rows, image_paths(location, rows)):
         try:
             ok = p.stat().st_size > 0
         except OSError:

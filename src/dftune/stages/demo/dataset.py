@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dftune.faces.geometry import crop_square, guide_square
+from dftune.portable import crop_square, guide_square
 from dftune.prepared import Row, write_manifest
 
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -204,13 +204,19 @@ def render_frame(portrait: np.ndarray, face: tuple[int, int, int, int], bg: np.n
     return np.clip(frame, 0, 255).astype(np.uint8), fb
 
 
-def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23) -> None:
-    """H.264 (libx264, yuv420p) at FF++'s c23-like quality; written atomically."""
+def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23, rotate: int = 0) -> None:
+    """H.264 (libx264, yuv420p) at FF++'s c23-like quality; written atomically.
+
+    ``rotate``: a display rotation (degrees counter-clockwise, as phones tag their videos):
+    the frames are stored turned the other way and the container says how to show them, so
+    a player — and dftune's decoder — shows exactly ``frames``.
+    """
     import av
 
     from dftune.atomic import atomic_path
 
-    frames = list(frames)
+    k = int(round(rotate / 90)) % 4
+    frames = [np.ascontiguousarray(np.rot90(f, -k)) for f in frames] if k else list(frames)
     h, w = frames[0].shape[:2]
     with atomic_path(path) as tmp:
         with av.open(str(tmp), mode="w", format="mp4") as out:
@@ -218,6 +224,8 @@ def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23) -
             stream.width, stream.height = w - w % 2, h - h % 2
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": "veryfast"}
+            if k:
+                stream.set_display_rotation(90 * k)
             for f in frames:
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]), format="rgb24")
                 for pkt in stream.encode(vf):

@@ -174,9 +174,11 @@ def run(cfg: DemoConfig) -> dict:
         with stage("evaluate"):
             _say("[5/7] evaluate: the untrained and the trained model, same data, same code")
             for split in ("val", "test"):
+                # on val, the threshold predict will use is tuned (with predict's TTA) and written beside the model
                 _cli(["evaluate", "--model", str(untrained), "--model", str(best), "--data", str(prepared),
-                      "--split", split, "--threshold-split", "val", "--out", str(eval_dir / split),
-                      "--no-plots" if split == "val" else "--tta=flip"] + quiet, "evaluate", eval_dir / split)
+                      "--split", split, "--threshold-split", "val", "--out", str(eval_dir / split), "--tta=flip"]
+                     + (["--no-plots", "--write-threshold"] if split == "val" else []) + quiet,
+                     "evaluate", eval_dir / split)
         with stage("predict"):
             vids = test_videos(root, prepared)
             _say(f"[6/7] predict: {len(vids)} test videos (face detection included) -> {csv_path}")
@@ -215,9 +217,9 @@ class _Stage:
 
 
 def _say(msg: str) -> None:
-    from rich.console import Console
+    from dftune.progress import console
 
-    Console().print(f"[bold cyan]{msg}[/bold cyan]", highlight=False)
+    console().print(f"[bold cyan]{msg}[/bold cyan]", highlight=False)
 
 
 def _n_params(model_dir: Path) -> int:
@@ -273,13 +275,16 @@ def collect(cfg: DemoConfig, out: Path, vids, times: dict, n_params: int) -> dic
             if rec.get("filename") in truth:
                 n += 1
                 hit += int(str(rec["label"]) == str(truth[rec["filename"]]))
+    from dftune.model import meta as modelmeta
+
     rep = read_json(out / "submission" / "export_report.json")
+    threshold = modelmeta.load(run_dir / "best").threshold_text()
     parity = {k: {"label_agreement": v["label_agreement"], "max_prob_diff": v["max_prob_diff"]}
               for k, v in rep["exports"].items()}
     return {
         "out": str(out), "kept": bool(cfg.keep or cfg.out is not None), "settings": cfg.to_dict(),
         "n_params": n_params, "crops": crops, "curve": curve, "eval": evals,
-        "predict": {"csv": str(out / "predictions.csv"), "videos": n, "correct": hit},
+        "predict": {"csv": str(out / "predictions.csv"), "videos": n, "correct": hit, "threshold": threshold},
         "export": {"dir": str(out / "submission"), "parity": parity},
         "times_s": {k: round(v, 1) for k, v in times.items()},
     }
@@ -290,10 +295,10 @@ def _f(v) -> str:
 
 
 def print_table(r: dict) -> None:
-    from rich.console import Console
+    from dftune.progress import console
     from rich.table import Table
 
-    con = Console()
+    con = console()
     t = Table(title="dftune demo: prepare -> train -> evaluate -> predict -> export", show_lines=True)
     t.add_column("", style="bold")
     t.add_column("result", overflow="fold")
@@ -311,10 +316,11 @@ def print_table(r: dict) -> None:
                          f"AUC {_f(u['auc'])} -> {_f(tr['auc'])}")
         t.add_row(f"{split}: untrained -> trained\n(threshold 0.5)", "\n".join(lines))
         pm = e["trained"]["video"]["per_method"]
-        t.add_row(f"{split} per method (trained,\nvideo level: F1 / AUC)",
+        t.add_row(f"{split} per method (trained,\nvideo level, threshold 0.5:\nF1 / AUC)",
                   "\n".join(f"{m:15s} {_f(v['macro_f1'])} / {_f(v['auc'])}" for m, v in pm.items()))
     p = r["predict"]
-    t.add_row("predictions", f"{p['csv']}\n{p['correct']}/{p['videos']} test videos labelled correctly")
+    t.add_row("predictions", f"{p['csv']}\n{p['correct']}/{p['videos']} test videos labelled correctly "
+                             f"(threshold {p['threshold']})")
     par = "; ".join(f"{k}: labels agree {v['label_agreement']:.0%}, max |dp| {v['max_prob_diff']:.1e}"
                     for k, v in r["export"]["parity"].items())
     t.add_row("export", f"{r['export']['dir']}\n{par}")

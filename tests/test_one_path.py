@@ -1,0 +1,122 @@
+"""One image path across stages: evaluate scores videos through predict's path and agrees with its
+crops; an ensemble is a first-class model set with its own tuned threshold (evaluate writes it,
+predict and export load it, the standalone script gives the same CSV); predict says where its
+threshold came from; export checks on the model's own val crops and through transformers.pipeline,
+and ships dftune's portable module byte for byte."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from dftune.cli import main  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
+from dftune.model.load import build_tiny_vit  # noqa: E402
+
+NO_DFTUNE = "import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; " \
+            "runpy.run_path(sys.argv[0], run_name='__main__')"
+
+
+@pytest.fixture(scope="module")
+def env(ffpp_tree, tmp_path_factory):
+    root = tmp_path_factory.mktemp("onepath")
+    data = root / "data"
+    assert main(["prepare", str(ffpp_tree), "--out", str(data), "--splits", str(ffpp_tree / "splits"),
+                 "--detector", "retinaface", "--size", "48",
+                 "--frames", "4", "--workers", "1", "--no-progress"]) == 0
+    settings = json.loads((data / "settings.json").read_text())
+    models = {}
+    for name, labels, seed in (("a", {0: "Realism", 1: "Deepfake"}, 0), ("b", {0: "Deepfake", 1: "Real"}, 3)):
+        d = build_tiny_vit(root / name, labels, image_size=32, seed=seed)
+        meta = modelmeta.load(d, labels)
+        meta.crop = modelmeta.CropSettings.from_dict(settings)
+        meta.extra["data"] = str(data.resolve())
+        modelmeta.save(d, meta)
+        models[name] = d
+    return {"root": root, "data": data, "tree": ffpp_tree, **models}
+
+
+def test_from_videos_scores_through_predicts_path_and_agrees_with_the_crops(env, tmp_path):
+    from dftune.stages import evaluate as E
+
+    res = E.evaluate([str(env["a"])], env["data"], tmp_path / "ev", E.EvalSettings(from_videos=True, progress=False,
+                                                                                 plots=False))
+    fv = res["from_videos"]["models"]["a"]
+    assert res["from_videos"]["videos"] >= 5 and res["from_videos"]["errors"] == 0
+    assert fv["compared_with_crops"] == res["models"]["a"]["video"]["n_videos"]
+    # same frames, same crop; only the JPEG round trip of the crops on disk differs
+    assert fv["mean_abs_diff"] < 0.02 and fv["label_agreement_at_0.5"] >= 0.8
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## evaluate and predict" in report and "mean |Δp|" in report
+
+
+def _predict(args, capsys):
+    rc = main(["predict", *args, "--no-progress"])
+    return rc, capsys.readouterr().err
+
+
+def test_ensemble_is_written_loaded_exported_and_scripted(env, tmp_path, capsys):
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--model", str(env["a"]), "--model", str(env["b"]), "--data", str(env["data"]),
+                 "--ensemble", "--write-threshold", "--out", str(ev), "--no-plots", "--no-progress"]) == 0
+    metrics = json.loads((ev / "metrics.json").read_text())
+    ens = json.loads((ev / "ensemble.json").read_text())
+    t = metrics["models"]["ensemble"]["val_threshold"]["frame"]
+    assert ens["threshold"] == pytest.approx(t) and ens["threshold_source"]["by"] == "evaluate"
+    assert [m["weight"] for m in ens["members"]] == [1.0, 1.0]
+    capsys.readouterr()
+    videos = env["tree"] / "manipulated_sequences" / "Deepfakes" / "c23" / "videos"
+    out = tmp_path / "p.csv"
+    rc, err = _predict([str(videos), "--model", str(ev / "ensemble.json"), "--out", str(out)], capsys)
+    assert rc == 0 and f"{t:.4f} (tuned for macro F1 by evaluate" in err
+    rows = list(csv.DictReader(open(out)))
+    assert rows and all(r["label"] == str(int(float(r["prob_fake"]) >= t)) for r in rows)
+    # export the ensemble: members checked and copied, ensemble.json and the script at the top
+    sub = tmp_path / "submit"
+    assert main(["export", str(ev), "--out", str(sub), "--bench-seconds", "0"]) == 0
+    assert (sub / "ensemble.json").exists() and len(list((sub / "members").iterdir())) == 2
+    theirs = tmp_path / "theirs.csv"
+    r = subprocess.run([sys.executable, "-c", NO_DFTUNE, str(sub / "predict_submission.py"), str(videos),
+                        "--out", str(theirs)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tuned for macro F1 by evaluate" in r.stderr
+    mine = {row["filename"]: row for row in rows}
+    for row in csv.DictReader(open(theirs)):
+        assert row["label"] == mine[row["filename"]]["label"]
+        assert float(row["prob_fake"]) == pytest.approx(float(mine[row["filename"]]["prob_fake"]), abs=2e-6)
+
+
+def test_predict_says_where_the_threshold_came_from(env, tmp_path, capsys):
+    import shutil
+
+    img_dir = env["data"] / "test" / "real"
+    model = shutil.copytree(env["b"], tmp_path / "b")  # another test writes thresholds into env's models
+    meta = modelmeta.load(model, {0: "Deepfake", 1: "Real"})
+    meta.threshold, meta.threshold_source = 0.5, {"by": "default"}
+    modelmeta.save(model, meta)
+    rc, err = _predict([str(img_dir), "--model", str(model), "--out", str(tmp_path / "x.csv")], capsys)
+    assert rc == 0 and "0.5000 (default: not tuned" in err
+    rc, err = _predict([str(img_dir), "--model", str(model), "--out", str(tmp_path / "x.csv"),
+                        "--threshold", "0.3"], capsys)
+    assert "0.3000 (--threshold)" in err
+
+
+def test_export_checks_on_val_crops_and_through_transformers_pipeline(env, tmp_path):
+    from importlib import resources
+
+    from dftune.stages import export as E
+
+    rep = E.export(env["a"], tmp_path / "sub", E.ExportSettings(int8=True, bench_seconds=0))
+    assert rep["sample_source"].startswith("val crops of") and rep["samples"] > 4
+    assert rep["pipeline"]["label_agreement"] == 1.0 and rep["pipeline"]["max_prob_diff"] < 1e-5
+    shipped = (tmp_path / "sub" / E.PORTABLE_NAME).read_bytes()
+    assert shipped == (resources.files("dftune") / "portable.py").read_bytes()
+    meta = json.loads((tmp_path / "sub" / "dftune.json").read_text())
+    assert meta["crop"]["detector"] == "retinaface"

@@ -1,0 +1,115 @@
+"""The one image path (dftune.portable): rotation after decoding, the guide's crop resize, the
+frame recount, image formats, the already-cropped rule, and stale model metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dftune import portable
+
+
+def _face_frames(n=6, w=200, h=160):
+    from skimage import data
+    from PIL import Image
+
+    face = np.asarray(Image.fromarray(data.astronaut()[30:250, 130:330]).resize((120, 132)))
+    out = []
+    for k in range(n):
+        f = np.full((h, w, 3), 90, np.uint8)
+        x = 20 + 4 * k
+        f[14:146, x:x + 120] = face
+        out.append(f)
+    return out
+
+
+def test_rotated_video_gives_the_faces_of_its_upright_twin(tmp_path):
+    from dftune.stages.demo.dataset import write_video
+
+    frames = _face_frames()
+    write_video(tmp_path / "upright.mp4", frames)
+    write_video(tmp_path / "phone.mp4", frames, rotate=-90)  # a portrait phone clip's tag
+    up = dict(portable.sample_frames(tmp_path / "upright.mp4", 3))
+    rot = dict(portable.sample_frames(tmp_path / "phone.mp4", 3))
+    assert sorted(up) == sorted(rot) == [0, 2, 5]
+    det = portable.get_detector("dlib")
+    for i in up:
+        assert rot[i].shape == up[i].shape == frames[0].shape  # upright, not sideways
+        assert np.abs(rot[i].astype(int) - up[i].astype(int)).mean() < 3  # same picture up to the codec
+        a, b = portable.crop_face(up[i], det), portable.crop_face(rot[i], det)
+        assert a is not None and b is not None, "the detector must find the face in the rotated video"
+        from dftune.faces.geometry import square_iou
+
+        assert square_iou(a.box, b.box) > 0.6  # the same face (HOG's scale steps may differ with codec noise)
+    sideways = np.ascontiguousarray(np.rot90(frames[0], 1))  # what decoding without the rotation gave
+    assert portable.crop_face(sideways, det) is None
+
+
+def test_crop_is_the_guides_pil_bicubic_resize():
+    from PIL import Image
+    from skimage import data
+
+    frame = data.astronaut()  # 512 x 512: a face larger than 224 px is shrunk
+    box = portable.guide_square(150, 40, 330, 250, frame.shape[1], frame.shape[0], 1.3)
+    x, y, side = box
+    guide = np.asarray(Image.fromarray(frame).crop((x, y, x + side, y + side)).resize((224, 224), Image.BICUBIC))
+    ours = portable.crop_square(frame, box, 224)
+    assert np.abs(ours.astype(float) - guide.astype(float)).mean() < 1.0
+
+
+def test_recount_keeps_only_the_new_grid(tmp_path, monkeypatch):
+    from dftune.stages.demo.dataset import write_video
+
+    frames = [np.full((48, 64, 3), 10 * k, np.uint8) for k in range(20)]
+    write_video(tmp_path / "v.mp4", frames)
+    real = portable._packet_pts(tmp_path / "v.mp4")
+    monkeypatch.setattr(portable, "_packet_pts", lambda p: (40, None))  # the container claims 40 frames
+    got = [i for i, _ in portable.sample_frames(tmp_path / "v.mp4", 10)]
+    assert real[0] == 20
+    assert got == portable.sample_indices(20, 10)  # exactly the grid of the 20 real frames, nothing else
+
+
+def test_image_formats_gif_tiff_16bit(tmp_path):
+    from PIL import Image
+
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    rgb[..., 0] = np.linspace(0, 255, 50, dtype=np.uint8)[None, :]
+    Image.fromarray(rgb).save(tmp_path / "a.gif")
+    Image.fromarray(rgb).save(tmp_path / "a.tiff")
+    g16 = (np.linspace(0, 65535, 50)[None, :] * np.ones((40, 1))).astype(np.uint16)
+    Image.fromarray(g16).save(tmp_path / "g16.png")
+    for name in ("a.gif", "a.tiff", "g16.png"):
+        assert portable.kind_of(tmp_path / name) == "image"
+        im = portable.load_image(tmp_path / name)
+        assert im.shape == (40, 50, 3) and im.dtype == np.uint8, name
+    g = portable.load_image(tmp_path / "g16.png")
+    assert g[0, 0, 0] == 0 and g[0, -1, 0] == 255 and abs(int(g[0, 25, 0]) - 130) <= 3  # scaled, not clipped
+    t = portable.load_image(tmp_path / "a.tiff")
+    assert np.array_equal(t, rgb)
+
+
+def test_an_image_that_already_is_a_face_crop_is_used_whole():
+    from PIL import Image
+    from skimage import data
+
+    det = portable.get_detector("dlib")
+    photo = data.astronaut()
+    crop, how = portable.frame_image(photo, det, 1.3, 64, still=True)
+    assert how == portable.FRAMED_FACE  # a portrait photo: the face is cropped
+    fc = portable.crop_face(photo, det, 1.3, 224)  # what prepare would have written
+    again, how = portable.frame_image(fc.crop, det, 1.3, 224, still=True)
+    assert how == portable.FRAMED_CROPPED and np.array_equal(again, fc.crop)  # not cropped a second time
+    _, how = portable.frame_image(fc.crop, det, 1.3, 224, still=True, already_cropped=0)
+    assert how == portable.FRAMED_FACE  # the rule can be turned off
+    _, how = portable.frame_image(np.full((90, 120, 3), 128, np.uint8), det, 1.3, 64, still=True)
+    assert how == portable.FRAMED_NO_FACE
+
+
+def test_stale_fake_index_is_an_error_naming_both():
+    names = {0: "Realism", 1: "Deepfake"}
+    assert portable.fake_index_of(names, {"fake_index": 1}) == 1
+    with pytest.raises(portable.LabelMappingError, match="says output 0 .*'Realism'.*output 1 .*'Deepfake'"):
+        portable.fake_index_of(names, {"fake_index": 0}, where="m")
+    # names that say nothing: the saved index (a model trained with --fake-label) is used
+    assert portable.fake_index_of({0: "LABEL_0", 1: "LABEL_1"}, {"fake_index": 0}) == 0
+    assert portable.fake_index_of(names, {"fake_index": 0}, fake_label="Realism") == 0
