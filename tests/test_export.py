@@ -40,7 +40,9 @@ def make_inputs(root: Path) -> Path:
     Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(root / "noface.png")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00 not a video")
     ph, bg = D.identity(1), D._background(1, 160, 120)
-    D.write_video(root / "clip.mp4", [D.render_frame(ph.rgb, ph.face, bg, k / 9, motion_seed=1)[0] for k in range(10)])
+    frames = [D.render_frame(ph.rgb, ph.face, bg, k / 9, motion_seed=1)[0] for k in range(10)]
+    D.write_video(root / "clip.mp4", frames)
+    D.write_video(root / "phone.mp4", frames, rotate=-90)  # a portrait phone clip: stored sideways, tagged
     return root
 
 
@@ -115,7 +117,7 @@ def read_probs(path):
 
 
 def compare_csv(a, b):
-    assert list(a) == list(b) == ["broken.mp4", "clip.mp4", "face.png", "face_cmyk.jpg", "noface.png"]
+    assert list(a) == list(b) == ["broken.mp4", "clip.mp4", "face.png", "face_cmyk.jpg", "noface.png", "phone.mp4"]
     for name in a:
         assert a[name]["label"] == b[name]["label"], name
         assert a[name]["faces_found"] == b[name]["faces_found"] and a[name]["frames"] == b[name]["frames"], name
@@ -124,6 +126,9 @@ def compare_csv(a, b):
             assert float(a[name]["prob_fake"]) == pytest.approx(float(b[name]["prob_fake"]), abs=2e-6), name
     assert a["face.png"]["faces_found"] == "1" and a["noface.png"]["faces_found"] == "0"
     assert a["clip.mp4"]["frames"] == "3" and a["broken.mp4"]["error"]
+    # the rotated clip is read upright by both: the same faces as its upright twin
+    assert a["phone.mp4"]["faces_found"] == a["clip.mp4"]["faces_found"] != "0"
+    assert float(a["phone.mp4"]["prob_fake"]) == pytest.approx(float(a["clip.mp4"]["prob_fake"]), abs=0.05)
 
 
 def test_standalone_script_matches_predict_without_dftune(env, tmp_path):
