@@ -120,3 +120,53 @@ def test_export_checks_on_val_crops_and_through_transformers_pipeline(env, tmp_p
     assert shipped == (resources.files("dftune") / "portable.py").read_bytes()
     meta = json.loads((tmp_path / "sub" / "dftune.json").read_text())
     assert meta["crop"]["detector"] == "retinaface"
+
+
+def test_cross_dataset_table_uses_the_training_datas_threshold(env, tmp_path):
+    import shutil
+
+    from dftune.stages import evaluate as E
+
+    other = shutil.copytree(env["data"], tmp_path / "other")  # a "second dataset" (the same crops: same numbers)
+    s = E.EvalSettings(progress=False, plots=False)
+    r = E.cross_dataset([str(env["a"])], [str(env["data"]), str(other)], tmp_path / "x", s)
+    rows = [(row["dataset"], row["video_auc"]) for row in r["table"]]
+    assert [d for d, _ in rows] == ["data", "other", "mean"]
+    assert rows[0][1] == pytest.approx(rows[1][1]) == pytest.approx(rows[2][1])
+    thr = r["thresholds"]["a"]
+    for res in r["per_dataset"].values():  # both measured at the threshold tuned on the training data's val
+        assert res["models"]["a"]["val_threshold"]["frame"] == thr["frame"]
+    assert (tmp_path / "x" / "report.md").read_text().count("| a |") == 3
+
+
+def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    d = tmp_path / "check"
+    d.mkdir()
+    vids = sorted((env["tree"] / "manipulated_sequences" / "Deepfakes" / "c23" / "videos").glob("*.mp4"))[:2]
+    reals = sorted((env["tree"] / "original_sequences" / "youtube" / "c23" / "videos").glob("*.mp4"))[:2]
+    for v in vids + reals:
+        shutil.copy(v, d / (("fake_" if v in vids else "real_") + v.name))
+    crops = sorted((env["data"] / "test" / "real").glob("*.jpg"))[:2]
+    for c in crops:
+        shutil.copy(c, d / c.name)
+    Image.fromarray(np.full((60, 80, 3), 128, np.uint8)).save(d / "blank.png")
+    (d / "broken.mp4").write_bytes(b"not a video")
+    labels = tmp_path / "labels.csv"
+    rows = [f"{f.name},{'fake' if f.name.startswith('fake_') else 'real'}" for f in sorted(d.iterdir())]
+    labels.write_text("filename,label\n" + "\n".join(rows) + "\n")
+    assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels),
+                 "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["files"] == 8 and m["scored"] == 7 and [e["file"] for e in m["errors"]] == ["broken.mp4"]
+    assert m["no_face"] == ["blank.png"] and set(m["per_kind"]) == {"image", "video"}
+    # the same probabilities predict writes for those files
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(d), "--model", str(env["a"]), "--out", str(out), "--no-progress"]) == 0
+    ours = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    theirs = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(out))}
+    assert ours == theirs

@@ -12,11 +12,22 @@ def register(sub) -> None:
         "method), at 0.5 and at the macro-F1-optimal threshold found on val. Writes metrics.json, report.md,\n"
         "predictions.csv and ROC / confusion-matrix PNGs. --write-threshold stores the val threshold in each\n"
         "model's dftune.json so `dftune predict` uses it.\n"
+        "Several --data: the cross-dataset table (threshold from the first dataset's val split, the training data).\n"
+        "--files DIR --labels labels.csv: raw images/videos scored exactly as `dftune predict` does, against labels.\n"
         "Example: dftune evaluate --model baseline/ --model runs/ft/best --data data/ff --out runs/eval",
     )
     p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
                    help="model folder; repeat to compare models side by side, or an ensemble.json (or its folder)")
-    p.add_argument("--data", required=True, metavar="PREPARED_DIR", help="prepared folder (manifest.csv)")
+    p.add_argument("--data", action="append", metavar="PREPARED_DIR",
+                   help="prepared folder (manifest.csv); repeat for the cross-dataset table (the first is the "
+                        "training data, whose val split tunes the threshold)")
+    p.add_argument("--threshold-data", default=None, metavar="PREPARED_DIR",
+                   help="with several --data: the prepared training data whose val split tunes the threshold "
+                        "(default: the first --data)")
+    p.add_argument("--files", nargs="+", metavar="PATH",
+                   help="instead of --data: image/video files or folders scored as predict scores them")
+    p.add_argument("--labels", default=None, metavar="CSV",
+                   help="with --files: filename,label CSV (label 0/1 or real/fake; filename as predict's CSV names it)")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
     p.add_argument("--threshold-split", default="val", choices=["train", "val", "test"],
                    help="split the macro-F1-optimal threshold is tuned on")
@@ -64,8 +75,16 @@ def run(args) -> int:
         plots=not args.no_plots,
         progress=not args.no_progress,
     )
-    res = E.evaluate(args.model, args.data, args.out, s)
     con = console()
+    if args.files:
+        if not args.labels:
+            raise ValueError("--files needs --labels CSV (filename,label)")
+        return _files(E, con, E.evaluate_files(args.model, args.files, args.labels, args.out, s))
+    if not args.data:
+        raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
+    if len(args.data) > 1 or args.threshold_data:
+        return _cross(E, con, E.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
+    res = E.evaluate(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res['aggregate']})")
     for c in E.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
@@ -95,4 +114,41 @@ def run(args) -> int:
                       f"{e['only_from_videos']} videos only scored from the video")
     if args.out:
         con.print(f"metrics: {args.out}/metrics.json, report: {args.out}/report.md")
+    return 0
+
+
+def _cross(E, con, r) -> int:
+    from rich.table import Table
+
+    t = Table(title=f"dftune evaluate across datasets ({r['split']} split; threshold from {r['threshold_split']} of "
+                    f"{r['threshold_data']})")
+    for c in E.CROSS_HEADER:
+        t.add_column(c, justify="left" if c in ("model", "dataset") else "right")
+    for row in r["table"]:
+        t.add_row(*E._cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
+    con.print(t)
+    if r.get("out"):
+        con.print(f"metrics: {r['out']}/metrics.json, report: {r['out']}/report.md")
+    return 0
+
+
+def _files(E, con, r) -> int:
+    from rich.table import Table
+
+    t = Table(title=f"dftune evaluate --files: {r['scored']} of {r['files']} labelled files scored as predict does")
+    for c in ("files", "n", "AUC", "F1@.5", "F1@thr", "EER"):
+        t.add_column(c, justify="left" if c == "files" else "right")
+    a, b = r["at_0.5"], r["at_threshold"]
+    t.add_row("all", str(a["n"]), E._f(a["auc"]), E._f(a["macro_f1"]), E._f(b["macro_f1"]), E._f(a["eer"]))
+    for k, m in r["per_kind"].items():
+        t.add_row(k, str(m["n"]), E._f(m["auc"]), "-", E._f(m["macro_f1"]), E._f(m["eer"]))
+    con.print(t)
+    con.print(f"threshold {r['threshold_source']}")
+    for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
+                      ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
+        if r[key]:
+            con.print(f"[yellow]{len(r[key])} {what}[/yellow]: " + ", ".join(
+                (e["file"] if isinstance(e, dict) else str(e)) for e in r[key][:5]))
+    if r.get("out"):
+        con.print(f"metrics: {r['out']}/metrics.json, report: {r['out']}/report.md")
     return 0

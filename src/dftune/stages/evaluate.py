@@ -51,6 +51,7 @@ class EvalSettings:
     write_threshold: bool = False
     ensemble_out: str | None = None  # where --ensemble --write-threshold writes ensemble.json (default OUT/)
     from_videos: bool = False  # also score the split's source videos through predict's path
+    fixed_thresholds: dict | None = None  # {model name: {"frame": t, "video": t}}: tuned elsewhere (cross-dataset)
     plots: bool = True
     progress: bool = True
 
@@ -115,7 +116,9 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is optimistic",
                     s.split)
         val_rows = eval_rows
-    if not val_rows:
+    if s.fixed_thresholds is not None:
+        val_rows = []  # the thresholds come from the training data's val split, never from this dataset
+    elif not val_rows:
         log.warning("no %s rows: no tuned threshold, only the 0.5 results", s.threshold_split)
 
     ensemble = inference.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
@@ -131,7 +134,8 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         scored[ENSEMBLE] = ens
 
     result: dict = {
-        "data": str(data), "split": s.split, "threshold_split": s.threshold_split if val_rows else None,
+        "data": str(data), "split": s.split,
+        "threshold_split": s.threshold_split if val_rows else ("training data's val" if s.fixed_thresholds else None),
         "tta": list(s.tta), "aggregate": how if how != "topk" else f"topk:{k}", "backend": s.backend,
         "skipped_crops": int((~ok).sum()), "models": {},
     }
@@ -156,7 +160,10 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
             entry["model_threshold"] = models[names.index(nm)].meta.threshold
             entry["model_threshold_text"] = models[names.index(nm)].meta.threshold_text()
         thr_f = thr_v = None
-        if len(va_rows):
+        if s.fixed_thresholds is not None and nm in s.fixed_thresholds:
+            thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
+            entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
+        elif len(va_rows):
             thr_f, f1_f = M.best_threshold(yv, pv)
             _, vpv, vyv, _ = _video_rows(va_rows, pv, how, k)
             thr_v, f1_v = M.best_threshold(vyv, vpv)
@@ -399,3 +406,158 @@ def report_md(result: dict) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- across datasets
+
+
+def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str | os.PathLike | None,
+                  s: EvalSettings, threshold_data: str | None = None) -> dict:
+    """The field's cross-dataset table: each model measured on each prepared dataset's ``s.split``,
+    at 0.5 and at the threshold tuned on the *training* data's val split (``threshold_data``, default
+    the first ``--data``; never on a test dataset), with the mean over datasets."""
+    from dataclasses import replace
+
+    td = threshold_data or datas[0]
+    names = _unique_names([str(Path(d)) for d in datas])
+    r0 = evaluate(model_dirs, td, None, replace(s, split=s.threshold_split, write_threshold=False, plots=False,
+                                                from_videos=False, ensemble=s.ensemble))
+    fixed = {nm: {"frame": e["val_threshold"]["frame"], "video": e["val_threshold"]["video"],
+                  "from": f"{td} ({s.threshold_split})"}
+             for nm, e in r0["models"].items() if e.get("val_threshold")}
+    out = Path(out_dir) if out_dir is not None else None
+    per: dict = {}
+    for nm, d in zip(names, datas):
+        sub = out / _safe(nm) if out is not None else None
+        per[nm] = evaluate(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
+    rows = cross_rows(per)
+    result = {"threshold_data": str(td), "threshold_split": s.threshold_split, "split": s.split,
+              "thresholds": fixed, "datasets": {nm: str(d) for nm, d in zip(names, datas)},
+              "table": rows, "per_dataset": per}
+    if out is not None:
+        write_json(out / "metrics.json", _clean(result))
+        write_text(out / "report.md", cross_md(result))
+        result["out"] = str(out)
+    return result
+
+
+CROSS_HEADER = ["model", "dataset", "videos", "frame AUC", "video AUC", "AP", "EER", "F1@.5", "F1@thr"]
+
+
+def cross_rows(per: dict) -> list[dict]:
+    """One row per model and dataset (video level F1, frame and video AUC), then each model's mean."""
+    rows = []
+    models = list(next(iter(per.values()))["models"]) if per else []
+    for m in models:
+        mine = []
+        for ds, res in per.items():
+            e = res["models"][m]
+            v, f = e["video"], e["frame"]
+            thr = v.get("at_val_threshold") or {}
+            mine.append({"model": m, "dataset": ds, "videos": v.get("n_videos"), "frame_auc": f["at_0.5"]["auc"],
+                         "video_auc": v["at_0.5"]["auc"], "ap": v["at_0.5"]["average_precision"],
+                         "eer": v["at_0.5"]["eer"], "f1_0.5": v["at_0.5"]["macro_f1"], "f1_thr": thr.get("macro_f1")})
+        rows += mine
+        keys = ("frame_auc", "video_auc", "ap", "eer", "f1_0.5", "f1_thr")
+        mean = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in mine])) for k in keys}
+        rows.append({"model": m, "dataset": "mean", "videos": sum(r["videos"] or 0 for r in mine), **mean})
+    return rows
+
+
+def _cross_cells(r: dict) -> list[str]:
+    return [r["model"], r["dataset"], str(r["videos"]), _f(r["frame_auc"]), _f(r["video_auc"]), _f(r["ap"]),
+            _f(r["eer"]), _f(r["f1_0.5"]), _f(r["f1_thr"])]
+
+
+def cross_md(result: dict) -> str:
+    return "\n".join([
+        f"# dftune evaluate: across datasets ({result['split']} split of each)",
+        "",
+        f"Threshold tuned for macro F1 on the {result['threshold_split']} split of `{result['threshold_data']}` "
+        "(the training data), never on a test dataset. Video level unless named; AUC/AP/EER threshold-free.",
+        "",
+        _md_table(CROSS_HEADER, [_cross_cells(r) for r in result["table"]]),
+        "",
+        "Each dataset's full report: `<dataset>/report.md`.",
+        "",
+    ])
+
+
+# ---------------------------------------------------------------- a labelled folder, exactly as predict sees it
+
+
+def read_labels(path: str | os.PathLike) -> dict[str, int]:
+    """``filename,label`` CSV (label 0/1 or real/fake words) -> {filename: 0/1}; errors name the line."""
+    from dftune.portable import FAKE_WORDS, REAL_WORDS, _norm_label
+
+    out: dict[str, int] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "filename" not in cols or "label" not in cols:
+            raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}")
+        for lineno, rec in enumerate(reader, start=2):
+            rec = {k.strip().lower(): (v or "").strip() for k, v in rec.items() if k}
+            word = _norm_label(rec["label"])
+            if word in ("1",) or word in FAKE_WORDS:
+                out[rec["filename"]] = 1
+            elif word in ("0",) or word in REAL_WORDS:
+                out[rec["filename"]] = 0
+            else:
+                raise ValueError(f"{path}, line {lineno}: label {rec['label']!r} is neither 0/1 nor a real/fake word")
+    return out
+
+
+def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
+                   out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> dict:
+    """Raw images and videos scored exactly as ``predict`` scores them (face crop, TTA, ensemble,
+    threshold), measured against ``labels``: the rehearsal of a hidden test set."""
+    from dftune.stages import predict as Pr
+
+    truth = read_labels(labels)
+    found = Pr.collect(inputs, filename_style)
+    ens = inference.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    ps = Pr.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
+    thr, thr_text = Pr.decision(ens, ps)
+    labelled = [f for f in found.files if f.name in truth]
+    res = Pr.predict_files(ens, labelled, ps, threshold=thr)
+    ok = [r for r in res if not r.error]
+    y = np.array([truth[r.name] for r in ok], dtype=np.int64)
+    p = np.array([r.prob_fake for r in ok])
+    kinds = sorted({r.kind for r in ok})
+    result = {
+        "inputs": [str(i) for i in inputs], "labels": str(labels), "tta": list(s.tta), "threshold": thr,
+        "threshold_source": thr_text, "files": len(labelled), "scored": len(ok),
+        "errors": [{"file": r.name, "error": r.error} for r in res if r.error],
+        "no_face": [r.name for r in ok if r.faces_found == 0],
+        "unlabelled": [f.name for f in found.files if f.name not in truth],
+        "missing": sorted(set(truth) - {f.name for f in found.files}),
+        "skipped": found.skipped,
+        "at_0.5": M.full_metrics(y, p, 0.5), "at_threshold": M.full_metrics(y, p, thr),
+        "per_kind": {k: M.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
+                     for k in kinds},
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", _clean(result))
+        Pr.write_csv(out / "predictions.csv", res, Pr.CsvFormat())
+        write_text(out / "report.md", files_md(result))
+        result["out"] = str(out)
+    return result
+
+
+def files_md(r: dict) -> str:
+    a, b = r["at_0.5"], r["at_threshold"]
+    rows = [["all", str(a["n"]), _f(a["auc"]), _f(a["macro_f1"]), _f(b["macro_f1"]), _f(a["eer"])]]
+    rows += [[k, str(m["n"]), _f(m["auc"]), "-", _f(m["macro_f1"]), _f(m["eer"])] for k, m in r["per_kind"].items()]
+    lines = [f"# dftune evaluate --files: {', '.join(r['inputs'])}", "",
+             f"Scored exactly as `dftune predict` does (face crop, TTA {', '.join(r['tta']) or 'none'}, pooling); "
+             f"threshold {r['threshold_source']}.", "",
+             _md_table(["files", "n", "AUC", "F1@.5", "F1@thr", "EER"], rows), ""]
+    for key, title in (("errors", "unreadable (label counted as missing)"), ("no_face", "no face found"),
+                       ("unlabelled", "found but not in the labels"), ("missing", "in the labels but not found")):
+        if r[key]:
+            items = [e["file"] + ": " + e["error"] if isinstance(e, dict) else e for e in r[key]]
+            lines += [f"**{title}** ({len(items)}): " + "; ".join(items[:20]), ""]
+    return "\n".join(lines)
