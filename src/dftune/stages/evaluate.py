@@ -210,6 +210,15 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         write_text(out / "predictions.csv", _predictions_csv(ev_rows, {nm: v[:n_eval][ev_ok] for nm, v in scored.items()}))
         write_text(out / "report.md", report_md(result))
         if s.plots:
+            from dftune import report
+            from dftune.portable import load_image
+
+            crop_paths = manifest.image_paths(data, ev_rows)
+            report.write_html(out / "report.html", result, ev_rows,
+                              {nm: v[:n_eval][ev_ok] for nm, v in scored.items()},
+                              lambda i: load_image(crop_paths[i]), dict(zip(names, models)),
+                              SUMMARY_HEADER, summary_rows, METHOD_HEADER, method_rows,
+                              lambda rows_, p_: _video_rows(rows_, p_, how, k))
             from dftune import plots
 
             for level in ("frame", "video"):

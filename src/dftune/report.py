@@ -1,0 +1,288 @@
+"""``report.html``: one self-contained page a person looks at (figures inline, no network).
+
+What it shows, for every model side by side: the summary and per-method tables, ROC and
+precision-recall curves, score histograms per class and per method with the threshold
+drawn in, a calibration curve, the confusion matrices, and a gallery of the worst errors
+(highest-scored reals, lowest-scored fakes) with a heat map of what the model looked at:
+attention rollout for ViT-style models (the attention of every layer, with the residual,
+multiplied through), the gradient of the fake score with respect to the input otherwise.
+
+A small inline script counts the images that loaded and writes the count on ``<body>``
+(``data-images``), so a headless browser's DOM dump shows whether the page rendered.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img_uri(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def curves_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
+    """ROC and precision-recall side by side, one line per model."""
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    for name, p in scored.items():
+        if len(set(y.tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, p)
+        a.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        pr, rc, _ = precision_recall_curve(y, p)
+        b.plot(rc, pr, lw=1.5, label=name)
+    a.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    a.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC — {title}")
+    b.set(xlabel="recall (fakes caught)", ylabel="precision", title=f"precision-recall — {title}", ylim=(0, 1.02))
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right" if ax is a else "lower left")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def histogram_figure(y, p, methods: Sequence[str], threshold: float | None, title: str) -> str:
+    """Score histograms: reals, then each method's fakes; the threshold as a line."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    bins = np.linspace(0, 1, 31)
+    meth = np.asarray(methods)
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", color="tab:green")
+    for m in sorted(set(meth[y == 1].tolist())):
+        sel = (y == 1) & (meth == m)
+        ax.hist(p[sel], bins=bins, alpha=0.45, histtype="stepfilled", label=f"{m} ({int(sel.sum())})")
+    for t, style, lab in ((0.5, ":", "0.5"), (threshold, "-", "val threshold")):
+        if t is not None:
+            ax.axvline(t, color="black", ls=style, lw=1.2, label=f"{lab} = {t:.3f}")
+    ax.set(xlabel="prob_fake", ylabel="count", title=title)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def calibration_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    edges = np.linspace(0, 1, 11)
+    for name, p in scored.items():
+        idx = np.clip(np.digitize(p, edges) - 1, 0, 9)
+        xs, ys = [], []
+        for b in range(10):
+            sel = idx == b
+            if sel.sum():
+                xs.append(p[sel].mean())
+                ys.append(y[sel].mean())
+        ax.plot(xs, ys, "o-", ms=3, label=name)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1)
+    ax.set(xlabel="mean prob_fake (10 bins)", ylabel="share of fakes", title=f"calibration — {title}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_figure(cm, title: str) -> str:
+    plt = _plt()
+    m = np.asarray(cm, dtype=float)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(3.4, 3))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(2):
+        for j in range(2):
+            ax.text(j, i, f"{int(m[i, j])}\n{share[i, j]:.0%}", ha="center", va="center",
+                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks([0, 1], ["real", "fake"])
+    ax.set_yticks([0, 1], ["real", "fake"])
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- what the model looked at
+
+
+def heat_map(model, image: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(map in [0, 1] at the model's input size, method)`` for one RGB uint8 crop.
+
+    Attention rollout when the model returns attentions with a CLS token (ViT, DeiT, BEiT…),
+    else |gradient of the fake probability w.r.t. the input|, max over colour channels.
+    """
+    import torch
+
+    from dftune.portable import normalise, resize_crop_uint8
+
+    pre, mod = model.pre, model.module
+    x = normalise(resize_crop_uint8(image, pre)[None], pre, model.device)
+    if mod is None:
+        raise ValueError("heat maps need the torch backend")
+    try:
+        if hasattr(mod, "set_attn_implementation"):
+            mod.set_attn_implementation("eager")
+        with torch.no_grad():
+            out = mod(pixel_values=x, output_attentions=True)
+        att = out.attentions
+        if att and att[0] is not None and att[0].shape[-1] > 1:
+            n = att[0].shape[-1]
+            side = int(round((n - 1) ** 0.5))
+            if side * side == n - 1:
+                roll = torch.eye(n)
+                for a in att:
+                    a = a[0].mean(0).float().cpu()
+                    a = 0.5 * a + 0.5 * torch.eye(n)
+                    roll = (a / a.sum(-1, keepdim=True)) @ roll
+                m = roll[0, 1:].reshape(side, side).numpy()
+                return _upsample(m, pre.out_height, pre.out_width), "attention rollout"
+    except Exception as e:  # models without attentions: fall back to the gradient
+        log.debug("attention rollout unavailable (%s); using the input gradient", e)
+    x = x.clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = mod(pixel_values=x).logits.float()
+        torch.softmax(logits, -1)[0, model.fake_index].backward()
+    g = x.grad[0].abs().amax(0).cpu().numpy()
+    return _upsample(g, pre.out_height, pre.out_width), "input gradient"
+
+
+def _upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
+    from PIL import Image
+
+    m = m.astype(np.float32)
+    m = (m - m.min()) / (np.ptp(m) + 1e-8)
+    return np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)) / 255.0
+
+
+def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    from matplotlib import colormaps
+
+    base = np.asarray(Image.fromarray(image).resize((heat.shape[1], heat.shape[0]), Image.BILINEAR), np.float32)
+    col = colormaps["jet"](heat)[..., :3] * 255
+    return np.clip(0.55 * base + 0.45 * col, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- the page
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}
+h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f5f7} td:first-child,th:first-child,td.l{text-align:left}
+.row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} img.fig{max-width:100%;border:1px solid #eee}
+.card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;width:250px}
+.card img{width:120px;height:120px;image-rendering:pixelated} .note{color:#555;font-size:13px}
+"""
+
+_CHECK = """
+<script>
+window.addEventListener('load', function () {
+  var imgs = document.images, ok = 0, bad = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; else bad++; }
+  document.body.setAttribute('data-images', bad ? ('broken ' + bad + ' of ' + imgs.length) : ('ok ' + ok));
+});
+</script>
+"""
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html(path, result: dict, rows: Sequence, scored: Mapping[str, np.ndarray], images: Mapping[str, object],
+               models: Mapping[str, object], summary_header, summary_rows, method_header, method_rows,
+               video_level, n_gallery: int = 6) -> None:
+    """Write ``report.html``.
+
+    ``rows``: the measured manifest rows; ``scored``: model name -> prob_fake per row; ``images``: a
+    callable ``index -> RGB crop`` for the gallery; ``models``: name -> loaded model (for heat maps;
+    an ensemble has none); ``video_level(rows, p) -> (keys, p, y, methods)``.
+    """
+    from dftune.atomic import write_text
+
+    y = np.array([r.label for r in rows], dtype=np.int64)
+    methods = [r.method for r in rows]
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dftune evaluate — "
+             f"{html.escape(str(result['data']))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>dftune evaluate: {html.escape(result['split'])} split of <code>{html.escape(str(result['data']))}"
+             f"</code></h1>",
+             f"<p class='note'>TTA {html.escape(', '.join(result['tta']) or 'none')}; video score = "
+             f"{html.escape(result['aggregate'])} of its crops; threshold tuned for macro F1 on "
+             f"{html.escape(str(result['threshold_split'] or 'nothing'))}. F1 = macro F1 (the competition's metric).</p>",
+             "<h2>Summary</h2>", _table(summary_header, summary_rows(result)),
+             "<h2>Per manipulation method (video level)</h2>", _table(method_header, method_rows(result, "video")),
+             "<h2>ROC and precision-recall curves, calibration</h2><div class='row'>"]
+    video = {nm: video_level(rows, p) for nm, p in scored.items()}
+    vy = next(iter(video.values()))[2] if video else np.zeros(0)
+    parts.append(f"<img class='fig' alt='curves frame' src='{curves_figure(y, scored, 'frame level')}'>")
+    parts.append(f"<img class='fig' alt='curves video' src='"
+                 f"{curves_figure(vy, {nm: v[1] for nm, v in video.items()}, 'video level')}'>")
+    parts.append(f"<img class='fig' alt='calibration' src='{calibration_figure(y, scored, 'frame level')}'></div>")
+    parts.append("<h2>Scores per class and method (frame level)</h2><div class='row'>")
+    for nm, p in scored.items():
+        thr = (result["models"][nm]["frame"].get("at_val_threshold") or {}).get("threshold")
+        parts.append(f"<img class='fig' alt='histogram {html.escape(nm)}' "
+                     f"src='{histogram_figure(y, p, methods, thr, nm)}'>")
+    parts.append("</div><h2>Confusion matrices (at the val threshold; 0.5 without val)</h2><div class='row'>")
+    for nm, e in result["models"].items():
+        for level in ("frame", "video"):
+            key = "at_val_threshold" if "at_val_threshold" in e[level] else "at_0.5"
+            m = e[level][key]
+            caption = "{}, {} @ {:.3f}".format(nm, level, m["threshold"])
+            parts.append(f"<img class='fig' alt='confusion {html.escape(nm)} {level}' src='"
+                         f"{confusion_figure(m['confusion_matrix'], caption)}'>")
+    parts.append("</div><h2>The worst errors, and what the model looked at</h2>")
+    for nm, p in scored.items():
+        model = models.get(nm)
+        if model is None:
+            continue
+        reals = [i for i in np.argsort(-p) if y[i] == 0][:n_gallery]
+        fakes = [i for i in np.argsort(p) if y[i] == 1][:n_gallery]
+        for title, idx in (("reals scored most fake", reals), ("fakes scored most real", fakes)):
+            parts.append(f"<h3>{html.escape(nm)}: {title}</h3><div class='row'>")
+            for i in idx:
+                r = rows[i]
+                try:
+                    img = images(i)
+                    heat, how = heat_map(model, img)
+                    pics = (f"<img alt='crop' src='{_img_uri(img)}'><img alt='{how}' "
+                            f"src='{_img_uri(overlay(img, heat))}'>")
+                except Exception as e:  # one unreadable crop never stops the report
+                    how, pics = f"unavailable ({e})", ""
+                parts.append(f"<div class='card'>{pics}<div>{html.escape(r.video)} frame {r.frame_index}<br>"
+                             f"{html.escape(r.method)} — prob_fake {p[i]:.3f}<br><span class='note'>{html.escape(how)}"
+                             f"</span></div></div>")
+            parts.append("</div>")
+    parts.append(_CHECK + "</body></html>")
+    write_text(path, "\n".join(parts))
