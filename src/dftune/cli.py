@@ -15,6 +15,8 @@ import sys
 
 # Pipeline order; the help lists them in this order.
 COMMANDS = ["prepare", "train", "evaluate", "predict", "export", "demo", "synth"]
+COMMANDS.append("tune")
+COMMANDS.append("merge")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

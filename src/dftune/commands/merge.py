@@ -1,0 +1,50 @@
+"""``dftune merge``: average model weights (WiSE-FT, uniform and greedy soups) into one model folder."""
+
+from __future__ import annotations
+
+from dftune.commands import add_parser
+
+
+def register(sub) -> None:
+    p = add_parser(
+        sub, "merge", "average model weights: WiSE-FT (baseline + fine-tuned), uniform or greedy soups",
+        description="Average the weights of models of one architecture into a plain Hugging Face folder.\n"
+        "  dftune merge BASELINE FINETUNED --alpha 0.5 --out runs/wise      # (1 - alpha) * A + alpha * B (WiSE-FT)\n"
+        "  dftune merge runs/s0/best runs/s1/best runs/s2/best --out runs/soup  # uniform soup\n"
+        "  dftune merge runs/*/best --greedy --data data/ffpp --out runs/greedy  # greedy soup on val\n"
+        "Labels are matched by name (label orders may differ); other architectures or label sets are refused.\n"
+        "The merged folder gets threshold 0.5: tune one with `dftune evaluate --write-threshold`.",
+    )
+    p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="model folders (HF format), two or more")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B "
+                        "(default: a uniform soup)")
+    p.add_argument("--weight", action="append", type=float, metavar="W",
+                   help="soup weight per model, in order (default: equal)")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy soup: add models best-first while the soup's val metric does not drop (needs --data)")
+    p.add_argument("--data", default=None, metavar="PREPARED_DIR", help="prepared data whose val split judges --greedy")
+    p.add_argument("--metric", default="auc", choices=["auc", "f1", "loss"], help="the val metric of --greedy")
+    p.add_argument("--level", default="frame", choices=["frame", "video"], help="the level of --greedy's metric")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dftune.progress import console
+    from dftune.stages import merge as Mg
+
+    if args.greedy:
+        if not args.data:
+            raise ValueError("--greedy needs --data PREPARED_DIR (its val split judges each addition)")
+        r = Mg.greedy_soup(args.models, args.out, args.data, args.metric, args.level, force=args.force)
+        con = console()
+        for p, v in r["val"].items():
+            con.print(f"{'in ' if p in r['models'] else 'out'}  {p}: {r['metric']} {v:.4f}")
+        con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
+        return 0
+    r = Mg.merge(args.models, args.out, args.alpha, args.weight, args.force)
+    console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
+                    f"-> {r['out']}; threshold 0.5 until `dftune evaluate --write-threshold`")
+    return 0

@@ -1,0 +1,218 @@
+"""Stage ``merge``: weight averaging of model folders (WiSE-FT, uniform and greedy soups).
+
+- two models and ``alpha``: ``(1 - alpha) * A + alpha * B`` — WiSE-FT (Wortsman et al., 2022)
+  with A the pre-trained baseline and B its fine-tuned copy: the fine-tuned gain in
+  distribution, much of the baseline's robustness out of it;
+- several models: the uniform soup, their mean;
+- ``greedy`` with prepared data: the greedy soup — models sorted by their val metric, each
+  added to the soup only if the soup's val metric does not drop.
+
+Models must share an architecture (the same parameter names and shapes). Labels are
+reconciled by name: a model whose head lists real/fake in the other order has its head
+rows swapped before averaging, so ``Realism/Deepfake`` and ``Deepfake/Real`` models mix
+correctly; a model whose classes are not the same two (real and fake) is refused. The
+output is a plain Hugging Face folder (config and processor of the first model) with its
+``dftune.json`` (labels, the first model's crop settings, threshold 0.5 until evaluate
+tunes one, and the recipe in ``extra.merge``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dftune.model import meta as modelmeta
+
+log = logging.getLogger(__name__)
+
+
+class MergeError(ValueError):
+    """Models that cannot be averaged; the message names them and says why."""
+
+
+@dataclass
+class _Loaded:
+    path: str
+    state: dict
+    fake: int
+    real: int
+    head: list  # parameter names of the classification head (rows indexed by class)
+
+
+def _head_names(model, state: dict) -> list[str]:
+    """Parameters whose first dimension is the number of labels and that belong to the classifier."""
+    n = model.config.num_labels
+    return [k for k, v in state.items() if v.ndim >= 1 and v.shape[0] == n
+            and any(w in k for w in ("classifier", "head", "fc.", "score"))]
+
+
+def load_for_merge(path: str | os.PathLike) -> tuple[object, _Loaded]:
+    from transformers import AutoModelForImageClassification
+
+    from dftune.portable import fake_index_of
+
+    p = str(path)
+    if not (Path(p) / "config.json").exists():
+        raise MergeError(f"{p}: not a model folder (no config.json)")
+    model = AutoModelForImageClassification.from_pretrained(p)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    if len(id2label) != 2:
+        raise MergeError(f"{p}: {len(id2label)} labels {sorted(id2label.values())}; merge needs real/fake models")
+    meta_file = modelmeta.meta_path(p)
+    raw = __import__("json").loads(meta_file.read_text()) if meta_file.exists() else None
+    fake = fake_index_of(id2label, raw, None, p)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model, _Loaded(p, state, fake, 1 - fake, _head_names(model, state))
+
+
+def _aligned(ref: _Loaded, other: _Loaded) -> dict:
+    """``other``'s state with its head rows in ``ref``'s label order; refuses other architectures."""
+    a, b = ref.state, other.state
+    if set(a) != set(b):
+        missing = sorted(set(a) ^ set(b))[:4]
+        raise MergeError(f"{other.path}: another architecture than {ref.path} (parameters differ, e.g. {missing})")
+    bad = [k for k in a if tuple(a[k].shape) != tuple(b[k].shape)]
+    if bad:
+        raise MergeError(f"{other.path}: shapes differ from {ref.path} (e.g. {bad[0]}: {tuple(b[bad[0]].shape)} vs "
+                         f"{tuple(a[bad[0]].shape)})")
+    if other.fake == ref.fake:
+        return b
+    out = dict(b)
+    for k in ref.head:
+        out[k] = b[k].flip(0)  # two classes: swap the rows so index i means the same class in both
+    return out
+
+
+def average(states: Sequence[dict], weights: Sequence[float]) -> dict:
+    """Weighted mean of floating-point tensors; integer buffers (e.g. position ids) from the first."""
+    import torch
+
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    out = {}
+    for k, v0 in states[0].items():
+        if not torch.is_floating_point(v0):
+            out[k] = v0.clone()
+            continue
+        acc = torch.zeros_like(v0, dtype=torch.float64)
+        for s, wi in zip(states, w):
+            acc += float(wi) * s[k].double()
+        out[k] = acc.to(v0.dtype)
+    return out
+
+
+def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) -> Path:
+    from transformers import AutoImageProcessor
+
+    from dftune.atomic import DIR_MODE
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.load_state_dict(state)
+        model.save_pretrained(tmp)
+        AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
+        base = modelmeta.load(src, {int(k): v for k, v in model.config.id2label.items()})
+        meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=base.crop,
+                                   extra={"merge": recipe})
+        modelmeta.save(tmp, meta)
+        os.chmod(tmp, DIR_MODE)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def merge(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None,
+          weights: Sequence[float] | None = None, force: bool = False) -> dict:
+    """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out``."""
+    if len(paths) < 2:
+        raise MergeError("merge needs at least two model folders")
+    if alpha is not None:
+        if len(paths) != 2:
+            raise MergeError("--alpha interpolates two models: (1 - alpha) * A + alpha * B")
+        if not 0.0 <= alpha <= 1.0:
+            raise MergeError(f"--alpha {alpha}: must be between 0 and 1")
+        weights = [1.0 - alpha, alpha]
+    weights = list(weights) if weights is not None else [1.0] * len(paths)
+    if len(weights) != len(paths) or min(weights) < 0 or sum(weights) <= 0:
+        raise MergeError("one non-negative weight per model, not all zero")
+    model, ref = load_for_merge(paths[0])
+    states = [ref.state]
+    for p in paths[1:]:
+        states.append(_aligned(ref, load_for_merge(p)[1]))
+    recipe = {"kind": "wise-ft" if alpha is not None else "uniform soup", "models": [str(p) for p in paths],
+              "weights": weights, **({"alpha": alpha} if alpha is not None else {})}
+    # alpha 0 or 1 returns that model exactly (no rounding through float64)
+    if alpha in (0.0, 1.0):
+        state = states[int(alpha)]
+    else:
+        state = average(states, weights)
+    _save(model, state, str(paths[0]), Path(out), recipe, force)
+    return {"out": str(out), **recipe}
+
+
+def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.PathLike, metric: str = "auc",
+                level: str = "frame", split: str = "val", tta: Sequence[str] = (), force: bool = False) -> dict:
+    """The greedy soup: sort by val ``metric``, add each model if the soup's val metric does not drop."""
+    from dftune import metrics as M
+    from dftune import prepared, scoring
+    from dftune.pooling import video_aggregate
+    from dftune.portable import load_image, prob_fake
+
+    rows = prepared.read_manifest(data, [split])
+    if not rows:
+        raise MergeError(f"{data}: no {split} rows to judge the soup on")
+    imgs = [load_image(p) for p in prepared.image_paths(data, rows)]
+    y = np.array([r.label for r in rows])
+
+    def score(model_dir) -> float:
+        m = scoring.load_model(model_dir, device="cpu")
+        p = np.concatenate([prob_fake(m.run, m.pre, m.fake_index, imgs[i:i + 64], tta, m.device)
+                            for i in range(0, len(imgs), 64)])
+        if level == "video":
+            _, p, yy = video_aggregate([r.video for r in rows], p, y)
+        else:
+            yy = y
+        res = M.binary_metrics(yy, p)
+        key = {"auc": "auc", "f1": "macro_f1", "loss": "loss"}[metric]
+        v = res[key]
+        return -v if metric == "loss" else v
+
+    work = Path(tempfile.mkdtemp(prefix="dftune-soup-"))
+    try:
+        scores = {p: score(p) for p in paths}
+        order = sorted(paths, key=lambda p: -scores[p])
+        chosen, best = [order[0]], scores[order[0]]
+        log.info("greedy soup: start with %s (%s %.4f)", order[0], metric, best)
+        for i, p in enumerate(order[1:]):
+            trial = work / f"try{i}"
+            merge(chosen + [p], trial, force=True)
+            v = score(str(trial))
+            if v >= best:
+                chosen, best = chosen + [p], v
+            log.info("greedy soup: %s %s -> soup %s %.4f", "added" if chosen[-1] == p else "skipped", p, metric, v)
+        if len(chosen) == 1:
+            model, ref = load_for_merge(chosen[0])
+            _save(model, ref.state, chosen[0], Path(out), {"kind": "greedy soup", "models": chosen}, force)
+        else:
+            merge(chosen, out, force=force)
+            meta = modelmeta.load(out)
+            meta.extra["merge"] = {"kind": "greedy soup", "models": chosen, "candidates": list(paths)}
+            modelmeta.save(out, meta)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out), "kind": "greedy soup", "models": chosen, "val": {p: scores[p] for p in paths},
+            "soup_val": best, "metric": f"{split} {level} {metric}"}
