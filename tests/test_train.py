@@ -417,3 +417,194 @@ def test_cli_config_overrides_and_resume(crops, vit, tmp_path, capsys):
     s = yaml.safe_load((out / "settings.yaml").read_text())
     assert (s["epochs"], s["balance"], s["lr"]) == (2, "sampler", 1e-3)
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
+
+
+# ------------------------------------------------------------------ resume with changed settings
+
+
+@pytest.fixture(scope="module")
+def cosine_interrupted(crops, vit, tmp_path_factory):
+    """A 3-epoch cosine run (3 optimizer steps per epoch) killed after epoch 1. Copy it before resuming."""
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "schedule": "cosine", "warmup_ratio": 0.0, "max_train_batches": 3})
+    out = tmp_path_factory.mktemp("cosine") / "run"
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record):
+        raise Killed
+
+    with pytest.raises(Killed):
+        train(crops, vit, out, cfg, progress=False, on_epoch_end=kill)
+    return out, cfg
+
+
+def _copy_run(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resume_refuses_settings_that_change_the_schedule_or_data_order(cosine_interrupted, crops, vit, tmp_path,
+                                                                        capsys):
+    from dftune.cli import main
+
+    src, cfg = cosine_interrupted
+    run = _copy_run(src, tmp_path)
+    settings = (run / "settings.yaml").read_bytes()
+    with pytest.raises(TrainError) as e:
+        train(crops, vit, run, build(cfg, {"batch_size": 4, "lr": 1e-4, "seed": 1, "patience": 2}), progress=False,
+              resume=True)
+    msg = str(e.value)
+    assert "batch_size: 8 -> 4" in msg and "lr: 0.001 -> 0.0001" in msg and "seed: 0 -> 1" in msg
+    assert "patience" not in msg.split("refused:")[1].split("Settings a resume may change")[0]  # patience is safe
+    # the command line says the same, exit status 2
+    rc = main(["train", "--data", str(crops), "--model", vit, "--out", str(run), "--resume", "--batch-size", "16",
+               "--no-progress"])
+    assert rc == 2 and "batch_size: 8 -> 16" in capsys.readouterr().err
+    # a cosine schedule laid out over 3 epochs cannot be extended: it ends at lr 0
+    with pytest.raises(TrainError, match="cosine"):
+        train(crops, vit, run, build(cfg, {"epochs": 5}), progress=False, resume=True)
+    # nothing was touched
+    assert (run / "settings.yaml").read_bytes() == settings
+    assert json.loads((run / "last" / "training_state" / "trainer.json").read_text())["epoch"] == 1
+
+
+def test_resume_honours_safe_settings_and_keeps_the_schedule_laid_out_at_the_start(cosine_interrupted, crops, vit,
+                                                                                   tmp_path):
+    import yaml
+
+    from dftune.stages.train import lr_lambda
+
+    src, cfg = cosine_interrupted
+    run = _copy_run(src, tmp_path)
+    summary = train(crops, vit, run, build(cfg, {"epochs": 2, "patience": 5}), progress=False, resume=True)
+    assert summary["epochs_run"] == 2 and summary["epochs_planned"] == 2
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    # stopping a 3-epoch cosine schedule after 2 epochs keeps its 3-epoch layout (9 steps): step 6 of 9, not
+    # a schedule recomputed over 2 epochs (which would be at lr 0 by now)
+    assert hist[1]["train"]["lr"] == pytest.approx(cfg.lr * lr_lambda(9, 0, "cosine")(6))
+    assert hist[1]["train"]["lr"] > 0.2 * cfg.lr
+    s = yaml.safe_load((run / "settings.yaml").read_text())
+    assert (s["epochs"], s["patience"], s["batch_size"]) == (2, 5, 8)
+    assert s["_schedule"]["epochs"] == 3 and s["_schedule"]["steps"] == 9
+    first, second = s["_stretches"]
+    assert (first["first_epoch"], first["last_epoch"], first["planned_epochs"], first["resumed"]) == (1, 1, 3, False)
+    assert (second["first_epoch"], second["last_epoch"], second["resumed"]) == (2, 2, True)
+    assert second["changed"] == {"epochs": {"from": 3, "to": 2}, "patience": {"from": 0, "to": 5}}
+
+
+# ------------------------------------------------------------------ a full disk at a checkpoint
+
+
+@pytest.mark.parametrize("error", ["oserror", "safetensors"])
+def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops, vit, tmp_path, monkeypatch, error):
+    from safetensors import SafetensorError
+    from transformers import ViTForImageClassification
+
+    from dftune.atomic import WriteError
+    from dftune.cli import main
+
+    save = ViTForImageClassification.save_pretrained
+    saves = []
+
+    def full_disk(self, folder, *a, **kw):
+        if Path(folder).name == "last.tmp":
+            saves.append(folder)
+            if len(saves) == 2:  # epoch 2's last/
+                (Path(folder) / "model.safetensors").write_bytes(b"half")
+                if error == "oserror":
+                    raise OSError(28, "No space left on device")
+                raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                      'message: "No space left on device" })')
+        return save(self, folder, *a, **kw)
+
+    monkeypatch.setattr(ViTForImageClassification, "save_pretrained", full_disk)
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "max_train_batches": 2})
+    run = tmp_path / "run"
+    with pytest.raises(WriteError) as e:
+        train(crops, vit, run, cfg, progress=False)
+    msg = str(e.value)
+    assert "No space left on device" in msg and "free on" in msg and str(run / "last.tmp") in msg
+    assert "--resume" in msg and "epoch 1" in msg
+    assert not (run / "last.tmp").exists()  # the half-written folder went
+    assert json.loads((run / "last" / "training_state" / "trainer.json").read_text())["epoch"] == 1
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2] and "checkpoint" not in hist[0]
+    assert hist[1]["checkpoint"].startswith("not saved")
+    # space freed: --resume continues from epoch 1's checkpoint
+    monkeypatch.undo()
+    rc = main(["train", "--data", str(crops), "--model", vit, "--out", str(run), "--resume", "--no-progress"])
+    assert rc == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2] and "checkpoint" not in hist[1]
+    assert json.loads((run / "last" / "training_state" / "trainer.json").read_text())["epoch"] == 2
+
+
+# ------------------------------------------------------------------ threads and loader workers
+
+
+def test_threads_and_workers_follow_the_machine():
+    from dftune.train.config import resolve_threads, resolve_workers
+
+    def threads(setting=0, **kw):
+        return resolve_threads(setting, **{"cores": 16, "processes": 1, "gpu": False, "env": {}, **kw})[0]
+
+    assert threads() == 16
+    assert threads(processes=4) == 4 and threads(cores=2, processes=4) == 1
+    assert threads(env={"OMP_NUM_THREADS": "3"}) == 3 and threads(processes=4, env={"OMP_NUM_THREADS": "2"}) == 2
+    assert threads(env={"OMP_NUM_THREADS": "junk"}) == 16
+    assert threads(current=1) == 1  # auto never raises what the process already has
+    assert threads(gpu=True) is None  # torch's default on a GPU
+    assert threads(5) == 5 and threads(5, gpu=True) == 5 and threads(5, current=1) == 5
+    workers = lambda setting=-1, **kw: resolve_workers(setting, **{"cores": 16, "processes": 1, "gpu": False, **kw})[0]
+    assert workers() == 0 and workers(gpu=True) == 8 and workers(gpu=True, cores=4) == 4
+    assert workers(gpu=True, processes=4) == 4 and workers(3) == 3 and workers(0, gpu=True) == 0
+    d = TrainConfig()
+    assert (d.threads, d.num_workers) == (0, -1)
+
+
+def test_threads_flag_reaches_torch_and_the_summary(crops, vit, tmp_path, monkeypatch, capsys):
+    import yaml
+    from transformers import ViTForImageClassification
+
+    from dftune.cli import main
+
+    forward = ViTForImageClassification.forward
+    seen = set()
+
+    def spy(self, *a, **kw):
+        seen.add(torch.get_num_threads())
+        return forward(self, *a, **kw)
+
+    monkeypatch.setattr(ViTForImageClassification, "forward", spy)
+    out = tmp_path / "run"
+    torch.set_num_threads(2)
+    try:
+        rc = main(["train", "--data", str(crops), "--model", vit, "--out", str(out), "--epochs", "1", "--threads", "1",
+                   "--set", "max_train_batches=2", "--batch-size", "8", "--no-progress", "--no-tensorboard"])
+        assert torch.get_num_threads() == 2  # the caller's count is back
+    finally:
+        torch.set_num_threads(1)
+    assert rc == 0 and seen == {1}
+    printed = capsys.readouterr().out
+    assert "threads 1 (--threads)" in printed and "loader workers 0 (auto: 0 on CPU)" in printed
+    s = yaml.safe_load((out / "settings.yaml").read_text())
+    assert (s["threads"], s["num_workers"], s["_threads"], s["_workers"]) == (1, -1, 1, 0)
+    assert (s["_stretches"][0]["threads"], s["_stretches"][0]["workers"]) == (1, 0)
+
+
+# ------------------------------------------------------------------ output off a terminal
+
+
+def test_progress_off_a_terminal_is_a_few_lines_per_epoch(crops, vit, tmp_path, capfd):
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "max_train_batches": 3})
+    capfd.readouterr()
+    train(crops, vit, tmp_path / "run", cfg, progress=True)
+    out, err = capfd.readouterr()
+    assert "\r" not in err and "\r" not in out  # no bar redraws in a log
+    assert "Writing model shards" not in err
+    lines = [ln for ln in (out + err).splitlines() if ln.strip()]
+    assert len(lines) <= 3 * cfg.epochs + 2, lines
+    assert sum("epoch 1/2" in ln for ln in err.splitlines()) == 2  # a start line and an end line

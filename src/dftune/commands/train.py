@@ -32,7 +32,10 @@ _FLAGS = [
     ("--monitor-level", "monitor_level", str, "monitor at frame or video level"),
     ("--patience", "patience", int, "early stopping: epochs without improvement (0 = off)"),
     ("--seed", "seed", int, "random seed (data order, augmentations, head init)"),
-    ("--workers", "num_workers", int, "data loader worker processes"),
+    ("--workers", "num_workers", int, "data loader worker processes per process (-1 = auto: 0 on CPU, "
+                                      "min(8, cores) on a GPU)"),
+    ("--threads", "threads", int, "torch threads per process (0 = auto: on CPU OMP_NUM_THREADS if set, else "
+                                  "cores // processes; on a GPU torch's default)"),
     ("--precision", "precision", str, "auto (bf16 if the GPU has it, else fp16; fp32 on CPU), bf16, fp16 or no"),
     ("--aggregate", "video_aggregate", str, "frame-to-video pooling for video metrics: mean, median, max, topk"),
     ("--sbi", "sbi", float, "probability that a real training crop becomes a self-blended pseudo-fake on the fly "
@@ -67,8 +70,10 @@ def register(sub) -> None:
                    help="do not write TensorBoard scalars (default: write them to RUN_DIR/tensorboard)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
-    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its last checkpoint "
-                                                         "(its settings.yaml; flags given now override it)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
+                        "only epochs, patience, workers, threads, tensorboard and micro-batch (others are refused); "
+                        "a cosine schedule cannot be extended past the epochs it was laid out over")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -123,6 +128,9 @@ def print_summary(s: dict) -> None:
             f"by {s['monitor']} = {f(s['best_value'])}")
     c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
     c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
+    if "threads" in s:
+        c.print(f"threads {s['threads']} ({s.get('threads_from', '')}), loader workers {s['workers']} "
+                f"({s.get('workers_from', '')})")
     if s["skipped"]:
         c.print(f"[yellow]{len(s['skipped'])} unreadable image(s) skipped; listed in "
                 f"{s['run_dir']}/skipped.txt[/yellow]")

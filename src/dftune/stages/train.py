@@ -7,12 +7,28 @@ optimizer/scheduler/RNG state. Only the main process writes files.
 
 RUN_DIR after a run::
 
-    settings.yaml        resolved settings + run metadata (data, model, label map, devices)
+    settings.yaml        resolved settings + run metadata (data, model, label map, devices, threads, workers,
+                         the LR schedule's layout) and ``_stretches``: one entry per start or --resume, with
+                         its epoch range, what it changed, and its threads/workers/device
     history.json         one record per epoch, rewritten after every epoch
     best/  last/         Hugging Face model folders (model + processor + dftune.json)
     last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs
     tensorboard/         scalars
     skipped.txt          images that could not be read (if any)
+
+Resuming (``--resume``) continues the run with the settings it started with. Settings that would change
+its learning-rate schedule, data order or the maths of a step (batch size, accumulation, lr, schedule,
+warm-up, seed, balance, SBI, augmentations, ...) are refused with each change named; the ones in
+``config.RESUME_SAFE`` (epochs, patience, workers, threads, TensorBoard, micro-batch) are honoured and
+recorded in the new stretch of ``settings.yaml``. The LR schedule is laid out once, at the run's start,
+over the epochs planned then (its total steps and warm-up are kept in the training state): changing
+``epochs`` later moves where the run stops, never the schedule. A constant schedule can thus be extended;
+a cosine schedule cannot be extended past its original end (it reaches lr 0 there: the extra epochs would
+not train), which is refused; stopping it earlier is allowed.
+
+A checkpoint that cannot be written (a full disk) stops the run with an error naming the file and the
+free space; the previous ``last/`` stays complete, history.json lists the epochs done, and ``--resume``
+continues from that checkpoint once space is freed.
 """
 
 from __future__ import annotations
@@ -30,13 +46,15 @@ from dftune.portable import Preprocess
 from dftune.model import labels as _labels
 from dftune import metrics as M
 from dftune.model import meta as modelmeta
-from dftune.atomic import read_json, write_json, write_text
+from dftune import progress as _progress
+from dftune.atomic import WriteError, read_json, write_json, write_text
 from dftune.pooling import video_aggregate
 from dftune.prepared import read_manifest
 from dftune.train import checkpoint as ckpt
 from dftune.train import data as D
-from dftune.train.checkpoint import STATE_DIR
-from dftune.train.config import TrainConfig, load_run_settings, save_yaml
+from dftune.train.checkpoint import STATE_DIR, TRAINER_FILE
+from dftune.train.config import (RESUME_SAFE, TrainConfig, available_cores, load_run_settings, resolve_threads,
+                                 resolve_workers, resume_changes, save_yaml)
 from dftune.train.step import ForwardBackward
 
 log = logging.getLogger(__name__)
@@ -127,18 +145,72 @@ def prepare_scheduler(accelerator, scheduler):
 def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLike, cfg: TrainConfig,
           resume: bool = False, progress: bool = True,
           on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
-    """Fine-tune ``model_source`` on the prepared crops in ``data_dir``; return the run summary."""
+    """Fine-tune ``model_source`` on the prepared crops in ``data_dir``; return the run summary.
+
+    The run sets torch's thread count (``cfg.threads``, see :func:`dftune.train.config.resolve_threads`)
+    and puts the caller's back when it ends.
+    """
+    import torch
+
+    threads_before = torch.get_num_threads()
+    try:
+        return _train(data_dir, model_source, out_dir, cfg, resume, progress, on_epoch_end)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def check_resume(run_dir: Path, cfg: TrainConfig, resume_from: Path) -> tuple[TrainConfig | None, dict, dict, dict]:
+    """Refuse a resume that would change the run's schedule, data order or step; return
+    ``(previous settings, previous run metadata, the checkpoint's trainer counters, allowed changes)``."""
+    trainer = read_json(resume_from / STATE_DIR / TRAINER_FILE)
+    p = run_dir / "settings.yaml"
+    if not p.exists():
+        log.warning("%s: no settings.yaml; cannot check the settings against the run's own", run_dir)
+        return None, {}, trainer, {}
+    prev, meta = load_run_settings(p)
+    allowed, refused = resume_changes(prev, cfg)
+    if refused:
+        lines = "\n".join(f"  {k}: {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items())
+        raise TrainError(
+            f"{run_dir}: --resume continues the run with the settings it started with; these would change its "
+            f"learning-rate schedule, data order or training steps, and are refused:\n{lines}\n"
+            f"Settings a resume may change: {', '.join(RESUME_SAFE)}. To train with other settings, start a new "
+            f"run (another --out), e.g. from this one's weights with --model {run_dir / 'last'}")
+    done = int(trainer.get("epoch", 0))
+    sched_epochs = int(trainer.get("schedule_epochs") or meta.get("schedule", {}).get("epochs") or prev.epochs)
+    if cfg.epochs < done:
+        raise TrainError(f"{run_dir}: epochs {cfg.epochs} is fewer than the {done} already trained; "
+                         f"the run is complete (its models are in {run_dir / 'best'} and {run_dir / 'last'})")
+    if cfg.schedule == "cosine" and cfg.epochs > sched_epochs:
+        raise TrainError(
+            f"{run_dir}: epochs: {prev.epochs} -> {cfg.epochs} cannot extend this run: its cosine learning-rate "
+            f"schedule was laid out over {sched_epochs} epochs and reaches lr 0 at their end, so further epochs "
+            f"would not train. Resume with --epochs {sched_epochs} or fewer, or start a new run from its weights "
+            f"(--model {run_dir / 'last'}, another --out)")
+    return prev, meta, trainer, allowed
+
+
+def _show(v) -> str:
+    return repr(v) if isinstance(v, str) or v is None else str(v)
+
+
+def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, progress: bool,
+           on_epoch_end: Callable[[int, dict], None] | None) -> dict:
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
     data_dir, run_dir = Path(data_dir), Path(out_dir)
     resume_from = ckpt.last_dir(run_dir) if resume else None
     if resume and resume_from is None:
-        raise TrainError(f"{run_dir}: nothing to resume (no last/{STATE_DIR}); start without --resume")
+        left = " (a checkpoint was being written when the run stopped; none was completed)" \
+            if ckpt.tmp_dir(run_dir / "last").exists() else ""
+        raise TrainError(f"{run_dir}: nothing to resume (no complete last/{STATE_DIR}){left}; "
+                         f"start without --resume")
     if not resume and ckpt.last_dir(run_dir) is not None:
         raise TrainError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
+    prev_cfg, prev_meta, prev_trainer, allowed = (check_resume(run_dir, cfg, resume_from) if resume_from
+                                                  else (None, {}, {}, {}))
 
     # ---- devices, precision, trackers
     use_tb = cfg.tensorboard and _has_tensorboard()
@@ -151,6 +223,16 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    _progress.quiet_third_party()  # no "Writing model shards" bars from transformers at every checkpoint
+    gpu = accelerator.device.type != "cpu"
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or accelerator.num_processes
+    cores = available_cores()
+    n_threads, threads_why = resolve_threads(cfg.threads, cores=cores, processes=local_processes, gpu=gpu,
+                                             current=torch.get_num_threads())
+    if n_threads is not None:
+        torch.set_num_threads(n_threads)
+    n_threads = torch.get_num_threads()
+    n_workers, workers_why = resolve_workers(cfg.num_workers, cores=cores, processes=local_processes, gpu=gpu)
     set_seed(cfg.seed)
 
     # ---- model and labels (by name, never assumed)
@@ -174,8 +256,8 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
     pin = torch.cuda.is_available()
     sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler", sbi=cfg.sbi)
-    train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, cfg.num_workers, pin)
-    val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, cfg.num_workers, pin)
+    train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, n_workers, pin)
+    val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, n_workers, pin)
     normalize = D.Normalize(spec)
 
     # class weights live in the model's index space: weight[fake_index] is the fake class's
@@ -192,17 +274,35 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     n_batches = len(train_dl) if not cfg.max_train_batches else min(len(train_dl), cfg.max_train_batches)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
+    # the schedule is laid out once, at the run's start, over the epochs planned then; a resume keeps it
+    # (changing --epochs moves where the run stops, not the schedule: see the module's docstring)
+    if prev_trainer.get("schedule_steps"):
+        sched = {k: int(prev_trainer[k]) for k in ("schedule_epochs", "schedule_steps", "warmup_steps")}
+        before = prev_trainer.get("steps_per_epoch")
+        if before and int(before) != steps_per_epoch:
+            msg = (f"{run_dir}: {steps_per_epoch} optimizer steps per epoch now, {before} when the run started "
+                   f"(different data or readable files); the learning-rate schedule keeps its "
+                   f"{sched['schedule_steps']} steps")
+            log.warning(msg)
+            accelerator.print(f"warning: {msg}")
+    else:  # a fresh run, or a checkpoint from before the layout was stored: the epochs the run started with
+        sched_epochs = int(prev_meta.get("schedule", {}).get("epochs") or (prev_cfg or cfg).epochs)
+        total = steps_per_epoch * sched_epochs
+        sched = {"schedule_epochs": sched_epochs, "schedule_steps": total,
+                 "warmup_steps": int(cfg.warmup_ratio * total)}
     scheduler = prepare_scheduler(accelerator, torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer, lr_lambda(total_steps, int(cfg.warmup_ratio * total_steps), cfg.schedule)))
+        optimizer.optimizer, lr_lambda(sched["schedule_steps"], sched["warmup_steps"], cfg.schedule)))
     class_w, to_model = class_w.to(accelerator.device), to_model.to(accelerator.device)
 
     # ---- state: fresh or resumed
     state = {"epoch": 0, "best": None, "best_epoch": 0, "bad_epochs": 0,
-             "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0}
+             "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0, **sched, "steps_per_epoch": steps_per_epoch}
     history: list[dict] = []
     if resume_from is not None:
         state.update(ckpt.load(accelerator, resume_from))
+        state.update(sched, steps_per_epoch=steps_per_epoch)
+        if "micro_batch" in allowed:  # asked for now: honoured (the effective batch is the same)
+            state["micro_batch"] = cfg.micro_batch or cfg.batch_size
         if (run_dir / "history.json").exists():
             history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= state["epoch"]]
         skipped |= set(state.get("skipped", []))
@@ -217,7 +317,23 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         "processes": accelerator.num_processes, "device": str(accelerator.device),
         "mixed_precision": accelerator.mixed_precision,
         "effective_batch": cfg.batch_size * cfg.grad_accum * accelerator.num_processes,
+        "threads": n_threads, "threads_from": threads_why, "workers": n_workers, "workers_from": workers_why,
+        "schedule": {"epochs": sched["schedule_epochs"], "steps": sched["schedule_steps"],
+                     "warmup_steps": sched["warmup_steps"], "steps_per_epoch": steps_per_epoch},
     }
+    if resume_from is not None and prev_meta.get("processes") not in (None, accelerator.num_processes):
+        raise TrainError(f"{run_dir}: the run started with {prev_meta['processes']} process(es) and is resumed "
+                         f"with {accelerator.num_processes}: that changes its effective batch and data order; "
+                         f"resume with {prev_meta['processes']} process(es)")
+    # settings.yaml says what each stretch of the run (its start, then every --resume) used
+    stretches = _previous_stretches(prev_cfg, prev_meta, state["epoch"]) if resume_from is not None else []
+    stretch = {"first_epoch": state["epoch"] + 1, "last_epoch": None, "planned_epochs": cfg.epochs,
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": resume_from is not None,
+               "changed": {k: {"from": a, "to": b} for k, (a, b) in allowed.items()},
+               "threads": n_threads, "workers": n_workers, "device": str(accelerator.device),
+               "processes": accelerator.num_processes}
+    stretches.append(stretch)
+    run_meta["stretches"] = stretches
     if main:
         save_yaml(run_dir / "settings.yaml", cfg, run_meta)
     if use_tb:
@@ -226,8 +342,9 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
     crop.aggregate = cfg.video_aggregate
 
     # ---- one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.train.step)
+    bar = _progress.bar(0, "", enabled=False)  # the epoch's bar; messages go through it (bar.write)
     forward_backward = ForwardBackward(accelerator, model, optimizer, state["micro_batch"], normalize,
-                                       on_message=tqdm.write if main else None)
+                                       on_message=(lambda msg: bar.write(msg)) if main else None)
 
     # ---- validation: frame and video level, gathered over processes
     def validate() -> dict:
@@ -296,8 +413,8 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         train_dl.set_epoch(epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(6, device=accelerator.device)  # loss, n, tp, fp, tn, fn
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (progress and main),
-                   leave=False, dynamic_ncols=True)
+        bar = _progress.bar(n_batches, f"epoch {epoch}/{cfg.epochs}", unit="it", enabled=progress and main,
+                            leave=False)
         seen = 0
         for bi, batch in enumerate(train_dl):
             if bi >= n_batches:
@@ -345,19 +462,24 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": None if math.isnan(v) else v,
                   "time_s": round(time.perf_counter() - t0, 3)}
         state["epoch"] = epoch
-        if improved(v):
+        record["best"] = improved(v)
+        if record["best"]:
             state.update(best=v, best_epoch=epoch, bad_epochs=0)
-            record["best"] = True
-            save_model(run_dir / "best", record, with_state=False)
         else:
             state["bad_epochs"] += 1
-            record["best"] = False
         history.append(record)
-        save_model(run_dir / "last", record, with_state=True)
+        try:
+            if record["best"]:
+                save_model(run_dir / "best", record, with_state=False)
+            save_model(run_dir / "last", record, with_state=True)
+        except WriteError as e:
+            raise _checkpoint_failed(e, run_dir, epoch, history, skipped, main) from e
         if main:
             write_json(run_dir / "history.json", history)
             if skipped:
                 write_text(run_dir / "skipped.txt", "\n".join(sorted(skipped)) + "\n")
+            stretch["last_epoch"] = epoch
+            save_yaml(run_dir / "settings.yaml", cfg, run_meta)
         if use_tb:
             accelerator.log(_scalars(record), step=epoch)
         accelerator.print(_epoch_line(record, cfg))
@@ -377,9 +499,46 @@ def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.Path
         "best_dir": str(run_dir / "best"), "last_dir": str(run_dir / "last"), "stopped": stop_reason,
         "skipped": sorted(skipped), "label_map": lm.to_dict(), "micro_batch": state["micro_batch"],
         "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes,
-        "device": str(accelerator.device),
+        "device": str(accelerator.device), "threads": n_threads, "threads_from": threads_why,
+        "workers": n_workers, "workers_from": workers_why,
     }
     return summary
+
+
+def _previous_stretches(prev_cfg: TrainConfig | None, prev_meta: dict, done: int) -> list[dict]:
+    """The stretches recorded before this resume, cut to the ``done`` epochs its checkpoint holds (a stretch
+    whose epochs were not saved is dropped: they are trained again now)."""
+    old = [dict(s) for s in prev_meta.get("stretches") or []]
+    if not old:  # a run from before stretches were recorded
+        old = [{"first_epoch": 1, "last_epoch": done, "planned_epochs": prev_cfg.epochs if prev_cfg else None,
+                "resumed": False, "note": "recorded before settings.yaml kept stretches"}]
+    kept = [s for s in old if int(s.get("first_epoch") or 1) <= done]
+    if kept:
+        kept[-1]["last_epoch"] = done
+    return kept
+
+
+def _checkpoint_failed(e: WriteError, run_dir: Path, epoch: int, history: list[dict], skipped: set,
+                       main: bool) -> WriteError:
+    """Epoch ``epoch``'s checkpoint could not be written: keep the history of what was done, and say what the
+    run can do now."""
+    history[-1]["checkpoint"] = f"not saved: {e}"
+    if main:
+        try:
+            write_json(run_dir / "history.json", history)
+            if skipped:
+                write_text(run_dir / "skipped.txt", "\n".join(sorted(skipped)) + "\n")
+        except WriteError as e2:
+            log.error("%s", e2)
+    last = ckpt.last_dir(run_dir)
+    if last is not None:
+        done = int(read_json(last / STATE_DIR / TRAINER_FILE).get("epoch", 0))
+        then = (f"{last} still holds the complete checkpoint of epoch {done}: free some space, then run the same "
+                f"command with --resume to continue from epoch {done + 1}")
+    else:
+        then = "no checkpoint was completed yet: free some space and start the run again (without --resume)"
+    return WriteError(e.errno, f"{e}\nepoch {epoch}'s checkpoint was not written; {then} "
+                               f"(history.json lists the epochs trained)")
 
 
 # ---------------------------------------------------------------- small helpers

@@ -4,17 +4,23 @@ A checkpoint (``best/``, ``last/``) is written whole into ``<name>.tmp/`` and th
 renames: ``<name>`` -> ``<name>.old``, ``<name>.tmp`` -> ``<name>``. A kill at any moment leaves one
 complete folder: ``<name>`` or, between the two renames, ``<name>.old``. :func:`last_dir` finds the one
 to resume from.
+
+A write that fails (a full disk) never touches the previous ``<name>``: the half-written ``<name>.tmp/``
+is removed (giving its space back) and a :class:`dftune.atomic.WriteError` names the file, the reason and
+the free space.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
 
-from dftune.atomic import read_json, write_json
+from dftune.atomic import WriteError, read_json, write_error, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +62,48 @@ def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: 
     main = accelerator.is_main_process
     tmp = tmp_dir(dest)
     accelerator.wait_for_everyone()
-    if main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    if trainer_state is not None:
-        accelerator.save_state(str(tmp / STATE_DIR))
-    if main:
-        write(tmp)
+    try:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
         if trainer_state is not None:
-            write_json(tmp / STATE_DIR / TRAINER_FILE, trainer_state)
-        swap_in(tmp, dest)
+            accelerator.save_state(str(tmp / STATE_DIR))
+        if main:
+            write(tmp)
+            if trainer_state is not None:
+                write_json(tmp / STATE_DIR / TRAINER_FILE, trainer_state)
+    except Exception as e:
+        err = as_write_error(tmp, e)
+        if err is None:
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes (its space with it); dest stays
+        raise err from e
+    if main:
+        swap_in(tmp, dest)  # only now, with the new folder complete, does the previous one go
     accelerator.wait_for_everyone()
+
+
+def as_write_error(folder: Path, e: BaseException) -> WriteError | None:
+    """A failed checkpoint write as a :class:`WriteError` naming the file and the free space; None when
+    ``e`` is not a write failure. Writers report one in their own ways: an ``OSError``, safetensors'
+    ``SafetensorError("... IoError(Os { code: 28, kind: StorageFull, ... })")``, torch.save's
+    ``RuntimeError("[enforce fail at inline_container.cc] ... PytorchStreamWriter failed writing file ...")``.
+    """
+    if isinstance(e, WriteError):
+        return e
+    if isinstance(e, OSError):
+        return write_error(e.filename or folder, e)
+    text = str(e)
+    if type(e).__name__ == "SafetensorError" or (isinstance(e, RuntimeError) and (
+            "PytorchStreamWriter" in text or "file write failed" in text)):
+        m = re.search(r"code: (\d+)", text)
+        if m:
+            code = int(m.group(1))
+            return write_error(folder, OSError(code, os.strerror(code)))
+        if "PytorchStreamWriter" in text or "IoError" in text or "write" in text.lower():
+            return write_error(folder, OSError(errno.EIO, text.strip().splitlines()[0][:300]))
+    return None
 
 
 def load(accelerator, folder: Path) -> dict:
