@@ -22,6 +22,8 @@ examples:
   dftune prepare /data/FaceForensics++ --out data/ffpp --shard 1/4   # ... then 2/4, 3/4, 4/4
   dftune prepare /data/FaceForensics++ --out data/ffpp --merge       # manifest from all shards
   dftune prepare my_data/ --source folders --split random --out data/mine
+  dftune prepare /data/Celeb-DF-v2 --source celebdf --out data/celebdf   # official test list, 1 = real
+  dftune prepare /data/WildDeepfake --source frames --no-detect --out data/wdf   # face frames used whole
 """
 
 
@@ -52,10 +54,14 @@ def register(sub) -> None:
     from dftune.sources.ffpp import COMPRESSIONS, DEFAULT_METHODS, OPTIONAL_METHODS
 
     p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION)
-    p.add_argument("root", help="FF++ root (holding original_sequences/ and manipulated_sequences/) "
-                                "or, with --source folders, a folder with real/ and fake/")
+    p.add_argument("root", help="FF++ root (holding original_sequences/ and manipulated_sequences/), "
+                                "or the root of the layout --source names (a list file for --source list)")
     p.add_argument("--out", required=True, help="output folder for crops, manifest.csv and summary.json")
-    p.add_argument("--source", choices=SOURCES, default="ffpp", help="input layout")
+    p.add_argument("--source", choices=SOURCES, default="ffpp",
+                   help="input layout: ffpp, folders (real/ and fake/), celebdf (Celeb-DF v1/v2), dfdc (DFDC "
+                        "training parts + test set), dfdcp (DFDC preview), frames (per-video folders of face frames, "
+                        "WildDeepfake), list (path,label[,split][,method][,video] CSV); each keeps its official "
+                        "test set")
     p.add_argument("--split", choices=("official", "random"), default="official",
                    help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
     p.add_argument("--splits", default=None, metavar="DIR",
@@ -80,6 +86,9 @@ def register(sub) -> None:
                    help="record facial landmarks in the manifest (retinaface: 5 points; dlib: 68 points, "
                         "needs face-recognition-models) for self-blended training images")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
+    p.add_argument("--no-detect", action="store_true",
+                   help="no face detection: each frame is used whole (its centred square, resized to --size); "
+                        "for pre-extracted face frames such as --source frames")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="FFmpeg decoding threads per worker (0: 1 when --workers > 1, else automatic)")
@@ -100,6 +109,7 @@ def run(args) -> int:
         ratios=tuple(args.ratios), compression=args.compression, methods=tuple(args.methods), actors=args.actors,
         frames=args.frames, every=args.every, size=args.size, margin=args.margin, detector=args.detector,
         landmarks=args.landmarks, quality=args.quality, workers=args.workers, decode_threads=args.decode_threads,
+        no_detect=args.no_detect,
         shard=args.shard, merge_only=args.merge, progress=not args.no_progress,
     )
     try:

@@ -35,13 +35,18 @@ class Item:
 
 
 def get_indexer(name: str):
-    from dftune.sources import ffpp, folders
+    from dftune.sources import celebdf, dfdc, ffpp, folders, frames, listfile
 
-    registry = {"ffpp": ffpp.index, "folders": folders.index}
+    registry = {"ffpp": ffpp.index, "folders": folders.index,
+                "celebdf": celebdf.index,
+                "dfdc": dfdc.index,
+                "dfdcp": dfdc.index_preview,
+                "frames": frames.index,
+                "list": listfile.index}
     try:
         return registry[name]
     except KeyError:
         raise SourceError(f"unknown source {name!r}; choose one of {', '.join(registry)}") from None
 
 
-SOURCES = ("ffpp", "folders")
+SOURCES = ("ffpp", "folders", "celebdf", "dfdc", "dfdcp", "frames", "list")

@@ -34,7 +34,7 @@ def _videos(folder: Path) -> list[Path]:
 
 
 def index(root: str | Path, compression: str = "c23", methods=DEFAULT_METHODS, actors: bool = False,
-          warnings: list | None = None) -> list[Item]:
+          warnings: list | None = None, **_split_settings) -> list[Item]:
     """Index an FF++ root; raises :class:`SourceError` when the layout is not FF++'s."""
     root = Path(root)
     warnings = warnings if warnings is not None else []

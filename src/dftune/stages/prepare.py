@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # settings that change the crops or where they go; a re-run must match them
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
-              "detector", "landmarks", "quality")
+              "detector", "landmarks", "quality", "no_detect")
 
 
 @dataclass
@@ -53,6 +53,7 @@ class PrepareConfig:
     detector: str = "dlib"
     landmarks: bool = False
     quality: int = 95
+    no_detect: bool = False  # use each frame whole (pre-extracted face frames), no detector
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     decode_threads: int = 0  # 0: 1 thread per worker when workers > 1, FFmpeg's choice otherwise
     shard: tuple[int, int] | None = None  # (K, N), K in 1..N
@@ -61,10 +62,14 @@ class PrepareConfig:
 
     def crop_settings(self) -> dict:
         d = {k: getattr(self, k) for k in _CROP_KEYS}
-        by_seed = self.split == "random" or self.actors or "DeepFakeDetection" in self.methods  # actor split
+        # the seed deals identities: a random split, FF++'s actors, and every source but ffpp/folders
+        by_seed = (self.split == "random" or self.actors or "DeepFakeDetection" in self.methods
+                   or self.source not in ("ffpp", "folders"))
         d["ratios"] = list(self.ratios) if by_seed else None
         d["seed"] = self.seed if by_seed else None
         d["splits"] = str(self.splits) if self.splits else None
+        if not self.no_detect:
+            del d["no_detect"]  # settings.json of a detecting run stays as it was
         return d
 
 
@@ -74,7 +79,7 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
     """All items of the source with their split set; also the excluded ones with reasons."""
     indexer = get_indexer(cfg.source)
     items = indexer(cfg.root, compression=cfg.compression, methods=cfg.methods, actors=cfg.actors,
-                    warnings=warnings)
+                    warnings=warnings, seed=cfg.seed, ratios=cfg.ratios)
     if cfg.split not in ("official", "random"):
         raise SourceError(f"--split must be official or random, got {cfg.split!r}")
     # DeepFakeDetection and its actors have no official split: deal the actors out
@@ -126,8 +131,9 @@ def _init_worker(cfg: PrepareConfig) -> None:
     from dftune.portable import get_detector
 
     _WORKER["cfg"] = cfg
-    _WORKER["detector"] = get_detector(cfg.detector)
-    _WORKER["predictor"] = _landmark_predictor() if cfg.landmarks and cfg.detector == "dlib" else None
+    _WORKER["detector"] = get_detector("none" if cfg.no_detect else cfg.detector)
+    _WORKER["predictor"] = (_landmark_predictor() if cfg.landmarks and cfg.detector == "dlib" and not cfg.no_detect
+                            else None)
 
 
 def _landmark_predictor():
@@ -145,7 +151,8 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     import cv2
 
     from dftune.portable import VideoError, crop_face, crop_square, is_face_crop, load_image, sample_frames
-    from dftune.portable import whole_image_box
+    from dftune.portable import Face, FaceCrop, whole_image_box
+    from dftune.sources.frames import KIND as FRAMES, read_frames
 
     rows: list[dict] = []
     sampled = no_face = 0
@@ -154,17 +161,24 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     try:
         if item.kind == "video":
             frames: Iterable = sample_frames(item.path, cfg.frames, cfg.every, threads=threads)
+        elif item.kind == FRAMES:  # a folder of frame images (--source frames, list)
+            frames = read_frames(item, cfg.frames, cfg.every)
         else:
             frames = [(0, load_image(item.path))]
         for fi, rgb in frames:
             sampled += 1
             h, w = rgb.shape[:2]
-            fc = crop_face(rgb, detector, cfg.margin, cfg.size)
+            if cfg.no_detect:  # a pre-extracted face frame: used whole, resized like a crop
+                box = whole_image_box(w, h)
+                whole = Face(box[0], box[1], box[0] + box[2], box[1] + box[2])
+                fc = FaceCrop(crop_square(rgb, box, cfg.size), box, whole)
+            else:
+                fc = crop_face(rgb, detector, cfg.margin, cfg.size)
             if fc is None:
                 no_face += 1
                 continue
             face, box, crop = fc.face, fc.box, fc.crop
-            if item.kind != "video" and is_face_crop(face, w, h):
+            if item.kind != "video" and not cfg.no_detect and is_face_crop(face, w, h):
                 # an image that already is a face crop is kept whole, as predict does with it
                 box = whole_image_box(w, h)
                 crop = crop_square(rgb, box, cfg.size)
@@ -190,7 +204,7 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
                 path=rel, label=item.label, method=item.method, video=item.key, video_id=item.video_id,
                 target_id=item.target_id, source_id=item.source_id, frame_index=fi, split=item.split,
                 box_x=box[0], box_y=box[1], box_size=box[2], frame_width=w, frame_height=h,
-                detector=cfg.detector, score=round(face.score, 4), landmarks=marks,
+                detector="none" if cfg.no_detect else cfg.detector, score=round(face.score, 4), landmarks=marks,
             )))
     except VideoError as e:
         error = str(e)
@@ -260,7 +274,7 @@ def _check_settings(cfg: PrepareConfig) -> None:
     want = cfg.crop_settings()
     if path.exists():
         have = read_json(path)
-        diff = {k: (have.get(k), want[k]) for k in _CROP_KEYS if have.get(k) != want[k]}
+        diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS if have.get(k) != want.get(k)}
         if diff:
             detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             raise SourceError(f"{cfg.out}: already prepared with other settings ({detail}); "
