@@ -15,13 +15,17 @@ def interactive() -> bool:
         return False
 
 
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")
+
+
 class _Lines:
     """The bar's interface (update/close/set_postfix/write), printing a line at the start and the end."""
 
     def __init__(self, total: int | None, desc: str, unit: str):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
         self.t0 = time.perf_counter()
-        print(f"{desc}: {total if total is not None else '?'} {unit}s", file=sys.stderr, flush=True)
+        print(f"{desc}: {total if total is not None else '?'} {_plural(unit)}", file=sys.stderr, flush=True)
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -33,9 +37,9 @@ class _Lines:
         if self.t0 is None:
             return
         dt = time.perf_counter() - self.t0
-        rate = f", {self.n / dt:.1f} {self.unit}/s" if dt > 0 else ""
+        rate = f", {self.n / dt:.1f} {_plural(self.unit)}/s" if dt > 0 else ""
         extra = "".join(f", {k} {v}" for k, v in (getattr(self, "postfix", None) or {}).items())
-        print(f"{self.desc}: done, {self.n} {self.unit}s in {dt:.1f} s{rate}{extra}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: done, {self.n} {_plural(self.unit)} in {dt:.1f} s{rate}{extra}", file=sys.stderr, flush=True)
         self.t0 = None
 
     @staticmethod
