@@ -170,3 +170,24 @@ def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, 
     ours = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     theirs = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(out))}
     assert ours == theirs
+
+
+def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_path):
+    """An image that already is a face crop is not cropped a second time: predict gives the crop
+    the probability evaluate gave it (before: 0.183 in evaluate, 0.744 in predict)."""
+    import shutil
+
+    from dftune.stages import evaluate as E
+
+    res = E.evaluate([str(env["a"])], env["data"], tmp_path / "ev", E.EvalSettings(progress=False, plots=False))
+    ev = {Path(r["path"]).name: float(r["prob_fake_a"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    assert res["models"]["a"]["frame"]["at_0.5"]["n"] == len(ev)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for rel in list((env["data"] / "test").rglob("*.jpg"))[:6]:
+        shutil.copy(rel, crops / rel.name)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(crops), "--model", str(env["a"]), "--out", str(out), "--no-progress"]) == 0
+    for r in csv.DictReader(open(out)):
+        assert r["framing"].startswith("whole:"), r  # used whole, never re-cropped
+        assert float(r["prob_fake"]) == pytest.approx(ev[r["filename"]], abs=1e-6), r["filename"]
