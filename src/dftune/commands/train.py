@@ -40,6 +40,21 @@ _FLAGS = [
     ("--aggregate", "video_aggregate", str, "frame-to-video pooling for video metrics: mean, median, max, topk"),
     ("--sbi", "sbi", float, "probability that a real training crop becomes a self-blended pseudo-fake on the fly "
                             "(landmark mask when the manifest has landmarks, else the crop's face box; 0 = off)"),
+    ("--tune", "tune", str, "which parameters train (the classifier head always does): full, head (linear probe), "
+                            "layernorm (LayerNorm weights and biases: GenD), bias (BitFit) or lora (low-rank adapters, "
+                            "merged into every saved model)"),
+    ("--lora-rank", "lora_rank", int, "LoRA rank r (--tune lora)"),
+    ("--lora-alpha", "lora_alpha", float, "LoRA alpha: the adapters are scaled by alpha / rank (--tune lora)"),
+    ("--lora-dropout", "lora_dropout", float, "dropout on the LoRA adapters' input (--tune lora)"),
+    ("--lora-targets", "lora_targets", str, "comma-separated module names that get LoRA adapters (--tune lora); auto = "
+                                            "every Linear layer inside the encoder's numbered blocks (attention "
+                                            "and MLP)"),
+    ("--head-epochs", "head_epochs", int, "LP-FT: train the classifier head alone for the first N epochs, then the "
+                                          "--tune set (0 = off)"),
+    ("--lr-decay", "lr_decay", float, "layer-wise learning-rate decay for ViT-style encoders: block i of L gets "
+                                      "lr * D^(L - i), the embeddings lr * D^(L + 1), the head lr (1 = off)"),
+    ("--ema", "ema", float, "decay of an exponential moving average of the trainable weights, updated every "
+                            "optimizer step; validation and the saved models use it, e.g. 0.999 (0 = off)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]
@@ -55,15 +70,21 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
     from dftune.pooling import AGGREGATES
-    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, SCHEDULES
+    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
-               "precision": PRECISION, "video_aggregate": AGGREGATES}
+               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {getattr(d, field)})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
                    help="replace a classifier head of another size by a new 2-class real/fake head (default: off)")
+    p.add_argument("--freeze", dest="freeze", action="append", metavar="PATTERN", default=argparse.SUPPRESS,
+                   help="also freeze the parameters whose name matches this regex (re.search; repeatable; names as "
+                        "the model's named_parameters, PEFT-prefixed with --tune lora) (default: none)")
+    p.add_argument("--paired", dest="paired", action="store_true", default=argparse.SUPPRESS,
+                   help="paired batches: each real frame with the fakes made from the same source video and frame "
+                        "(FF++ TARGET_SOURCE names; rows without a partner are sampled alone) (default: off)")
     p.add_argument("--no-aug", dest="aug", action="store_false", default=argparse.SUPPRESS,
                    help="turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.) (default: augment)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=argparse.SUPPRESS,
@@ -128,6 +149,9 @@ def print_summary(s: dict) -> None:
             f"by {s['monitor']} = {f(s['best_value'])}")
     c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
     c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
+    if "trainable_params" in s:
+        c.print(f"--tune {s['tune']}: {s['trainable_params']:,} of {s['total_params']:,} parameters trained "
+                f"({100 * s['trainable_share']:.2f}%)")
     if "threads" in s:
         c.print(f"threads {s['threads']} ({s.get('threads_from', '')}), loader workers {s['workers']} "
                 f"({s.get('workers_from', '')})")

@@ -12,7 +12,8 @@ RUN_DIR after a run::
                          its epoch range, what it changed, and its threads/workers/device
     history.json         one record per epoch, rewritten after every epoch
     best/  last/         Hugging Face model folders (model + processor + dftune.json)
-    last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs
+    last/training_state/ optimizer, scheduler, scaler, RNG, epoch, the raw (unaveraged, unmerged) model:
+                         what --resume needs; with --ema also ema.safetensors (the average)
     tensorboard/         scalars
     skipped.txt          images that could not be read (if any)
 
@@ -25,6 +26,20 @@ over the epochs planned then (its total steps and warm-up are kept in the traini
 ``epochs`` later moves where the run stops, never the schedule. A constant schedule can thus be extended;
 a cosine schedule cannot be extended past its original end (it reaches lr 0 there: the extra epochs would
 not train), which is refused; stopping it earlier is allowed.
+
+What trains (``dftune.train.tuning``): ``--tune full`` (the default) every parameter; ``head`` a linear
+probe; ``layernorm`` LayerNorm weights/biases + head (GenD); ``bias`` biases + head (BitFit); ``lora`` PEFT
+adapters on the encoder blocks' Linear layers + head, merged into a copy at every save, so ``best/`` and
+``last/`` are always plain Hugging Face models. ``--freeze PATTERN`` freezes more. The trainable count and
+share are printed, stored in settings.yaml (``_tuning``) and the summary. ``--head-epochs N`` (LP-FT) trains
+the head alone for the first N epochs: the optimizer holds every parameter that ever trains, and the others
+keep ``requires_grad`` off (one process) or have their gradients dropped before each step (several
+processes, where DDP's parameter set is fixed); AdamW skips a parameter whose gradient is None.
+``--lr-decay D`` gives block i of L the learning rate ``lr * D**(L - i)`` (``tuning.param_groups``).
+``--ema DECAY`` keeps a moving average of the trainable weights (``dftune.train.ema``), updated after every
+optimizer step taken; validation and the saved models use it, training and the resume state the raw
+weights. ``--paired`` samples batches of real frames with the fakes made from them
+(``data.PairedSampler``). None of these may change on ``--resume``.
 
 A checkpoint that cannot be written (a full disk) stops the run with an error naming the file and the
 free space; the previous ``last/`` stays complete, history.json lists the epochs done, and ``--resume``
@@ -52,6 +67,7 @@ from dftune.pooling import video_aggregate
 from dftune.prepared import read_manifest
 from dftune.train import checkpoint as ckpt
 from dftune.train import data as D
+from dftune.train import tuning as T
 from dftune.train.checkpoint import STATE_DIR, TRAINER_FILE
 from dftune.train.config import (RESUME_SAFE, TrainConfig, available_cores, load_run_settings, resolve_threads,
                                  resolve_workers, resume_changes, save_yaml)
@@ -235,8 +251,13 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     n_workers, workers_why = resolve_workers(cfg.num_workers, cores=cores, processes=local_processes, gpu=gpu)
     set_seed(cfg.seed)
 
-    # ---- model and labels (by name, never assumed)
+    # ---- model and labels (by name, never assumed); which parameters train (dftune.train.tuning)
     model, processor, lm = load_model(model_source, cfg)
+    try:
+        model, plan = T.setup(model, cfg)
+    except T.TuningError as e:
+        raise TrainError(str(e)) from None
+    accelerator.print(plan.line())
     spec = Preprocess.from_processor(processor)
     fake_i, real_i = lm.fake_index, lm.real_index
 
@@ -255,7 +276,11 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
     pin = torch.cuda.is_available()
-    sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler", sbi=cfg.sbi)
+    if cfg.paired:
+        sampler = D.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
+    else:
+        sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
+                                 sbi=cfg.sbi)
     train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, n_workers, pin)
     val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, n_workers, pin)
     normalize = D.Normalize(spec)
@@ -266,12 +291,25 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     class_w[real_i], class_w[fake_i] = float(w[0]), float(w[1])
     to_model = torch.tensor([real_i, fake_i])  # dftune label (0 real, 1 fake) -> model output index
 
-    # ---- optimizer and schedule
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    # ---- optimizer and schedule: over every parameter that ever trains (the head-only epochs of --head-epochs
+    # leave the others' gradients None, which AdamW skips); one learning rate per layer with --lr-decay
+    trainable = set(plan.trainable)
+    named = [(n, p) for n, p in model.named_parameters() if n in trainable]
+    try:
+        groups = T.param_groups(named, cfg.lr, cfg.weight_decay, cfg.lr_decay,
+                                n_layers=T.count_layers(n for n, _ in model.named_parameters()))
+    except T.TuningError as e:
+        raise TrainError(str(e)) from None
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
+    body = [p for n, p in accelerator.unwrap_model(model).named_parameters()
+            if n in trainable and n not in set(plan.head)]  # what the head-only epochs keep still
+    ema = None
+    if cfg.ema > 0:  # after prepare: the average lives where the weights do
+        from dftune.train.ema import EMA
+
+        ema = EMA([(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable],
+                  cfg.ema)
     n_batches = len(train_dl) if not cfg.max_train_batches else min(len(train_dl), cfg.max_train_batches)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     # the schedule is laid out once, at the run's start, over the epochs planned then; a resume keeps it
@@ -300,6 +338,8 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     history: list[dict] = []
     if resume_from is not None:
         state.update(ckpt.load(accelerator, resume_from))
+        if ema is not None:
+            ema.load(resume_from / STATE_DIR)
         state.update(sched, steps_per_epoch=steps_per_epoch)
         if "micro_batch" in allowed:  # asked for now: honoured (the effective batch is the same)
             state["micro_batch"] = cfg.micro_batch or cfg.batch_size
@@ -320,7 +360,10 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         "threads": n_threads, "threads_from": threads_why, "workers": n_workers, "workers_from": workers_why,
         "schedule": {"epochs": sched["schedule_epochs"], "steps": sched["schedule_steps"],
                      "warmup_steps": sched["warmup_steps"], "steps_per_epoch": steps_per_epoch},
+        "tuning": plan.meta(),
     }
+    if cfg.lr_decay != 1.0:
+        run_meta["tuning"]["layer_lrs"] = {int(g["layer"]): float(g["lr"]) for g in groups}
     if resume_from is not None and prev_meta.get("processes") not in (None, accelerator.num_processes):
         raise TrainError(f"{run_dir}: the run started with {prev_meta['processes']} process(es) and is resumed "
                          f"with {accelerator.num_processes}: that changes its effective batch and data order; "
@@ -347,7 +390,17 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
                                        on_message=(lambda msg: bar.write(msg)) if main else None)
 
     # ---- validation: frame and video level, gathered over processes
+    def averaged():
+        """The EMA weights in the model for the block (--ema), else nothing changes."""
+        import contextlib
+
+        return ema.applied() if ema is not None else contextlib.nullcontext()
+
     def validate() -> dict:
+        with averaged():
+            return _validate()
+
+    def _validate() -> dict:
         model.eval()
         P, I, V = [], [], []
         with torch.no_grad():
@@ -385,7 +438,11 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
 
     def save_model(dest: Path, record: dict, with_state: bool) -> None:
         def write(folder: Path) -> None:
-            accelerator.unwrap_model(model).save_pretrained(folder)
+            # a plain Hugging Face model: the EMA weights (--ema), LoRA adapters merged into a copy (--tune lora)
+            with averaged():
+                T.merged_copy(accelerator.unwrap_model(model)).save_pretrained(folder)
+            if ema is not None and with_state:
+                ema.save(folder / STATE_DIR)  # --resume continues the average
             processor.save_pretrained(folder)
             val = record["val"]
             # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
@@ -406,10 +463,16 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
 
     # ---- the loop
     model.train()
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    first_epoch = state["epoch"] + 1
+    for epoch in range(first_epoch, cfg.epochs + 1):
         if state["bad_epochs"] >= cfg.patience > 0:
             break  # early stopping
         set_seed(cfg.seed + epoch, device_specific=True)  # an epoch's randomness depends on (seed, epoch) only
+        head_only = epoch <= cfg.head_epochs  # LP-FT: the head alone first
+        if accelerator.num_processes == 1:  # under DDP the set stays fixed: the body's gradients are dropped below
+            T.set_phase(accelerator.unwrap_model(model), plan, head_only)
+        if cfg.head_epochs and epoch in (first_epoch, cfg.head_epochs + 1):
+            accelerator.print(f"epoch {epoch}: training {'the head only' if head_only else f'--tune {cfg.tune}'}")
         train_dl.set_epoch(epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(6, device=accelerator.device)  # loss, n, tp, fp, tn, fn
@@ -437,11 +500,16 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
                                  ((pred == 1) & (y == 0) & v).sum(), ((pred == 0) & (y == 0) & v).sum(),
                                  ((pred == 0) & (y == 1) & v).sum()]).float()
             if sync:
+                if head_only:
+                    for p in body:
+                        p.grad = None  # AdamW skips them: no update, no weight decay
                 if cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()  # a no-op when fp16's GradScaler skipped the step (inf/NaN gradients)
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None and not accelerator.optimizer_step_was_skipped:
+                    ema.update()
                 state["step"] += 1
             seen += int(batch["labels"].shape[0]) * accelerator.num_processes
             bar.update(1)
@@ -455,7 +523,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         f1s = [2 * tp / max(1, 2 * tp + fp + fn), 2 * tn / max(1, 2 * tn + fn + fp)]
         train_stats = {"loss": tot[0] / max(1, n_batches * accelerator.num_processes),
                        "accuracy": (tp + tn) / max(1, tot[1]), "macro_f1": sum(f1s) / 2,
-                       "images_per_s": seen / train_time, "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": seen / train_time, "lr": max(scheduler.get_last_lr()),
                        "micro_batch": state["micro_batch"]}
         val = validate()
         v = monitor_value(val)
@@ -501,6 +569,8 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         "mixed_precision": accelerator.mixed_precision, "processes": accelerator.num_processes,
         "device": str(accelerator.device), "threads": n_threads, "threads_from": threads_why,
         "workers": n_workers, "workers_from": workers_why,
+        "tune": cfg.tune, "trainable_params": plan.n_trainable, "total_params": plan.total,
+        "trainable_share": plan.meta()["trainable_share"],
     }
     return summary
 

@@ -21,6 +21,8 @@ MONITOR = ("f1", "auc", "loss")
 LEVELS = ("frame", "video")
 SCHEDULES = ("constant", "cosine")
 PRECISION = ("auto", "bf16", "fp16", "no")
+TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.train.tuning
+_STR_TUPLES = ("freeze",)  # tuple settings of strings (the other tuples hold ints)
 
 
 @dataclass
@@ -65,6 +67,18 @@ class TrainConfig:
     # labels and head
     fake_label: str | None = None
     reinit_head: bool = False
+    # which parameters train (dftune.train.tuning): full | head (linear probe) | layernorm (GenD) | bias (BitFit)
+    # | lora (PEFT adapters, merged into every saved model); the head always trains
+    tune: str = "full"
+    freeze: tuple = ()  # regexes (re.search on parameter names): matching parameters are frozen as well
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: str = "auto"  # auto: every Linear inside the encoder's numbered blocks; else comma-separated names
+    head_epochs: int = 0  # LP-FT: the first N epochs train the head alone, then the --tune set
+    lr_decay: float = 1.0  # layer-wise LR decay: block i of L gets lr * lr_decay ** (L - i); 1 = off
+    ema: float = 0.0  # EMA decay of the trainable weights; validation and saved models use the average; 0 = off
+    paired: bool = False  # batches of whole groups: a real frame with the fakes made from it (data.PairedSampler)
 
     def __post_init__(self):
         self.validate()
@@ -98,6 +112,32 @@ class TrainConfig:
         if self.balance == "sampler" and self.sbi >= 0.5:
             raise ValueError(f"--balance sampler cannot balance classes when --sbi >= 0.5 turns most reals into "
                              f"fakes; got sbi={self.sbi} (use --balance loss)")
+        one_of("tune", TUNE)
+        if int(self.lora_rank) < 1:
+            raise ValueError(f"lora_rank must be at least 1; got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be positive; got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout is a probability in [0, 1); got {self.lora_dropout}")
+        if int(self.head_epochs) < 0:
+            raise ValueError(f"head_epochs must be 0 (off) or more; got {self.head_epochs}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1] (1 = off); got {self.lr_decay}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema is a decay in [0, 1) (0 = off, e.g. 0.999); got {self.ema}")
+        if self.paired and self.balance == "sampler":
+            raise ValueError("--paired orders each batch as real frames with their fakes; it cannot be combined "
+                             "with --balance sampler (use --balance loss)")
+        if isinstance(self.freeze, str):
+            self.freeze = (self.freeze,)
+        self.freeze = tuple(str(p) for p in self.freeze or ())
+        import re
+
+        for pat in self.freeze:
+            try:
+                re.compile(pat)
+            except re.error as e:
+                raise ValueError(f"freeze: {pat!r} is not a regular expression ({e})") from None
         q = tuple(self.aug_jpeg_quality)
         if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
             raise ValueError(f"aug_jpeg_quality must be two qualities lo <= hi in 1..100; got {self.aug_jpeg_quality}")
@@ -106,6 +146,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aug_jpeg_quality"] = list(self.aug_jpeg_quality)
+        d["freeze"] = list(self.freeze)
         return d
 
     @property
@@ -120,6 +161,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # refused on resume (see :func:`resume_changes`), so a new setting is safe-by-default only when listed here.
 # ``epochs`` may change, but the LR schedule keeps the total it was laid out with at the run's start; a
 # cosine schedule cannot be extended past it (it ends at lr 0), see ``dftune.stages.train``.
+# None of the parameter-choice settings (tune, freeze, lora_*, head_epochs, lr_decay, ema, paired) is safe: each
+# changes what a step trains, its learning rates, the averaged weights or the data order.
 RESUME_SAFE = ("epochs", "patience", "num_workers", "threads", "tensorboard", "micro_batch")
 
 
@@ -223,6 +266,8 @@ def _coerce(name: str, value: Any) -> Any:
                 return False
             raise ValueError(f"{name} expects true/false; got {value!r}")
         return bool(value)
+    if name in _STR_TUPLES:  # a --set value is one pattern (a regex may hold commas)
+        return (value,) if isinstance(value, str) else tuple(str(x) for x in value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [x for x in value.replace("-", ",").split(",") if x.strip()]

@@ -242,6 +242,85 @@ class EpochSampler:
         return iter([(int(i), e) for i in self.indices()])
 
 
+def pair_key(row) -> tuple | None:
+    """The (identity, frame) a row shows: a real video's own id (its ``target_id``, else ``video_id``), a fake's
+    target (FF++ names fakes TARGET_SOURCE: the target's face and frames with the source's identity swapped
+    in), with the frame index. A fake and the real frame with the same key come from the same source frame."""
+    ident = (row.target_id or (row.video_id if int(row.label) == 0 else "")).strip()
+    return (ident, int(row.frame_index)) if ident else None
+
+
+def pair_groups(rows) -> list[list[int]]:
+    """Groups of row indices: a real frame followed by the fakes made from it (see :func:`pair_key`); every row
+    without a partner is a group of its own. Row order inside a group follows the rows."""
+    reals: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        k = pair_key(r)
+        if int(r.label) == 0 and k is not None and k not in reals:
+            reals[k] = i
+    fakes: dict[int, list[int]] = {}
+    alone: list[int] = []
+    for i, r in enumerate(rows):
+        if int(r.label) == 0:
+            continue
+        k = pair_key(r)
+        if k is not None and k in reals:
+            fakes.setdefault(reals[k], []).append(i)
+        else:
+            alone.append(i)
+    groups = []
+    for i, r in enumerate(rows):
+        if int(r.label) == 0:
+            groups.append([i] + fakes.get(i, []) if reals.get(pair_key(r)) == i else [i])
+    return groups + [[i] for i in alone]
+
+
+class PairedSampler(EpochSampler):
+    """Yields ``(index, epoch)`` like :class:`EpochSampler`, ordered so that each loader batch of ``batch_size``
+    holds whole groups: a real frame together with the fakes made from the same source video and frame
+    (``dftune train --paired``; see :func:`pair_groups`). The model then sees what a manipulation changed
+    with everything else equal.
+
+    Per epoch (seeded by (seed, epoch)): the groups are shuffled, and so are the fakes inside a group; a group
+    larger than a batch keeps its real with the first ``batch_size - 1`` fakes and its other fakes go on
+    alone. Batches are filled with whole groups in that order; when the next group does not fit in what is
+    left of a batch, rows without a partner fill the gap, and only when none is left is a group split across
+    two batches. Rows without a partner (a fake whose real frame is not in the split, a real without fakes)
+    are sampled all the same: every row appears exactly once per epoch.
+    """
+
+    def __init__(self, rows, batch_size: int, seed: int = 0):
+        labels = np.array([int(r.label) for r in rows], dtype=np.int64)
+        super().__init__(labels, seed, shuffle=True)
+        self.batch_size = int(batch_size)
+        self.groups = pair_groups(rows)
+
+    def indices(self) -> np.ndarray:
+        rng = np.random.default_rng((self.seed, self.epoch, 104729))
+        b = self.batch_size
+        units, singles = [], []
+        for k in rng.permutation(len(self.groups)):
+            g = self.groups[int(k)]
+            if len(g) == 1:
+                singles.append(g[0])
+                continue
+            fakes = [g[1:][int(j)] for j in rng.permutation(len(g) - 1)]
+            units.append([g[0]] + fakes[:b - 1])
+            singles.extend(fakes[b - 1:])
+        if len(units) > 0 and len(singles) > 1:
+            singles = [singles[int(j)] for j in rng.permutation(len(singles))]
+        out: list[int] = []
+        for u in units:
+            room = b - len(out) % b
+            if len(u) > room and singles:
+                take = min(room, len(singles))
+                out.extend(singles[:take])
+                singles = singles[take:]
+            out.extend(u)  # fits, or no singles left to fill the gap: it is split across two batches
+        out.extend(singles)
+        return np.asarray(out, dtype=np.int64)
+
+
 def collate(samples: list[dict]) -> dict:
     """uint8 NHWC images and int64 labels/indices; ``valid`` marks readable samples."""
     import torch

@@ -1,0 +1,226 @@
+"""Which parameters train, and at what learning rate (``dftune train --tune/--freeze/--head-epochs/--lr-decay``).
+
+Modes (``--tune``), each with the classifier head fully trainable:
+
+- ``full``: every parameter (the guide's fine-tuning; the default).
+- ``head``: the head only (a linear probe).
+- ``layernorm``: LayerNorm weights and biases + the head (GenD's recipe for CLIP-style encoders).
+- ``bias``: every bias + the head (BitFit).
+- ``lora``: low-rank adapters (PEFT's ``LoraConfig``) on the encoder's Linear layers + the head
+  (``modules_to_save``). Checkpoint folders hold the adapters *merged* into the weights, so ``best/`` and
+  ``last/`` are plain Hugging Face models; ``last/training_state/`` holds the unmerged model (adapters
+  included) that ``--resume`` continues.
+
+``--freeze PATTERN`` (a regex, ``re.search`` on parameter names, repeatable) then freezes whatever it
+matches. ``--head-epochs N`` trains the head alone for the first N epochs (LP-FT), then the mode's set.
+
+The head is every parameter outside the model's base model (``model.base_model_prefix``, e.g. ``vit``),
+i.e. ``classifier.*`` for ViT, ConvNeXt, Swin, ...; for a model without one, the Linear layer(s) with
+``num_labels`` outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TUNE = ("full", "head", "layernorm", "lora", "bias")
+
+# the encoder's blocks: "layers.3." (transformers 5 ViT), "layer.3." (BERT-style ViT), "blocks.3." (timm)
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|blocks?|resblocks)\.(\d+)\.")
+_EMBED = re.compile(r"embed|cls_token|pos_|position|patch|mask_token|register", re.I)
+
+
+class TuningError(ValueError):
+    pass
+
+
+@dataclass
+class Plan:
+    """What trains: ``trainable`` in the chosen mode, ``head`` during the first ``head_epochs``."""
+
+    mode: str
+    trainable: list[str]
+    head: list[str]
+    total: int = 0
+    n_trainable: int = 0
+    frozen_by_pattern: list[str] = field(default_factory=list)
+    lora_targets: list[str] | None = None
+
+    def meta(self) -> dict:
+        d = {"mode": self.mode, "trainable_params": self.n_trainable, "total_params": self.total,
+             "trainable_share": round(self.n_trainable / max(1, self.total), 6),
+             "trainable_tensors": len(self.trainable), "head": sorted(self.head)}
+        if self.frozen_by_pattern:
+            d["frozen_by_pattern"] = len(self.frozen_by_pattern)
+        if self.lora_targets is not None:
+            d["lora_targets"] = self.lora_targets
+        return d
+
+    def line(self) -> str:
+        return (f"trainable parameters: {self.n_trainable:,} of {self.total:,} "
+                f"({100 * self.n_trainable / max(1, self.total):.2f}%), --tune {self.mode}")
+
+
+def head_modules(model) -> list[str]:
+    """Top-level module names of the classifier head (``["classifier"]`` for ViT)."""
+    import torch
+
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    children = dict(model.named_children())
+    if prefix in children:
+        heads = [n for n, m in children.items() if n != prefix and any(True for _ in m.parameters())]
+        if heads:
+            return heads
+    n_labels = int(getattr(getattr(model, "config", None), "num_labels", 0) or 0)
+    found = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.out_features == n_labels]
+    if not found:
+        raise TuningError(f"{type(model).__name__}: cannot find the classifier head (no module outside the base "
+                          f"model '{prefix}' and no Linear layer with {n_labels} outputs)")
+    return [found[-1]]
+
+
+def _under(name: str, modules: list[str]) -> bool:
+    return any(name == m or name.startswith(m + ".") for m in modules)
+
+
+def _norm_params(model) -> set[str]:
+    import torch
+
+    out = set()
+    for mn, m in model.named_modules():
+        if isinstance(m, torch.nn.LayerNorm) or type(m).__name__.endswith("LayerNorm"):
+            out |= {f"{mn}.{pn}" if mn else pn for pn, _ in m.named_parameters(recurse=False)}
+    return out
+
+
+def auto_lora_targets(model, heads: list[str]) -> list[str]:
+    """Full names of the Linear layers inside the encoder's blocks (attention and MLP: q/k/v/o projections,
+    fc1/fc2, query/key/value/dense, qkv/proj, ...); every Linear outside the head when the model has no
+    numbered blocks."""
+    import torch
+
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not _under(n, heads)]
+    inside = [n for n in linear if _LAYER.search(n + ".")]
+    targets = inside or linear
+    if not targets:
+        raise TuningError(f"{type(model).__name__}: no Linear layers to put LoRA adapters on; "
+                          f"use --tune layernorm, bias, head or full")
+    return targets
+
+
+def setup(model, cfg):
+    """Apply ``cfg.tune`` (wrapping the model with PEFT for ``lora``) and ``cfg.freeze``; return
+    ``(model, Plan)``. The model comes back with ``requires_grad`` set for the mode (not the head phase)."""
+    heads = head_modules(model)
+    lora_targets = None
+    if cfg.tune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if str(cfg.lora_targets).strip().lower() in ("", "auto"):
+            lora_targets = auto_lora_targets(model, heads)
+        else:
+            lora_targets = [t.strip() for t in str(cfg.lora_targets).split(",") if t.strip()]
+        lcfg = LoraConfig(r=int(cfg.lora_rank), lora_alpha=cfg.lora_alpha, lora_dropout=float(cfg.lora_dropout),
+                          target_modules=lora_targets, modules_to_save=list(heads), bias="none")
+        try:
+            model = get_peft_model(model, lcfg)
+        except ValueError as e:
+            raise TuningError(f"--lora-targets {cfg.lora_targets}: {e}") from None
+        names = [n for n, _ in model.named_parameters()]
+        head = [n for n in names if ".modules_to_save." in n]
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]  # adapters + head copy
+    else:
+        names = [n for n, _ in model.named_parameters()]
+        head = [n for n in names if _under(n, heads)]
+        if cfg.tune == "full":
+            trainable = list(names)
+        elif cfg.tune == "head":
+            trainable = list(head)
+        elif cfg.tune == "layernorm":
+            norms = _norm_params(model)
+            trainable = [n for n in names if n in norms or n in head]
+        elif cfg.tune == "bias":
+            trainable = [n for n in names if n.endswith("bias") or n in head]
+        else:
+            raise TuningError(f"tune must be one of {', '.join(TUNE)}; got {cfg.tune!r}")
+    frozen = []
+    if cfg.freeze:
+        pats = [re.compile(p) for p in cfg.freeze]
+        frozen = [n for n in trainable if any(p.search(n) for p in pats)]
+        trainable = [n for n in trainable if n not in set(frozen)]
+        head = [n for n in head if n not in set(frozen)]
+    if not trainable:
+        raise TuningError(f"--tune {cfg.tune} with --freeze {' '.join(cfg.freeze)} leaves nothing to train")
+    if cfg.head_epochs and not head:
+        raise TuningError("--head-epochs trains the classifier head alone, but --freeze froze all of it")
+    plan = Plan(cfg.tune, trainable, head, frozen_by_pattern=frozen, lora_targets=lora_targets)
+    set_phase(model, plan, head_only=False)
+    params = dict(model.named_parameters())
+    plan.total = sum(p.numel() for p in params.values())
+    plan.n_trainable = sum(params[n].numel() for n in trainable)
+    return model, plan
+
+
+def set_phase(model, plan: Plan, head_only: bool) -> None:
+    """``requires_grad`` for the head phase (``head_only``) or the mode's set."""
+    on = set(plan.head if head_only else plan.trainable)
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in on)
+
+
+def layer_id(name: str, n_layers: int) -> int:
+    """0 for the embeddings, i + 1 for block i, ``n_layers + 1`` for what follows the blocks (the final norm,
+    the head)."""
+    m = _LAYER.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return 0 if _EMBED.search(name) and ".modules_to_save." not in name else n_layers + 1
+
+
+def count_layers(names) -> int:
+    ids = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
+    return max(ids) + 1 if ids else 0
+
+
+def param_groups(named_params, lr: float, weight_decay: float, lr_decay: float = 1.0,
+                 n_layers: int | None = None) -> list[dict]:
+    """AdamW parameter groups: weight decay on matrices only; with ``lr_decay`` < 1 also one learning rate per
+    layer, ``lr * lr_decay ** (n_layers + 1 - layer_id)``: block i of L gets ``lr * lr_decay ** (L - i)``,
+    the embeddings ``lr * lr_decay ** (L + 1)``, the final norm and head the full ``lr``. ``n_layers`` (L)
+    is the model's block count (pass it when ``named_params`` leaves frozen blocks out); by default the
+    deepest block in ``named_params``."""
+    named_params = list(named_params)
+    if lr_decay == 1.0:
+        decay = [p for _, p in named_params if p.ndim >= 2]
+        no_decay = [p for _, p in named_params if p.ndim < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    n_layers = count_layers(n for n, _ in named_params) if n_layers is None else int(n_layers)
+    if n_layers == 0:
+        raise TuningError("--lr-decay needs a ViT-style encoder with numbered blocks (parameter names with "
+                          "'layers.N.', 'layer.N.' or 'blocks.N.'); this model has none")
+    groups: dict[tuple, dict] = {}
+    for n, p in named_params:
+        lid = layer_id(n, n_layers)
+        wd = weight_decay if p.ndim >= 2 else 0.0
+        g = groups.setdefault((lid, wd > 0), {"params": [], "weight_decay": wd,
+                                              "lr": lr * lr_decay ** (n_layers + 1 - lid), "layer": lid})
+        g["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def merged_copy(model):
+    """A plain model to save: a PEFT model's adapters merged into a copy (the training model is untouched);
+    any other model as it is."""
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return model
+    if isinstance(model, PeftModel):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model

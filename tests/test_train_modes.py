@@ -1,0 +1,296 @@
+"""dftune train --tune/--freeze/--head-epochs/--lr-decay/--ema/--paired: offline, on CPU, tiny ViT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from dftune.stages.train import TrainError, train
+from dftune.train import data as D
+from dftune.train import tuning as T
+from dftune.train.config import TrainConfig, build
+from dftune.train.ema import EMA
+
+torch.set_num_threads(1)
+
+TINY = dict(image_size=32, hidden_size=64)
+FAST = dict(epochs=1, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=0, tensorboard=False)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    from dftune.stages.demo.dataset import make_crops
+
+    out = tmp_path_factory.mktemp("crops")
+    make_crops(out, n_videos=4, frames=4, size=32, methods=("Deepfakes", "FaceSwap"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory):
+    from dftune.model.load import build_tiny_vit
+
+    return str(build_tiny_vit(tmp_path_factory.mktemp("vit"), {0: "Realism", 1: "Deepfake"}, **TINY))
+
+
+def _weights(folder) -> dict:
+    """A saved model's weights under the names the loaded model uses (the file may hold legacy names)."""
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(folder)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _expected(mode: str, names) -> set:
+    head = {n for n in names if n.startswith("classifier.")}
+    if mode == "full":
+        return set(names)
+    if mode == "head":
+        return head
+    if mode == "layernorm":
+        return head | {n for n in names if "layernorm" in n}
+    if mode == "bias":
+        return head | {n for n in names if n.endswith("bias")}
+    raise AssertionError(mode)
+
+
+# ------------------------------------------------------------------ each mode trains what it claims
+
+
+@pytest.mark.parametrize("mode,freeze", [("full", ()), ("head", ()), ("layernorm", ()), ("bias", ()),
+                                         ("full", (r"layers\.0\.", r"^vit\.embeddings\."))])
+def test_mode_trains_exactly_its_parameters(crops, vit, tmp_path, mode, freeze):
+    base = _weights(vit)
+    cfg = TrainConfig(**{**FAST, "tune": mode, "freeze": freeze, "max_train_batches": 3})
+    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    after = _weights(tmp_path / "run" / "last")
+    assert after.keys() == base.keys()
+    want = {n for n in _expected(mode, base) if not any(__import__("re").search(p, n) for p in freeze)}
+    changed = {n for n in base if not torch.equal(base[n], after[n])}
+    assert changed == want  # frozen ones bit-identical, every trainable one moved
+    n_train = sum(base[n].numel() for n in want)
+    assert summary["trainable_params"] == n_train and summary["total_params"] == sum(t.numel() for t in base.values())
+    meta = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
+    assert meta["tune"] == mode and meta["freeze"] == list(freeze)
+    assert meta["_tuning"]["trainable_params"] == n_train
+    assert meta["_tuning"]["trainable_share"] == pytest.approx(n_train / summary["total_params"], abs=1e-6)
+
+
+def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    from dftune.stages.train import load_model
+
+    cfg = TrainConfig(**{**FAST, "tune": "lora", "lora_rank": 4, "max_train_batches": 3})
+    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    base = _weights(vit)
+    merged = AutoModelForImageClassification.from_pretrained(tmp_path / "run" / "last").eval()
+    sd = merged.state_dict()
+    assert set(sd) == set(base)  # no PEFT names: a plain Hugging Face model
+    for n in base:
+        moved = not torch.equal(sd[n], base[n])
+        adapted = n.startswith("classifier.") or (
+            n.endswith(".weight") and any(f".{m}." in n for m in ("q_proj", "k_proj", "v_proj", "o_proj", "fc1",
+                                                                  "fc2")))
+        assert moved == adapted, n
+    # the unmerged PEFT model, as --resume restores it from last/training_state
+    raw = load_file(str(tmp_path / "run" / "last" / "training_state" / "model.safetensors"))
+    assert any(".lora_A." in k for k in raw) and any(".lora_B." in k for k in raw)
+    model, _, _ = load_model(vit, cfg)
+    peft_model, plan = T.setup(model, cfg)
+    peft_model.load_state_dict(raw)
+    peft_model.eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = peft_model(pixel_values=x).logits
+        b = merged(pixel_values=x).logits
+    assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
+    assert summary["trainable_params"] == plan.n_trainable < summary["total_params"] / 2
+    meta = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
+    assert sorted({t.rsplit(".", 1)[-1] for t in meta["_tuning"]["lora_targets"]}) == [
+        "fc1", "fc2", "k_proj", "o_proj", "q_proj", "v_proj"]
+
+
+def test_head_epochs_train_the_head_alone_first(crops, vit, tmp_path):
+    base = _weights(vit)
+    seen = {}
+    out = tmp_path / "run"
+
+    def grab(epoch, record):
+        seen[epoch] = _weights(out / "last")
+
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "head_epochs": 1, "max_train_batches": 2})
+    train(crops, vit, out, cfg, progress=False, on_epoch_end=grab)
+    changed1 = {n for n in base if not torch.equal(base[n], seen[1][n])}
+    changed2 = {n for n in base if not torch.equal(seen[1][n], seen[2][n])}
+    assert changed1 == {"classifier.weight", "classifier.bias"}
+    assert changed2 == set(base)  # then everything (--tune full)
+
+
+def test_lr_decay_gives_each_layer_its_learning_rate(vit):
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(vit)
+    named = list(model.named_parameters())
+    groups = T.param_groups(named, 1e-3, 0.01, lr_decay=0.5)
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    assert len(lr_of) == len(named)
+    L = 2
+    for n, p in named:
+        lr, wd = lr_of[id(p)]
+        if n.startswith("vit.embeddings."):
+            want = 1e-3 * 0.5 ** (L + 1)
+        elif n.startswith("vit.layers."):
+            i = int(n.split(".")[2])
+            want = 1e-3 * 0.5 ** (L - i)
+        else:  # the final layernorm and the head
+            want = 1e-3
+        assert lr == pytest.approx(want), n
+        assert wd == (0.01 if p.ndim >= 2 else 0.0), n
+    # off: the two groups of before (decay on matrices only), lr from the optimizer's default
+    g1 = T.param_groups(named, 1e-3, 0.01)
+    assert len(g1) == 2 and "lr" not in g1[0] and g1[1]["weight_decay"] == 0.0
+
+
+# ------------------------------------------------------------------ EMA
+
+
+def test_ema_is_the_hand_computed_average_and_restores_the_raw_weights(tmp_path):
+    lin = torch.nn.Linear(3, 2)
+    ema = EMA(lin.named_parameters(), 0.9)
+    w0 = lin.weight.detach().clone()
+    avg = w0.clone()
+    for k in range(3):
+        with torch.no_grad():
+            lin.weight.add_(float(k + 1))
+        ema.update()
+        avg = 0.9 * avg + 0.1 * lin.weight.detach()
+    assert torch.allclose(ema.shadow["weight"], avg, atol=1e-6)
+    raw = lin.weight.detach().clone()
+    with ema.applied():
+        assert torch.equal(lin.weight, ema.shadow["weight"])
+    assert torch.equal(lin.weight, raw)
+    ema.save(tmp_path)
+    other = EMA(lin.named_parameters(), 0.9)
+    other.load(tmp_path)
+    assert torch.equal(other.shadow["weight"], ema.shadow["weight"]) and other.updates == 3
+
+
+def test_ema_run_validates_and_saves_the_average(crops, vit, tmp_path):
+    cfg = TrainConfig(**{**FAST, "ema": 0.5, "max_train_batches": 3})
+    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    last = tmp_path / "run" / "last"
+    saved, raw = _weights(last), load_file(str(last / "training_state" / "model.safetensors"))
+    avg = load_file(str(last / "training_state" / "ema.safetensors"))
+    for n in saved:
+        assert torch.equal(saved[n], avg[n]), n
+    assert any(not torch.equal(saved[n], raw[n]) for n in saved)  # the raw weights train on, apart
+
+
+# ------------------------------------------------------------------ paired batches
+
+
+def _train_rows(crops):
+    from dftune.prepared import read_manifest
+
+    return read_manifest(crops, splits=("train",))
+
+
+def test_paired_sampler_puts_each_fake_with_its_own_real_frame(crops):
+    rows = _train_rows(crops)
+    s = D.PairedSampler(rows, batch_size=6, seed=3)  # groups of 3: a real and its 2 fakes
+    s.set_epoch(1)
+    idx = [i for i, e in s]
+    assert sorted(idx) == list(range(len(rows))) and {e for _, e in s} == {1}
+    for b in range(0, len(idx), 6):
+        batch = [rows[i] for i in idx[b:b + 6]]
+        reals = {(r.video_id, r.frame_index) for r in batch if r.label == 0}
+        for r in batch:
+            if r.label == 1:
+                assert r.video_id.split("_")[0] == r.target_id
+                assert (r.target_id, r.frame_index) in reals, (r.path, [x.path for x in batch])
+    # deterministic per (seed, epoch), another order the next epoch
+    again = D.PairedSampler(rows, batch_size=6, seed=3)
+    again.set_epoch(1)
+    assert list(again) == list(s)
+    again.set_epoch(2)
+    assert [i for i, _ in again] != idx
+
+
+def test_paired_sampler_samples_rows_without_a_partner(crops):
+    rows = _train_rows(crops)
+    real0 = next(i for i, r in enumerate(rows) if r.label == 0)
+    rows = rows[:real0] + rows[real0 + 1:]  # its two fakes lose their partner
+    groups = D.pair_groups(rows)
+    assert sorted(i for g in groups for i in g) == list(range(len(rows)))
+    assert sum(len(g) == 1 for g in groups) == 2
+    for bs in (4, 5, 7):  # batches that cannot hold whole groups: still every row exactly once
+        s = D.PairedSampler(rows, batch_size=bs, seed=0)
+        assert sorted(i for i, _ in s) == list(range(len(rows)))
+
+
+def test_cli_flags_reach_settings_and_resume_refuses_a_mode_change(crops, vit, tmp_path, capsys):
+    from dftune.cli import main
+
+    out = tmp_path / "run"
+    args = ["train", "--data", str(crops), "--model", vit, "--out", str(out), "--no-progress", "--epochs", "1",
+            "--tune", "bias", "--freeze", r"layers\.1\.", "--freeze", "cls_token", "--paired", "--head-epochs", "1",
+            "--lr-decay", "0.8", "--ema", "0.9", "--set", "num_workers=0", "--set", "max_train_batches=2",
+            "--no-aug", "--no-tensorboard"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "trainable parameters:" in text and "--tune bias" in text
+    s = yaml.safe_load((out / "settings.yaml").read_text())
+    assert (s["tune"], s["freeze"], s["paired"], s["head_epochs"], s["lr_decay"], s["ema"]) == (
+        "bias", [r"layers\.1\.", "cls_token"], True, 1, 0.8, 0.9)
+    assert s["_tuning"]["layer_lrs"][3] == pytest.approx(1e-5)
+    with pytest.raises(TrainError, match="tune"):
+        train(crops, vit, out, build(TrainConfig(**{**FAST, "epochs": 2}), {
+            k: s[k] for k in ("freeze", "paired", "head_epochs", "lr_decay", "ema", "max_train_batches")},
+            {"tune": "layernorm"}), resume=True, progress=False)
+
+
+# ------------------------------------------------------------------ resume in each mode
+
+
+@pytest.mark.parametrize("extra", [
+    {"tune": "full", "ema": 0.8},
+    {"tune": "layernorm", "head_epochs": 1, "lr_decay": 0.7},
+    {"tune": "lora", "ema": 0.8, "head_epochs": 1, "lora_dropout": 0.1},
+], ids=["full+ema", "layernorm+lpft+lrdecay", "lora+ema+lpft"])
+def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "max_train_batches": 3, **extra})
+    train(crops, vit, tmp_path / "a", cfg, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill(epoch, record):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    summary = train(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
+    assert summary["epochs_run"] == 3
+    for f in ("model.safetensors", "training_state/model.safetensors", "training_state/ema.safetensors"):
+        if not (tmp_path / "a" / "last" / f).exists():
+            continue
+        a, b = _weights_file(tmp_path / "a" / "last" / f), _weights_file(tmp_path / "b" / "last" / f)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (f, k)
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["val"] for h in ha] == [h["val"] for h in hb]
+    assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
+
+
+def _weights_file(p):
+    return load_file(str(p))
