@@ -204,6 +204,37 @@ def render_frame(portrait: np.ndarray, face: tuple[int, int, int, int], bg: np.n
     return np.clip(frame, 0, 255).astype(np.uint8), fb
 
 
+class _FilledAllocations:
+    """While encoding, have glibc fill every new allocation with one byte pattern (``mallopt``'s
+    M_PERTURB, what MALLOC_PERTURB_ does at start-up). The encoder reads memory it did not write
+    (seen: the same frames gave other bytes after other videos had been encoded in the process,
+    and the same bytes every time under MALLOC_PERTURB_), so without this the demo's videos, and
+    its numbers, changed from run to run. A no-op where libc has no mallopt."""
+
+    M_PERTURB = -6
+
+    def __init__(self, byte: int = 0xA5):
+        self.byte, self._libc = byte, None
+        try:
+            import ctypes
+            import ctypes.util
+
+            self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            self._libc.mallopt  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            self._libc = None
+
+    def __enter__(self):
+        if self._libc is not None:
+            self._libc.mallopt(self.M_PERTURB, self.byte)
+        return self
+
+    def __exit__(self, *exc):
+        if self._libc is not None:
+            self._libc.mallopt(self.M_PERTURB, 0)
+        return False
+
+
 def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23, rotate: int = 0) -> None:
     """H.264 (libx264, yuv420p) at FF++'s c23-like quality; written atomically.
 
@@ -218,7 +249,7 @@ def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23, r
     k = int(round(rotate / 90)) % 4
     frames = [np.ascontiguousarray(np.rot90(f, -k)) for f in frames] if k else list(frames)
     h, w = frames[0].shape[:2]
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _FilledAllocations():
         with av.open(str(tmp), mode="w", format="mp4") as out:
             stream = out.add_stream("libx264", rate=fps)
             stream.width, stream.height = w - w % 2, h - h % 2
