@@ -13,7 +13,7 @@ the face; official-format split files), then run prepare -> train -> evaluate ->
 export on it with a small ViT built from a config, and print one table: crops per split,
 the training curve, val/test macro F1 and AUC of the untrained and the trained model
 (frame and video level, per method), the prediction CSV and the exported folder with its
-parity check. About 70 s on a quiet 2-core CPU (100 s with other work on the cores); nothing is downloaded.
+parity check. About 85 s on a quiet 2-core CPU; nothing is downloaded; the same --seed gives the same numbers.
 
 examples:
   dftune demo                      # temporary folder, removed at the end
