@@ -117,17 +117,10 @@ def load_space(path: str | os.PathLike | None) -> dict:
     space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
     if path is None:
         return space
-    import yaml
+    from dftune.train.config import read_yaml_mapping
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: search-space file does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{p}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise SpaceError(f"{p}: expected a mapping of setting: {{type, low, high, log, choices}} or setting: value")
+    data = read_yaml_mapping(path, "search-space file", "setting: {type, low, high, log, choices} or setting: value",
+                             SpaceError)
     for k, v in data.items():
         space[str(k).replace("-", "_")] = v
     return space

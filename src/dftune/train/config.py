@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -282,18 +282,25 @@ def _coerce(name: str, value: Any) -> Any:
     return value if value is None or isinstance(value, str) else str(value)
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def read_yaml_mapping(path: str | os.PathLike, what: str = "config file", expected: str = "setting: value",
+                      error: type = ValueError) -> dict:
+    """A YAML file whose top level is a mapping; errors name the file and say what was expected."""
     import yaml
 
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p}: config file does not exist")
+        raise FileNotFoundError(f"{p}: {what} does not exist")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{p}: not valid YAML ({e})") from None
+        raise error(f"{p}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{p}: expected a mapping of setting: value at the top level")
+        raise error(f"{p}: expected a mapping of {expected} at the top level")
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    data = read_yaml_mapping(path)
     # tolerate a nested "train:" section and the run metadata settings.yaml carries
     data = data.get("train", data)
     return {k: v for k, v in data.items() if k in FIELDS or not k.startswith("_")}
