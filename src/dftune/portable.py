@@ -1034,6 +1034,16 @@ def fake_index_of(id2label: Mapping, meta: Mapping | None = None, fake_label=Non
 DEFAULT_CROP = {"detector": "dlib", "margin": 1.3, "size": 224, "frames": 10, "every": 0, "aggregate": "mean"}
 
 
+UNTUNED_ENSEMBLE = {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
+                          "`dftune evaluate --ensemble --write-threshold` tunes one)"}
+
+
+def mean_threshold(weights, thresholds) -> float:
+    """An untuned ensemble's threshold: its members' thresholds, weighted like their probabilities."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float((w * np.asarray(thresholds, dtype=np.float64)).sum() / w.sum())
+
+
 def describe_threshold(threshold: float, source) -> str:
     """Where a decision threshold came from, in words (printed by every predict and evaluate)."""
     if isinstance(source, Mapping):

@@ -184,14 +184,17 @@ def load_ensemble(paths: Sequence[str], fake_label: str | None = None, device: s
         e = read_ensemble(ens_files[0])
         models = [load_model(p, fake_label, device, backend, w) for p, w in e["members"]]
         return Ensemble(models, e["threshold"], e["threshold_source"], str(ens_files[0]))
-    models = [load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)]
+    return ensemble_of([load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)])
+
+
+def ensemble_of(models: Sequence[LoadedModel]) -> Ensemble:
+    """Loaded models as an ensemble: one model keeps its own threshold; several get the weighted
+    mean of theirs, marked untuned."""
+    models = list(models)
     if len(models) == 1:
-        m = models[0]
-        return Ensemble(models, m.meta.threshold, m.meta.threshold_source)
-    w = np.array([m.weight for m in models])
-    t = float((w * np.array([m.meta.threshold for m in models])).sum() / w.sum())
-    return Ensemble(models, t, {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
-                                      "`dftune evaluate --ensemble --write-threshold` tunes one)"})
+        return Ensemble(models, models[0].meta.threshold, models[0].meta.threshold_source)
+    t = portable.mean_threshold([m.weight for m in models], [m.meta.threshold for m in models])
+    return Ensemble(models, t, dict(portable.UNTUNED_ENSEMBLE))
 
 
 # ---------------------------------------------------------------- scoring

@@ -71,9 +71,9 @@ class Predictor:
             m = self.models[0]["meta"]
             self.threshold, source = float(m.get("threshold", 0.5)), m.get("threshold_source")
         else:
-            ts = np.asarray([float(m["meta"].get("threshold", 0.5)) for m in self.models])
-            self.threshold = float((self.weights * ts).sum() / self.weights.sum())
-            source = {"by": "weighted mean of the members' thresholds (not tuned for the ensemble)"}
+            self.threshold = portable.mean_threshold(self.weights, [float(m["meta"].get("threshold", 0.5))
+                                                                    for m in self.models])
+            source = portable.UNTUNED_ENSEMBLE
         self.threshold_text = portable.describe_threshold(self.threshold, source)
         self.batch_size = batch_size
         self.already_cropped = already_cropped

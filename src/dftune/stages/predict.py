@@ -17,8 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from dftune import portable
 from dftune.atomic import write_text
 from dftune.model.meta import CropSettings
@@ -109,11 +107,10 @@ def predict_files(models, items: Sequence[InputFile], s: PredictSettings, thresh
     """
     from dftune import scoring
 
-    ens = models if isinstance(models, scoring.Ensemble) else None
-    members = ens.models if ens else list(models)
+    ens = models if isinstance(models, scoring.Ensemble) else scoring.ensemble_of(models)
+    members = ens.models
     if threshold is None:
-        threshold = s.threshold if s.threshold is not None else (
-            ens.threshold if ens else _mean_threshold(members))
+        threshold = s.threshold if s.threshold is not None else ens.threshold
     crop = crop_settings(members, s)
     how, k = portable.parse_aggregate(crop.aggregate or "mean", s.top_k)
     cropper = Cropper(crop, crop.detector, s.already_cropped)
@@ -127,11 +124,6 @@ def predict_files(models, items: Sequence[InputFile], s: PredictSettings, thresh
             r.label = int(r.prob_fake >= threshold)
         results.append(r)
     return results
-
-
-def _mean_threshold(models) -> float:
-    w = np.array([m.weight for m in models], dtype=np.float64)
-    return float((w * np.array([m.meta.threshold for m in models])).sum() / w.sum())
 
 
 def write_csv(path: str | os.PathLike, results: Sequence[FileResult], fmt: CsvFormat,
