@@ -17,11 +17,8 @@ def _plt():
     return plt
 
 
-def roc_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]], path: str | os.PathLike,
-               title: str = "ROC") -> None:
+def draw_roc(ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]], title: str = "ROC") -> None:
     """``curves``: name -> (fpr, tpr, auc). One line per name, the chance diagonal dashed."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     for name, (fpr, tpr, auc) in curves.items():
         if len(fpr):
             ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {auc:.3f})")
@@ -30,21 +27,15 @@ def roc_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], floa
            ylabel="true positive rate (fakes caught)", title=title)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
-def confusion_figure(cm: Sequence[Sequence[int]], path: str | os.PathLike, title: str = "confusion matrix",
-                     labels: Sequence[str] = ("real", "fake")) -> None:
+def draw_confusion(ax, cm: Sequence[Sequence[int]], title: str = "confusion matrix",
+                   labels: Sequence[str] = ("real", "fake")) -> None:
     """2x2 counts (rows truth, columns prediction) with each cell's count and row share."""
     import numpy as np
 
-    plt = _plt()
     m = np.asarray(cm, dtype=float)
     share = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4, 3.6), dpi=110)
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
@@ -53,7 +44,24 @@ def confusion_figure(cm: Sequence[Sequence[int]], path: str | os.PathLike, title
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set(xlabel="predicted", ylabel="true", title=title)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
+    _plt().close(fig)
+
+
+def roc_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]], path: str | os.PathLike,
+               title: str = "ROC") -> None:
+    fig, ax = _plt().subplots(figsize=(5, 5), dpi=110)
+    draw_roc(ax, curves, title)
+    _save(fig, path)
+
+
+def confusion_figure(cm: Sequence[Sequence[int]], path: str | os.PathLike, title: str = "confusion matrix",
+                     labels: Sequence[str] = ("real", "fake")) -> None:
+    fig, ax = _plt().subplots(figsize=(4, 3.6), dpi=110)
+    draw_confusion(ax, cm, title, labels)
+    _save(fig, path)

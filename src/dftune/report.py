@@ -21,19 +21,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from dftune.plots import _plt, draw_confusion, draw_roc
+
 log = logging.getLogger(__name__)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _png(fig) -> str:
+    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     _plt().close(fig)
@@ -50,24 +44,22 @@ def _img_uri(rgb: np.ndarray) -> str:
 
 def curves_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
     """ROC and precision-recall side by side, one line per model."""
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+    from sklearn.metrics import precision_recall_curve
 
-    plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    from dftune import metrics as M
+
+    fig, (a, b) = _plt().subplots(1, 2, figsize=(9, 4))
+    roc = {}
     for name, p in scored.items():
-        if len(set(y.tolist())) < 2:
-            continue
-        fpr, tpr, _ = roc_curve(y, p)
-        a.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        pr, rc, _ = precision_recall_curve(y, p)
-        b.plot(rc, pr, lw=1.5, label=name)
-    a.plot([0, 1], [0, 1], "--", color="grey", lw=1)
-    a.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC — {title}")
+        fpr, tpr, _ = M.roc_points(y, p)
+        roc[name] = (fpr, tpr, M.roc_auc(y, p))
+        if len(fpr):
+            pr, rc, _ = precision_recall_curve(y, p)
+            b.plot(rc, pr, lw=1.5, label=name)
+    draw_roc(a, roc, f"ROC — {title}")
     b.set(xlabel="recall (fakes caught)", ylabel="precision", title=f"precision-recall — {title}", ylim=(0, 1.02))
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right" if ax is a else "lower left")
-    fig.tight_layout()
+    b.grid(alpha=0.3)
+    b.legend(fontsize=7, loc="lower left")
     return _png(fig)
 
 
@@ -86,7 +78,6 @@ def histogram_figure(y, p, methods: Sequence[str], threshold: float | None, titl
             ax.axvline(t, color="black", ls=style, lw=1.2, label=f"{lab} = {t:.3f}")
     ax.set(xlabel="prob_fake", ylabel="count", title=title)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -107,24 +98,12 @@ def calibration_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
     ax.set(xlabel="mean prob_fake (10 bins)", ylabel="share of fakes", title=f"calibration — {title}")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     return _png(fig)
 
 
 def confusion_figure(cm, title: str) -> str:
-    plt = _plt()
-    m = np.asarray(cm, dtype=float)
-    share = m / np.maximum(m.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(3.4, 3))
-    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    for i in range(2):
-        for j in range(2):
-            ax.text(j, i, f"{int(m[i, j])}\n{share[i, j]:.0%}", ha="center", va="center",
-                    color="white" if share[i, j] > 0.6 else "black", fontsize=9)
-    ax.set_xticks([0, 1], ["real", "fake"])
-    ax.set_yticks([0, 1], ["real", "fake"])
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
+    fig, ax = _plt().subplots(figsize=(3.6, 3.2))
+    draw_confusion(ax, cm, title)
     return _png(fig)
 
 
