@@ -514,6 +514,18 @@ REAL_WORDS = frozenset({
 })
 
 
+def label_from_word(value) -> int | None:
+    """A label as people write it — 0/1 or a real/fake word (REAL, fake, deepfake, original…) — as
+    dftune's 0 real / 1 fake; None when it is neither."""
+    try:
+        number = float(str(value).strip())
+        return int(number) if number in (0.0, 1.0) else None
+    except ValueError:
+        pass
+    s = _norm_label(value)
+    return 0 if s in REAL_WORDS else 1 if s in FAKE_WORDS else None
+
+
 class LabelMappingError(ValueError):
     """The model's labels do not say which class is fake."""
 

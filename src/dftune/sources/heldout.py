@@ -160,15 +160,9 @@ def read_text(path: Path) -> str:
 
 def label_word(value, where: str) -> int:
     """0/1 or a real/fake word (``REAL``, ``fake``, ``deepfake``, ``original`` ...) -> 0 real, 1 fake."""
-    from dftune.portable import FAKE_WORDS, REAL_WORDS
+    from dftune.portable import label_from_word
 
-    s = str(value).strip().lower().replace(" ", "_").replace("-", "_")
-    if s in ("0", "0.0"):
-        return 0
-    if s in ("1", "1.0"):
-        return 1
-    if s in FAKE_WORDS:
-        return 1
-    if s in REAL_WORDS:
-        return 0
+    label = label_from_word(value)
+    if label is not None:
+        return label
     raise SourceError(f"{where}: label {value!r} is neither 0/1 nor a real/fake word")

@@ -497,7 +497,7 @@ def cross_md(result: dict) -> str:
 
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
     """``filename,label`` CSV (label 0/1 or real/fake words) -> {filename: 0/1}; errors name the line."""
-    from dftune.portable import FAKE_WORDS, REAL_WORDS, _norm_label
+    from dftune.portable import label_from_word
 
     out: dict[str, int] = {}
     with open(path, newline="", encoding="utf-8") as f:
@@ -507,13 +507,10 @@ def read_labels(path: str | os.PathLike) -> dict[str, int]:
             raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}")
         for lineno, rec in enumerate(reader, start=2):
             rec = {k.strip().lower(): (v or "").strip() for k, v in rec.items() if k}
-            word = _norm_label(rec["label"])
-            if word in ("1",) or word in FAKE_WORDS:
-                out[rec["filename"]] = 1
-            elif word in ("0",) or word in REAL_WORDS:
-                out[rec["filename"]] = 0
-            else:
+            label = label_from_word(rec["label"])
+            if label is None:
                 raise ValueError(f"{path}, line {lineno}: label {rec['label']!r} is neither 0/1 nor a real/fake word")
+            out[rec["filename"]] = label
     return out
 
 
