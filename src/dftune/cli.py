@@ -29,6 +29,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.required:
             return text
+        if action.default is None and action.option_strings:
+            return text + " (default: not set)"
         return super()._get_help_string(action)
 
 
