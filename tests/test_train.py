@@ -146,10 +146,12 @@ def test_label_swapped_model_learns_the_right_direction(crops, vit_swapped, tmp_
     assert hist[-1]["val"]["frame"]["auc"] > 0.85
 
 
-@pytest.mark.parametrize("layout", ["current", "scheduler-registered"])
+@pytest.mark.parametrize("layout", ["current", "scheduler-registered", "weights-in-state"])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_path, layout):
     """layout "scheduler-registered": the interrupted run's state was saved when the LR scheduler was a
-    register_for_checkpointing custom object (custom_checkpoint_0.pkl) rather than a prepared one."""
+    register_for_checkpointing custom object (custom_checkpoint_0.pkl) rather than a prepared one;
+    "weights-in-state": saved when the state held Accelerate's own copy of the weights
+    (training_state/model.safetensors), which resume then takes instead of last/'s."""
     from safetensors.torch import load_file
 
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "warmup_ratio": 0.2})
@@ -168,8 +170,19 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
         train(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
     state_dir = tmp_path / "b" / "last" / "training_state"
     assert (state_dir / "scheduler.bin").exists() and not list(state_dir.glob("custom_checkpoint_*"))
+    assert not (state_dir / "model.safetensors").exists()  # the weights are last/'s, not a second copy
     if layout == "scheduler-registered":
         (state_dir / "scheduler.bin").rename(state_dir / "custom_checkpoint_0.pkl")
+    if layout == "weights-in-state":
+        from safetensors.torch import save_file
+        from transformers import AutoModelForImageClassification
+
+        m = AutoModelForImageClassification.from_pretrained(state_dir.parent)
+        save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(state_dir / "model.safetensors"))
+        with torch.no_grad():
+            for p in m.parameters():
+                p.zero_()
+        m.save_pretrained(state_dir.parent)  # last/'s own weights are not the ones to resume from here
     with pytest.raises(TrainError, match="--resume"):
         train(crops, vit, tmp_path / "b", cfg_b, progress=False)
     summary = train(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
@@ -183,6 +196,50 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     hb = json.loads((tmp_path / "b" / "history.json").read_text())
     assert [h["val"] for h in ha] == [h["val"] for h in hb]
     assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
+
+
+def test_checkpoints_hold_the_weights_once(crops, vit, tmp_path):
+    """training_state holds the optimizer's moments, not a second copy of the weights (<= 2.3x them), and in an
+    epoch that is the best so far last/'s model files are best/'s, linked rather than written again."""
+    cfg = TrainConfig(**{**FAST, "epochs": 2, "lr": 1e-12, "max_grad_norm": 0, "max_train_batches": 2})
+    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["best"] for h in hist] == [True, False]  # lr 1e-12: epoch 2 is no better
+    best, last = tmp_path / "run" / "best", tmp_path / "run" / "last"
+    weights = (last / "model.safetensors").stat().st_size
+    state = sum(f.stat().st_size for f in (last / "training_state").rglob("*") if f.is_file())
+    assert state <= 2.3 * weights, (state, weights)
+    # epoch 2 was not the best: last/ was written on its own
+    assert (last / "model.safetensors").stat().st_ino != (best / "model.safetensors").stat().st_ino
+    assert json.loads((last / "dftune.json").read_text())["extra"]["epoch"] == 2
+
+    cfg = TrainConfig(**{**FAST, "epochs": 1, "max_train_batches": 2})
+    train(crops, vit, tmp_path / "one", cfg, progress=False)
+    best, last = tmp_path / "one" / "best", tmp_path / "one" / "last"
+    for f in best.iterdir():
+        assert (last / f.name).stat().st_ino == f.stat().st_ino, f.name  # one file, two names
+    assert (last / "training_state" / "trainer.json").exists()
+
+
+def test_val_every_skips_validation_between_and_always_validates_the_last_epoch(crops, vit, tmp_path, capsys):
+    from dftune.cli import main
+
+    run = tmp_path / "run"
+    rc = main(["train", "--data", str(crops), "--model", vit, "--out", str(run), "--epochs", "3", "--val-every", "2",
+               "--lr", "1e-3", "--batch-size", "8", "--set", "max_train_batches=2", "--no-tensorboard",
+               "--no-progress", "--patience", "0"])
+    assert rc == 0
+    hist = json.loads((run / "history.json").read_text())
+    assert [h["val"] is not None for h in hist] == [False, True, True]
+    assert not hist[0]["best"] and hist[0]["monitor"] is None
+    assert "not validated (--val-every 2)" in capsys.readouterr().out
+    assert json.loads((run / "best" / "dftune.json").read_text())["extra"]["best_epoch"] in (2, 3)
+    assert json.loads((run / "last" / "dftune.json").read_text())["extra"]["epoch"] == 3
+    # a resume may change it (it does not change what the steps compute)
+    rc = main(["train", "--data", str(crops), "--model", vit, "--out", str(run), "--resume", "--epochs", "4",
+               "--val-every", "1", "--no-progress"])
+    assert rc == 0
+    assert [h["val"] is not None for h in json.loads((run / "history.json").read_text())] == [False, True, True, True]
 
 
 def test_early_stopping_stops(crops, vit, tmp_path):
@@ -506,10 +563,14 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
     from dftune.atomic import WriteError
     from dftune.cli import main
 
-    save = ViTForImageClassification.save_pretrained
+    from dftune.train import checkpoint as ckpt
+
+    save, link = ViTForImageClassification.save_pretrained, ckpt.link_files
     saves = []
 
-    def full_disk(self, folder, *a, **kw):
+    def disk_fills(folder):
+        """last/'s model files are written (save_pretrained) or linked from best/ (link_files): the disk fills
+        at epoch 2's, whichever way it goes."""
         if Path(folder).name == "last.tmp":
             saves.append(folder)
             if len(saves) == 2:  # epoch 2's last/
@@ -518,9 +579,17 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
                     raise OSError(28, "No space left on device")
                 raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
                                       'message: "No space left on device" })')
+
+    def full_disk(self, folder, *a, **kw):
+        disk_fills(folder)
         return save(self, folder, *a, **kw)
 
+    def full_disk_link(src, dst):
+        disk_fills(dst)
+        return link(src, dst)
+
     monkeypatch.setattr(ViTForImageClassification, "save_pretrained", full_disk)
+    monkeypatch.setattr(ckpt, "link_files", full_disk_link)
     cfg = TrainConfig(**{**FAST, "epochs": 2, "max_train_batches": 2})
     run = tmp_path / "run"
     with pytest.raises(WriteError) as e:

@@ -100,11 +100,12 @@ def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tm
                                                                   "fc2")))
         assert moved == adapted, n
     # the unmerged PEFT model, as --resume restores it from last/training_state
-    raw = load_file(str(tmp_path / "run" / "last" / "training_state" / "model.safetensors"))
+    raw = load_file(str(tmp_path / "run" / "last" / "training_state" / "weights.safetensors"))
     assert any(".lora_A." in k for k in raw) and any(".lora_B." in k for k in raw)
     model, _, _ = load_model(vit, cfg)
     peft_model, plan = T.setup(model, cfg)
-    peft_model.load_state_dict(raw)
+    assert set(plan.trainable) <= set(raw)  # the adapters and the head; the frozen base is the starting model's
+    peft_model.load_state_dict(raw, strict=False)
     peft_model.eval()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -186,7 +187,7 @@ def test_ema_run_validates_and_saves_the_average(crops, vit, tmp_path):
     cfg = TrainConfig(**{**FAST, "ema": 0.5, "max_train_batches": 3})
     train(crops, vit, tmp_path / "run", cfg, progress=False)
     last = tmp_path / "run" / "last"
-    saved, raw = _weights(last), load_file(str(last / "training_state" / "model.safetensors"))
+    saved, raw = _weights(last), load_file(str(last / "training_state" / "weights.safetensors"))
     avg = load_file(str(last / "training_state" / "ema.safetensors"))
     for n in saved:
         assert torch.equal(saved[n], avg[n]), n
@@ -279,7 +280,7 @@ def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
         train(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
     summary = train(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
     assert summary["epochs_run"] == 3
-    for f in ("model.safetensors", "training_state/model.safetensors", "training_state/ema.safetensors"):
+    for f in ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"):
         if not (tmp_path / "a" / "last" / f).exists():
             continue
         a, b = _weights_file(tmp_path / "a" / "last" / f), _weights_file(tmp_path / "b" / "last" / f)

@@ -30,7 +30,9 @@ _FLAGS = [
     ("--balance", "balance", str, "class imbalance: loss (class-weighted CE), sampler (balanced sampling) or none"),
     ("--monitor", "monitor", str, "val metric for best checkpoint and early stopping: f1, auc or loss"),
     ("--monitor-level", "monitor_level", str, "monitor at frame or video level"),
-    ("--patience", "patience", int, "early stopping: epochs without improvement (0 = off)"),
+    ("--patience", "patience", int, "early stopping: validations without improvement (0 = off)"),
+    ("--val-every", "val_every", int, "validate every N epochs and after the last one; the epochs between save "
+                                      "last/ only (validation is ~1/5 of a ViT-B epoch on CPU)"),
     ("--seed", "seed", int, "random seed (data order, augmentations, head init)"),
     ("--workers", "num_workers", int, "data loader worker processes per process (-1 = auto: 0 on CPU, "
                                       "min(8, cores) on a GPU)"),
@@ -93,8 +95,8 @@ def register(sub) -> None:
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
-                        "only epochs, patience, workers, threads, tensorboard and micro-batch (others are refused); "
-                        "a cosine schedule cannot be extended past the epochs it was laid out over")
+                        "only epochs, patience, val-every, workers, threads, tensorboard and micro-batch (others are "
+                        "refused); a cosine schedule cannot be extended past the epochs it was laid out over")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 

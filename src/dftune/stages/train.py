@@ -11,21 +11,29 @@ RUN_DIR after a run::
                          the LR schedule's layout) and ``_stretches``: one entry per start or --resume, with
                          its epoch range, what it changed, and its threads/workers/device
     history.json         one record per epoch, rewritten after every epoch
-    best/  last/         Hugging Face model folders (model + processor + dftune.json)
-    last/training_state/ optimizer, scheduler, scaler, RNG, epoch, the raw (unaveraged, unmerged) model:
-                         what --resume needs; with --ema also ema.safetensors (the average)
+    best/  last/         Hugging Face model folders (model + processor + dftune.json); in an epoch that is
+                         the best so far, last/'s files are hard links to best/'s (written once)
+    last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs beside last/'s own
+                         weights, which it does not copy (AdamW's two moments: ~2x the trained weights).
+                         Only where last/'s model is not the raw training weights does it hold them too:
+                         weights.safetensors (--ema: the raw weights, ema.safetensors the average;
+                         --tune lora: the unmerged adapters)
     tensorboard/         scalars
     skipped.txt          images that could not be read (if any)
 
 Resuming (``--resume``) continues the run with the settings it started with. Settings that would change
 its learning-rate schedule, data order or the maths of a step (batch size, accumulation, lr, schedule,
 warm-up, seed, balance, SBI, augmentations, ...) are refused with each change named; the ones in
-``config.RESUME_SAFE`` (epochs, patience, workers, threads, TensorBoard, micro-batch) are honoured and
+``config.RESUME_SAFE`` (epochs, patience, val-every, workers, threads, TensorBoard, micro-batch) are honoured and
 recorded in the new stretch of ``settings.yaml``. The LR schedule is laid out once, at the run's start,
 over the epochs planned then (its total steps and warm-up are kept in the training state): changing
 ``epochs`` later moves where the run stops, never the schedule. A constant schedule can thus be extended;
 a cosine schedule cannot be extended past its original end (it reaches lr 0 there: the extra epochs would
 not train), which is refused; stopping it earlier is allowed.
+
+Validation runs every ``--val-every N`` epochs and after the last one, under ``torch.inference_mode`` at twice
+the training batch; an epoch without it saves ``last/`` only, and early stopping's patience counts
+validations.
 
 What trains (``dftune.train.tuning``): ``--tune full`` (the default) every parameter; ``head`` a linear
 probe; ``layernorm`` LayerNorm weights/biases + head (GenD); ``bias`` biases + head (BitFit); ``lora`` PEFT
@@ -236,6 +244,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         log_with="tensorboard" if use_tb else None,
         project_dir=str(run_dir),
     )
+    ckpt.without_model_weights(accelerator)  # the state holds no second copy of the weights (checkpoint.py)
     main = accelerator.is_main_process
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +346,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
              "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0, **sched, "steps_per_epoch": steps_per_epoch}
     history: list[dict] = []
     if resume_from is not None:
-        state.update(ckpt.load(accelerator, resume_from))
+        state.update(ckpt.load(accelerator, resume_from, accelerator.unwrap_model(model), trainable))
         if ema is not None:
             ema.load(resume_from / STATE_DIR)
         state.update(sched, steps_per_epoch=steps_per_epoch)
@@ -403,7 +412,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     def _validate() -> dict:
         model.eval()
         P, I, V = [], [], []
-        with torch.no_grad():
+        with torch.inference_mode():
             for batch in val_dl:
                 logits = model(pixel_values=normalize(batch["pixels"])).logits.float()
                 p = logits.softmax(-1)[:, fake_i]
@@ -436,30 +445,44 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
             return not math.isnan(v)
         return v > state["best"] if cfg.higher_is_better else v < state["best"]
 
-    def save_model(dest: Path, record: dict, with_state: bool) -> None:
+    # last/'s model is the raw training weights unless it holds the average (--ema) or merged adapters (LoRA):
+    # only then does the training state need its own copy of them (checkpoint.WEIGHTS_FILE)
+    raw_apart = ema is not None or T.is_peft(accelerator.unwrap_model(model))
+
+    def raw_weights() -> dict:
+        """The trained parameters and the buffers of the training model, under its own names."""
+        m = accelerator.unwrap_model(model)
+        params = {n for n, _ in m.named_parameters()}
+        return {n: t.detach().to("cpu", copy=True) for n, t in m.state_dict().items()
+                if n in trainable or n not in params}
+
+    def save_model(dest: Path, record: dict, with_state: bool, same_as: Path | None = None) -> None:
         def write(folder: Path) -> None:
+            if ema is not None and with_state:
+                ema.save(folder / STATE_DIR)  # --resume continues the average
+            if same_as is not None:  # the same model was just saved there: link its files, don't write them again
+                ckpt.link_files(same_as, folder)
+                return
             # a plain Hugging Face model: the EMA weights (--ema), LoRA adapters merged into a copy (--tune lora)
             with averaged():
                 T.merged_copy(accelerator.unwrap_model(model)).save_pretrained(folder)
-            if ema is not None and with_state:
-                ema.save(folder / STATE_DIR)  # --resume continues the average
             processor.save_pretrained(folder)
             val = record["val"]
-            # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
-            # `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val optimum seen here
-            # (frame or video level, no TTA) is kept as information only.
-            meta = modelmeta.ModelMeta(
-                fake_index=fake_i, real_index=real_i, crop=crop,
-                extra={"epoch": record["epoch"], "best_epoch": state["best_epoch"], "monitor": cfg.monitor,
-                       "monitor_level": cfg.monitor_level, "metrics": val, "trained_from": str(model_source),
-                       "data": str(data_dir.resolve()),
-                       "train_val_threshold": {
-                           "frame": val["frame"]["best_threshold"], "video": val["video"]["best_threshold"],
-                           "tta": [], "note": "frame/video level, no TTA; not applied: run `dftune evaluate "
-                                              "--write-threshold` to tune the threshold predict uses"}})
-            modelmeta.save(folder, meta)
+            extra = {"epoch": record["epoch"], "best_epoch": state["best_epoch"], "monitor": cfg.monitor,
+                     "monitor_level": cfg.monitor_level, "metrics": val, "trained_from": str(model_source),
+                     "data": str(data_dir.resolve())}
+            if val is not None:
+                # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
+                # `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val optimum seen
+                # here (frame or video level, no TTA) is kept as information only.
+                extra["train_val_threshold"] = {
+                    "frame": val["frame"]["best_threshold"], "video": val["video"]["best_threshold"],
+                    "tta": [], "note": "frame/video level, no TTA; not applied: run `dftune evaluate "
+                                       "--write-threshold` to tune the threshold predict uses"}
+            modelmeta.save(folder, modelmeta.ModelMeta(fake_index=fake_i, real_index=real_i, crop=crop, extra=extra))
 
-        ckpt.save(accelerator, dest, write, {**state, "skipped": sorted(skipped)} if with_state else None)
+        ckpt.save(accelerator, dest, write, {**state, "skipped": sorted(skipped)} if with_state else None,
+                  raw_weights=raw_weights if with_state and raw_apart else None)
 
     # ---- the loop
     model.train()
@@ -525,21 +548,23 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
                        "accuracy": (tp + tn) / max(1, tot[1]), "macro_f1": sum(f1s) / 2,
                        "images_per_s": seen / train_time, "lr": max(scheduler.get_last_lr()),
                        "micro_batch": state["micro_batch"]}
-        val = validate()
-        v = monitor_value(val)
+        validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs  # --val-every, and always the last epoch
+        val = validate() if validated else None
+        v = monitor_value(val) if validated else float("nan")
         record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": None if math.isnan(v) else v,
                   "time_s": round(time.perf_counter() - t0, 3)}
         state["epoch"] = epoch
-        record["best"] = improved(v)
+        record["best"] = validated and improved(v)
         if record["best"]:
             state.update(best=v, best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
+        elif validated:
+            state["bad_epochs"] += 1  # patience counts validations
         history.append(record)
         try:
             if record["best"]:
                 save_model(run_dir / "best", record, with_state=False)
-            save_model(run_dir / "last", record, with_state=True)
+            save_model(run_dir / "last", record, with_state=True,
+                       same_as=run_dir / "best" if record["best"] else None)
         except WriteError as e:
             raise _checkpoint_failed(e, run_dir, epoch, history, skipped, main) from e
         if main:
@@ -624,7 +649,7 @@ def _short(m: dict) -> dict:
 
 def _scalars(rec: dict) -> dict:
     out = {f"train/{k}": v for k, v in rec["train"].items() if isinstance(v, (int, float))}
-    for level in ("frame", "video"):
+    for level in ("frame", "video") if rec["val"] is not None else ():
         for k, v in rec["val"][level].items():
             if isinstance(v, (int, float)) and v is not None:
                 out[f"val_{level}/{k}"] = v
@@ -636,7 +661,11 @@ def _fmt(v) -> str:
 
 
 def _epoch_line(rec: dict, cfg: TrainConfig) -> str:
-    fr, vi, tr = rec["val"]["frame"], rec["val"]["video"], rec["train"]
+    tr = rec["train"]
+    if rec["val"] is None:
+        return (f"epoch {rec['epoch']}/{cfg.epochs}: train loss {tr['loss']:.4f} f1 {tr['macro_f1']:.4f} "
+                f"({tr['images_per_s']:.0f} img/s) | not validated (--val-every {cfg.val_every})")
+    fr, vi = rec["val"]["frame"], rec["val"]["video"]
     return (f"epoch {rec['epoch']}/{cfg.epochs}: train loss {tr['loss']:.4f} f1 {tr['macro_f1']:.4f} "
             f"({tr['images_per_s']:.0f} img/s) | val frame loss {_fmt(fr['loss'])} f1 {_fmt(fr['macro_f1'])} "
             f"auc {_fmt(fr['auc'])} | video f1 {_fmt(vi['macro_f1'])} auc {_fmt(vi['auc'])}"

@@ -75,6 +75,8 @@ class Metric:
         return f"val {self.level}-level {what} ({self.direction}d)"
 
     def of(self, record: dict) -> float | None:
+        if record["val"] is None:  # an epoch --val-every skipped
+            return None
         v = record["val"][self.level].get(self.key)
         return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
 

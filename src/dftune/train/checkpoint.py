@@ -24,8 +24,21 @@ from dftune.atomic import WriteError, read_json, write_error, write_json
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "training_state"  # inside last/: Accelerate's state (optimizer, scheduler, scaler, RNG)
+STATE_DIR = "training_state"  # inside last/: Accelerate's state (optimizer, scheduler, scaler, RNG), no weights
 TRAINER_FILE = "trainer.json"  # inside STATE_DIR: the trainer's own counters (epoch, best, micro-batch, ...)
+# inside STATE_DIR, only when last/'s model is not the raw training weights (--ema: it is the average; --tune lora:
+# adapters merged): the raw trainable parameters and the buffers, under the training model's own names
+WEIGHTS_FILE = "weights.safetensors"
+LEGACY_WEIGHTS = "model.safetensors"  # Accelerate's full copy of the weights, in states saved before WEIGHTS_FILE
+
+
+def without_model_weights(accelerator) -> None:
+    """Make ``accelerator.save_state``/``load_state`` skip the model: they keep the optimizer, scheduler,
+    scaler and RNG states, while the weights come from ``last/`` itself (or :data:`WEIGHTS_FILE`), so a
+    checkpoint does not hold them twice. Uses Accelerate's documented state hooks: the save hook empties the
+    list of state dicts to write, the load hook the list of models to fill."""
+    accelerator.register_save_state_pre_hook(lambda models, weights, output_dir: weights.clear())
+    accelerator.register_load_state_pre_hook(lambda models, input_dir: models.clear())
 
 
 def tmp_dir(dest: Path) -> Path:
@@ -52,12 +65,15 @@ def last_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: dict | None = None) -> None:
+def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: dict | None = None,
+         raw_weights: Callable[[], dict] | None = None) -> None:
     """Write a checkpoint folder ``dest`` from every process, atomically.
 
     ``write(folder)`` runs on the main process and writes the model files into the folder. With
-    ``trainer_state``, the folder also gets what ``--resume`` needs: Accelerate's state (every process
-    writes its RNG state) and the trainer's counters in ``STATE_DIR/TRAINER_FILE``.
+    ``trainer_state``, the folder also gets what ``--resume`` needs: Accelerate's state without the weights
+    (every process writes its RNG state; see :func:`without_model_weights`), the trainer's counters in
+    ``STATE_DIR/TRAINER_FILE`` and, when ``raw_weights`` is given (the saved model is not the raw
+    training weights), its tensors in ``STATE_DIR/WEIGHTS_FILE``.
     """
     main = accelerator.is_main_process
     tmp = tmp_dir(dest)
@@ -72,6 +88,10 @@ def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: 
         if main:
             write(tmp)
             if trainer_state is not None:
+                if raw_weights is not None:
+                    from safetensors.torch import save_file
+
+                    save_file(raw_weights(), str(tmp / STATE_DIR / WEIGHTS_FILE))
                 write_json(tmp / STATE_DIR / TRAINER_FILE, trainer_state)
     except Exception as e:
         err = as_write_error(tmp, e)
@@ -106,14 +126,65 @@ def as_write_error(folder: Path, e: BaseException) -> WriteError | None:
     return None
 
 
-def load(accelerator, folder: Path) -> dict:
-    """Restore Accelerate's state from checkpoint ``folder`` (see :func:`last_dir`); return the trainer's counters."""
+def link_files(src: Path, dst: Path) -> None:
+    """Put every file of checkpoint folder ``src`` into ``dst`` without writing its bytes again: a hard link
+    (checkpoint files are never changed in place, only replaced by :func:`swap_in`), a copy where the file
+    system has none."""
+    for f in sorted(Path(src).iterdir()):
+        if not f.is_file():
+            continue
+        try:
+            os.link(f, dst / f.name)
+        except OSError:
+            shutil.copy2(f, dst / f.name)
+
+
+def load(accelerator, folder: Path, model, required: set[str]) -> dict:
+    """Restore checkpoint ``folder`` (see :func:`last_dir`) into the run: Accelerate's state (optimizer,
+    scheduler, scaler, RNG) and the weights of ``model`` (the unwrapped training model) from
+    :func:`load_weights`. Return the trainer's counters."""
     state_dir = Path(folder) / STATE_DIR
     if accelerator.is_main_process:
         upgrade_state(state_dir)
     accelerator.wait_for_everyone()
     accelerator.load_state(str(state_dir))
+    load_weights(folder, model, required)
     return read_json(state_dir / TRAINER_FILE)
+
+
+def load_weights(folder: Path, model, required: set[str]) -> None:
+    """Put the raw training weights of checkpoint ``folder`` into ``model``: from ``STATE_DIR/WEIGHTS_FILE``
+    when the checkpoint has one (``--ema``, ``--tune lora``), from a state saved before it
+    (``STATE_DIR/model.safetensors``), else from the model files of ``folder`` itself. ``required`` (the
+    parameters that train) must all be there; the others are the starting model's, which is loaded already."""
+    folder = Path(folder)
+    state_dir = folder / STATE_DIR
+    for src in (state_dir / WEIGHTS_FILE, state_dir / LEGACY_WEIGHTS):
+        if src.exists():
+            tensors = _read_safetensors([src])
+            break
+    else:  # last/ itself, through transformers' loader: it maps the names a model is saved under (which
+        # transformers 5 may keep in an older form, e.g. ViT's encoder.layer.N) to the module's own
+        src = folder
+        tensors = type(model).from_pretrained(str(folder)).state_dict()
+    own = model.state_dict()
+    missing = sorted(n for n in required if n not in tensors)
+    if missing:
+        raise ValueError(f"{src}: the checkpoint lacks {len(missing)} trained weight(s), e.g. {missing[:3]}; "
+                         f"it does not belong to this run's model")
+    unknown = sorted(n for n in tensors if n not in own)
+    if unknown:
+        raise ValueError(f"{src}: {len(unknown)} weight(s) this run's model does not have, e.g. {unknown[:3]}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def _read_safetensors(files: list[Path]) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return tensors
 
 
 def upgrade_state(state_dir: Path) -> None:

@@ -38,7 +38,8 @@ class TrainConfig:
     # default by measurement: demo crops at FF++'s 1 real : 4 fake, tiny ViT, 8 epochs, 3 seeds, final
     # val macro F1 @0.5 = 1.000 (loss) vs 0.945 (none) vs 0.913 (sampler); see docs/design.md.
     balance: str = "loss"
-    patience: int = 3  # early stopping on the monitor metric; 0 = off
+    patience: int = 3  # early stopping: validations without improvement of the monitor metric; 0 = off
+    val_every: int = 1  # validate every N epochs (and after the last); the epochs between save last/ only
     monitor: str = "f1"  # f1 | auc | loss
     monitor_level: str = "frame"  # frame | video
     # beyond the guide
@@ -94,7 +95,7 @@ class TrainConfig:
         one_of("monitor_level", LEVELS)
         one_of("schedule", SCHEDULES)
         one_of("precision", PRECISION)
-        for name in ("epochs", "batch_size", "grad_accum"):
+        for name in ("epochs", "batch_size", "grad_accum", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
         if int(self.num_workers) < -1:
@@ -163,7 +164,7 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # cosine schedule cannot be extended past it (it ends at lr 0), see ``dftune.stages.train``.
 # None of the parameter-choice settings (tune, freeze, lora_*, head_epochs, lr_decay, ema, paired) is safe: each
 # changes what a step trains, its learning rates, the averaged weights or the data order.
-RESUME_SAFE = ("epochs", "patience", "num_workers", "threads", "tensorboard", "micro_batch")
+RESUME_SAFE = ("epochs", "patience", "val_every", "num_workers", "threads", "tensorboard", "micro_batch")
 
 
 def resume_changes(old: TrainConfig, new: TrainConfig) -> tuple[dict, dict]:

@@ -212,14 +212,19 @@ def param_groups(named_params, lr: float, weight_decay: float, lr_decay: float =
     return [groups[k] for k in sorted(groups)]
 
 
-def merged_copy(model):
-    """A plain model to save: a PEFT model's adapters merged into a copy (the training model is untouched);
-    any other model as it is."""
+def is_peft(model) -> bool:
+    """Whether ``model`` carries PEFT adapters (``--tune lora``): what it saves is not its own weights."""
     try:
         from peft import PeftModel
     except ImportError:  # pragma: no cover - peft is a dependency
-        return model
-    if isinstance(model, PeftModel):
+        return False
+    return isinstance(model, PeftModel)
+
+
+def merged_copy(model):
+    """A plain model to save: a PEFT model's adapters merged into a copy (the training model is untouched);
+    any other model as it is."""
+    if is_peft(model):
         import copy
 
         return copy.deepcopy(model).merge_and_unload()
