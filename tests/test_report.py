@@ -28,6 +28,28 @@ def report(tmp_path_factory):
     return root / "ev" / "report.html"
 
 
+@pytest.fixture(scope="module")
+def cross(report):
+    """A cross-dataset evaluation (two prepared sets, the training one and another), with its report.html."""
+    from dftune.stages.demo.dataset import make_crops
+
+    root = report.parent.parent
+    other = make_crops(root / "other", n_videos=4, frames=3, size=32, seed=5, methods=("Face2Face",)).parent
+    E.cross_dataset([str(root / "a"), str(root / "b")], [str(root / "data"), str(other)], root / "cross",
+                    E.EvalSettings(progress=False))
+    return root / "cross" / "report.html"
+
+
+def test_the_cross_dataset_page_holds_the_table_and_links_each_datasets_report(cross):
+    text = cross.read_text()
+    assert "Cross-dataset table" in text and "<td>mean</td>" in text
+    assert text.count("<td>a</td>") == 3 and text.count("<td>b</td>") == 3  # 2 datasets + the mean, per model
+    for href in re.findall(r"<a href='([^']*)'>", text):
+        assert (cross.parent / href).exists(), href
+    assert len(re.findall(r"<a href='([^']*)'>", text)) == 2
+    assert all(s.startswith("data:image/png;base64,") for s in re.findall(r"<img[^>]*src='([^']*)'", text))
+
+
 def test_the_page_holds_every_part_inline(report):
     text = report.read_text()
     for part in ("Summary", "Per manipulation method", "ROC", "precision-recall", "calibration",
@@ -71,13 +93,16 @@ def test_heat_map_is_attention_rollout_for_a_vit_and_a_gradient_otherwise():
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
                     reason="Debian's chromium is not installed (.ci/run installs it): the page is not opened")
-def test_the_page_renders_in_chromium_with_no_console_errors(report, tmp_path):
-    n_imgs = report.read_text().count("<img ")
+@pytest.mark.parametrize("page", ["report", "cross"])
+def test_the_page_renders_in_chromium_with_no_console_errors(page, request, tmp_path):
+    path = request.getfixturevalue(page)
+    n_imgs = path.read_text().count("<img ")
     r = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
                         "--v=0", "--virtual-time-budget=10000", f"--user-data-dir={tmp_path / 'profile'}",
-                        "--dump-dom", report.as_uri()], capture_output=True, text=True, timeout=120)
+                        "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f'data-images="ok {n_imgs}"' in r.stdout, re.findall(r'data-images="[^"]*"', r.stdout)
     console = [ln for ln in r.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
     assert not console, console
-    assert "<table>" in r.stdout and "Per manipulation method" in r.stdout
+    assert "<table>" in r.stdout
+    assert ("Per manipulation method" if page == "report" else "Cross-dataset table") in r.stdout

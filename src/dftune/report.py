@@ -265,3 +265,47 @@ def write_html(path, result: dict, rows: Sequence, scored: Mapping[str, np.ndarr
             parts.append("</div>")
     parts.append(_CHECK + "</body></html>")
     write_text(path, "\n".join(parts))
+
+
+def auc_bars_figure(table: Sequence[Mapping], title: str) -> str:
+    """Frame and video AUC per dataset, one bar per model: where each model holds up and where it does not."""
+    plt = _plt()
+    datasets = list(dict.fromkeys(r["dataset"] for r in table))
+    models = list(dict.fromkeys(r["model"] for r in table))
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.4 * len(datasets) * max(1, len(models)) / 2 + 3), 3.6))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(datasets))
+    for ax, key, name in zip(axes, ("frame_auc", "video_auc"), ("frame AUC", "video AUC")):
+        for j, m in enumerate(models):
+            vals = [next((r[key] for r in table if r["model"] == m and r["dataset"] == d), None) for d in datasets]
+            ax.bar(x + (j - (len(models) - 1) / 2) * width, [np.nan if v is None else v for v in vals], width,
+                   label=m)
+        ax.axhline(0.5, color="#999", lw=0.8, ls="--")
+        ax.set_xticks(x, datasets, rotation=20, ha="right", fontsize=8)
+        ax.set(ylim=(0, 1.02), title=f"{name} — {title}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    return _png(fig)
+
+
+def write_cross_html(path, result: Mapping, header: Sequence[str], rows: Sequence[Sequence[str]],
+                     links: Mapping[str, str]) -> None:
+    """``report.html`` of a cross-dataset evaluation: the table (``header``/``rows``, the layout of
+    DeepfakeBench's), AUC per dataset and model as bars, and a link to each dataset's own report (its
+    curves, histograms, confusion matrices and gallery), ``links``: dataset name -> relative path."""
+    from dftune.atomic import write_text
+
+    items = "".join(f"<li><a href='{html.escape(href)}'>{html.escape(nm)}</a></li>" for nm, href in links.items())
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dftune evaluate — across datasets</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>dftune evaluate: across datasets ({html.escape(result['split'])} split of each)</h1>",
+             f"<p class='note'>Threshold tuned for macro F1 on the {html.escape(result['threshold_split'])} split of "
+             f"<code>{html.escape(str(result['threshold_data']))}</code> (the training data), never on a test dataset. "
+             "Video level unless named; AUC, AP and EER need no threshold. F1 = macro F1.</p>",
+             "<h2>Cross-dataset table</h2>", _table(header, rows),
+             "<h2>AUC per dataset</h2><div class='row'>",
+             f"<img class='fig' alt='auc per dataset' src='{auc_bars_figure(result['table'], 'per dataset')}'></div>",
+             "<h2>Each dataset's report</h2>",
+             f"<p class='note'>Curves, score histograms, confusion matrices and the worst errors:</p><ul>{items}</ul>",
+             _CHECK + "</body></html>"]
+    write_text(path, "\n".join(parts))

@@ -446,6 +446,12 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
     if out is not None:
         write_json(out / "metrics.json", _clean(result))
         write_text(out / "report.md", cross_md(result))
+        if s.plots:
+            from dftune import report
+
+            links = {nm: f"{_safe(nm)}/report.html" for nm in names if (out / _safe(nm) / "report.html").exists()}
+            report.write_cross_html(out / "report.html", result, CROSS_HEADER,
+                                    [_cross_cells(r) for r in result["table"]], links)
         result["out"] = str(out)
     return result
 
@@ -487,7 +493,8 @@ def cross_md(result: dict) -> str:
         "",
         _md_table(CROSS_HEADER, [_cross_cells(r) for r in result["table"]]),
         "",
-        "Each dataset's full report: `<dataset>/report.md`.",
+        "Each dataset's full report: `<dataset>/report.md` and `<dataset>/report.html`; this table with AUC bars "
+        "per dataset: `report.html`.",
         "",
     ])
 
