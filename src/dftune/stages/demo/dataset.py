@@ -11,6 +11,20 @@ target's video with its face manipulated, one manipulation per method folder:
 - FaceSwap        the source's face pasted through a harder mask, no colour correction
 - NeuralTextures  the lower face re-textured (smoothed, with a fine periodic pattern)
 
+Three more kinds, never in the defaults (name them in ``methods``), for benchmarks that need
+manipulations a model has not seen (``EXTRA_METHODS``):
+
+- FaceShifter     the source's face, colour-matched, at a third to a quarter of the resolution
+                  (blocky nearest-neighbour upsampling), blended through a medium mask
+- FaceEdit        an attribute edit of the target's own face: skin hue turned, saturation raised
+                  and the face over-sharpened (unsharp mask), through a medium mask
+- LipSync         the target's own mouth re-rendered: the mouth region stretched open and
+                  regenerated at half resolution (blurry), blended through a soft mask
+
+A data set can also have its own ``look`` (:class:`Look`: a colour tint, blur, sensor noise, JPEG
+quality) applied to every crop, real and fake alike, as a camera/platform/compression shift between
+data sets; ``first_id`` gives a data set identities of its own.
+
 Two entry points: :func:`build_ffpp_tree` writes H.264 videos in FF++'s layout with a
 split folder in the official format; :func:`make_crops` skips video and detection and
 writes face crops plus a manifest directly (fast data for training/evaluation tests).
@@ -21,6 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +46,7 @@ from dftune.portable import crop_square, guide_square
 from dftune.prepared import Row, write_manifest
 
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+EXTRA_METHODS = ("FaceShifter", "FaceEdit", "LipSync")  # never in the defaults; see the module's docstring
 PORTRAIT = 192  # portrait side in pixels before animation zoom
 
 
@@ -145,6 +161,44 @@ def manipulate(method: str, target: _Photo, source: _Photo, seed: int = 0) -> np
         map_y = yy - amp * g
         map_x = xx + 0.06 * (x2 - x1) * g * np.sign(xx - cx)
         out = cv2.remap(t, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    elif method == "FaceShifter":
+        # the source's face, colour-matched, rebuilt at a third to a quarter of the resolution (blocky upsampling)
+        sx1, sy1, sx2, sy2 = source.face
+        tx1, ty1, tx2, ty2 = box
+        fw, fh = tx2 - tx1, ty2 - ty1
+        src = cv2.resize(source.rgb[sy1:sy2, sx1:sx2], (fw, fh)).astype(np.float32)
+        region = t[ty1:ty2, tx1:tx2]
+        src = (src - src.mean((0, 1))) / (src.std((0, 1)) + 1e-3) * region.std((0, 1)) + region.mean((0, 1))
+        f = 3 + int(rng.integers(0, 2))
+        small = cv2.resize(src, (max(1, fw // f), max(1, fh // f)), interpolation=cv2.INTER_AREA)
+        canvas = t.copy()
+        canvas[ty1:ty2, tx1:tx2] = cv2.resize(small, (fw, fh), interpolation=cv2.INTER_NEAREST)
+        mask = _ellipse_mask(t.shape[:2], box, soft=13)
+        out = canvas * mask + t * (1 - mask)
+    elif method == "FaceEdit":
+        # an attribute edit of the target's own face: hue turned, saturation up, over-sharpened
+        hsv = cv2.cvtColor(np.clip(t, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
+        hsv[..., 0] = (hsv[..., 0] + 7 + 2 * rng.standard_normal()) % 180
+        hsv[..., 1] = np.clip(hsv[..., 1] * 1.3, 0, 255)
+        edited = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        edited = edited + 1.5 * (edited - cv2.GaussianBlur(edited, (0, 0), 2.0))
+        mask = _ellipse_mask(t.shape[:2], box, soft=15)
+        out = edited * mask + t * (1 - mask)
+    elif method == "LipSync":
+        # the target's own mouth, opened (stretched down) and regenerated at half resolution, softly blended
+        x1, y1, x2, y2 = box
+        fw, fh = x2 - x1, y2 - y1
+        mx1, mx2 = int(x1 + 0.2 * fw), int(x2 - 0.2 * fw)
+        my1, my2 = int(y1 + 0.55 * fh), min(t.shape[0], int(y1 + 1.0 * fh))
+        region = t[my1:my2, mx1:mx2]
+        rh, rw = region.shape[:2]
+        s_ = 1.15 + 0.05 * rng.standard_normal()
+        opened = cv2.resize(region, (rw, int(rh * s_)))[:rh]
+        small = cv2.resize(opened, (max(1, rw // 2), max(1, rh // 2)), interpolation=cv2.INTER_AREA)
+        canvas = t.copy()
+        canvas[my1:my2, mx1:mx2] = cv2.resize(small, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        mask = _ellipse_mask(t.shape[:2], (mx1, my1 - (my2 - my1) // 6, mx2, my2), soft=9)
+        out = canvas * mask + t * (1 - mask)
     elif method == "NeuralTextures":
         x1, y1, x2, y2 = box
         smooth = cv2.bilateralFilter(t, 9, 60, 9)
@@ -155,7 +209,7 @@ def manipulate(method: str, target: _Photo, source: _Photo, seed: int = 0) -> np
         mask = _ellipse_mask(t.shape[:2], lower, soft=9)
         out = smooth * mask + t * (1 - mask)
     else:
-        raise ValueError(f"unknown manipulation method {method!r}; choose from {METHODS}")
+        raise ValueError(f"unknown manipulation method {method!r}; choose from {METHODS + EXTRA_METHODS}")
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -323,20 +377,58 @@ def build_ffpp_tree(root: str | os.PathLike, n_ids: int = 10, frames: int = 30, 
             "pairs": {k: len(v) for k, v in splits.items()}}
 
 
+@dataclass(frozen=True)
+class Look:
+    """A data set's look, applied to every crop it writes (real and fake alike), in this order:
+    a per-channel colour ``tint`` (RGB multipliers), a Gaussian ``blur`` (sigma in crop pixels, 0 = off),
+    Gaussian sensor ``noise`` (sd in grey levels, 0 = off), then JPEG at ``jpeg`` quality."""
+
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    blur: float = 0.0
+    noise: float = 0.0
+    jpeg: int = 95
+
+    def apply(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        import cv2
+
+        img = crop.astype(np.float32) * np.asarray(self.tint, np.float32)
+        if self.blur > 0:
+            img = cv2.GaussianBlur(img, (0, 0), self.blur)
+        if self.noise > 0:
+            img = img + rng.normal(0, self.noise, img.shape)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+
+# named looks for make_crops(look=...): shifts between data sets a detector meets
+LOOKS = {
+    "warm-jpeg": Look(tint=(1.10, 1.0, 0.86), jpeg=60),  # a warm colour cast, harder compression
+    "cool-soft": Look(tint=(0.88, 0.98, 1.12), blur=0.7, noise=3.0, jpeg=75),  # cool cast, soft, noisy
+}
+
+
 def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, size: int = 64, seed: int = 0,
-               methods=METHODS, margin: float = 1.3) -> Path:
+               methods=METHODS, margin: float = 1.3, look: Look | str | None = None, first_id: int = 0) -> Path:
     """Face crops and a manifest, straight from the renderer (no video, no detector): fast test data.
 
     ``n_videos`` identities in train, half as many (at least 2) in val and test; every real
     video has one fake per method with it as target (FF++'s 1 real : 4 fake). Crops are
     the guide's square around the known face box; returns the manifest path.
+
+    ``methods`` may name :data:`EXTRA_METHODS` too. ``look`` (a :class:`Look` or a name in
+    :data:`LOOKS`) gives every crop a data set's look; ``first_id`` is the first identity's index
+    (another value gives a data set identities, backgrounds and video ids of its own). The defaults
+    (no look, identities from 0) write what this function always wrote, byte for byte.
     """
     import cv2
 
+    if isinstance(look, str):
+        if look not in LOOKS:
+            raise ValueError(f"unknown look {look!r}; choose from {', '.join(LOOKS)} or pass a Look")
+        look = LOOKS[look]
     out = Path(out_dir)
     per_split = {"train": n_videos, "val": max(2, n_videos // 2), "test": max(2, n_videos // 2)}
     rows: list[Row] = []
-    ident = 0
+    ident = int(first_id)
     w, h = 160, 120
     for split, n in per_split.items():
         ids = list(range(ident, ident + n))
@@ -353,9 +445,15 @@ def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, s
                     frame, (x1, y1, x2, y2) = render_frame(ph.rgb, ph.face, bg, (fi + seed) / 40.0, motion_seed=t)
                     box = guide_square(x1, y1, x2, y2, w, h, margin)
                     crop = crop_square(frame, box, size)
+                    quality = 95
+                    if look is not None:  # its own random stream per crop: the crops without a look are untouched
+                        rng = np.random.default_rng([7000 + t, fi, zlib.crc32(method.encode()), seed])
+                        crop = look.apply(crop, rng)
+                        quality = int(look.jpeg)
                     rel = f"{split}/{'fake' if label else 'real'}/{method}_{vid}_f{fi:05d}.jpg"
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    cv2.imwrite(str(out / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                    cv2.imwrite(str(out / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, quality])
                     rows.append(Row(path=rel, label=label, method=method, video=f"{method}/{vid}", video_id=vid,
                                     target_id=f"{t:03d}", source_id="" if label == 0 else f"{s:03d}",
                                     frame_index=fi, split=split, box_x=box[0], box_y=box[1], box_size=box[2],
@@ -364,9 +462,12 @@ def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, s
 
     # the boxes are the renderer's own (rows say detector "none"); settings name the detector a
     # model trained on these crops should use on new media, which `train` copies into dftune.json
-    write_json(out / "settings.json", {"detector": "retinaface", "margin": margin, "size": size, "frames": frames,
-                                       "every": 0, "source": "dftune.stages.demo.dataset.make_crops",
-                                       "boxes": "rendered face boxes, no detector"})
+    settings = {"detector": "retinaface", "margin": margin, "size": size, "frames": frames,
+                "every": 0, "source": "dftune.stages.demo.dataset.make_crops",
+                "boxes": "rendered face boxes, no detector"}
+    if look is not None:
+        settings["look"] = {"tint": list(look.tint), "blur": look.blur, "noise": look.noise, "jpeg": look.jpeg}
+    write_json(out / "settings.json", settings)
     return write_manifest(out / "manifest.csv", rows)
 
 
