@@ -57,6 +57,11 @@ _FLAGS = [
                                       "lr * D^(L - i), the embeddings lr * D^(L + 1), the head lr (1 = off)"),
     ("--ema", "ema", float, "decay of an exponential moving average of the trainable weights, updated every "
                             "optimizer step; validation and the saved models use it, e.g. 0.999 (0 = off)"),
+    ("--wise", "wise_alpha", float, "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * "
+                                    "best/, e.g. 0.75 (0 = off; tune its threshold with evaluate --write-threshold)"),
+    ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
+                                "averaging) or generalise (--ema 0.999 --wise 0.75: what kept most of the starting "
+                                "model's knowledge in the proxy benchmark, docs/benchmarks.md)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]
@@ -72,10 +77,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
     from dftune.pooling import AGGREGATES
-    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, SCHEDULES, TUNE
+    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
-               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE}
+               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {getattr(d, field)})")
@@ -117,8 +122,7 @@ def run(args) -> int:
     if args.resume:
         cfg = resume_config(args.out, overrides)
     else:
-        base = C.build(None, C.load_yaml(args.config)) if args.config else C.TrainConfig()
-        cfg = C.build(base, overrides)
+        cfg = C.with_recipe(C.load_yaml(args.config) if args.config else None, overrides)
     summary = train(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
     from accelerate import PartialState
 
@@ -150,6 +154,12 @@ def print_summary(s: dict) -> None:
     c.print(f"epochs run {s['epochs_run']}/{s['epochs_planned']} ({s['stopped']}); best epoch {s['best_epoch']} "
             f"by {s['monitor']} = {f(s['best_value'])}")
     c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
+    if s.get("wise_dir"):
+        c.print(f"WiSE-FT model: {s['wise_dir']} ((1 - {s['wise_alpha']}) x the starting model + {s['wise_alpha']} x "
+                f"best/; threshold 0.5 until `dftune evaluate --model {s['wise_dir']} --data DATA --split val "
+                f"--write-threshold`)")
+    elif s.get("wise_error"):
+        c.print(f"[yellow]WiSE-FT model not written: {s['wise_error']}[/yellow]")
     c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
     if "trainable_params" in s:
         c.print(f"--tune {s['tune']}: {s['trainable_params']:,} of {s['total_params']:,} parameters trained "

@@ -109,6 +109,9 @@ def average(states: Sequence[dict], weights: Sequence[float]) -> dict:
 
 
 def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) -> Path:
+    """Write the merged folder: ``src``'s config, processor and label map (the state is aligned to it); the crop
+    settings of the last model in the recipe that has a ``dftune.json`` (WiSE-FT's fine-tuned model, whose
+    settings come from its prepared data, rather than a hub baseline's assumed defaults)."""
     from transformers import AutoImageProcessor
 
     from dftune.atomic import DIR_MODE
@@ -122,7 +125,9 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
         model.save_pretrained(tmp)
         AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
         base = modelmeta.load(src, {int(k): v for k, v in model.config.id2label.items()})
-        meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=base.crop,
+        with_meta = [m for m in recipe["models"] if modelmeta.meta_path(m).exists()]
+        crop = modelmeta.load(with_meta[-1]).crop if with_meta else base.crop
+        meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=crop,
                                    extra={"merge": recipe})
         modelmeta.save(tmp, meta)
         os.chmod(tmp, DIR_MODE)

@@ -47,7 +47,9 @@ processes, where DDP's parameter set is fixed); AdamW skips a parameter whose gr
 ``--ema DECAY`` keeps a moving average of the trainable weights (``dftune.train.ema``), updated after every
 optimizer step taken; validation and the saved models use it, training and the resume state the raw
 weights. ``--paired`` samples batches of real frames with the fakes made from them
-(``data.PairedSampler``). None of these may change on ``--resume``.
+(``data.PairedSampler``). None of these may change on ``--resume``. ``--wise A`` writes ``RUN_DIR/wise`` when the
+run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge``). ``--recipe generalise`` lays
+``--ema 0.999 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice).
 
 A checkpoint that cannot be written (a full disk) stops the run with an error naming the file and the
 free space; the previous ``last/`` stays complete, history.json lists the epochs done, and ``--resume``
@@ -261,6 +263,9 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     set_seed(cfg.seed)
 
     # ---- model and labels (by name, never assumed); which parameters train (dftune.train.tuning)
+    if cfg.wise_alpha > 0 and cfg.reinit_head:
+        raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
+                         "another head: use one or the other")
     model, processor, lm = load_model(model_source, cfg)
     try:
         model, plan = T.setup(model, cfg)
@@ -585,7 +590,8 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         accelerator.end_training()
 
     best_rec = next((h for h in history if h["epoch"] == state["best_epoch"]), None)
-    summary = {
+    wise = wise_ft(model_source, run_dir, cfg.wise_alpha) if cfg.wise_alpha > 0 and main else {}
+    summary = {**wise,
         "run_dir": str(run_dir), "epochs_run": state["epoch"], "epochs_planned": cfg.epochs,
         "best_epoch": state["best_epoch"], "monitor": f"val {cfg.monitor_level} {cfg.monitor}",
         "best_value": state["best"], "best_val": best_rec["val"] if best_rec else None,
@@ -598,6 +604,22 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         "trainable_share": plan.meta()["trainable_share"],
     }
     return summary
+
+
+def wise_ft(model_source: str, run_dir: Path, alpha: float) -> dict:
+    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge).
+    A failure is reported, never raised: the run's own models are complete by then."""
+    from dftune.stages.merge import merge
+
+    best = run_dir / "best"
+    if not best.exists():
+        return {"wise_error": f"{best} does not exist (no epoch was validated)"}
+    try:
+        merge([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True)
+    except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
+        log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
+        return {"wise_error": f"{type(e).__name__}: {e}"}
+    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha}
 
 
 def _previous_stretches(prev_cfg: TrainConfig | None, prev_meta: dict, done: int) -> list[dict]:

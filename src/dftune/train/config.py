@@ -80,6 +80,10 @@ class TrainConfig:
     lr_decay: float = 1.0  # layer-wise LR decay: block i of L gets lr * lr_decay ** (L - i); 1 = off
     ema: float = 0.0  # EMA decay of the trainable weights; validation and saved models use the average; 0 = off
     paired: bool = False  # batches of whole groups: a real frame with the fakes made from it (data.PairedSampler)
+    # WiSE-FT at the end: RUN_DIR/wise = (1 - a) * the starting model + a * best/ (stages.merge); 0 = off
+    wise_alpha: float = 0.0
+    # a named set of defaults under the settings file and flags (RECIPES): guide (the guide's) or generalise
+    recipe: str = "guide"
 
     def __post_init__(self):
         self.validate()
@@ -126,6 +130,10 @@ class TrainConfig:
             raise ValueError(f"lr_decay must be in (0, 1] (1 = off); got {self.lr_decay}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay in [0, 1) (0 = off, e.g. 0.999); got {self.ema}")
+        if not 0 <= self.wise_alpha <= 1:
+            raise ValueError(f"wise_alpha is the fine-tuned model's share in [0, 1] (0 = off, e.g. 0.75); "
+                             f"got {self.wise_alpha}")
+        one_of("recipe", tuple(RECIPES))
         if self.paired and self.balance == "sampler":
             raise ValueError("--paired orders each batch as real frames with their fakes; it cannot be combined "
                              "with --balance sampler (use --balance loss)")
@@ -157,6 +165,25 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
+# Named defaults (``--recipe``), applied under a settings file and the flags, which still win. "generalise"
+# is what the proxy benchmark (benchmarks/bench_generalise.py, docs/benchmarks.md) found to keep most of
+# what the starting model knew on data like neither the fine-tuning data nor its own, for almost nothing on
+# the fine-tuning data: an EMA of the weights, then WiSE-FT with the starting model at 0.75. LP-FT, layer-wise
+# LR decay, --paired and the head/layernorm/bias/lora modes did not help there and are not in it.
+RECIPES: dict[str, dict] = {
+    "guide": {},
+    "generalise": {"ema": 0.999, "wise_alpha": 0.75},
+}
+
+
+def with_recipe(settings_file: Mapping | None, flags: Mapping) -> TrainConfig:
+    """A new run's settings: the defaults, the recipe (named by the flags or the settings file), the settings
+    file, the flags; later wins."""
+    name = flags.get("recipe") or (settings_file or {}).get("recipe") or "guide"
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {name!r}")
+    return build(None, RECIPES[name], settings_file or {}, flags, {"recipe": name})
+
 # Settings that ``--resume`` may change: they touch neither the learning-rate schedule, nor the data order,
 # nor the maths of a step (micro_batch splits a step's batch without changing it). Every other setting is
 # refused on resume (see :func:`resume_changes`), so a new setting is safe-by-default only when listed here.
@@ -164,7 +191,8 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 # cosine schedule cannot be extended past it (it ends at lr 0), see ``dftune.stages.train``.
 # None of the parameter-choice settings (tune, freeze, lora_*, head_epochs, lr_decay, ema, paired) is safe: each
 # changes what a step trains, its learning rates, the averaged weights or the data order.
-RESUME_SAFE = ("epochs", "patience", "val_every", "num_workers", "threads", "tensorboard", "micro_batch")
+RESUME_SAFE = ("epochs", "patience", "val_every", "num_workers", "threads", "tensorboard", "micro_batch",
+               "wise_alpha")
 
 
 def resume_changes(old: TrainConfig, new: TrainConfig) -> tuple[dict, dict]:
