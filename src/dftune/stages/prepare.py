@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 # settings that change the crops or where they go; a re-run must match them
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
-              "detector", "landmarks", "quality", "no_detect")
+              "detector", "detect_width", "landmarks", "quality", "no_detect")
+
+# --detect-width auto: RetinaFace looks at the frame 320 wide first and keeps what it finds there when
+# the largest face is at least 32 px of that (a tenth of the width: 128 px of a 1280-wide frame); no
+# face, or only smaller ones, and it looks again at 640, the width dlib always uses (the guide's)
+FIRST_WIDTH, FIRST_MIN_FACE = 320, 32
 
 
 @dataclass
@@ -51,6 +56,7 @@ class PrepareConfig:
     size: int = 224
     margin: float = 1.3
     detector: str = "dlib"
+    detect_width: int | str = "auto"  # auto: dlib at 640 (the guide's); retinaface 320, again at 640 for small faces
     landmarks: bool = False
     quality: int = 95
     no_detect: bool = False  # use each frame whole (pre-extracted face frames), no detector
@@ -70,7 +76,27 @@ class PrepareConfig:
         d["splits"] = str(self.splits) if self.splits else None
         if not self.no_detect:
             del d["no_detect"]  # settings.json of a detecting run stays as it was
+        if self.no_detect or self.detector_kwargs() == {"detect_width": 640}:
+            del d["detect_width"]  # the one width of earlier versions: their settings.json stay valid
+        elif self.detect_width != "auto":
+            d["detect_width"] = int(self.detect_width)
         return d
+
+    def detector_kwargs(self) -> dict:
+        """How the detector looks at a frame (see ``--detect-width``)."""
+        w = self.detect_width
+        if w == "auto":
+            if self.detector == "retinaface":
+                return {"detect_width": 640, "first_width": FIRST_WIDTH, "first_min_face": FIRST_MIN_FACE}
+            return {"detect_width": 640}
+        try:
+            w = int(w)
+        except (TypeError, ValueError):
+            w = 0
+        if w < 16:
+            raise SourceError(f"--detect-width must be auto or a width in pixels (16 or more), "
+                              f"got {self.detect_width!r}")
+        return {"detect_width": w}
 
 
 # ---------------------------------------------------------------- indexing and splits
@@ -128,10 +154,17 @@ _WORKER: dict = {}
 
 def _init_worker(cfg: PrepareConfig) -> None:
     """Build the detector once per process (dlib's costs ~0.4 s)."""
+    import multiprocessing
+
     from dftune.portable import get_detector
 
+    if multiprocessing.parent_process() is not None:  # a pool's worker: one per core already
+        import cv2
+
+        cv2.setNumThreads(1)  # OpenCV's own pool would only add hand-offs between the workers
     _WORKER["cfg"] = cfg
-    _WORKER["detector"] = get_detector("none" if cfg.no_detect else cfg.detector)
+    _WORKER["detector"] = get_detector("none") if cfg.no_detect else get_detector(cfg.detector,
+                                                                                   **cfg.detector_kwargs())
     _WORKER["predictor"] = (_landmark_predictor() if cfg.landmarks and cfg.detector == "dlib" and not cfg.no_detect
                             else None)
 
@@ -158,9 +191,12 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     sampled = no_face = 0
     error = ""
     threads = cfg.decode_threads or (1 if cfg.workers > 1 else 0)
+    # RetinaFace's two passes look at small frames and the crop at one square: the frames stay
+    # YUV and convert only those (dlib keeps the guide's resize of the whole RGB frame)
+    lazy = not cfg.no_detect and "first_width" in cfg.detector_kwargs()
     try:
         if item.kind == "video":
-            frames: Iterable = sample_frames(item.path, cfg.frames, cfg.every, threads=threads)
+            frames: Iterable = sample_frames(item.path, cfg.frames, cfg.every, threads=threads, lazy=lazy)
         elif item.kind == FRAMES:  # a folder of frame images (--source frames, list)
             frames = read_frames(item, cfg.frames, cfg.every)
         else:
@@ -277,7 +313,10 @@ def _check_settings(cfg: PrepareConfig) -> None:
         diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS if have.get(k) != want.get(k)}
         if diff:
             detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
-            raise SourceError(f"{cfg.out}: already prepared with other settings ({detail}); "
+            hint = (" (a folder prepared before --detect-width existed detected at width 640: resume it with "
+                    "--detect-width 640)" if set(diff) == {"detect_width"} and have.get("detect_width") is None
+                    else "")
+            raise SourceError(f"{cfg.out}: already prepared with other settings ({detail}){hint}; "
                               f"use another --out, or the same settings to resume")
     else:
         write_json(path, want)
@@ -293,24 +332,54 @@ def run(cfg: PrepareConfig) -> dict:
         k, n = cfg.shard
         if not (1 <= k <= n):
             raise SourceError(f"--shard {k}/{n}: K must be between 1 and N")
+    if not cfg.no_detect:
+        cfg.detector_kwargs()  # a bad --detect-width stops here, not in every worker
     warnings: list[dict] = []
     items, excluded = index_items(cfg, warnings)
     if not items:
         raise SourceError(f"{cfg.root}: no video is in any split ({len(excluded)} excluded; see their reasons with -v)")
+    if not cfg.merge_only and cfg.landmarks and cfg.detector == "dlib" and not cfg.no_detect:
+        _landmark_predictor()  # fail early with the install hint, not in every worker
     cfg.out.mkdir(parents=True, exist_ok=True)
+    workers = _start_workers(cfg, items)
     lock = "lock" if not cfg.shard else f"lock-{cfg.shard[0]}of{cfg.shard[1]}"
     try:
         with folder_lock(cfg.out, lock, "dftune prepare" + (f" --shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard
                                                              else "")):
-            return _run_locked(cfg, items, excluded, warnings)
+            return _run_locked(cfg, items, excluded, warnings, workers)
     except FolderBusy as e:
         raise SourceError(str(e)) from None
+    finally:
+        if workers is not None:
+            workers.close()
 
 
-def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list) -> dict:
+def _preload(cfg: PrepareConfig) -> tuple[str, ...]:
+    """What every worker imports: loaded once by the fork server instead (see dftune.parallel)."""
+    mods = ["dftune.stages.prepare", "dftune.portable", "dftune.sources.frames", "numpy", "cv2", "av", "PIL.Image"]
+    if not cfg.no_detect:
+        mods += (["onnxruntime", "retinaface.weights", "retinaface.preprocess", "retinaface.postprocess"]
+                 if cfg.detector == "retinaface" else [cfg.detector])
+    return tuple(mods)
+
+
+def _start_workers(cfg: PrepareConfig, items: list[Item]):
+    """The worker processes, started while this one takes the lock, cleans up and reads what
+    earlier runs left (a resume reads thousands of part files): they spend that time importing
+    and building their detectors. None when the work will run in this process."""
+    from dftune.parallel import Workers
+
+    if cfg.merge_only or cfg.workers <= 1:
+        return None
+    mine = sum(1 for it in items if in_shard(it, cfg.shard))
+    if mine < 2:
+        return None
+    return Workers(min(cfg.workers, mine), initializer=_init_worker, initargs=(cfg,), preload=_preload(cfg),
+                   background=True)
+
+
+def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list, workers=None) -> dict:
     _check_settings(cfg)
-    if not cfg.merge_only and cfg.landmarks and cfg.detector == "dlib":
-        _landmark_predictor()  # fail early with the install hint, not in every worker
 
     if not cfg.shard:
         _remove_stale_temp_files(cfg.out)
@@ -322,7 +391,7 @@ def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list)
     t0 = time.perf_counter()
     frames = 0
     try:
-        for part in _execute(cfg, todo):
+        for part in _execute(cfg, todo, workers):
             frames += part["frames_sampled"]
             if part["status"] == "failed":
                 log.warning("%s", part["error"])
@@ -343,8 +412,9 @@ def _remove_stale_temp_files(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _execute(cfg: PrepareConfig, todo: list[Item]):
-    """Yield part dicts as videos finish, in one process or a pool, with a progress bar."""
+def _execute(cfg: PrepareConfig, todo: list[Item], workers=None):
+    """Yield part dicts as videos finish, in one process or a pool (``workers``, started
+    already, or one started here), with a progress bar."""
     from dftune.parallel import imap_progress
 
     frames = 0
@@ -355,4 +425,5 @@ def _execute(cfg: PrepareConfig, todo: list[Item]):
         return {"frames_s": f"{frames / max(elapsed, 1e-9):.1f}"}
 
     yield from imap_progress(_work, todo, initializer=_init_worker, initargs=(cfg,), workers=cfg.workers,
-                             desc="prepare", unit="video", progress=cfg.progress, postfix=rate)
+                             desc="prepare", unit="video", progress=cfg.progress, postfix=rate,
+                             preload=_preload(cfg), pool=workers)
