@@ -11,6 +11,14 @@ class SourceError(ValueError):
     """The input itself is wrong (missing root, wrong layout, missing split file)."""
 
 
+def root_folder(root) -> Path:
+    """``root`` as a Path, or a :class:`SourceError` naming it when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a folder")
+    return root
+
+
 @dataclass
 class Item:
     """One input video or image, before face extraction."""

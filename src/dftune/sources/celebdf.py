@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 
 from dftune.portable import VIDEO_EXTS
-from dftune.sources import Item, SourceError
+from dftune.sources import Item, SourceError, root_folder
 from dftune.sources.heldout import pick_methods, read_text, split_around_test
 from dftune.sources.splits import RATIOS
 
@@ -67,10 +67,8 @@ def read_test_list(path: Path) -> dict[tuple[str, str], int]:
 def index(root: str | Path, compression: str = "", methods=None, actors: bool = False, warnings: list | None = None,
           seed: int = 0, ratios=RATIOS, **_ignored) -> list[Item]:
     """Index a Celeb-DF root; every returned item has ``preset_split`` set."""
-    root = Path(root)
+    root = root_folder(root)
     warnings = warnings if warnings is not None else []
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
     found = {c.name.lower(): c for c in root.iterdir() if c.is_dir() and c.name.lower() in FOLDERS}
     if "celeb-real" not in found and "celeb-synthesis" not in found:
         raise SourceError(f"{root}: not a Celeb-DF root: expected Celeb-real/, Celeb-synthesis/ and YouTube-real/ "

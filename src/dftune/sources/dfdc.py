@@ -36,7 +36,7 @@ import logging
 from pathlib import Path
 
 from dftune.portable import VIDEO_EXTS
-from dftune.sources import Item, SourceError
+from dftune.sources import Item, SourceError, root_folder
 from dftune.sources.heldout import find_files, label_word, pick_methods, read_text, split_around_test
 from dftune.sources.splits import RATIOS
 
@@ -88,10 +88,8 @@ def _heldout_sets(root: Path) -> list[tuple[Path, dict[str, int]]]:
 def index(root: str | Path, compression: str = "", methods=None, actors: bool = False, warnings: list | None = None,
           seed: int = 0, ratios=RATIOS, **_ignored) -> list[Item]:
     """Index the full DFDC: training parts, and the labelled test (and validation) sets."""
-    root = Path(root)
+    root = root_folder(root)
     warnings = warnings if warnings is not None else []
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
     pick_methods(methods, [FAKE_METHOD], "dfdc")
     items: list[Item] = []
     parts = [p for p in find_files(root, "metadata.json")
@@ -139,10 +137,8 @@ def index(root: str | Path, compression: str = "", methods=None, actors: bool = 
 def index_preview(root: str | Path, compression: str = "", methods=None, actors: bool = False,
                   warnings: list | None = None, seed: int = 0, ratios=RATIOS, **_ignored) -> list[Item]:
     """Index the DFDC preview from its ``dataset.json``."""
-    root = Path(root)
+    root = root_folder(root)
     warnings = warnings if warnings is not None else []
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
     found = find_files(root, "dataset.json", depth=1)
     if not found:
         raise SourceError(f"{root}: not a DFDC preview root: expected dataset.json beside original_videos/, "

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from dftune.portable import VIDEO_EXTS
-from dftune.sources import Item, SourceError
+from dftune.sources import Item, SourceError, root_folder
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,8 @@ def _videos(folder: Path) -> list[Path]:
 def index(root: str | Path, compression: str = "c23", methods=DEFAULT_METHODS, actors: bool = False,
           warnings: list | None = None, **_split_settings) -> list[Item]:
     """Index an FF++ root; raises :class:`SourceError` when the layout is not FF++'s."""
-    root = Path(root)
+    root = root_folder(root)
     warnings = warnings if warnings is not None else []
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
     orig = root / "original_sequences"
     manip = root / "manipulated_sequences"
     if not orig.is_dir() and not manip.is_dir():

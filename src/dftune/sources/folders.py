@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dftune.portable import IMAGE_EXTS, VIDEO_EXTS
-from dftune.sources import Item, SourceError
+from dftune.sources import Item, SourceError, root_folder
 
 
 def _files(folder: Path) -> list[Path]:
@@ -36,9 +36,7 @@ def _class_items(base: Path, preset: str, label: int) -> list[Item]:
 
 
 def index(root: str | Path, warnings: list | None = None, **_ignored) -> list[Item]:
-    root = Path(root)
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
+    root = root_folder(root)
     split_dirs = [s for s in ("train", "val", "test") if (root / s).is_dir()]
     bases = [(root / s, s) for s in split_dirs] if split_dirs else [(root, "")]
     items: list[Item] = []

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Iterator
 
 from dftune.portable import IMAGE_EXTS
-from dftune.sources import Item, SourceError
+from dftune.sources import Item, SourceError, root_folder
 from dftune.sources.heldout import natural_key, split_around_test
 from dftune.sources.splits import RATIOS
 
@@ -89,10 +89,8 @@ def _videos(cls_dir: Path, label: int, split: str, preset: str, warnings: list, 
 def index(root: str | Path, compression: str = "", methods=None, actors: bool = False, warnings: list | None = None,
           seed: int = 0, ratios=RATIOS, **_ignored) -> list[Item]:
     """Index a folder of per-video frame folders; every returned item has ``preset_split`` set."""
-    root = Path(root)
+    root = root_folder(root)
     warnings = warnings if warnings is not None else []
-    if not root.is_dir():
-        raise SourceError(f"{root}: not a folder")
     bases: list[tuple[Path, int, str]] = []  # (class folder, label, split)
     for c in sorted(root.iterdir()):
         if not c.is_dir():
