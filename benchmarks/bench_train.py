@@ -327,13 +327,11 @@ def steady_img_s(steps: list[float], n_train: int, batch: int, epochs: int, skip
     spe = math.ceil(n_train / batch)
     last = n_train - (spe - 1) * batch
     if len(steps) == spe * epochs:
-        n, t = 0, 0.0
-        for e in range(epochs):
-            ep = steps[e * spe:(e + 1) * spe]
-            for i in range(max(1, min(skip, len(ep) - 1)), len(ep)):
-                t += ep[i] - ep[i - 1]
-                n += batch if i < spe - 1 else last
-        return n / t if t > 0 else None
+        sys.path.insert(0, str(HERE))
+        from trainer_way import steady_rate  # the same rule as the Trainer way's own callback
+
+        sizes = [batch] * (spe - 1) + [last]
+        return steady_rate([list(zip(steps[e * spe:(e + 1) * spe], sizes)) for e in range(epochs)], skip)
     gaps = [b - a for a, b in zip(steps, steps[1:])]
     if not gaps:
         return None
