@@ -4,7 +4,7 @@
 
 A user fine-tunes a public detector (which already knows the hidden competition data) on FF++; a naive full
 fine-tune can raise FF++ val F1 and lower the hidden set's score. This is that situation in miniature, on data
-dftune makes itself (``dftune.stages.demo.dataset.make_crops``: face crops + manifest, no download):
+dftune makes itself (``dftune.synthetic.make_crops``: face crops + manifest, no download):
 
 * domain A  the hidden set:    Deepfakes + FaceSwap (identity swaps), look ``warm-jpeg`` (warm cast, JPEG 60)
 * domain B  FF++, the user's:  Face2Face + FaceEdit (the target's own face warped / colour-edited), no look
@@ -108,7 +108,7 @@ def recipes(a) -> list[dict]:
 
 
 def make_domains(root: Path, videos: int, frames: int, size: int, say) -> dict[str, Path]:
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = {}
     for name, (methods, look, first) in DOMAINS.items():
@@ -129,8 +129,8 @@ def logged(path: Path):
 
 
 def run_train(data: Path, model: str, out: Path, settings: dict) -> dict:
-    from dftune.stages.train import train
-    from dftune.train.config import build
+    from dftune.stages import train
+    from dftune.training.config import build
 
     done = out / "summary.json"
     if (out / "best" / "config.json").exists() and done.exists():  # a kept --work folder: reuse a finished run
@@ -140,7 +140,7 @@ def run_train(data: Path, model: str, out: Path, settings: dict) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     with logged(out.parent / f"{out.name}.log"):
-        s = train(data, model, out, build(None, {k: v for k, v in settings.items()}), progress=False)
+        s = train.run(data, model, out, build(None, {k: v for k, v in settings.items()}), progress=False)
     hist = json.loads((out / "history.json").read_text())
     r = {"settings": {**settings, "model": model, "data": str(data)},
          "best_epoch": s["best_epoch"], "seconds": round(time.perf_counter() - t0, 1),
@@ -185,20 +185,20 @@ class Scorer:
 
     def metrics(self, probs: dict) -> dict:
         """Frame and video macro F1 at B val's tuned thresholds, and AUC, on each domain's test split."""
-        from dftune import metrics as M
+        from dftune import metrics
         from dftune.pooling import video_aggregate
 
         bv = self.sets[("B", "val")]
         pv = probs[("B", "val")]
-        thr_f, _ = M.best_threshold(bv["y"], pv)
+        thr_f, _ = metrics.best_threshold(bv["y"], pv)
         _, vp, vy = video_aggregate(bv["videos"], pv, bv["y"])
-        thr_v, _ = M.best_threshold(vy, vp)
+        thr_v, _ = metrics.best_threshold(vy, vp)
         out = {"threshold": {"frame": thr_f, "video": thr_v}}
         for dom in ORDER:
             s, p = self.sets[(dom, "test")], probs[(dom, "test")]
             _, vp, vy = video_aggregate(s["videos"], p, s["y"])
-            out[dom] = {"frame_f1": M.binary_metrics(s["y"], p, thr_f)["macro_f1"], "frame_auc": M.roc_auc(s["y"], p),
-                        "video_f1": M.binary_metrics(vy, vp, thr_v)["macro_f1"], "video_auc": M.roc_auc(vy, vp)}
+            out[dom] = {"frame_f1": metrics.binary_metrics(s["y"], p, thr_f)["macro_f1"], "frame_auc": metrics.roc_auc(s["y"], p),
+                        "video_f1": metrics.binary_metrics(vy, vp, thr_v)["macro_f1"], "video_auc": metrics.roc_auc(vy, vp)}
         return out
 
 
@@ -316,7 +316,7 @@ def main(argv=None) -> int:
 
     from dftune.model.load import build_tiny_vit
     from dftune.progress import quiet_third_party
-    from dftune.stages.merge import merge
+    from dftune.stages import merge
 
     quiet_third_party()
     from transformers.utils import logging as hf_logging
@@ -383,7 +383,7 @@ def main(argv=None) -> int:
             if r["kind"] == "wise":
                 dest = sd / k
                 with logged(sd / f"{k}.log"):
-                    merge([str(base_dir), str(sd / r["of"] / "best")], dest, alpha=r["alpha"], force=True)
+                    merge.run([str(base_dir), str(sd / r["of"] / "best")], dest, alpha=r["alpha"], force=True)
                 probs[k] = scorer.probs(dest)
                 res[k] = {"metrics": scorer.metrics(probs[k])}
                 say(f"seed {seed}: {r['label']}: " + _brief(res[k]["metrics"]))

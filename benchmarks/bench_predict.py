@@ -50,12 +50,12 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
     import cv2
     from PIL import Image
 
-    from dftune.stages.demo import dataset as D
+    from dftune import synthetic
 
     img_dir, vid_dir = root / "images", root / "videos"
     img_dir.mkdir(parents=True)
     vid_dir.mkdir(parents=True)
-    photos = [p for _, p, _ in D._photo_files()]
+    photos = [p for _, p, _ in synthetic._photo_files()]
     for i in range(n_images):
         rgb = photos[i % len(photos)]
         s = 0.7 + 0.3 * ((i * 7) % 5) / 4
@@ -74,9 +74,9 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
         box = guide_square(b.x1, b.y1, b.x2, b.y2, rgb.shape[1], rgb.shape[0])
         Image.fromarray(crop_square(rgb, box, 224)).save(crop_dir / f"{f.stem}.png")
     for v in range(n_videos):
-        ph, bg = D.identity(v), D._background(v, 640, 360)
-        frames = [D.render_frame(ph.rgb, ph.face, bg, k / 59, motion_seed=v)[0] for k in range(60)]
-        D.write_video(vid_dir / f"vid_{v:02d}.mp4", frames)
+        ph, bg = synthetic.identity(v), synthetic._background(v, 640, 360)
+        frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 59, motion_seed=v)[0] for k in range(60)]
+        synthetic.write_video(vid_dir / f"vid_{v:02d}.mp4", frames)
     return img_dir, vid_dir, crop_dir
 
 
@@ -143,16 +143,16 @@ class GuideWay:
 
 
 def run_dftune(model_dir, inputs, backend, tta, detector, frames, batch):
-    from dftune import scoring as inference
-    from dftune.stages import predict as P
+    from dftune import scoring
+    from dftune.stages import predict
 
-    models = inference.load_models([str(model_dir)], device="cpu", backend=backend)
-    items = P.collect_inputs([inputs])
-    s = P.PredictSettings(tta=("flip",) if tta else (), batch_size=batch, detector=detector, frames=frames,
+    models = scoring.load_models([str(model_dir)], device="cpu", backend=backend)
+    items = predict.collect_inputs([inputs])
+    s = predict.PredictSettings(tta=("flip",) if tta else (), batch_size=batch, detector=detector, frames=frames,
                           progress=False)
-    P.predict_files(models, items[:1], s)  # warm-up (detector build, first forward)
+    predict.score_files(models, items[:1], s)  # warm-up (detector build, first forward)
     t = time.perf_counter()
-    res = P.predict_files(models, items, s)
+    res = predict.score_files(models, items, s)
     dt = time.perf_counter() - t
     assert not any(r.error for r in res), [r.error for r in res if r.error]
     return dt, sum(r.frames for r in res), res
@@ -173,7 +173,7 @@ def main():
 
     import torch
 
-    from dftune.stages import export as E
+    from dftune.stages import export
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -181,7 +181,7 @@ def main():
     try:
         model = build_model(root / "model", a.arch)
         sub = root / "submit"
-        E.export(model, sub, E.ExportSettings(int8="int8" in a.backends, onnx="onnx" in a.backends,
+        export.run(model, sub, export.ExportSettings(int8="int8" in a.backends, onnx="onnx" in a.backends,
                                               n_samples=4, int8_tolerance=1.0, bench_seconds=0))
         img_dir, vid_dir, crop_dir = make_inputs(root / "in", a.images, a.videos)
         guide, guide_crops = GuideWay(sub, a.detector), GuideWay(sub, "none")

@@ -130,7 +130,7 @@ def dftune_way(root: Path, out: Path, detector: str, workers: int,
 
 
 def agreement(ref: dict, other: dict) -> dict:
-    from dftune.faces.geometry import square_iou
+    from dftune.geometry import square_iou
 
     both = [k for k in ref if k in other]
     ious = [square_iou(ref[k], other[k]) for k in both]
@@ -168,7 +168,7 @@ def main() -> int:
         print(json.dumps(_timed_run(Path(root), Path(out), detector, workers, detect_width)))
         return 0
 
-    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.synthetic import build_ffpp_tree
 
     work = Path(args.work)
     root = work / f"ffpp-720p-{args.ids}x{args.frames_per_video}"

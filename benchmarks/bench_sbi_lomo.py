@@ -53,8 +53,8 @@ def link_subset(src: Path, dst: Path, keep) -> Path:
 
 def build_data(out: Path, workers: int) -> Path:
     from dftune.cli import main
-    from dftune.stages.demo.dataset import build_ffpp_tree
-    from dftune.stages.demo.pipeline import DemoConfig
+    from dftune.synthetic import build_ffpp_tree
+    from dftune.stages.demo import DemoConfig
 
     d = DemoConfig()
     root = out / "FaceForensics++"
@@ -69,23 +69,23 @@ def build_data(out: Path, workers: int) -> Path:
 
 
 def train_supports_sbi() -> bool:
-    from dftune.train.config import FIELDS
+    from dftune.training.config import FIELDS
 
     return "sbi" in FIELDS
 
 
 def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str, eval_data: Path) -> dict:
-    from dftune.stages import evaluate as E
-    from dftune.train.config import build
-    from dftune.stages.train import train
+    from dftune.stages import evaluate
+    from dftune.training.config import build
+    from dftune.stages import train
 
     shutil.rmtree(run, ignore_errors=True)
     cfg = build(None, cfg_over)
     t0 = time.perf_counter()
-    s = train(data, str(model), run, cfg, progress=False)
+    s = train.run(data, str(model), run, cfg, progress=False)
     t_train = time.perf_counter() - t0
-    res = E.evaluate([s["best_dir"]], eval_data, run / "eval",
-                     E.EvalSettings(split="test", threshold_split="val", plots=False, progress=False))
+    res = evaluate.run([s["best_dir"]], eval_data, run / "eval",
+                     evaluate.EvalSettings(split="test", threshold_split="val", plots=False, progress=False))
     e = next(iter(res["models"].values()))
     out = {"train_s": round(t_train, 1), "best_epoch": s["best_epoch"]}
     for level in ("frame", "video"):
@@ -114,10 +114,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from dftune.stages.demo.pipeline import DemoConfig
+    from dftune.stages.demo import DemoConfig
     from dftune.model.load import build_tiny_vit
     from dftune.stages.synth import SynthConfig
-    from dftune.stages.synth import run as synth
+    from dftune.stages import synth
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         base = link_subset(prepared, out / f"lomo-{m}" / "base", lambda r, m=m: r.split == "test" or r.method != m)
         sbi_dir = out / f"lomo-{m}" / "sbi"
         if "sbi-offline" in variants and not (sbi_dir / "manifest.csv").exists():
-            synth(SynthConfig(base, sbi_dir, progress=False, workers=1))
+            synth.run(SynthConfig(base, sbi_dir, progress=False, workers=1))
         from dftune.prepared import read_manifest
 
         n_train = sum(1 for r in read_manifest(base, splits=("train",)))

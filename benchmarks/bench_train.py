@@ -122,12 +122,12 @@ def _sync(device):
 
 
 def dftune_loop(data, model_dir, batch, workers, out, precision="auto", epochs=2, aug=True):
-    from dftune.train.config import TrainConfig
-    from dftune.stages.train import train
+    from dftune.training.config import TrainConfig
+    from dftune.stages import train
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch, num_workers=workers, patience=0, tensorboard=False,
                       precision=precision, lr=1e-5, aug=aug)
-    train(data, model_dir, out, cfg, progress=False)
+    train.run(data, model_dir, out, cfg, progress=False)
     hist = json.loads((Path(out) / "history.json").read_text())
     return hist[-1]["train"]["images_per_s"]
 
@@ -534,7 +534,7 @@ def peers(args) -> int:
     import torch
 
     from dftune.model.load import build_tiny_vit
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     ways = [w.strip() for w in args.ways.split(",") if w.strip()]
     bad = [w for w in ways if w not in WAYS]
@@ -661,7 +661,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
     from dftune.model.load import build_tiny_vit
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tune.py --trials 8 --seeds 3 [--epochs 6] [--pruner median] [--out DIR]
 
-On the demo crops (`dftune.stages.demo.dataset.make_crops`, no download) and the demo's small ViT
+On the demo crops (`dftune.synthetic.make_crops`, no download) and the demo's small ViT
 (built from a config, random init), for each seed:
 
 * default x1     - one `train` run with TrainConfig's defaults (the guide's: AdamW 1e-5, batch 16, ...)
@@ -34,7 +34,7 @@ FIXED = {"num_workers": 0, "tensorboard": False, "batch_size": 16}
 
 def make_data(root: Path, videos: int, frames: int, size: int) -> tuple[Path, str]:
     from dftune.model.load import build_tiny_vit
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     data = root / "crops"
     if not (data / "manifest.csv").exists():
@@ -46,20 +46,21 @@ def make_data(root: Path, videos: int, frames: int, size: int) -> tuple[Path, st
 
 
 def test_score(model_dir: str | Path, data: Path) -> dict:
-    from dftune.stages.evaluate import EvalSettings, evaluate
+    from dftune.stages import evaluate
+    from dftune.stages.evaluate import EvalSettings
 
-    r = evaluate([str(model_dir)], data, None, EvalSettings(tta=(), device="cpu", plots=False, progress=False))
+    r = evaluate.run([str(model_dir)], data, None, EvalSettings(tta=(), device="cpu", plots=False, progress=False))
     e = next(iter(r["models"].values()))["frame"]
     at = e.get("at_val_threshold") or e["at_0.5"]
     return {"test_f1": at["macro_f1"], "test_auc": at["auc"]}
 
 
 def run_default(data: Path, model: str, out: Path, seed: int, epochs: int, metric) -> dict:
-    from dftune.stages.train import train
-    from dftune.train.config import build
+    from dftune.stages import train
+    from dftune.training.config import build
 
     t0 = time.perf_counter()
-    s = train(data, model, out, build(None, {**FIXED, "epochs": epochs, "seed": seed}), progress=False)
+    s = train.run(data, model, out, build(None, {**FIXED, "epochs": epochs, "seed": seed}), progress=False)
     hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
     val = metric.of(hist[s["best_epoch"]]) if s["best_epoch"] else None
     return {"dir": str(out / "best"), "val": val, "epochs": s["epochs_run"], "seconds": time.perf_counter() - t0}
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     import torch
 
     from dftune.progress import quiet_third_party
-    from dftune.stages import tune as T
+    from dftune.stages import tune
 
     quiet_third_party()
     torch.set_num_threads(1)
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_tune_"))
     root.mkdir(parents=True, exist_ok=True)
     data, model = make_data(root, args.videos, args.frames, args.size)
-    metric = T.parse_metric(args.metric)
+    metric = tune.parse_metric(args.metric)
     better = max if metric.direction == "maximize" else min
     results = []
     t_all = time.perf_counter()
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
         d1 = run_default(data, model, root / f"s{seed}" / "default", seed, args.epochs, metric)
         r["default"] = {**test_score(d1["dir"], data), "val": d1["val"], "epochs": d1["epochs"], "seconds": d1["seconds"]}
         # default best of N seeds
-        runs = [run_default(data, model, root / f"s{seed}" / f"default_{i}", T.trial_seed(seed, i), args.epochs, metric)
+        runs = [run_default(data, model, root / f"s{seed}" / f"default_{i}", tune.trial_seed(seed, i), args.epochs, metric)
                 for i in range(args.trials)]
         ok = [x for x in runs if x["val"] is not None]
         pick = better(ok, key=lambda x: x["val"])
@@ -113,8 +114,8 @@ def main(argv=None) -> int:
                                   "epochs": sum(x["epochs"] for x in runs), "seconds": sum(x["seconds"] for x in runs)}
         # the study
         t0 = time.perf_counter()
-        sm = T.tune(data, model, root / f"s{seed}" / "study",
-                    T.TuneSettings(trials=args.trials, epochs=args.epochs, metric=args.metric, pruner=args.pruner,
+        sm = tune.run(data, model, root / f"s{seed}" / "study",
+                    tune.TuneSettings(trials=args.trials, epochs=args.epochs, metric=args.metric, pruner=args.pruner,
                                    seed=seed, sets={k: str(v) for k, v in FIXED.items()}),
                     say=lambda m: print(f"  [seed {seed}] {m}", flush=True))
         secs = time.perf_counter() - t0

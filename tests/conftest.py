@@ -19,7 +19,7 @@ def ffpp_tree(tmp_path_factory) -> Path:
 
     Read-only for tests: copy it (``ffpp_copy``) before changing anything.
     """
-    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.synthetic import build_ffpp_tree
 
     root = tmp_path_factory.mktemp("ffpp") / "FaceForensics++"
     build_ffpp_tree(root, n_ids=6, frames=12, width=320, height=240)

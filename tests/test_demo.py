@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dftune.stages.demo.pipeline import DemoConfig, run
+from dftune.stages.demo import DemoConfig, run
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("torch")
 sk = pytest.importorskip("sklearn.metrics")
 
-from dftune.stages import evaluate as E  # noqa: E402
-from dftune import metrics as X  # noqa: E402
+from dftune.stages import evaluate  # noqa: E402
+from dftune import metrics  # noqa: E402
 from dftune import pooling  # noqa: E402
 from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.cli import main  # noqa: E402
@@ -23,7 +23,7 @@ from dftune.model.load import build_tiny_vit  # noqa: E402
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     root = tmp_path_factory.mktemp("evaluate")
     data = make_crops(root / "data", n_videos=4, frames=3, size=32).parent
@@ -38,7 +38,7 @@ def test_extra_metrics_match_sklearn():
     p = np.clip(y * 0.3 + rng.normal(0.35, 0.25, 300), 0, 1).round(2)  # ties on purpose
     for thr in (0.5, 0.37):
         pred = (p >= thr).astype(int)
-        m = X.full_metrics(y, p, thr)
+        m = metrics.full_metrics(y, p, thr)
         assert m["accuracy"] == pytest.approx(sk.accuracy_score(y, pred))
         assert m["macro_f1"] == pytest.approx(sk.f1_score(y, pred, average="macro"))
         assert m["auc"] == pytest.approx(sk.roc_auc_score(y, p))
@@ -52,14 +52,14 @@ def test_extra_metrics_match_sklearn():
             assert m["per_class"][c]["support"] == sup[i]
     # EER: where the false-positive rate equals the miss rate
     fpr, tpr, _ = sk.roc_curve(y, p)
-    e, t = X.eer(y, p)
+    e, t = metrics.eer(y, p)
     i = np.argmin(np.abs(fpr - (1 - tpr)))
     assert abs(e - (fpr[i] + 1 - tpr[i]) / 2) <= abs(fpr[i] - (1 - tpr[i])) / 2 + 1e-9
     pred = (p >= t).astype(int)
     far, frr = np.mean(pred[y == 0] == 1), np.mean(pred[y == 1] == 0)
     assert abs(far - frr) < 0.1  # at the EER threshold the two error rates are close
-    assert X.eer([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])[0] == pytest.approx(0.0)
-    assert X.eer([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1])[0] == pytest.approx(1.0)
+    assert metrics.eer([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])[0] == pytest.approx(0.0)
+    assert metrics.eer([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1])[0] == pytest.approx(1.0)
 
 
 def test_aggregate_specs():
@@ -89,9 +89,9 @@ def test_threshold_and_breakdown_on_constructed_scores(env, monkeypatch, tmp_pat
         p = constructed_scores(rows)
         return np.ones(len(rows), bool), p, p[None].repeat(len(models), 0)
 
-    monkeypatch.setattr(E, "score_rows", fake_score)
-    res = E.evaluate([str(model)], env["data"], tmp_path / "out",
-                     E.EvalSettings(write_threshold=True, progress=False, plots=False))
+    monkeypatch.setattr(evaluate, "score_rows", fake_score)
+    res = evaluate.run([str(model)], env["data"], tmp_path / "out",
+                     evaluate.EvalSettings(write_threshold=True, progress=False, plots=False))
     e = res["models"]["m"]
     val = [r for r in read_manifest(env["data"], ["val"])]
     pv = constructed_scores(val)
@@ -161,4 +161,4 @@ def test_missing_split_is_a_clear_error(env, tmp_path):
     only_train = tmp_path / "train_only" / "manifest.csv"
     write_manifest(only_train, read_manifest(env["data"], ["train"]))
     with pytest.raises(ValueError, match="no rows in split 'test'"):
-        E.evaluate([str(env["a"])], only_train.parent, None, E.EvalSettings(progress=False))
+        evaluate.run([str(env["a"])], only_train.parent, None, evaluate.EvalSettings(progress=False))

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dftune.stages import export as E  # noqa: E402
-from dftune import scoring as inference
+from dftune.stages import export  # noqa: E402
+from dftune import scoring
 from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.cli import main  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
@@ -31,7 +31,7 @@ def make_inputs(root: Path) -> Path:
     from PIL import Image
     from skimage import data
 
-    from dftune.stages.demo import dataset as D
+    from dftune import synthetic
 
     a = data.astronaut()[:320, 60:380]
     root.mkdir(parents=True, exist_ok=True)
@@ -39,10 +39,10 @@ def make_inputs(root: Path) -> Path:
     Image.fromarray(a).convert("CMYK").save(root / "face_cmyk.jpg")
     Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(root / "noface.png")
     (root / "broken.mp4").write_bytes(b"\x00\x00\x00 not a video")
-    ph, bg = D.identity(1), D._background(1, 160, 120)
-    frames = [D.render_frame(ph.rgb, ph.face, bg, k / 9, motion_seed=1)[0] for k in range(10)]
-    D.write_video(root / "clip.mp4", frames)
-    D.write_video(root / "phone.mp4", frames, rotate=-90)  # a portrait phone clip: stored sideways, tagged
+    ph, bg = synthetic.identity(1), synthetic._background(1, 160, 120)
+    frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 9, motion_seed=1)[0] for k in range(10)]
+    synthetic.write_video(root / "clip.mp4", frames)
+    synthetic.write_video(root / "phone.mp4", frames, rotate=-90)  # a portrait phone clip: stored sideways, tagged
     return root
 
 
@@ -55,7 +55,7 @@ def env(tmp_path_factory):
     meta.threshold, meta.threshold_source = 0.4987, "val"
     modelmeta.save(model, meta)
     submit = root / "submit"
-    rep = E.export(model, submit, E.ExportSettings(int8=True, onnx=True, bench_seconds=0.05))
+    rep = export.run(model, submit, export.ExportSettings(int8=True, onnx=True, bench_seconds=0.05))
     return {"root": root, "model": model, "submit": submit, "report": rep, "inputs": make_inputs(root / "inputs")}
 
 
@@ -85,7 +85,7 @@ def test_plain_folder_loads_without_dftune(env, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    src = inference.load_model(env["model"], device="cpu").module
+    src = scoring.load_model(env["model"], device="cpu").module
     ref = src(pixel_values=x).logits.detach().numpy()
     assert np.allclose(np.array(eval(out.stdout.strip().splitlines()[-1])), ref, atol=1e-6)
 
@@ -93,22 +93,22 @@ def test_plain_folder_loads_without_dftune(env, tmp_path):
 def test_int8_and_onnx_reload_and_agree(env):
     rng = np.random.default_rng(3)
     imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(6)]
-    ref = inference.model_prob_fake(inference.load_model(env["model"], device="cpu"), imgs)
-    q = inference.load_model(env["submit"], device="cpu", backend="int8")
+    ref = scoring.model_prob_fake(scoring.load_model(env["model"], device="cpu"), imgs)
+    q = scoring.load_model(env["submit"], device="cpu", backend="int8")
     assert any("quantized" in type(m).__module__ for m in q.module.modules())
-    assert np.abs(inference.model_prob_fake(q, imgs) - ref).max() < 0.05
-    o = inference.load_model(env["submit"], device="cpu", backend="onnx")
-    assert np.abs(inference.model_prob_fake(o, imgs) - ref).max() < 1e-4
+    assert np.abs(scoring.model_prob_fake(q, imgs) - ref).max() < 0.05
+    o = scoring.load_model(env["submit"], device="cpu", backend="onnx")
+    assert np.abs(scoring.model_prob_fake(o, imgs) - ref).max() < 1e-4
 
 
 def test_failed_check_fails_loudly_and_writes_nothing(env, tmp_path):
     out = tmp_path / "bad"
-    with pytest.raises(E.ExportError, match="int8 export differs"):
-        E.export(env["model"], out, E.ExportSettings(int8=True, int8_tolerance=1e-12, bench_seconds=0))
+    with pytest.raises(export.ExportError, match="int8 export differs"):
+        export.run(env["model"], out, export.ExportSettings(int8=True, int8_tolerance=1e-12, bench_seconds=0))
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]  # no temp folder left
     with pytest.raises(FileExistsError):
-        E.export(env["model"], env["submit"], E.ExportSettings(bench_seconds=0))
+        export.run(env["model"], env["submit"], export.ExportSettings(bench_seconds=0))
 
 
 def read_probs(path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dftune.faces.geometry import points_to_crop, square_iou
+from dftune.geometry import points_to_crop, square_iou
 from dftune.portable import crop_square, guide_square, whole_image_box
 from dftune.portable import sample_indices
 

@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 
 from dftune.cli import main  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
-from dftune.stages import merge as Mg  # noqa: E402
+from dftune.stages import merge  # noqa: E402
 
 
 def _state(d):
@@ -40,7 +40,7 @@ def test_half_way_is_the_mean_and_the_folder_is_plain_hf_with_dftune_json(models
 
     root, a, b = models
     out = tmp_path / "wise"
-    Mg.merge([str(a), str(b)], out, alpha=0.5)
+    merge.run([str(a), str(b)], out, alpha=0.5)
     sa, sb, got = _state(a), _state(b), _state(out)
     k = next(n for n in sa if n.endswith("attention.q_proj.weight") or n.endswith("query.weight"))
     assert torch.allclose(got[k], (sa[k] + sb[k]) / 2, atol=1e-6)
@@ -65,7 +65,7 @@ def test_label_orders_are_reconciled_by_name(models, tmp_path):
 
     AutoImageProcessor.from_pretrained(a).save_pretrained(swapped)
     out = tmp_path / "mix"
-    Mg.merge([str(a), str(swapped)], out, alpha=0.5)
+    merge.run([str(a), str(swapped)], out, alpha=0.5)
     got, want = _state(out), _state(a)
     assert all(torch.allclose(got[k].float(), want[k].float(), atol=1e-6) for k in want)
 
@@ -73,21 +73,21 @@ def test_label_orders_are_reconciled_by_name(models, tmp_path):
 def test_other_architectures_and_label_sets_are_refused(models, tmp_path):
     root, a, _ = models
     other = build_tiny_vit(tmp_path / "other", image_size=32, hidden_size=16)
-    with pytest.raises(Mg.MergeError, match="shapes differ|another architecture"):
-        Mg.merge([str(a), str(other)], tmp_path / "x")
+    with pytest.raises(merge.MergeError, match="shapes differ|another architecture"):
+        merge.run([str(a), str(other)], tmp_path / "x")
     three = build_tiny_vit(tmp_path / "three", {0: "real", 1: "fake", 2: "other"}, image_size=32)
-    with pytest.raises(Mg.MergeError, match="3 labels"):
-        Mg.merge([str(a), str(three)], tmp_path / "y")
-    with pytest.raises(Mg.MergeError, match="between 0 and 1"):
-        Mg.merge([str(a), str(a)], tmp_path / "z", alpha=1.5)
+    with pytest.raises(merge.MergeError, match="3 labels"):
+        merge.run([str(a), str(three)], tmp_path / "y")
+    with pytest.raises(merge.MergeError, match="between 0 and 1"):
+        merge.run([str(a), str(a)], tmp_path / "z", alpha=1.5)
 
 
 def test_greedy_soup_keeps_only_what_does_not_hurt_val(models, tmp_path):
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     root, a, b = models
     data = make_crops(tmp_path / "data", n_videos=4, frames=2, size=32).parent
-    r = Mg.greedy_soup([str(a), str(b), str(a)], tmp_path / "soup", data)
+    r = merge.greedy_soup([str(a), str(b), str(a)], tmp_path / "soup", data)
     assert r["models"][0] == max(r["val"], key=r["val"].get)  # starts from the best on val
     assert r["soup_val"] >= max(r["val"].values()) - 1e-12  # never worse than its best ingredient
     assert (tmp_path / "soup" / "config.json").exists()

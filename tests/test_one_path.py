@@ -44,9 +44,9 @@ def env(ffpp_tree, tmp_path_factory):
 
 
 def test_from_videos_scores_through_predicts_path_and_agrees_with_the_crops(env, tmp_path):
-    from dftune.stages import evaluate as E
+    from dftune.stages import evaluate
 
-    res = E.evaluate([str(env["a"])], env["data"], tmp_path / "ev", E.EvalSettings(from_videos=True, progress=False,
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(from_videos=True, progress=False,
                                                                                  plots=False))
     fv = res["from_videos"]["models"]["a"]
     assert res["from_videos"]["videos"] >= 5 and res["from_videos"]["errors"] == 0
@@ -111,12 +111,12 @@ def test_predict_says_where_the_threshold_came_from(env, tmp_path, capsys):
 def test_export_checks_on_val_crops_and_through_transformers_pipeline(env, tmp_path):
     from importlib import resources
 
-    from dftune.stages import export as E
+    from dftune.stages import export
 
-    rep = E.export(env["a"], tmp_path / "sub", E.ExportSettings(int8=True, bench_seconds=0))
+    rep = export.run(env["a"], tmp_path / "sub", export.ExportSettings(int8=True, bench_seconds=0))
     assert rep["sample_source"].startswith("val crops of") and rep["samples"] > 4
     assert rep["pipeline"]["label_agreement"] == 1.0 and rep["pipeline"]["max_prob_diff"] < 1e-5
-    shipped = (tmp_path / "sub" / E.PORTABLE_NAME).read_bytes()
+    shipped = (tmp_path / "sub" / export.PORTABLE_NAME).read_bytes()
     assert shipped == (resources.files("dftune") / "portable.py").read_bytes()
     meta = json.loads((tmp_path / "sub" / "dftune.json").read_text())
     assert meta["crop"]["detector"] == "retinaface"
@@ -125,11 +125,11 @@ def test_export_checks_on_val_crops_and_through_transformers_pipeline(env, tmp_p
 def test_cross_dataset_table_uses_the_training_datas_threshold(env, tmp_path):
     import shutil
 
-    from dftune.stages import evaluate as E
+    from dftune.stages import evaluate
 
     other = shutil.copytree(env["data"], tmp_path / "other")  # a "second dataset" (the same crops: same numbers)
-    s = E.EvalSettings(progress=False, plots=False)
-    r = E.cross_dataset([str(env["a"])], [str(env["data"]), str(other)], tmp_path / "x", s)
+    s = evaluate.EvalSettings(progress=False, plots=False)
+    r = evaluate.cross_dataset([str(env["a"])], [str(env["data"]), str(other)], tmp_path / "x", s)
     rows = [(row["dataset"], row["video_auc"]) for row in r["table"]]
     assert [d for d, _ in rows] == ["data", "other", "mean"]
     assert rows[0][1] == pytest.approx(rows[1][1]) == pytest.approx(rows[2][1])
@@ -177,9 +177,9 @@ def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_
     the probability evaluate gave it (before: 0.183 in evaluate, 0.744 in predict)."""
     import shutil
 
-    from dftune.stages import evaluate as E
+    from dftune.stages import evaluate
 
-    res = E.evaluate([str(env["a"])], env["data"], tmp_path / "ev", E.EvalSettings(progress=False, plots=False))
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(progress=False, plots=False))
     ev = {Path(r["path"]).name: float(r["prob_fake_a"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     assert res["models"]["a"]["frame"]["at_0.5"]["n"] == len(ev)
     crops = tmp_path / "crops"

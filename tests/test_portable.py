@@ -24,7 +24,7 @@ def _face_frames(n=6, w=200, h=160):
 
 
 def test_rotated_video_gives_the_faces_of_its_upright_twin(tmp_path):
-    from dftune.stages.demo.dataset import write_video
+    from dftune.synthetic import write_video
 
     frames = _face_frames()
     write_video(tmp_path / "upright.mp4", frames)
@@ -38,7 +38,7 @@ def test_rotated_video_gives_the_faces_of_its_upright_twin(tmp_path):
         assert np.abs(rot[i].astype(int) - up[i].astype(int)).mean() < 3  # same picture up to the codec
         a, b = portable.crop_face(up[i], det), portable.crop_face(rot[i], det)
         assert a is not None and b is not None, "the detector must find the face in the rotated video"
-        from dftune.faces.geometry import square_iou
+        from dftune.geometry import square_iou
 
         assert square_iou(a.box, b.box) > 0.6  # the same face (HOG's scale steps may differ with codec noise)
     sideways = np.ascontiguousarray(np.rot90(frames[0], 1))  # what decoding without the rotation gave
@@ -61,7 +61,7 @@ def test_crop_is_the_guides_pil_bicubic_resize():
 
 
 def test_recount_keeps_only_the_new_grid(tmp_path, monkeypatch):
-    from dftune.stages.demo.dataset import write_video
+    from dftune.synthetic import write_video
 
     frames = [np.full((48, 64, 3), 10 * k, np.uint8) for k in range(20)]
     write_video(tmp_path / "v.mp4", frames)
@@ -123,7 +123,7 @@ def test_the_demo_data_is_the_same_for_the_same_seed(tmp_path):
     encoder read memory it had not written: without the fix 11-14 of 50 videos differed)."""
     import hashlib
 
-    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.synthetic import build_ffpp_tree
 
     def digest(root):
         return {p.relative_to(root).as_posix(): hashlib.md5(p.read_bytes()).hexdigest()

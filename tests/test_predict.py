@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dftune import scoring as inference
+from dftune import scoring
 from dftune.model import meta as modelmeta  # noqa: E402
-from dftune.stages import predict as P  # noqa: E402
+from dftune.stages import predict  # noqa: E402
 from dftune.cli import main  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
 
@@ -39,7 +39,7 @@ def make_inputs(root: Path) -> Path:
     from PIL import Image
     from skimage import data
 
-    from dftune.stages.demo import dataset as D
+    from dftune import synthetic
 
     a = data.astronaut()[:320, 60:380]  # the face with some background
     (root / "sub").mkdir(parents=True, exist_ok=True)
@@ -50,9 +50,9 @@ def make_inputs(root: Path) -> Path:
     Image.fromarray(np.full((90, 120, 3), 128, np.uint8)).save(root / "noface.bmp")
     (root / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     (root / "notes.txt").write_text("not an input")
-    ph, bg = D.identity(0), D._background(0, 160, 120)
-    frames = [D.render_frame(ph.rgb, ph.face, bg, k / 11, motion_seed=0)[0] for k in range(12)]
-    D.write_video(root / "sub" / "clip.mp4", frames)
+    ph, bg = synthetic.identity(0), synthetic._background(0, 160, 120)
+    frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 11, motion_seed=0)[0] for k in range(12)]
+    synthetic.write_video(root / "sub" / "clip.mp4", frames)
     return root
 
 
@@ -77,7 +77,7 @@ def read_csv(path):
 
 
 def test_collect_inputs_stable_order_and_only_media(env):
-    items = P.collect_inputs([env["inputs"], env["inputs"] / "missing.png"])
+    items = predict.collect_inputs([env["inputs"], env["inputs"] / "missing.png"])
     names = [i.name for i in items]
     assert names == ["corrupt.jpg", "face.png", "noface.bmp", "sub/alpha.png", "sub/clip.mp4", "sub/cmyk.jpg",
                      "sub/gray.jpg", "missing.png"]
@@ -121,15 +121,15 @@ def test_threshold_from_dftune_json(env, tmp_path):
 
     m = shutil.copytree(env["a"], tmp_path / "m")
     img = env["inputs"] / "face.png"
-    models = inference.load_models([str(m)], device="cpu")
-    s = P.PredictSettings(tta=(), progress=False)
-    p = P.predict_files(models, P.collect_inputs([img]), s)[0].prob_fake
+    models = scoring.load_models([str(m)], device="cpu")
+    s = predict.PredictSettings(tta=(), progress=False)
+    p = predict.score_files(models, predict.collect_inputs([img]), s)[0].prob_fake
     for thr, label in ((p - 1e-3, 1), (p + 1e-3, 0)):
         meta = modelmeta.load(m)
         meta.threshold = thr
         modelmeta.save(m, meta)
-        models = inference.load_models([str(m)], device="cpu")
-        assert P.predict_files(models, P.collect_inputs([img]), s)[0].label == label
+        models = scoring.load_models([str(m)], device="cpu")
+        assert predict.score_files(models, predict.collect_inputs([img]), s)[0].label == label
 
 
 def test_parity_with_transformers_pipeline(env):
@@ -140,47 +140,47 @@ def test_parity_with_transformers_pipeline(env):
     img = env["inputs"] / "face.png"
     clf = pipeline("image-classification", model=str(env["a"]), device="cpu")
     scores = {d["label"]: d["score"] for d in clf(Image.open(img).convert("RGB"), top_k=2)}
-    models = inference.load_models([str(env["a"])], device="cpu")
-    r = P.predict_files(models, P.collect_inputs([img]), P.PredictSettings(tta=(), detector="none", progress=False))
+    models = scoring.load_models([str(env["a"])], device="cpu")
+    r = predict.score_files(models, predict.collect_inputs([img]), predict.PredictSettings(tta=(), detector="none", progress=False))
     assert r[0].prob_fake == pytest.approx(scores["Deepfake"], abs=1e-6)
 
 
 def test_flip_tta_is_mean_of_image_and_mirror(env):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 256, (40, 48, 3), dtype=np.uint8) for _ in range(3)]
-    m = inference.load_model(env["a"], device="cpu")
-    plain = inference.model_prob_fake(m, imgs)
-    flipped = inference.model_prob_fake(m, [np.ascontiguousarray(i[:, ::-1]) for i in imgs])
-    tta = inference.model_prob_fake(m, imgs, ("flip",))
+    m = scoring.load_model(env["a"], device="cpu")
+    plain = scoring.model_prob_fake(m, imgs)
+    flipped = scoring.model_prob_fake(m, [np.ascontiguousarray(i[:, ::-1]) for i in imgs])
+    tta = scoring.model_prob_fake(m, imgs, ("flip",))
     # the mirror is taken after resizing; PIL's bilinear resize is mirror-symmetric
     assert np.allclose(tta, (plain + flipped) / 2, atol=1e-4)
     assert not np.allclose(plain, flipped, atol=1e-6)  # the test can fail: views really differ
-    assert inference.parse_tta("flip, crop0.9,none") == ("flip", "crop0.9")
+    assert scoring.parse_tta("flip, crop0.9,none") == ("flip", "crop0.9")
     with pytest.raises(ValueError):
-        inference.parse_tta("rotate")
+        scoring.parse_tta("rotate")
 
 
 def test_ensemble_respects_label_order(env):
     rng = np.random.default_rng(1)
     imgs = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
-    a, a_sw, b = (inference.load_model(env[k], device="cpu") for k in ("a", "a_swapped", "b"))
+    a, a_sw, b = (scoring.load_model(env[k], device="cpu") for k in ("a", "a_swapped", "b"))
     assert a.fake_index == 1 and a_sw.fake_index == 0 and b.fake_index == 0
-    pa = inference.model_prob_fake(a, imgs, ("flip",))
-    assert np.allclose(pa, inference.model_prob_fake(a_sw, imgs, ("flip",)), atol=1e-6)
-    pb = inference.model_prob_fake(b, imgs, ("flip",))
+    pa = scoring.model_prob_fake(a, imgs, ("flip",))
+    assert np.allclose(pa, scoring.model_prob_fake(a_sw, imgs, ("flip",)), atol=1e-6)
+    pb = scoring.model_prob_fake(b, imgs, ("flip",))
     a.weight, b.weight = 3.0, 1.0
-    ens, per = inference.ensemble_prob_fake([a, b], imgs, ("flip",))
+    ens, per = scoring.ensemble_prob_fake([a, b], imgs, ("flip",))
     assert np.allclose(ens, (3 * pa + pb) / 4) and np.allclose(per, [pa, pb])
     a.weight = 1.0
-    ens2, _ = inference.ensemble_prob_fake([a, a_sw], imgs, ("flip",))
+    ens2, _ = scoring.ensemble_prob_fake([a, a_sw], imgs, ("flip",))
     assert np.allclose(ens2, pa, atol=1e-6)
 
 
 def test_results_do_not_depend_on_batching(env):
-    models = inference.load_models([str(env["a"]), str(env["b"])], device="cpu")
-    items = P.collect_inputs([env["inputs"]])
-    r1 = P.predict_files(models, items, P.PredictSettings(batch_size=1, progress=False))
-    r7 = P.predict_files(models, items, P.PredictSettings(batch_size=7, progress=False))
+    models = scoring.load_models([str(env["a"]), str(env["b"])], device="cpu")
+    items = predict.collect_inputs([env["inputs"]])
+    r1 = predict.score_files(models, items, predict.PredictSettings(batch_size=1, progress=False))
+    r7 = predict.score_files(models, items, predict.PredictSettings(batch_size=7, progress=False))
     assert [r.name for r in r1] == [r.name for r in r7] == [i.name for i in items]
     for x, y in zip(r1, r7):
         assert (np.isnan(x.prob_fake) and np.isnan(y.prob_fake)) or abs(x.prob_fake - y.prob_fake) < 1e-5

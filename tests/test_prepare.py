@@ -151,7 +151,7 @@ def test_corrupt_empty_and_faceless_videos_are_recorded_not_fatal(ffpp_copy, tmp
     empty = vids / "FaceSwap/c23/videos/001_000.mp4"
     empty.write_bytes(b"")
     # a video with no face: the background only
-    from dftune.stages.demo.dataset import _background, write_video
+    from dftune.synthetic import _background, write_video
 
     faceless = vids / "Face2Face/c23/videos/000_001.mp4"
     faceless.unlink()

@@ -57,7 +57,7 @@ def test_lazy_frames_and_stopping_short_give_the_full_decodes_pixels(tmp_path):
 def test_retinaface_first_pass_keeps_large_faces_and_looks_again_for_small_ones(face_photo):
     from PIL import Image
 
-    from dftune.faces.geometry import square_iou
+    from dftune.geometry import square_iou
 
     photo = Image.open(face_photo).convert("RGB")
     one = portable.get_detector("retinaface")

@@ -32,7 +32,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np
 import pytest
 import torch
-import transformers as T
+import transformers
 
 from dftune.portable import Preprocess, normalise, resize_crop_uint8
 
@@ -53,64 +53,64 @@ _TEXT = dict(hidden_size=16, intermediate_size=16, num_hidden_layers=1, num_atte
 
 
 def _vit(s):
-    return T.ViTForImageClassification(T.ViTConfig(image_size=s, patch_size=32, **_VIT))
+    return transformers.ViTForImageClassification(transformers.ViTConfig(image_size=s, patch_size=32, **_VIT))
 
 
 def _deit(s):
-    return T.DeiTForImageClassification(T.DeiTConfig(image_size=s, patch_size=32, **_VIT))
+    return transformers.DeiTForImageClassification(transformers.DeiTConfig(image_size=s, patch_size=32, **_VIT))
 
 
 def _beit(s):
-    return T.BeitForImageClassification(T.BeitConfig(image_size=s, patch_size=32, **_VIT))
+    return transformers.BeitForImageClassification(transformers.BeitConfig(image_size=s, patch_size=32, **_VIT))
 
 
 def _swin(s):
-    return T.SwinForImageClassification(T.SwinConfig(image_size=s, patch_size=4, embed_dim=8, depths=[1],
+    return transformers.SwinForImageClassification(transformers.SwinConfig(image_size=s, patch_size=4, embed_dim=8, depths=[1],
                                                      num_heads=[1], window_size=7, num_labels=2))
 
 
 def _convnext(s):
-    return T.ConvNextForImageClassification(T.ConvNextConfig(num_stages=1, hidden_sizes=[8], depths=[1], num_labels=2))
+    return transformers.ConvNextForImageClassification(transformers.ConvNextConfig(num_stages=1, hidden_sizes=[8], depths=[1], num_labels=2))
 
 
 def _convnextv2(s):
-    return T.ConvNextV2ForImageClassification(T.ConvNextV2Config(num_stages=1, hidden_sizes=[8], depths=[1],
+    return transformers.ConvNextV2ForImageClassification(transformers.ConvNextV2Config(num_stages=1, hidden_sizes=[8], depths=[1],
                                                                  num_labels=2))
 
 
 def _resnet(s):
-    return T.ResNetForImageClassification(T.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1],
+    return transformers.ResNetForImageClassification(transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1],
                                                          layer_type="basic", num_labels=2))
 
 
 def _regnet(s):
-    return T.RegNetForImageClassification(T.RegNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1],
+    return transformers.RegNetForImageClassification(transformers.RegNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1],
                                                          groups_width=8, num_labels=2))
 
 
 def _mobilenet_v2(s):
-    return T.MobileNetV2ForImageClassification(T.MobileNetV2Config(image_size=s, depth_multiplier=0.1, num_labels=2))
+    return transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config(image_size=s, depth_multiplier=0.1, num_labels=2))
 
 
 def _efficientnet(s):
     # hidden_dim must equal round_filters(1280) = 128 at width 0.1
-    return T.EfficientNetForImageClassification(T.EfficientNetConfig(
+    return transformers.EfficientNetForImageClassification(transformers.EfficientNetConfig(
         image_size=s, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128, num_labels=2))
 
 
 def _dinov2(s):
-    return T.Dinov2ForImageClassification(T.Dinov2Config(image_size=s, patch_size=14, hidden_size=16,
+    return transformers.Dinov2ForImageClassification(transformers.Dinov2Config(image_size=s, patch_size=14, hidden_size=16,
                                                          num_hidden_layers=1, num_attention_heads=2, mlp_ratio=1,
                                                          num_labels=2))
 
 
 def _clip(s):
-    return T.CLIPForImageClassification(T.CLIPConfig(vision_config=dict(image_size=s, **_TOWER), text_config=_TEXT,
+    return transformers.CLIPForImageClassification(transformers.CLIPConfig(vision_config=dict(image_size=s, **_TOWER), text_config=_TEXT,
                                                      projection_dim=16, num_labels=2))
 
 
 def _siglip(s):
-    return T.SiglipForImageClassification(T.SiglipConfig(vision_config=dict(image_size=s, **_TOWER),
+    return transformers.SiglipForImageClassification(transformers.SiglipConfig(vision_config=dict(image_size=s, **_TOWER),
                                                          text_config=_TEXT, num_labels=2))
 
 
@@ -127,47 +127,47 @@ class Case:
 
 CASES = [
     # class defaults (what `XImageProcessor()` gives without torchvision)
-    Case("vit", lambda: T.ViTImageProcessorPil(), _vit),
-    Case("deit", lambda: T.DeiTImageProcessorPil(), _deit),
-    Case("beit", lambda: T.BeitImageProcessorPil(), _beit),
-    Case("convnext", lambda: T.ConvNextImageProcessorPil(), _convnext),  # shortest_edge 384: warp, no crop
-    Case("mobilenet_v2", lambda: T.MobileNetV2ImageProcessorPil(), _mobilenet_v2),
-    Case("efficientnet", lambda: T.EfficientNetImageProcessorPil(), _efficientnet),  # 346 warp, include_top
-    Case("clip", lambda: T.CLIPImageProcessorPil(), _clip),
-    Case("siglip", lambda: T.SiglipImageProcessorPil(), _siglip),
+    Case("vit", lambda: transformers.ViTImageProcessorPil(), _vit),
+    Case("deit", lambda: transformers.DeiTImageProcessorPil(), _deit),
+    Case("beit", lambda: transformers.BeitImageProcessorPil(), _beit),
+    Case("convnext", lambda: transformers.ConvNextImageProcessorPil(), _convnext),  # shortest_edge 384: warp, no crop
+    Case("mobilenet_v2", lambda: transformers.MobileNetV2ImageProcessorPil(), _mobilenet_v2),
+    Case("efficientnet", lambda: transformers.EfficientNetImageProcessorPil(), _efficientnet),  # 346 warp, include_top
+    Case("clip", lambda: transformers.CLIPImageProcessorPil(), _clip),
+    Case("siglip", lambda: transformers.SiglipImageProcessorPil(), _siglip),
     # families without a processor of their own, configured as their hub checkpoints are
     # (legacy int sizes on purpose: that is how those preprocessor_config.json files read)
-    Case("swin-hub", lambda: T.ViTImageProcessorPil(size=224, resample=3, image_mean=IMAGENET_DEFAULT_MEAN,
+    Case("swin-hub", lambda: transformers.ViTImageProcessorPil(size=224, resample=3, image_mean=IMAGENET_DEFAULT_MEAN,
                                                     image_std=IMAGENET_DEFAULT_STD), _swin),
-    Case("resnet-hub", lambda: T.ConvNextImageProcessorPil(size=224, crop_pct=0.875, resample=3,
+    Case("resnet-hub", lambda: transformers.ConvNextImageProcessorPil(size=224, crop_pct=0.875, resample=3,
                                                            image_mean=IMAGENET_DEFAULT_MEAN,
                                                            image_std=IMAGENET_DEFAULT_STD), _resnet),
-    Case("convnext-hub", lambda: T.ConvNextImageProcessorPil(size=224, crop_pct=0.875, image_mean=IMAGENET_DEFAULT_MEAN,
+    Case("convnext-hub", lambda: transformers.ConvNextImageProcessorPil(size=224, crop_pct=0.875, image_mean=IMAGENET_DEFAULT_MEAN,
                                                              image_std=IMAGENET_DEFAULT_STD), _convnext),
-    Case("convnextv2-hub", lambda: T.ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875,
+    Case("convnextv2-hub", lambda: transformers.ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875,
                                                                image_mean=IMAGENET_DEFAULT_MEAN,
                                                                image_std=IMAGENET_DEFAULT_STD), _convnextv2),
-    Case("regnet-hub", lambda: T.ConvNextImageProcessorPil(size=224, crop_pct=0.875, image_mean=IMAGENET_DEFAULT_MEAN,
+    Case("regnet-hub", lambda: transformers.ConvNextImageProcessorPil(size=224, crop_pct=0.875, image_mean=IMAGENET_DEFAULT_MEAN,
                                                            image_std=IMAGENET_DEFAULT_STD), _regnet),
-    Case("deit-hub", lambda: T.DeiTImageProcessorPil(size=256, crop_size=224, image_mean=IMAGENET_DEFAULT_MEAN,
+    Case("deit-hub", lambda: transformers.DeiTImageProcessorPil(size=256, crop_size=224, image_mean=IMAGENET_DEFAULT_MEAN,
                                                      image_std=IMAGENET_DEFAULT_STD), _deit),
-    Case("efficientnet-hub", lambda: T.EfficientNetImageProcessorPil(size=224, resample=0,
+    Case("efficientnet-hub", lambda: transformers.EfficientNetImageProcessorPil(size=224, resample=0,
                                                                      image_mean=IMAGENET_DEFAULT_MEAN,
                                                                      image_std=EFFICIENTNET_HUB_STD), _efficientnet),
-    Case("dinov2-hub", lambda: T.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size=224,
+    Case("dinov2-hub", lambda: transformers.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size=224,
                                                       image_mean=IMAGENET_DEFAULT_MEAN,
                                                       image_std=IMAGENET_DEFAULT_STD), _dinov2),
     # edge cases of the arithmetic (no model)
-    Case("efficientnet-offset", lambda: T.EfficientNetImageProcessorPil(rescale_offset=True, rescale_factor=1 / 127.5,
+    Case("efficientnet-offset", lambda: transformers.EfficientNetImageProcessorPil(rescale_offset=True, rescale_factor=1 / 127.5,
                                                                         include_top=False)),
-    Case("efficientnet-top-only", lambda: T.EfficientNetImageProcessorPil(do_normalize=False)),  # include_top still on
-    Case("convnext-odd-double-crop", lambda: T.ConvNextImageProcessorPil(size=250, crop_pct=0.9, do_center_crop=True,
+    Case("efficientnet-top-only", lambda: transformers.EfficientNetImageProcessorPil(do_normalize=False)),  # include_top still on
+    Case("convnext-odd-double-crop", lambda: transformers.ConvNextImageProcessorPil(size=250, crop_pct=0.9, do_center_crop=True,
                                                                          crop_size=201), may_refuse=True),
-    Case("clip-crop-pads", lambda: T.CLIPImageProcessorPil(size={"shortest_edge": 199})),  # crop 224 > 199: odd pad
-    Case("clip-longest-edge", lambda: T.CLIPImageProcessorPil(size={"shortest_edge": 230, "longest_edge": 260}),
+    Case("clip-crop-pads", lambda: transformers.CLIPImageProcessorPil(size={"shortest_edge": 199})),  # crop 224 > 199: odd pad
+    Case("clip-longest-edge", lambda: transformers.CLIPImageProcessorPil(size={"shortest_edge": 230, "longest_edge": 260}),
          may_refuse=True),
-    Case("vit-no-rescale", lambda: T.ViTImageProcessorPil(do_rescale=False)),
-    Case("vit-no-normalise", lambda: T.ViTImageProcessorPil(do_normalize=False)),
+    Case("vit-no-rescale", lambda: transformers.ViTImageProcessorPil(do_rescale=False)),
+    Case("vit-no-normalise", lambda: transformers.ViTImageProcessorPil(do_normalize=False)),
 ]
 MODEL_CASES = [c for c in CASES if c.model is not None]
 
@@ -202,7 +202,7 @@ def _infer_tensor(img, pre):
 
 
 def _train_eval_tensor(img, pre):
-    from dftune.train.data import Normalize, make_transform
+    from dftune.training.data import Normalize, make_transform
 
     return Normalize(pre)(torch.from_numpy(np.stack([make_transform(pre, None)(img)])))
 
@@ -303,5 +303,5 @@ def test_dict_round_trip(case):
 def test_saved_processor_gives_the_same_preprocess(case, tmp_path):
     """The hub/export route: preprocessor_config.json -> AutoImageProcessor (PIL backend)."""
     _processor(case).save_pretrained(tmp_path)
-    loaded = T.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    loaded = transformers.AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
     assert Preprocess.from_processor(loaded) == Preprocess.from_processor(_processor(case))

@@ -13,30 +13,30 @@ import pytest
 pytest.importorskip("torch")
 
 from dftune.model.load import build_tiny_vit  # noqa: E402
-from dftune.stages import evaluate as E  # noqa: E402
+from dftune.stages import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     root = tmp_path_factory.mktemp("report")
     data = make_crops(root / "data", n_videos=4, frames=3, size=32).parent
     a = build_tiny_vit(root / "a", image_size=32, seed=0)
     b = build_tiny_vit(root / "b", {0: "Deepfake", 1: "Real"}, image_size=32, seed=3)
-    E.evaluate([str(a), str(b)], data, root / "ev", E.EvalSettings(ensemble=True, progress=False))
+    evaluate.run([str(a), str(b)], data, root / "ev", evaluate.EvalSettings(ensemble=True, progress=False))
     return root / "ev" / "report.html"
 
 
 @pytest.fixture(scope="module")
 def cross(report):
     """A cross-dataset evaluation (two prepared sets, the training one and another), with its report.html."""
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     root = report.parent.parent
     other = make_crops(root / "other", n_videos=4, frames=3, size=32, seed=5, methods=("Face2Face",)).parent
-    E.cross_dataset([str(root / "a"), str(root / "b")], [str(root / "data"), str(other)], root / "cross",
-                    E.EvalSettings(progress=False))
+    evaluate.cross_dataset([str(root / "a"), str(root / "b")], [str(root / "data"), str(other)], root / "cross",
+                    evaluate.EvalSettings(progress=False))
     return root / "cross" / "report.html"
 
 

@@ -9,7 +9,7 @@ from dftune import sbi
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     """A real face crop at 64 px, made the way the demo data makes them."""
-    from dftune.stages.demo.dataset import _background, identity, render_frame
+    from dftune.synthetic import _background, identity, render_frame
     from dftune.portable import crop_square, guide_square
 
     ph = identity(0)

@@ -231,7 +231,7 @@ def _png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _face(i: int, side: int = 96) -> np.ndarray:
-    from dftune.stages.demo.dataset import identity
+    from dftune.synthetic import identity
 
     ph = identity(i)
     x1, y1, x2, y2 = ph.face

@@ -14,7 +14,7 @@ from dftune.stages.synth import SynthConfig, run
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=3, frames=2, size=48)

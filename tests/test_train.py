@@ -13,9 +13,10 @@ import torch
 from dftune.portable import Preprocess
 from dftune.model import labels
 from dftune.model import meta as modelmeta
-from dftune.train import data as D
-from dftune.train.config import TrainConfig, build, load_yaml, parse_sets
-from dftune.stages.train import TrainError, train
+from dftune.training import data
+from dftune.training.config import TrainConfig, build, load_yaml, parse_sets
+from dftune.stages import train
+from dftune.stages.train import TrainError
 
 torch.set_num_threads(1)
 
@@ -26,7 +27,7 @@ FAST = dict(epochs=8, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=8, frames=8, size=32, methods=("Deepfakes", "FaceSwap"))
@@ -52,7 +53,7 @@ def vit_swapped(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast_run(crops, vit, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
-    summary = train(crops, vit, out, TrainConfig(**FAST), progress=False)
+    summary = train.run(crops, vit, out, TrainConfig(**FAST), progress=False)
     return out, summary
 
 
@@ -67,10 +68,10 @@ def _probs(model_dir: Path, crops: Path, split="val"):
     meta = modelmeta.load(model_dir, model.config.id2label)
     spec = Preprocess.from_processor(proc)
     rows = read_manifest(crops, splits=[split])
-    ds = D.CropDataset(crops, rows, D.make_transform(spec, None))
-    batch = D.collate([ds[i] for i in range(len(ds))])
+    ds = data.CropDataset(crops, rows, data.make_transform(spec, None))
+    batch = data.collate([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        logits = model(pixel_values=D.Normalize(spec)(batch["pixels"])).logits
+        logits = model(pixel_values=data.Normalize(spec)(batch["pixels"])).logits
     return logits, logits.softmax(-1)[:, meta.fake_index].numpy(), ds.labels, rows, meta, proc
 
 
@@ -136,7 +137,7 @@ def test_saved_threshold_is_the_default_and_the_train_val_optimum_only_informati
 
 def test_label_swapped_model_learns_the_right_direction(crops, vit_swapped, tmp_path):
     out = tmp_path / "run"
-    train(crops, vit_swapped, out, TrainConfig(**FAST), progress=False)
+    train.run(crops, vit_swapped, out, TrainConfig(**FAST), progress=False)
     _, p, y, _, meta, _ = _probs(out / "last", crops)
     assert meta.fake_index == 0 and meta.real_index == 1  # the model's own order, not reordered
     cfg = json.loads((out / "last" / "config.json").read_text())
@@ -155,7 +156,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     from safetensors.torch import load_file
 
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "warmup_ratio": 0.2})
-    train(crops, vit, tmp_path / "a", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "a", cfg, progress=False)
 
     class Killed(Exception):
         pass
@@ -167,7 +168,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     # the interrupted run also uses loader workers: results must not depend on them
     cfg_b = build(cfg, {"num_workers": 2})
     with pytest.raises(Killed):
-        train(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
+        train.run(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
     state_dir = tmp_path / "b" / "last" / "training_state"
     assert (state_dir / "scheduler.bin").exists() and not list(state_dir.glob("custom_checkpoint_*"))
     assert not (state_dir / "model.safetensors").exists()  # the weights are last/'s, not a second copy
@@ -184,8 +185,8 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
                 p.zero_()
         m.save_pretrained(state_dir.parent)  # last/'s own weights are not the ones to resume from here
     with pytest.raises(TrainError, match="--resume"):
-        train(crops, vit, tmp_path / "b", cfg_b, progress=False)
-    summary = train(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
+        train.run(crops, vit, tmp_path / "b", cfg_b, progress=False)
+    summary = train.run(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
     assert summary["epochs_run"] == 3
     a = load_file(tmp_path / "a" / "last" / "model.safetensors")
     b = load_file(tmp_path / "b" / "last" / "model.safetensors")
@@ -202,7 +203,7 @@ def test_checkpoints_hold_the_weights_once(crops, vit, tmp_path):
     """training_state holds the optimizer's moments, not a second copy of the weights (<= 2.3x them), and in an
     epoch that is the best so far last/'s model files are best/'s, linked rather than written again."""
     cfg = TrainConfig(**{**FAST, "epochs": 2, "lr": 1e-12, "max_grad_norm": 0, "max_train_batches": 2})
-    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["best"] for h in hist] == [True, False]  # lr 1e-12: epoch 2 is no better
     best, last = tmp_path / "run" / "best", tmp_path / "run" / "last"
@@ -214,7 +215,7 @@ def test_checkpoints_hold_the_weights_once(crops, vit, tmp_path):
     assert json.loads((last / "dftune.json").read_text())["extra"]["epoch"] == 2
 
     cfg = TrainConfig(**{**FAST, "epochs": 1, "max_train_batches": 2})
-    train(crops, vit, tmp_path / "one", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "one", cfg, progress=False)
     best, last = tmp_path / "one" / "best", tmp_path / "one" / "last"
     for f in best.iterdir():
         assert (last / f.name).stat().st_ino == f.stat().st_ino, f.name  # one file, two names
@@ -244,7 +245,7 @@ def test_val_every_skips_validation_between_and_always_validates_the_last_epoch(
 
 def test_early_stopping_stops(crops, vit, tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 6, "lr": 1e-12, "patience": 1, "max_grad_norm": 0})
-    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    summary = train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert len(hist) == 2 and summary["epochs_run"] == 2
     assert summary["stopped"].startswith("early stopping") and summary["best_epoch"] == 1
@@ -258,12 +259,12 @@ def test_model_without_fake_real_labels_is_refused(crops, tmp_path_factory, tmp_
 
     vague = _model(tmp_path_factory, "vague", {0: "LABEL_0", 1: "LABEL_1"})
     with pytest.raises(labels.LabelMappingError, match="--fake-label"):
-        train(crops, vague, tmp_path / "x", TrainConfig(**FAST), progress=False)
+        train.run(crops, vague, tmp_path / "x", TrainConfig(**FAST), progress=False)
     rc = main(["train", "--data", str(crops), "--model", vague, "--out", str(tmp_path / "y"), "--workers", "0"])
     assert rc == 2 and "--fake-label" in capsys.readouterr().err
     # naming the fake class makes it usable
     cfg = TrainConfig(**{**FAST, "epochs": 1, "fake_label": "LABEL_0"})
-    train(crops, vague, tmp_path / "z", cfg, progress=False)
+    train.run(crops, vague, tmp_path / "z", cfg, progress=False)
     meta = modelmeta.load(tmp_path / "z" / "best")
     assert (meta.fake_index, meta.real_index) == (0, 1)
 
@@ -271,9 +272,9 @@ def test_model_without_fake_real_labels_is_refused(crops, tmp_path_factory, tmp_
 def test_head_of_another_size_only_with_reinit_head(crops, tmp_path_factory, tmp_path):
     three = _model(tmp_path_factory, "three", {0: "cat", 1: "dog", 2: "bird"})
     with pytest.raises(labels.LabelMappingError, match="--reinit-head"):
-        train(crops, three, tmp_path / "x", TrainConfig(**FAST), progress=False)
+        train.run(crops, three, tmp_path / "x", TrainConfig(**FAST), progress=False)
     cfg = TrainConfig(**{**FAST, "epochs": 1, "reinit_head": True})
-    train(crops, three, tmp_path / "y", cfg, progress=False)
+    train.run(crops, three, tmp_path / "y", cfg, progress=False)
     saved = json.loads((tmp_path / "y" / "best" / "config.json").read_text())
     assert saved["id2label"] == {"0": "Realism", "1": "Deepfake"}
 
@@ -288,7 +289,7 @@ def test_corrupt_image_is_skipped_and_reported(crops, vit, tmp_path):
     bad_val = sorted((data / "val" / "real").glob("*.jpg"))[0]
     bad_train.write_bytes(b"not a jpeg at all")
     bad_val.write_bytes(b"\xff\xd8\xff garbage")
-    summary = train(data, vit, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}), progress=False)
+    summary = train.run(data, vit, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}), progress=False)
     text = (tmp_path / "run" / "skipped.txt").read_text()
     assert str(bad_train) in text and str(bad_val) in text
     assert len(summary["skipped"]) == 2
@@ -303,7 +304,7 @@ def test_out_of_memory_halves_micro_batch_and_keeps_the_step(crops, vit, tmp_pat
     from transformers import ViTForImageClassification
 
     cfg = TrainConfig(**{**FAST, "epochs": 1})
-    train(crops, vit, tmp_path / "plain", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "plain", cfg, progress=False)
 
     forward = ViTForImageClassification.forward
 
@@ -313,7 +314,7 @@ def test_out_of_memory_halves_micro_batch_and_keeps_the_step(crops, vit, tmp_pat
         return forward(self, pixel_values=pixel_values, **kw)
 
     monkeypatch.setattr(ViTForImageClassification, "forward", small_gpu)
-    summary = train(crops, vit, tmp_path / "oom", cfg, progress=False)
+    summary = train.run(crops, vit, tmp_path / "oom", cfg, progress=False)
     assert summary["micro_batch"] == 2
     # same effective batch: the same training curve (weights differ only by float summation order,
     # which Adam magnifies on gradients that are pure noise, such as attention key biases)
@@ -350,8 +351,8 @@ def test_out_of_memory_mid_window_keeps_the_window_gradients(crops, vit, tmp_pat
     from transformers import ViTForImageClassification
 
     cfg = TrainConfig(**{**FAST, "epochs": 1, "grad_accum": 2, "micro_batch": 4, "max_train_batches": 4})
-    train(crops, vit, tmp_path / "mb2", build(cfg, {"micro_batch": 2}), progress=False)
-    train(crops, vit, tmp_path / "mb4", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "mb2", build(cfg, {"micro_batch": 2}), progress=False)
+    train.run(crops, vit, tmp_path / "mb4", cfg, progress=False)
 
     forward = ViTForImageClassification.forward
     calls = []
@@ -370,7 +371,7 @@ def test_out_of_memory_mid_window_keeps_the_window_gradients(crops, vit, tmp_pat
         return forward(self, pixel_values=pixel_values, **kw)
 
     monkeypatch.setattr(ViTForImageClassification, "forward", flaky_gpu)
-    summary = train(crops, vit, tmp_path / "oom", cfg, progress=False)
+    summary = train.run(crops, vit, tmp_path / "oom", cfg, progress=False)
     assert summary["micro_batch"] == 2
     oom, mb2, mb4 = (load_file(tmp_path / r / "last" / "model.safetensors") for r in ("oom", "mb2", "mb4"))
     for k in oom:
@@ -402,7 +403,7 @@ def test_lr_schedule_advances_once_per_optimizer_step_taken(crops, vit, tmp_path
 
     monkeypatch.setattr(AcceleratedOptimizer, "step", every_other_step_overflows)
     monkeypatch.setattr(accelerate.scheduler, "AcceleratorState", lambda: SimpleNamespace(num_processes=4))
-    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     assert len(calls) == 6
     lr = json.loads((tmp_path / "run" / "history.json").read_text())[0]["train"]["lr"]
     assert lr == pytest.approx(cfg.lr * lr_lambda(6, 0, "cosine")(3))  # 3 steps taken of 6: half the peak
@@ -431,26 +432,26 @@ def test_augmentation_is_a_function_of_seed_epoch_index(crops):
 
     spec = Preprocess(out_height=32, out_width=32, resize_height=32, resize_width=32)
     rows = read_manifest(crops, splits=["train"])
-    ds = D.CropDataset(crops, rows, D.make_transform(spec, D.AugSettings.from_config(TrainConfig())), seed=3)
+    ds = data.CropDataset(crops, rows, data.make_transform(spec, data.AugSettings.from_config(TrainConfig())), seed=3)
     a, b, c = ds[(5, 1)]["image"], ds[(5, 1)]["image"], ds[(5, 2)]["image"]
     assert a.shape == (32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
-    plain = D.CropDataset(crops, rows, D.make_transform(spec, None))
+    plain = data.CropDataset(crops, rows, data.make_transform(spec, None))
     assert np.array_equal(plain[5]["image"], plain[(5, 1)]["image"])  # no augmentation outside train
 
 
 def test_sampler_balance_and_class_weights():
     y = np.array([0] * 20 + [1] * 80)
-    s = D.EpochSampler(y, seed=0, balanced=True)
+    s = data.EpochSampler(y, seed=0, balanced=True)
     s.set_epoch(1)
     drawn = y[[i for i, _ in s]]
     assert 0.4 < drawn.mean() < 0.6
-    s2 = D.EpochSampler(y, seed=0)
+    s2 = data.EpochSampler(y, seed=0)
     s2.set_epoch(1)
     order1 = [i for i, _ in s2]
     s2.set_epoch(2)
     assert sorted(order1) == list(range(100)) and order1 != [i for i, _ in s2]
-    assert D.class_weights([20, 80]) == pytest.approx([2.5, 0.625])  # the guide's 4:1
+    assert data.class_weights([20, 80]) == pytest.approx([2.5, 0.625])  # the guide's 4:1
 
 
 def test_cli_config_overrides_and_resume(crops, vit, tmp_path, capsys):
@@ -492,7 +493,7 @@ def cosine_interrupted(crops, vit, tmp_path_factory):
         raise Killed
 
     with pytest.raises(Killed):
-        train(crops, vit, out, cfg, progress=False, on_epoch_end=kill)
+        train.run(crops, vit, out, cfg, progress=False, on_epoch_end=kill)
     return out, cfg
 
 
@@ -510,7 +511,7 @@ def test_resume_refuses_settings_that_change_the_schedule_or_data_order(cosine_i
     run = _copy_run(src, tmp_path)
     settings = (run / "settings.yaml").read_bytes()
     with pytest.raises(TrainError) as e:
-        train(crops, vit, run, build(cfg, {"batch_size": 4, "lr": 1e-4, "seed": 1, "patience": 2}), progress=False,
+        train.run(crops, vit, run, build(cfg, {"batch_size": 4, "lr": 1e-4, "seed": 1, "patience": 2}), progress=False,
               resume=True)
     msg = str(e.value)
     assert "batch_size: 8 -> 4" in msg and "lr: 0.001 -> 0.0001" in msg and "seed: 0 -> 1" in msg
@@ -521,7 +522,7 @@ def test_resume_refuses_settings_that_change_the_schedule_or_data_order(cosine_i
     assert rc == 2 and "batch_size: 8 -> 16" in capsys.readouterr().err
     # a cosine schedule laid out over 3 epochs cannot be extended: it ends at lr 0
     with pytest.raises(TrainError, match="cosine"):
-        train(crops, vit, run, build(cfg, {"epochs": 5}), progress=False, resume=True)
+        train.run(crops, vit, run, build(cfg, {"epochs": 5}), progress=False, resume=True)
     # nothing was touched
     assert (run / "settings.yaml").read_bytes() == settings
     assert json.loads((run / "last" / "training_state" / "trainer.json").read_text())["epoch"] == 1
@@ -535,7 +536,7 @@ def test_resume_honours_safe_settings_and_keeps_the_schedule_laid_out_at_the_sta
 
     src, cfg = cosine_interrupted
     run = _copy_run(src, tmp_path)
-    summary = train(crops, vit, run, build(cfg, {"epochs": 2, "patience": 5}), progress=False, resume=True)
+    summary = train.run(crops, vit, run, build(cfg, {"epochs": 2, "patience": 5}), progress=False, resume=True)
     assert summary["epochs_run"] == 2 and summary["epochs_planned"] == 2
     hist = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
@@ -563,7 +564,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
     from dftune.atomic import WriteError
     from dftune.cli import main
 
-    from dftune.train import checkpoint as ckpt
+    from dftune.training import checkpoint as ckpt
 
     save, link = ViTForImageClassification.save_pretrained, ckpt.link_files
     saves = []
@@ -593,7 +594,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
     cfg = TrainConfig(**{**FAST, "epochs": 2, "max_train_batches": 2})
     run = tmp_path / "run"
     with pytest.raises(WriteError) as e:
-        train(crops, vit, run, cfg, progress=False)
+        train.run(crops, vit, run, cfg, progress=False)
     msg = str(e.value)
     assert "No space left on device" in msg and "free on" in msg and str(run / "last.tmp") in msg
     assert "--resume" in msg and "epoch 1" in msg
@@ -615,7 +616,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
 
 
 def test_threads_and_workers_follow_the_machine():
-    from dftune.train.config import resolve_threads, resolve_workers
+    from dftune.training.config import resolve_threads, resolve_workers
 
     def threads(setting=0, **kw):
         return resolve_threads(setting, **{"cores": 16, "processes": 1, "gpu": False, "env": {}, **kw})[0]
@@ -670,7 +671,7 @@ def test_threads_flag_reaches_torch_and_the_summary(crops, vit, tmp_path, monkey
 def test_progress_off_a_terminal_is_a_few_lines_per_epoch(crops, vit, tmp_path, capfd):
     cfg = TrainConfig(**{**FAST, "epochs": 2, "max_train_batches": 3})
     capfd.readouterr()
-    train(crops, vit, tmp_path / "run", cfg, progress=True)
+    train.run(crops, vit, tmp_path / "run", cfg, progress=True)
     out, err = capfd.readouterr()
     assert "\r" not in err and "\r" not in out  # no bar redraws in a log
     assert "Writing model shards" not in err

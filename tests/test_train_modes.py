@@ -11,11 +11,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from dftune.stages.train import TrainError, train
-from dftune.train import data as D
-from dftune.train import tuning as T
-from dftune.train.config import TrainConfig, build
-from dftune.train.ema import EMA
+from dftune.stages import train
+from dftune.stages.train import TrainError
+from dftune.training import data
+from dftune.training import trainable
+from dftune.training.config import TrainConfig, build
+from dftune.training.ema import EMA
 
 torch.set_num_threads(1)
 
@@ -25,7 +26,7 @@ FAST = dict(epochs=1, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=4, frames=4, size=32, methods=("Deepfakes", "FaceSwap"))
@@ -68,7 +69,7 @@ def _expected(mode: str, names) -> set:
 def test_mode_trains_exactly_its_parameters(crops, vit, tmp_path, mode, freeze):
     base = _weights(vit)
     cfg = TrainConfig(**{**FAST, "tune": mode, "freeze": freeze, "max_train_batches": 3})
-    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    summary = train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     after = _weights(tmp_path / "run" / "last")
     assert after.keys() == base.keys()
     want = {n for n in _expected(mode, base) if not any(__import__("re").search(p, n) for p in freeze)}
@@ -88,7 +89,7 @@ def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tm
     from dftune.stages.train import load_model
 
     cfg = TrainConfig(**{**FAST, "tune": "lora", "lora_rank": 4, "max_train_batches": 3})
-    summary = train(crops, vit, tmp_path / "run", cfg, progress=False)
+    summary = train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     base = _weights(vit)
     merged = AutoModelForImageClassification.from_pretrained(tmp_path / "run" / "last").eval()
     sd = merged.state_dict()
@@ -103,7 +104,7 @@ def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tm
     raw = load_file(str(tmp_path / "run" / "last" / "training_state" / "weights.safetensors"))
     assert any(".lora_A." in k for k in raw) and any(".lora_B." in k for k in raw)
     model, _, _ = load_model(vit, cfg)
-    peft_model, plan = T.setup(model, cfg)
+    peft_model, plan = trainable.setup(model, cfg)
     assert set(plan.trainable) <= set(raw)  # the adapters and the head; the frozen base is the starting model's
     peft_model.load_state_dict(raw, strict=False)
     peft_model.eval()
@@ -127,7 +128,7 @@ def test_head_epochs_train_the_head_alone_first(crops, vit, tmp_path):
         seen[epoch] = _weights(out / "last")
 
     cfg = TrainConfig(**{**FAST, "epochs": 2, "head_epochs": 1, "max_train_batches": 2})
-    train(crops, vit, out, cfg, progress=False, on_epoch_end=grab)
+    train.run(crops, vit, out, cfg, progress=False, on_epoch_end=grab)
     changed1 = {n for n in base if not torch.equal(base[n], seen[1][n])}
     changed2 = {n for n in base if not torch.equal(seen[1][n], seen[2][n])}
     assert changed1 == {"classifier.weight", "classifier.bias"}
@@ -139,7 +140,7 @@ def test_lr_decay_gives_each_layer_its_learning_rate(vit):
 
     model = AutoModelForImageClassification.from_pretrained(vit)
     named = list(model.named_parameters())
-    groups = T.param_groups(named, 1e-3, 0.01, lr_decay=0.5)
+    groups = trainable.param_groups(named, 1e-3, 0.01, lr_decay=0.5)
     lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
     assert len(lr_of) == len(named)
     L = 2
@@ -155,7 +156,7 @@ def test_lr_decay_gives_each_layer_its_learning_rate(vit):
         assert lr == pytest.approx(want), n
         assert wd == (0.01 if p.ndim >= 2 else 0.0), n
     # off: the two groups of before (decay on matrices only), lr from the optimizer's default
-    g1 = T.param_groups(named, 1e-3, 0.01)
+    g1 = trainable.param_groups(named, 1e-3, 0.01)
     assert len(g1) == 2 and "lr" not in g1[0] and g1[1]["weight_decay"] == 0.0
 
 
@@ -185,7 +186,7 @@ def test_ema_is_the_hand_computed_average_and_restores_the_raw_weights(tmp_path)
 
 def test_ema_run_validates_and_saves_the_average(crops, vit, tmp_path):
     cfg = TrainConfig(**{**FAST, "ema": 0.5, "max_train_batches": 3})
-    train(crops, vit, tmp_path / "run", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     last = tmp_path / "run" / "last"
     saved, raw = _weights(last), load_file(str(last / "training_state" / "weights.safetensors"))
     avg = load_file(str(last / "training_state" / "ema.safetensors"))
@@ -205,7 +206,7 @@ def _train_rows(crops):
 
 def test_paired_sampler_puts_each_fake_with_its_own_real_frame(crops):
     rows = _train_rows(crops)
-    s = D.PairedSampler(rows, batch_size=6, seed=3)  # groups of 3: a real and its 2 fakes
+    s = data.PairedSampler(rows, batch_size=6, seed=3)  # groups of 3: a real and its 2 fakes
     s.set_epoch(1)
     idx = [i for i, e in s]
     assert sorted(idx) == list(range(len(rows))) and {e for _, e in s} == {1}
@@ -217,7 +218,7 @@ def test_paired_sampler_puts_each_fake_with_its_own_real_frame(crops):
                 assert r.video_id.split("_")[0] == r.target_id
                 assert (r.target_id, r.frame_index) in reals, (r.path, [x.path for x in batch])
     # deterministic per (seed, epoch), another order the next epoch
-    again = D.PairedSampler(rows, batch_size=6, seed=3)
+    again = data.PairedSampler(rows, batch_size=6, seed=3)
     again.set_epoch(1)
     assert list(again) == list(s)
     again.set_epoch(2)
@@ -228,11 +229,11 @@ def test_paired_sampler_samples_rows_without_a_partner(crops):
     rows = _train_rows(crops)
     real0 = next(i for i, r in enumerate(rows) if r.label == 0)
     rows = rows[:real0] + rows[real0 + 1:]  # its two fakes lose their partner
-    groups = D.pair_groups(rows)
+    groups = data.pair_groups(rows)
     assert sorted(i for g in groups for i in g) == list(range(len(rows)))
     assert sum(len(g) == 1 for g in groups) == 2
     for bs in (4, 5, 7):  # batches that cannot hold whole groups: still every row exactly once
-        s = D.PairedSampler(rows, batch_size=bs, seed=0)
+        s = data.PairedSampler(rows, batch_size=bs, seed=0)
         assert sorted(i for i, _ in s) == list(range(len(rows)))
 
 
@@ -252,7 +253,7 @@ def test_cli_flags_reach_settings_and_resume_refuses_a_mode_change(crops, vit, t
         "bias", [r"layers\.1\.", "cls_token"], True, 1, 0.8, 0.9)
     assert s["_tuning"]["layer_lrs"][3] == pytest.approx(1e-5)
     with pytest.raises(TrainError, match="tune"):
-        train(crops, vit, out, build(TrainConfig(**{**FAST, "epochs": 2}), {
+        train.run(crops, vit, out, build(TrainConfig(**{**FAST, "epochs": 2}), {
             k: s[k] for k in ("freeze", "paired", "head_epochs", "lr_decay", "ema", "max_train_batches")},
             {"tune": "layernorm"}), resume=True, progress=False)
 
@@ -267,7 +268,7 @@ def test_cli_flags_reach_settings_and_resume_refuses_a_mode_change(crops, vit, t
 ], ids=["full+ema", "layernorm+lpft+lrdecay", "lora+ema+lpft"])
 def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "max_train_batches": 3, **extra})
-    train(crops, vit, tmp_path / "a", cfg, progress=False)
+    train.run(crops, vit, tmp_path / "a", cfg, progress=False)
 
     class Killed(Exception):
         pass
@@ -277,8 +278,8 @@ def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
             raise Killed
 
     with pytest.raises(Killed):
-        train(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
-    summary = train(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
+        train.run(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    summary = train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
     assert summary["epochs_run"] == 3
     for f in ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"):
         if not (tmp_path / "a" / "last" / f).exists():
@@ -319,7 +320,7 @@ def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tm
     assert meta["crop"]["size"] == 32 and meta["threshold"] == 0.5  # the data's crops, not the hub defaults
     assert build(None, {"recipe": "generalise"}).ema == 0.0  # a recipe applies to new runs through with_recipe
 
-    from dftune.train.config import with_recipe
+    from dftune.training.config import with_recipe
 
     cfg = with_recipe({"recipe": "generalise", "ema": 0.9}, {})
     assert (cfg.ema, cfg.wise_alpha) == (0.9, 0.75)  # the settings file beats the recipe, too

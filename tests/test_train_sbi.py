@@ -8,16 +8,16 @@ import torch
 
 from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
-from dftune.train import data as D
-from dftune.train.config import TrainConfig
-from dftune.stages.train import train
+from dftune.training import data
+from dftune.training.config import TrainConfig
+from dftune.stages import train
 
 torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory):
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = tmp_path_factory.mktemp("sbi_crops")
     make_crops(out, n_videos=6, frames=4, size=32, methods=("Deepfakes",))
@@ -27,7 +27,7 @@ def crops(tmp_path_factory):
 def _ds(crops, sbi, seed=0, split="train"):
     spec = Preprocess(out_height=32, out_width=32, resize_height=32, resize_width=32)
     rows = read_manifest(crops, splits=[split])
-    return D.CropDataset(crops, rows, D.make_transform(spec, None), seed=seed, sbi=sbi), rows
+    return data.CropDataset(crops, rows, data.make_transform(spec, None), seed=seed, sbi=sbi), rows
 
 
 def test_sbi_turns_the_expected_share_of_reals_into_fakes(crops):
@@ -40,10 +40,10 @@ def test_sbi_turns_the_expected_share_of_reals_into_fakes(crops):
             s = ds[(i, epoch)]
             if s["label"] == 1:
                 flipped.append(i)
-                plain = D.read_rgb(ds.paths[i])
+                plain = data.read_rgb(ds.paths[i])
                 assert not np.array_equal(s["image"], plain)  # really blended
             else:
-                assert np.array_equal(s["image"], D.read_rgb(ds.paths[i]))
+                assert np.array_equal(s["image"], data.read_rgb(ds.paths[i]))
         for i in fakes[:5]:
             assert ds[(i, epoch)]["label"] == 1  # fakes stay fakes
     share = len(flipped) / (10 * len(reals))
@@ -62,12 +62,12 @@ def test_sbi_is_deterministic_under_a_seed_and_off_outside_training(crops):
     assert sa["label"] == sb["label"] and np.array_equal(sa["image"], sb["image"])
     assert any(not np.array_equal(a[(i, e)]["image"], c[(i, e)]["image"]) for e in range(5))
     # without an epoch (evaluation-style access) nothing is altered
-    assert a[i]["label"] == 0 and np.array_equal(a[i]["image"], D.read_rgb(a.paths[i]))
+    assert a[i]["label"] == 0 and np.array_equal(a[i]["image"], data.read_rgb(a.paths[i]))
 
 
 def test_balanced_sampler_accounts_for_pseudo_fakes():
     y = np.array([0] * 20 + [1] * 80)
-    s = D.EpochSampler(y, seed=0, balanced=True, sbi=0.3)
+    s = data.EpochSampler(y, seed=0, balanced=True, sbi=0.3)
     reals = fakes = 0.0
     for epoch in range(20):
         s.set_epoch(epoch)
@@ -97,7 +97,7 @@ def test_train_with_sbi_on_reals_only(crops, tmp_path):
         (only_real / split).symlink_to(crops / split)
     model = build_tiny_vit(tmp_path / "vit", image_size=32, hidden_size=64)
     out = tmp_path / "run"
-    summary = train(only_real, str(model), out, TrainConfig(epochs=1, batch_size=8, num_workers=0, aug=False,
+    summary = train.run(only_real, str(model), out, TrainConfig(epochs=1, batch_size=8, num_workers=0, aug=False,
                                                              tensorboard=False, sbi=0.5, lr=1e-3), progress=False)
     import yaml
 

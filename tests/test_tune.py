@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dftune.stages import tune as T
+from dftune.stages import tune
 
 torch.set_num_threads(1)
 
@@ -30,7 +30,7 @@ SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
 
 @pytest.fixture(scope="module")
 def crops(tmp_path_factory) -> Path:
-    from dftune.stages.demo.dataset import make_crops
+    from dftune.synthetic import make_crops
 
     out = tmp_path_factory.mktemp("crops")
     make_crops(out, n_videos=6, frames=3, size=32, methods=("Deepfakes", "FaceSwap"))
@@ -53,12 +53,12 @@ def space_file(tmp_path_factory) -> Path:
     return p
 
 
-def _settings(**kw) -> T.TuneSettings:
-    from dftune.train.config import parse_sets
+def _settings(**kw) -> tune.TuneSettings:
+    from dftune.training.config import parse_sets
 
     d = dict(trials=3, epochs=2, space=dict(SPACE), pruner="none", seed=0, sets=parse_sets(SETS))
     d.update(kw)
-    return T.TuneSettings(**d)
+    return tune.TuneSettings(**d)
 
 
 def _rows(study_dir: Path) -> list[dict]:
@@ -155,16 +155,16 @@ def test_killed_study_resumes_without_repeating(crops, vit, tmp_path):
     import optuna
 
     out = tmp_path / "s"
-    sm = T.tune(crops, vit, out, _settings(trials=2), say=lambda m: None)
+    sm = tune.run(crops, vit, out, _settings(trials=2), say=lambda m: None)
     assert sm["ran_here"] == 2
     # a process killed mid-trial leaves a RUNNING trial behind (its pid is gone)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    st = optuna.load_study(study_name="s", storage=T.open_storage(out, None))
+    st = optuna.load_study(study_name="s", storage=tune.open_storage(out, None))
     t = st.ask()
     t.set_user_attr("host", socket.gethostname())
     t.set_user_attr("pid", dead.pid)
-    sm = T.tune(crops, vit, out, _settings(trials=3), say=lambda m: None)
+    sm = tune.run(crops, vit, out, _settings(trials=3), say=lambda m: None)
     assert sm["ran_here"] == 1  # 2 finished + 1 more; the killed one is not counted
     rows = _rows(out)
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"),
@@ -178,7 +178,7 @@ def test_killed_study_resumes_without_repeating(crops, vit, tmp_path):
 def test_failed_trial_is_recorded_and_study_goes_on(crops, vit, tmp_path, monkeypatch):
     import dftune.stages.train as train_mod
 
-    real, calls = train_mod.train, []
+    real, calls = train_mod.run, []
 
     def flaky(*a, **kw):
         calls.append(1)
@@ -186,9 +186,9 @@ def test_failed_trial_is_recorded_and_study_goes_on(crops, vit, tmp_path, monkey
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(*a, **kw)
 
-    monkeypatch.setattr(train_mod, "train", flaky)
+    monkeypatch.setattr(train_mod, "run", flaky)
     out = tmp_path / "s"
-    sm = T.tune(crops, vit, out, _settings(trials=3), say=lambda m: None)
+    sm = tune.run(crops, vit, out, _settings(trials=3), say=lambda m: None)
     rows = _rows(out)
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert rows[1]["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)"
@@ -202,7 +202,7 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
 
     import dftune.stages.train as train_mod
 
-    real = train_mod.train
+    real = train_mod.run
 
     def bad_when_tiny_lr(data, model, out, cfg, **kw):
         cb = kw.pop("on_epoch_end")
@@ -214,14 +214,14 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
 
         return real(data, model, out, cfg, on_epoch_end=wrapped, **kw)
 
-    monkeypatch.setattr(train_mod, "train", bad_when_tiny_lr)
+    monkeypatch.setattr(train_mod, "run", bad_when_tiny_lr)
     out = tmp_path / "s"
     space = dict(SPACE, lr={"type": "categorical", "choices": [1e-3, 1e-12]}, schedule="constant")
     out.mkdir()
-    st = optuna.create_study(study_name="s", storage=T.open_storage(out, None), direction="maximize")
+    st = optuna.create_study(study_name="s", storage=tune.open_storage(out, None), direction="maximize")
     for lr in (1e-3, 1e-3, 1e-3, 1e-12, 1e-3):  # three to learn the median from, the bad one, then a good one
         st.enqueue_trial({"lr": lr})
-    sm = T.tune(crops, vit, out, _settings(trials=5, epochs=3, space=space, pruner="median"), say=lambda m: None)
+    sm = tune.run(crops, vit, out, _settings(trials=5, epochs=3, space=space, pruner="median"), say=lambda m: None)
     rows = _rows(out)
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3 + ["PRUNED", "COMPLETE"]
     assert rows[3]["epochs_run"] == "2" and json.loads(rows[3]["frame_f1_per_epoch"]) == [0.0, 0.0]
@@ -247,8 +247,8 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
 def test_bad_space_file_names_the_key(content, key, words, tmp_path, crops, vit, capsys):
     p = tmp_path / "space.yaml"
     p.write_text(content)
-    with pytest.raises(T.SpaceError) as e:
-        T.check_space(T.load_space(p), T.TrainConfig(), str(p))
+    with pytest.raises(tune.SpaceError) as e:
+        tune.check_space(tune.load_space(p), tune.TrainConfig(), str(p))
     assert repr(key) in str(e.value) and words in str(e.value) and str(p) in str(e.value)
     # through the CLI: a one-line error naming the key, before any trial runs
     assert _cli("tune", "--data", str(crops), "--model", vit, "--out", str(tmp_path / "s"), "--space", str(p)) == 2
@@ -258,16 +258,16 @@ def test_bad_space_file_names_the_key(content, key, words, tmp_path, crops, vit,
 
 
 def test_space_helpers():
-    base = T.TrainConfig(batch_size=16, grad_accum=2)
-    assert T.keep_effective_batch(base, {"batch_size": 8}, {})["grad_accum"] == 4
-    assert T.keep_effective_batch(base, {"batch_size": 32}, {})["grad_accum"] == 1
-    assert T.keep_effective_batch(base, {"batch_size": 8, "grad_accum": 1}, {})["grad_accum"] == 1
-    searched, fixed = T.check_space(T.load_space(None), T.TrainConfig())
-    assert set(searched) == set(T.DEFAULT_SPACE) and fixed == {}
-    assert T.trial_seed(0, 1) == T.trial_seed(0, 1) != T.trial_seed(0, 2) != T.trial_seed(1, 2)
-    assert T.parse_metric("video_auc").direction == "maximize" and T.parse_metric("frame_loss").direction == "minimize"
+    base = tune.TrainConfig(batch_size=16, grad_accum=2)
+    assert tune.keep_effective_batch(base, {"batch_size": 8}, {})["grad_accum"] == 4
+    assert tune.keep_effective_batch(base, {"batch_size": 32}, {})["grad_accum"] == 1
+    assert tune.keep_effective_batch(base, {"batch_size": 8, "grad_accum": 1}, {})["grad_accum"] == 1
+    searched, fixed = tune.check_space(tune.load_space(None), tune.TrainConfig())
+    assert set(searched) == set(tune.DEFAULT_SPACE) and fixed == {}
+    assert tune.trial_seed(0, 1) == tune.trial_seed(0, 1) != tune.trial_seed(0, 2) != tune.trial_seed(1, 2)
+    assert tune.parse_metric("video_auc").direction == "maximize" and tune.parse_metric("frame_loss").direction == "minimize"
     with pytest.raises(ValueError, match="unknown metric"):
-        T.parse_metric("f1")
+        tune.parse_metric("f1")
 
 
 # ------------------------------------------------------------------ several processes, one study
@@ -288,8 +288,8 @@ def test_two_processes_share_one_journal_study(crops, vit, space_file, tmp_path)
     assert sum(ran) == 4, outs
     import optuna
 
-    st = optuna.load_study(study_name="shared", storage=T.open_storage(out, None))
-    counted = [t for t in st.trials if T.counts_as_finished(t)]
+    st = optuna.load_study(study_name="shared", storage=tune.open_storage(out, None))
+    counted = [t for t in st.trials if tune.counts_as_finished(t)]
     assert len(counted) == 4 and len({t.number for t in counted}) == 4
     assert len({json.dumps(t.params, sort_keys=True) for t in counted}) == 4  # no duplicate settings
     assert len(_rows(out)) == 4
@@ -313,17 +313,17 @@ def test_help_explains_every_option_and_default(capsys):
 
 def test_continuing_with_another_metric_or_fraction_is_refused(crops, vit, tmp_path):
     out = tmp_path / "s"
-    T.tune(crops, vit, out, _settings(trials=1, epochs=1, fraction=0.5), say=lambda m: None)
+    tune.run(crops, vit, out, _settings(trials=1, epochs=1, fraction=0.5), say=lambda m: None)
     manifest = (out / "data" / "manifest.csv").read_text()
     with pytest.raises(ValueError, match="trains on --fraction 0.5"):
-        T.tune(crops, vit, out, _settings(trials=2, epochs=1, fraction=1.0), say=lambda m: None)
+        tune.run(crops, vit, out, _settings(trials=2, epochs=1, fraction=1.0), say=lambda m: None)
     with pytest.raises(ValueError, match="optimises frame_f1"):
-        T.tune(crops, vit, out, _settings(trials=2, epochs=1, fraction=0.5, metric="video_auc"), say=lambda m: None)
+        tune.run(crops, vit, out, _settings(trials=2, epochs=1, fraction=0.5, metric="video_auc"), say=lambda m: None)
     assert (out / "data" / "manifest.csv").read_text() == manifest and len(_rows(out)) == 1
 
 
 def test_same_seed_repeats_the_study(crops, vit, tmp_path):
-    a = T.tune(crops, vit, tmp_path / "a", _settings(trials=2, epochs=1), say=lambda m: None)
-    b = T.tune(crops, vit, tmp_path / "b", _settings(trials=2, epochs=1), say=lambda m: None)
+    a = tune.run(crops, vit, tmp_path / "a", _settings(trials=2, epochs=1), say=lambda m: None)
+    b = tune.run(crops, vit, tmp_path / "b", _settings(trials=2, epochs=1), say=lambda m: None)
     assert [(r["params"], r["value"]) for r in a["rows"]] == [(r["params"], r["value"]) for r in b["rows"]]
-    assert [r["seed"] for r in _rows(tmp_path / "a")] == [str(T.trial_seed(0, 0)), str(T.trial_seed(0, 1))]
+    assert [r["seed"] for r in _rows(tmp_path / "a")] == [str(tune.trial_seed(0, 0)), str(tune.trial_seed(0, 1))]

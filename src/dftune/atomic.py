@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,3 +139,31 @@ def folder_lock(folder: str | os.PathLike, name: str = "lock", what: str = "dftu
         yield
     finally:
         f.close()
+
+
+def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Put the complete folder ``tmp`` at ``final``, replacing what is there, so that a kill at any moment
+    leaves one complete folder: ``final``, or (between the two renames) ``final.old`` beside it."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.with_name(final.name + ".old")
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside ``final``; when the block ends without an error it replaces ``final``
+    (:func:`replace_folder`, with the umask's mode), otherwise it is removed and ``final`` is left as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, DIR_MODE)
+        replace_folder(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

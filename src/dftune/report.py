@@ -46,13 +46,13 @@ def curves_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
     """ROC and precision-recall side by side, one line per model."""
     from sklearn.metrics import precision_recall_curve
 
-    from dftune import metrics as M
+    from dftune import metrics
 
     fig, (a, b) = _plt().subplots(1, 2, figsize=(9, 4))
     roc = {}
     for name, p in scored.items():
-        fpr, tpr, _ = M.roc_points(y, p)
-        roc[name] = (fpr, tpr, M.roc_auc(y, p))
+        fpr, tpr, _ = metrics.roc_points(y, p)
+        roc[name] = (fpr, tpr, metrics.roc_auc(y, p))
         if len(fpr):
             pr, rc, _ = precision_recall_curve(y, p)
             b.plot(rc, pr, lw=1.5, label=name)

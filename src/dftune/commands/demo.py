@@ -23,7 +23,7 @@ examples:
 
 
 def register(sub) -> None:
-    from dftune.stages.demo.pipeline import DemoConfig
+    from dftune.stages.demo import DemoConfig
 
     d = DemoConfig()
     p = add_parser(sub, "demo", "the whole chain on a small self-made FF++-shaped dataset, in minutes on a CPU",
@@ -46,14 +46,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from dftune.stages.demo.pipeline import DemoConfig, DemoError
-    from dftune.stages.demo.pipeline import run as demo
+    from dftune.stages.demo import DemoConfig, DemoError
+    from dftune.stages import demo
 
     cfg = DemoConfig(out=Path(args.out) if args.out else None, keep=args.keep, seed=args.seed, n_ids=args.n_ids,
                      frames=args.frames, epochs=args.epochs, sbi=args.sbi, workers=args.workers, onnx=args.onnx,
                      progress=not args.no_progress)
     try:
-        r = demo(cfg)
+        r = demo.run(cfg)
     except DemoError as e:
         import sys
 

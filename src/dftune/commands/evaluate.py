@@ -63,11 +63,11 @@ def run(args) -> int:
     from dftune.progress import console
     from rich.table import Table
 
-    from dftune.stages import evaluate as E
-    from dftune import scoring as inference
+    from dftune.stages import evaluate
+    from dftune import scoring
 
-    s = E.EvalSettings(
-        split=args.split, threshold_split=args.threshold_split, tta=inference.parse_tta(args.tta),
+    s = evaluate.EvalSettings(
+        split=args.split, threshold_split=args.threshold_split, tta=scoring.parse_tta(args.tta),
         aggregate=args.aggregate, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
         backend=args.backend, fake_label=args.fake_label, ensemble=args.ensemble, weights=args.weight,
         threshold_level=args.threshold_level, write_threshold=args.write_threshold, ensemble_out=args.ensemble_out,
@@ -79,29 +79,29 @@ def run(args) -> int:
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
-        return _files(E, con, E.evaluate_files(args.model, args.files, args.labels, args.out, s))
+        return _files(evaluate, con, evaluate.evaluate_files(args.model, args.files, args.labels, args.out, s))
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
     if len(args.data) > 1 or args.threshold_data:
-        return _cross(E, con, E.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
-    res = E.evaluate(args.model, args.data[0], args.out, s)
+        return _cross(evaluate, con, evaluate.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
+    res = evaluate.run(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res['aggregate']})")
-    for c in E.SUMMARY_HEADER:
+    for c in evaluate.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
-    for r in E.summary_rows(res):
+    for r in evaluate.summary_rows(res):
         t.add_row(*r)
     con.print(t)
     mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
-    for c in E.METHOD_HEADER:
+    for c in evaluate.METHOD_HEADER:
         mt.add_column(c, justify="left" if c in ("model", "method") else "right")
-    for r in E.method_rows(res, "video"):
+    for r in evaluate.method_rows(res, "video"):
         mt.add_row(*r)
     con.print(mt)
     if res["skipped_crops"]:
         con.print(f"[yellow]{res['skipped_crops']} crops could not be read and were skipped (see the log)[/yellow]")
     for nm, e in res["models"].items():
         if "threshold_written" in e:
-            where = e["path"] if nm == E.ENSEMBLE else f"{e['path']}/dftune.json"
+            where = e["path"] if nm == evaluate.ENSEMBLE else f"{e['path']}/dftune.json"
             con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
                       f"{args.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
         elif "model_threshold" in e:
@@ -109,39 +109,39 @@ def run(args) -> int:
     fv = res.get("from_videos")
     if fv:
         for nm, e in fv["models"].items():
-            con.print(f"--from-videos {nm}: {e['n']} videos through predict's path, AUC {E._f(e['auc'])}; vs crops: "
-                      f"mean |Δp| {E._f(e['mean_abs_diff'])}, label agreement {E._f(e['label_agreement_at_0.5'])}, "
+            con.print(f"--from-videos {nm}: {e['n']} videos through predict's path, AUC {evaluate._f(e['auc'])}; vs crops: "
+                      f"mean |Δp| {evaluate._f(e['mean_abs_diff'])}, label agreement {evaluate._f(e['label_agreement_at_0.5'])}, "
                       f"{e['only_from_videos']} videos only scored from the video")
     if args.out:
         con.print(f"metrics: {args.out}/metrics.json, report: {args.out}/report.md")
     return 0
 
 
-def _cross(E, con, r) -> int:
+def _cross(evaluate, con, r) -> int:
     from rich.table import Table
 
     t = Table(title=f"dftune evaluate across datasets ({r['split']} split; threshold from {r['threshold_split']} of "
                     f"{r['threshold_data']})")
-    for c in E.CROSS_HEADER:
+    for c in evaluate.CROSS_HEADER:
         t.add_column(c, justify="left" if c in ("model", "dataset") else "right")
     for row in r["table"]:
-        t.add_row(*E._cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
+        t.add_row(*evaluate._cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
     con.print(t)
     if r.get("out"):
         con.print(f"metrics: {r['out']}/metrics.json, report: {r['out']}/report.md")
     return 0
 
 
-def _files(E, con, r) -> int:
+def _files(evaluate, con, r) -> int:
     from rich.table import Table
 
     t = Table(title=f"dftune evaluate --files: {r['scored']} of {r['files']} labelled files scored as predict does")
     for c in ("files", "n", "AUC", "F1@.5", "F1@thr", "EER"):
         t.add_column(c, justify="left" if c == "files" else "right")
     a, b = r["at_0.5"], r["at_threshold"]
-    t.add_row("all", str(a["n"]), E._f(a["auc"]), E._f(a["macro_f1"]), E._f(b["macro_f1"]), E._f(a["eer"]))
+    t.add_row("all", str(a["n"]), evaluate._f(a["auc"]), evaluate._f(a["macro_f1"]), evaluate._f(b["macro_f1"]), evaluate._f(a["eer"]))
     for k, m in r["per_kind"].items():
-        t.add_row(k, str(m["n"]), E._f(m["auc"]), "-", E._f(m["macro_f1"]), E._f(m["eer"]))
+        t.add_row(k, str(m["n"]), evaluate._f(m["auc"]), "-", evaluate._f(m["macro_f1"]), evaluate._f(m["eer"]))
     con.print(t)
     con.print(f"threshold {r['threshold_source']}")
     for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),

@@ -38,14 +38,14 @@ def run(args) -> int:
     from dftune.progress import console
     from rich.table import Table
 
-    from dftune.stages import export as E
+    from dftune.stages import export
 
-    s = E.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
+    s = export.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
                          n_samples=args.n_samples, tolerance=args.tolerance, int8_tolerance=args.int8_tolerance,
                          opset=args.opset, bench_seconds=args.bench_seconds, force=args.force)
     try:
-        rep = E.export(args.model, args.out, s)
-    except E.ExportError as e:
+        rep = export.run(args.model, args.out, s)
+    except export.ExportError as e:
         console(stderr=True).print(f"[red]export failed:[/red] {e}")
         return 1
     con = console(stderr=True)
@@ -65,7 +65,7 @@ def run(args) -> int:
         pl = rep["pipeline"]
         con.print(f"transformers.pipeline loads the folder: label agreement {pl['label_agreement']:.1%}, "
                   f"max |Δp| {pl['max_prob_diff']:.2e}")
-    con.print(f"standalone script: {rep['out']}/{E.SCRIPT_NAME} + {E.PORTABLE_NAME} (see {E.README_NAME}); "
+    con.print(f"standalone script: {rep['out']}/{export.SCRIPT_NAME} + {export.PORTABLE_NAME} (see {export.README_NAME}); "
               f"threshold {rep['threshold']:.4f}")
     return 0
 

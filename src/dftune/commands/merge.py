@@ -33,18 +33,18 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from dftune.progress import console
-    from dftune.stages import merge as Mg
+    from dftune.stages import merge
 
     if args.greedy:
         if not args.data:
             raise ValueError("--greedy needs --data PREPARED_DIR (its val split judges each addition)")
-        r = Mg.greedy_soup(args.models, args.out, args.data, args.metric, args.level, force=args.force)
+        r = merge.greedy_soup(args.models, args.out, args.data, args.metric, args.level, force=args.force)
         con = console()
         for p, v in r["val"].items():
             con.print(f"{'in ' if p in r['models'] else 'out'}  {p}: {r['metric']} {v:.4f}")
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
-    r = Mg.merge(args.models, args.out, args.alpha, args.weight, args.force)
+    r = merge.run(args.models, args.out, args.alpha, args.weight, args.force)
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
                     f"-> {r['out']}; threshold 0.5 until `dftune evaluate --write-threshold`")
     return 0

@@ -67,7 +67,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from dftune import scoring
-    from dftune.stages import predict as P
+    from dftune.stages import predict
 
     words = [w.strip() for w in args.label_words.split(",")]
     if len(words) != 2 or not all(words):
@@ -75,27 +75,27 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     tta = scoring.parse_tta(args.tta)
-    found = P.collect(args.inputs, args.filename_style)
+    found = predict.collect(args.inputs, args.filename_style)
     items = found.files
     if not items:
         raise FileNotFoundError(f"no image or video files in {', '.join(args.inputs)}"
                                 + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     ens = scoring.load_ensemble(args.model, args.fake_label, args.device, args.backend, args.weight)
     models = ens.models
-    s = P.PredictSettings(
+    s = predict.PredictSettings(
         tta=tta, batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
         detector=args.detector, margin=args.margin, size=args.size, frames=args.frames, every=args.every,
         already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
         progress=not args.no_progress,
     )
-    thr, thr_text = P.decision(ens, s)
-    results = P.predict_files(ens, items, s, threshold=thr)
-    fmt = P.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
+    thr, thr_text = predict.decision(ens, s)
+    results = predict.score_files(ens, items, s, threshold=thr)
+    fmt = predict.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
                       not args.no_extra_columns, args.per_model)
-    P.write_csv(args.out, results, fmt, [m.name for m in models])
+    predict.write_csv(args.out, results, fmt, [m.name for m in models])
 
-    crop = P.crop_settings(models, s)
-    sm = P.summary(results)
+    crop = predict.crop_settings(models, s)
+    sm = predict.summary(results)
     con = console(stderr=True)
     t = Table(title=f"dftune predict -> {args.out}", show_header=False)
     t.add_row("models", ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path

@@ -120,7 +120,7 @@ def _detect_width(text: str):
 
 def run(args) -> int:
     from dftune.stages.prepare import PrepareConfig
-    from dftune.stages.prepare import run as prepare
+    from dftune.stages import prepare
 
     cfg = PrepareConfig(
         root=args.root, out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,
@@ -132,7 +132,7 @@ def run(args) -> int:
         shard=args.shard, merge_only=args.merge, progress=not args.no_progress,
     )
     try:
-        summary = prepare(cfg)
+        summary = prepare.run(cfg)
     except KeyboardInterrupt:
         print("\ninterrupted: finished videos are kept in", cfg.out, "- run the same command to continue",
               file=sys.stderr)

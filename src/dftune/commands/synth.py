@@ -66,12 +66,12 @@ def parse_sbi_sets(items: list[str]) -> dict:
 
 def run(args) -> int:
     from dftune.stages.synth import SynthConfig
-    from dftune.stages.synth import run as synth
+    from dftune.stages import synth
 
     cfg = SynthConfig(data=args.data, out=args.out, splits=tuple(args.splits), per_real=args.per_real,
                       seed=args.seed, keep_fakes=args.keep_fakes, quality=args.quality, workers=args.workers,
                       sbi=parse_sbi_sets(args.sbi_set), progress=not args.no_progress)
-    s = synth(cfg)
+    s = synth.run(cfg)
     print_summary(s)
     return 0 if s["pseudo_fakes"] else 1
 

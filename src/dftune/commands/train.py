@@ -68,7 +68,7 @@ _FLAGS = [
 
 
 def register(sub) -> None:
-    from dftune.train.config import TrainConfig
+    from dftune.training.config import TrainConfig
 
     d = TrainConfig()
     p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION)
@@ -77,7 +77,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
     from dftune.pooling import AGGREGATES
-    from dftune.train.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
+    from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
@@ -107,7 +107,7 @@ def register(sub) -> None:
 
 
 def _overrides(args) -> dict:
-    from dftune.train.config import FIELDS, parse_sets
+    from dftune.training.config import FIELDS, parse_sets
 
     out = {k: v for k, v in vars(args).items() if k in FIELDS}
     out.update(parse_sets(args.sets))
@@ -115,15 +115,16 @@ def _overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from dftune.train import config as C
-    from dftune.stages.train import resume_config, train
+    from dftune.training import config
+    from dftune.stages import train
+    from dftune.stages.train import resume_config
 
     overrides = _overrides(args)
     if args.resume:
         cfg = resume_config(args.out, overrides)
     else:
-        cfg = C.with_recipe(C.load_yaml(args.config) if args.config else None, overrides)
-    summary = train(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
+        cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
+    summary = train.run(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
     from accelerate import PartialState
 
     if PartialState().is_main_process:

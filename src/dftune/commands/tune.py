@@ -68,14 +68,15 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dftune.stages.tune import TuneSettings, tune
-    from dftune.train.config import parse_sets
+    from dftune.stages import tune
+    from dftune.stages.tune import TuneSettings
+    from dftune.training.config import parse_sets
 
     s = TuneSettings(trials=args.trials, timeout=args.timeout, metric=args.metric, space=args.space,
                      pruner=args.pruner, epochs=args.epochs, fraction=args.fraction, seed=args.seed,
                      storage=args.storage, study_name=args.study_name, keep_all=args.keep_all,
                      sets=parse_sets(args.sets))
-    summary = tune(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
+    summary = tune.run(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
     print_summary(summary)
     return 0
 

@@ -21,11 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune import prepared as manifest
-from dftune import scoring as inference
+from dftune import prepared
+from dftune import scoring
 from dftune.model import meta as modelmeta
-from dftune import metrics as M
-from dftune import pooling as P
+from dftune import metrics
+from dftune import pooling
 from dftune.pooling import format_aggregate
 from dftune.atomic import write_json, write_text
 
@@ -56,7 +56,7 @@ class EvalSettings:
     progress: bool = True
 
 
-def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s: EvalSettings):
+def score_rows(models, data: str | os.PathLike, rows: Sequence[prepared.Row], s: EvalSettings):
     """``(ok_mask, ensemble_probs, per_model_probs (M, N))`` for the rows' crops.
 
     Crops that cannot be read are left out (``ok_mask`` False) with a warning naming them.
@@ -67,7 +67,7 @@ def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s:
     per = np.full((len(models), n), np.nan)
     ens = np.full(n, np.nan)
     ok = np.zeros(n, dtype=bool)
-    paths = manifest.image_paths(data, rows)
+    paths = prepared.image_paths(data, rows)
 
     def load(i):
         try:
@@ -76,7 +76,7 @@ def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s:
             log.warning("%s: skipped, cannot read the crop (%s)", paths[i], e)
             return [], False
 
-    for i, good, e, p in inference.score_items(models, range(n), load, s.tta, s.batch_size, s.progress,
+    for i, good, e, p in scoring.score_items(models, range(n), load, s.tta, s.batch_size, s.progress,
                                                "evaluate", "crop"):
         if good:
             ens[i], per[:, i], ok[i] = e[0], p[:, 0], True
@@ -84,33 +84,33 @@ def score_rows(models, data: str | os.PathLike, rows: Sequence[manifest.Row], s:
 
 
 def _level_report(y, p, methods, thr_val: float | None) -> dict:
-    out = {"at_0.5": M.full_metrics(y, p, 0.5), "per_method_at_0.5": M.per_method(y, p, methods, 0.5)}
+    out = {"at_0.5": metrics.full_metrics(y, p, 0.5), "per_method_at_0.5": metrics.per_method(y, p, methods, 0.5)}
     if thr_val is not None:
-        out["at_val_threshold"] = M.full_metrics(y, p, thr_val)
-        out["per_method_at_val_threshold"] = M.per_method(y, p, methods, thr_val)
+        out["at_val_threshold"] = metrics.full_metrics(y, p, thr_val)
+        out["per_method_at_val_threshold"] = metrics.per_method(y, p, methods, thr_val)
     return out
 
 
 def _video_rows(rows, p, how, k):
     keys = [r.video for r in rows]
     y = [r.label for r in rows]
-    vk, vp, vy = P.video_aggregate(keys, p, y, how=how, k=k)
+    vk, vp, vy = pooling.video_aggregate(keys, p, y, how=how, k=k)
     meth_of = {r.video: r.method for r in rows}
     return vk, vp, vy, [meth_of[v] for v in vk]
 
 
-def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
+def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
              s: EvalSettings | None = None) -> dict:
     """Measure the models; write metrics.json, report.md, predictions.csv and PNGs to ``out_dir``."""
     s = s or EvalSettings()
-    how, k = P.parse_aggregate(s.aggregate, s.top_k)
+    how, k = pooling.parse_aggregate(s.aggregate, s.top_k)
     if s.threshold_level not in ("frame", "video"):
         raise ValueError("--threshold-level must be frame or video")
-    all_rows = manifest.read_manifest(data)
+    all_rows = prepared.read_manifest(data)
     eval_rows = [r for r in all_rows if r.split == s.split]
     if not eval_rows:
         have = sorted({r.split for r in all_rows})
-        raise ValueError(f"{manifest.manifest_file(data)}: no rows in split {s.split!r} (it has {have})")
+        raise ValueError(f"{prepared.manifest_file(data)}: no rows in split {s.split!r} (it has {have})")
     val_rows = [r for r in all_rows if r.split == s.threshold_split] if s.threshold_split != s.split else []
     if s.threshold_split == s.split:
         log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is optimistic",
@@ -121,7 +121,7 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
     elif not val_rows:
         log.warning("no %s rows: no tuned threshold, only the 0.5 results", s.threshold_split)
 
-    ensemble = inference.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    ensemble = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
     models = ensemble.models
     if ensemble.path:
         s.ensemble = True  # an ensemble file is measured as the ensemble it is
@@ -164,9 +164,9 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
             thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
             entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
         elif len(va_rows):
-            thr_f, f1_f = M.best_threshold(yv, pv)
+            thr_f, f1_f = metrics.best_threshold(yv, pv)
             _, vpv, vyv, _ = _video_rows(va_rows, pv, how, k)
-            thr_v, f1_v = M.best_threshold(vyv, vpv)
+            thr_v, f1_v = metrics.best_threshold(vyv, vpv)
             entry["val_threshold"] = {"frame": thr_f, "frame_val_macro_f1": f1_f,
                                       "video": thr_v, "video_val_macro_f1": f1_v, "n_val_crops": len(va_rows)}
         entry["frame"] = _level_report(y, p, methods, thr_f)
@@ -174,7 +174,7 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
         entry["video"] = _level_report(vy, vp, vm, thr_v)
         entry["video"]["n_videos"] = int(len(vk))
         for level, (yy, pp) in (("frame", (y, p)), ("video", (vy, vp))):
-            fpr, tpr, _ = M.roc_points(yy, pp)
+            fpr, tpr, _ = metrics.roc_points(yy, pp)
             curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
         result["models"][nm] = entry
 
@@ -189,11 +189,11 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
                 result["models"][nm]["threshold_written"] = t
         if ENSEMBLE in result["models"]:
             t = result["models"][ENSEMBLE]["val_threshold"][s.threshold_level]
-            dest = ensemble.path or s.ensemble_out or (Path(out_dir) / inference.ENSEMBLE_NAME if out_dir else None)
+            dest = ensemble.path or s.ensemble_out or (Path(out_dir) / scoring.ENSEMBLE_NAME if out_dir else None)
             if dest is None:
                 raise ValueError("--ensemble --write-threshold needs somewhere to write the ensemble: "
                                  "--ensemble-out FILE or --out DIR")
-            inference.write_ensemble(dest, [(m.path, m.weight) for m in models], t, source)
+            scoring.write_ensemble(dest, [(m.path, m.weight) for m in models], t, source)
             result["models"][ENSEMBLE]["threshold_written"] = t
             result["models"][ENSEMBLE]["path"] = str(dest)
             log.info("ensemble with threshold %.4f written to %s", t, dest)
@@ -213,7 +213,7 @@ def evaluate(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | 
             from dftune import report
             from dftune.portable import load_image
 
-            crop_paths = manifest.image_paths(data, ev_rows)
+            crop_paths = prepared.image_paths(data, ev_rows)
             report.write_html(out / "report.html", result, ev_rows,
                               {nm: v[:n_eval][ev_ok] for nm, v in scored.items()},
                               lambda i: load_image(crop_paths[i]), dict(zip(names, models)),
@@ -238,7 +238,7 @@ def from_videos(ensemble, data, s: EvalSettings, crop_video: dict, how: str, k: 
     """The split's source videos scored through predict's own path (decode, detect, crop in memory,
     whole frames when no face), side by side with the video scores pooled from the crops on disk."""
     from dftune.prepared import source_videos
-    from dftune.stages import predict as P
+    from dftune.stages import predict
 
     vids = source_videos(data, s.split)
     if not vids:
@@ -247,10 +247,10 @@ def from_videos(ensemble, data, s: EvalSettings, crop_video: dict, how: str, k: 
     if missing:
         raise FileNotFoundError(f"--from-videos: {len(missing)} source videos are not where prepare read them, "
                                 f"e.g. {missing[0]}")
-    items = [P.InputFile(Path(v["file"]), v["key"], "video") for v in vids]
-    ps = P.PredictSettings(tta=s.tta, batch_size=s.batch_size, aggregate=format_aggregate(how, k), top_k=k,
+    items = [predict.InputFile(Path(v["file"]), v["key"], "video") for v in vids]
+    ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, aggregate=format_aggregate(how, k), top_k=k,
                            progress=s.progress)
-    res = P.predict_files(ensemble, items, ps, threshold=0.5)
+    res = predict.score_files(ensemble, items, ps, threshold=0.5)
     y = np.array([v["label"] for v in vids])
     ok = np.array([not r.error for r in res])
     out = {"videos": len(vids), "errors": int((~ok).sum()),
@@ -258,7 +258,7 @@ def from_videos(ensemble, data, s: EvalSettings, crop_video: dict, how: str, k: 
     names = list(crop_video)
     for j, nm in enumerate(names):
         p = np.array([r.prob_fake if nm == ENSEMBLE else (r.per_model[j] if r.per_model else np.nan) for r in res])
-        m = M.full_metrics(y[ok], p[ok], 0.5)
+        m = metrics.full_metrics(y[ok], p[ok], 0.5)
         both = [(p[i], crop_video[nm][vids[i]["key"]]) for i in range(len(vids))
                 if ok[i] and vids[i]["key"] in crop_video[nm]]
         a = np.array(both) if both else np.zeros((0, 2))
@@ -279,7 +279,7 @@ def threshold_source(data, s: EvalSettings, how: str, k: int) -> dict:
             "tta": list(s.tta), "aggregate": format_aggregate(how, k), "backend": s.backend}
 
 
-def _write_threshold(m: inference.LoadedModel, t: float, s: EvalSettings, source: dict) -> None:
+def _write_threshold(m: scoring.LoadedModel, t: float, s: EvalSettings, source: dict) -> None:
     meta = modelmeta.load(m.path, m.id2label, s.fake_label)
     meta.threshold = float(t)
     meta.threshold_source = source
@@ -429,7 +429,7 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
 
     td = threshold_data or datas[0]
     names = _unique_names([str(Path(d)) for d in datas])
-    r0 = evaluate(model_dirs, td, None, replace(s, split=s.threshold_split, write_threshold=False, plots=False,
+    r0 = run(model_dirs, td, None, replace(s, split=s.threshold_split, write_threshold=False, plots=False,
                                                 from_videos=False, ensemble=s.ensemble))
     fixed = {nm: {"frame": e["val_threshold"]["frame"], "video": e["val_threshold"]["video"],
                   "from": f"{td} ({s.threshold_split})"}
@@ -438,7 +438,7 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
     per: dict = {}
     for nm, d in zip(names, datas):
         sub = out / _safe(nm) if out is not None else None
-        per[nm] = evaluate(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
+        per[nm] = run(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
     rows = cross_rows(per)
     result = {"threshold_data": str(td), "threshold_split": s.threshold_split, "split": s.split,
               "thresholds": fixed, "datasets": {nm: str(d) for nm, d in zip(names, datas)},
@@ -525,15 +525,15 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
                    out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> dict:
     """Raw images and videos scored exactly as ``predict`` scores them (face crop, TTA, ensemble,
     threshold), measured against ``labels``: the rehearsal of a hidden test set."""
-    from dftune.stages import predict as Pr
+    from dftune.stages import predict
 
     truth = read_labels(labels)
-    found = Pr.collect(inputs, filename_style)
-    ens = inference.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
-    ps = Pr.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
-    thr, thr_text = Pr.decision(ens, ps)
+    found = predict.collect(inputs, filename_style)
+    ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
+    thr, thr_text = predict.decision(ens, ps)
     labelled = [f for f in found.files if f.name in truth]
-    res = Pr.predict_files(ens, labelled, ps, threshold=thr)
+    res = predict.score_files(ens, labelled, ps, threshold=thr)
     ok = [r for r in res if not r.error]
     y = np.array([truth[r.name] for r in ok], dtype=np.int64)
     p = np.array([r.prob_fake for r in ok])
@@ -546,15 +546,15 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
         "unlabelled": [f.name for f in found.files if f.name not in truth],
         "missing": sorted(set(truth) - {f.name for f in found.files}),
         "skipped": found.skipped,
-        "at_0.5": M.full_metrics(y, p, 0.5), "at_threshold": M.full_metrics(y, p, thr),
-        "per_kind": {k: M.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
+        "at_0.5": metrics.full_metrics(y, p, 0.5), "at_threshold": metrics.full_metrics(y, p, thr),
+        "per_kind": {k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
                      for k in kinds},
     }
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "metrics.json", _clean(result))
-        Pr.write_csv(out / "predictions.csv", res, Pr.CsvFormat())
+        predict.write_csv(out / "predictions.csv", res, predict.CsvFormat())
         write_text(out / "report.md", files_md(result))
         result["out"] = str(out)
     return result

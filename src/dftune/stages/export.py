@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,9 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
-from dftune import scoring as inference
+from dftune import scoring
 from dftune.model import meta as modelmeta
-from dftune.atomic import DIR_MODE, FILE_MODE, write_json
+from dftune.atomic import DIR_MODE, FILE_MODE, staged_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +61,7 @@ class ExportSettings:
     extra: dict = field(default_factory=dict)
 
 
-def sample_images(model: inference.LoadedModel, files: Sequence[str] = (), n: int = 16,
+def sample_images(model: scoring.LoadedModel, files: Sequence[str] = (), n: int = 16,
                   seed: int = 0) -> tuple[list, str]:
     """Verification inputs and where they came from: the given images (folders searched), else
     the model's own val crops (its ``dftune.json`` names the prepared data it was trained on,
@@ -111,7 +109,7 @@ def sample_images(model: inference.LoadedModel, files: Sequence[str] = (), n: in
     return out, "synthetic (weak check)"
 
 
-def pipeline_check(folder: Path, images: list, model: inference.LoadedModel) -> dict:
+def pipeline_check(folder: Path, images: list, model: scoring.LoadedModel) -> dict:
     """``transformers.pipeline("image-classification")`` loads the folder on its own and names
     the same top label as dftune (no face crop, no TTA) on the sample images."""
     from PIL import Image
@@ -119,7 +117,7 @@ def pipeline_check(folder: Path, images: list, model: inference.LoadedModel) -> 
 
     clf = pipeline("image-classification", model=str(folder), device="cpu")
     fake_name = model.id2label[model.fake_index]
-    ours = inference.model_prob_fake(model, images)
+    ours = scoring.model_prob_fake(model, images)
     agree, diffs = 0, []
     for img, p in zip(images, ours):
         res = clf(Image.fromarray(img), top_k=None)
@@ -134,15 +132,15 @@ def dir_size(paths: Sequence[Path]) -> int:
     return int(sum(p.stat().st_size for p in paths if p.exists()))
 
 
-def images_per_second(model: inference.LoadedModel, images: list, seconds: float, batch: int = 8) -> float:
+def images_per_second(model: scoring.LoadedModel, images: list, seconds: float, batch: int = 8) -> float:
     """CPU throughput of ``prob_fake`` (no TTA) on batches of ``images``."""
     if seconds <= 0:
         return float("nan")
     chunk = (images * (batch // max(1, len(images)) + 1))[:batch]
-    inference.model_prob_fake(model, chunk)  # warm-up
+    scoring.model_prob_fake(model, chunk)  # warm-up
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        inference.model_prob_fake(model, chunk)
+        scoring.model_prob_fake(model, chunk)
         n += len(chunk)
     return n / (time.perf_counter() - t0)
 
@@ -185,7 +183,7 @@ def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) ->
                           dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSettings | None = None) -> dict:
+def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSettings | None = None) -> dict:
     """Write and verify the submission folder; returns the report (also saved as export_report.json)."""
     import torch
 
@@ -193,21 +191,19 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not s.force:
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
-    if inference.ensemble_file(model_dir):
+    if scoring.ensemble_file(model_dir):
         return export_ensemble(model_dir, out, s)
-    src = inference.load_model(model_dir, s.fake_label, device="cpu")
+    src = scoring.load_model(model_dir, s.fake_label, device="cpu")
     images, sample_source = sample_images(src, s.samples, s.n_samples)
-    ref = inference.model_prob_fake(src, images)
+    ref = scoring.model_prob_fake(src, images)
     thr = src.meta.threshold
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     report: dict = {"source": str(model_dir), "threshold": thr, "fake_index": src.meta.fake_index,
                     "samples": len(images), "sample_source": sample_source,
                     "source_size_bytes": dir_size([p for p in Path(model_dir).glob("*")
                                                    if p.suffix in (".safetensors", ".bin")]),
                     "exports": {}}
-    try:
+    with staged_folder(out) as tmp:  # the finished folder replaces any old one; a failure leaves it as it was
         # 1. the plain HF folder, always
         from transformers import AutoImageProcessor
 
@@ -224,18 +220,18 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
         checks = [("plain", "torch", plain_files, s.tolerance)]
 
         if s.int8:
-            q = inference.quantize_int8(src.module.cpu())
-            torch.save(q.state_dict(), tmp / inference.INT8_NAME)
-            checks.append(("int8", "int8", [tmp / inference.INT8_NAME], s.int8_tolerance))
+            q = scoring.quantize_int8(src.module.cpu())
+            torch.save(q.state_dict(), tmp / scoring.INT8_NAME)
+            checks.append(("int8", "int8", [tmp / scoring.INT8_NAME], s.int8_tolerance))
             # quantize_dynamic copies the model; the source stays fp32
         if s.onnx:
-            export_onnx(src.module, tmp / inference.ONNX_NAME, src.pre.out_height, src.pre.out_width, s.opset)
-            checks.append(("onnx", "onnx", [tmp / inference.ONNX_NAME], s.tolerance * 10))
+            export_onnx(src.module, tmp / scoring.ONNX_NAME, src.pre.out_height, src.pre.out_width, s.opset)
+            checks.append(("onnx", "onnx", [tmp / scoring.ONNX_NAME], s.tolerance * 10))
 
         src_speed = images_per_second(src, images, s.bench_seconds)
         for name, backend, files, tol in checks:
-            m = inference.load_model(tmp, s.fake_label, device="cpu", backend=backend)  # reload from disk
-            got = inference.model_prob_fake(m, images)
+            m = scoring.load_model(tmp, s.fake_label, device="cpu", backend=backend)  # reload from disk
+            got = scoring.model_prob_fake(m, images)
             c = compare(ref, got, thr)
             c.update({"tolerance": tol, "size_bytes": dir_size(files),
                       "images_per_s": images_per_second(m, images, s.bench_seconds) if name != "plain" else src_speed,
@@ -252,17 +248,6 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSe
                               f"difference| {report['pipeline']['max_prob_diff']:.3g}; nothing was written to {out}")
         write_json(tmp / REPORT_NAME, report)
         _share(tmp)
-        # move into place: the finished folder replaces any old one
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     report["out"] = str(out)
     return report
 
@@ -280,28 +265,20 @@ def export_ensemble(ensemble: str | os.PathLike, out: Path, s: ExportSettings) -
     ``ensemble.json`` (weights, the ensemble's own threshold) and the script at the top."""
     from dataclasses import replace
 
-    e = inference.read_ensemble(inference.ensemble_file(ensemble))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    e = scoring.read_ensemble(scoring.ensemble_file(ensemble))
+    with staged_folder(out) as tmp:
         members, reports = [], {}
         for i, (path, w) in enumerate(e["members"]):
             dest = tmp / "members" / f"{i}_{Path(path).name}"
-            reports[dest.name] = export(path, dest, replace(s, force=True))
+            reports[dest.name] = run(path, dest, replace(s, force=True))
             members.append((dest, w))
-        inference.write_ensemble(tmp / inference.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
+        scoring.write_ensemble(tmp / scoring.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
         _copy_template(tmp)
         report = {"source": str(ensemble), "threshold": e["threshold"], "members": reports}
         write_json(tmp / REPORT_NAME, report)
         _share(tmp)
-        if out.exists():
-            if any(out.iterdir()) and not s.force:
-                raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if out.exists() and any(out.iterdir()) and not s.force:
+            raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
     first = next(iter(reports.values()))
     return {**report, "out": str(out), "exports": first["exports"], "samples": first["samples"],
             "sample_source": first["sample_source"], "source_size_bytes": first["source_size_bytes"]}

@@ -114,13 +114,11 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
     settings come from its prepared data, rather than a hub baseline's assumed defaults)."""
     from transformers import AutoImageProcessor
 
-    from dftune.atomic import DIR_MODE
+    from dftune.atomic import staged_folder
 
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:  # replaces out only once complete
         model.load_state_dict(state)
         model.save_pretrained(tmp)
         AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
@@ -130,17 +128,10 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
         meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=crop,
                                    extra={"merge": recipe})
         modelmeta.save(tmp, meta)
-        os.chmod(tmp, DIR_MODE)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def merge(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None,
+def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None,
           weights: Sequence[float] | None = None, force: bool = False) -> dict:
     """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out``."""
     if len(paths) < 2:
@@ -172,7 +163,7 @@ def merge(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = No
 def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.PathLike, metric: str = "auc",
                 level: str = "frame", split: str = "val", tta: Sequence[str] = (), force: bool = False) -> dict:
     """The greedy soup: sort by val ``metric``, add each model if the soup's val metric does not drop."""
-    from dftune import metrics as M
+    from dftune import metrics
     from dftune import prepared, scoring
     from dftune.pooling import video_aggregate
     from dftune.portable import load_image, prob_fake
@@ -191,7 +182,7 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
             _, p, yy = video_aggregate([r.video for r in rows], p, y)
         else:
             yy = y
-        res = M.binary_metrics(yy, p)
+        res = metrics.binary_metrics(yy, p)
         key = {"auc": "auc", "f1": "macro_f1", "loss": "loss"}[metric]
         v = res[key]
         return -v if metric == "loss" else v
@@ -204,7 +195,7 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
         log.info("greedy soup: start with %s (%s %.4f)", order[0], metric, best)
         for i, p in enumerate(order[1:]):
             trial = work / f"try{i}"
-            merge(chosen + [p], trial, force=True)
+            run(chosen + [p], trial, force=True)
             v = score(str(trial))
             if v >= best:
                 chosen, best = chosen + [p], v
@@ -213,7 +204,7 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
             model, ref = load_for_merge(chosen[0])
             _save(model, ref.state, chosen[0], Path(out), {"kind": "greedy soup", "models": chosen}, force)
         else:
-            merge(chosen, out, force=force)
+            run(chosen, out, force=force)
             meta = modelmeta.load(out)
             meta.extra["merge"] = {"kind": "greedy soup", "models": chosen, "candidates": list(paths)}
             modelmeta.save(out, meta)

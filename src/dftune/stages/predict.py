@@ -98,7 +98,7 @@ def decision(ens, s: PredictSettings) -> tuple[float, str]:
     return float(ens.threshold), text
 
 
-def predict_files(models, items: Sequence[InputFile], s: PredictSettings, threshold: float | None = None
+def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshold: float | None = None
                   ) -> list[FileResult]:
     """Run the whole stage on ``items``; one result per item, in the same order.
 

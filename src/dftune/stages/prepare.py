@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from dftune.faces.geometry import points_to_crop
+from dftune.geometry import points_to_crop
 from dftune.atomic import FolderBusy, WriteError, folder_lock, read_json, write_bytes, write_json
 from dftune.prepared import PARTS, Row, counts, load_parts, write_manifest
 from dftune.sources import Item, SourceError, get_indexer

@@ -35,7 +35,7 @@ Validation runs every ``--val-every N`` epochs and after the last one, under ``t
 the training batch; an epoch without it saves ``last/`` only, and early stopping's patience counts
 validations.
 
-What trains (``dftune.train.tuning``): ``--tune full`` (the default) every parameter; ``head`` a linear
+What trains (``dftune.training.trainable``): ``--tune full`` (the default) every parameter; ``head`` a linear
 probe; ``layernorm`` LayerNorm weights/biases + head (GenD); ``bias`` biases + head (BitFit); ``lora`` PEFT
 adapters on the encoder blocks' Linear layers + head, merged into a copy at every save, so ``best/`` and
 ``last/`` are always plain Hugging Face models. ``--freeze PATTERN`` freezes more. The trainable count and
@@ -44,7 +44,7 @@ the head alone for the first N epochs: the optimizer holds every parameter that 
 keep ``requires_grad`` off (one process) or have their gradients dropped before each step (several
 processes, where DDP's parameter set is fixed); AdamW skips a parameter whose gradient is None.
 ``--lr-decay D`` gives block i of L the learning rate ``lr * D**(L - i)`` (``tuning.param_groups``).
-``--ema DECAY`` keeps a moving average of the trainable weights (``dftune.train.ema``), updated after every
+``--ema DECAY`` keeps a moving average of the trainable weights (``dftune.training.ema``), updated after every
 optimizer step taken; validation and the saved models use it, training and the resume state the raw
 weights. ``--paired`` samples batches of real frames with the fakes made from them
 (``data.PairedSampler``). None of these may change on ``--resume``. ``--wise A`` writes ``RUN_DIR/wise`` when the
@@ -69,19 +69,19 @@ import numpy as np
 
 from dftune.portable import Preprocess
 from dftune.model import labels as _labels
-from dftune import metrics as M
+from dftune import metrics
 from dftune.model import meta as modelmeta
 from dftune import progress as _progress
 from dftune.atomic import WriteError, read_json, write_json, write_text
 from dftune.pooling import video_aggregate
 from dftune.prepared import read_manifest
-from dftune.train import checkpoint as ckpt
-from dftune.train import data as D
-from dftune.train import tuning as T
-from dftune.train.checkpoint import STATE_DIR, TRAINER_FILE
-from dftune.train.config import (RESUME_SAFE, TrainConfig, available_cores, load_run_settings, resolve_threads,
+from dftune.training import checkpoint as ckpt
+from dftune.training import data
+from dftune.training import trainable
+from dftune.training.checkpoint import STATE_DIR, TRAINER_FILE
+from dftune.training.config import (RESUME_SAFE, TrainConfig, available_cores, load_run_settings, resolve_threads,
                                  resolve_workers, resume_changes, save_yaml)
-from dftune.train.step import ForwardBackward
+from dftune.training.step import ForwardBackward
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +168,23 @@ def prepare_scheduler(accelerator, scheduler):
 # ---------------------------------------------------------------- the run
 
 
-def train(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLike, cfg: TrainConfig,
+def run(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLike, cfg: TrainConfig,
           resume: bool = False, progress: bool = True,
-          on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+          on_epoch_end: Callable[[int, dict], None] | None = None, say: Callable[[str], None] | None = None) -> dict:
     """Fine-tune ``model_source`` on the prepared crops in ``data_dir``; return the run summary.
 
-    The run sets torch's thread count (``cfg.threads``, see :func:`dftune.train.config.resolve_threads`)
+    ``on_epoch_end(epoch, record)`` is called after each epoch's checkpoint (an exception raised there stops
+    the run after it); ``say(line)`` receives every line the run reports (the trainable share, each epoch's
+    line, resume and warning lines): by default they are printed on the main process.
+
+    The run sets torch's thread count (``cfg.threads``, see :func:`dftune.training.config.resolve_threads`)
     and puts the caller's back when it ends.
     """
     import torch
 
     threads_before = torch.get_num_threads()
     try:
-        return _train(data_dir, model_source, out_dir, cfg, resume, progress, on_epoch_end)
+        return _train(data_dir, model_source, out_dir, cfg, resume, progress, on_epoch_end, say)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -221,7 +225,7 @@ def _show(v) -> str:
 
 
 def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, progress: bool,
-           on_epoch_end: Callable[[int, dict], None] | None) -> dict:
+           on_epoch_end: Callable[[int, dict], None] | None, say: Callable[[str], None] | None) -> dict:
     import torch
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
@@ -246,6 +250,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         log_with="tensorboard" if use_tb else None,
         project_dir=str(run_dir),
     )
+    say = say or accelerator.print
     ckpt.without_model_weights(accelerator)  # the state holds no second copy of the weights (checkpoint.py)
     main = accelerator.is_main_process
     if main:
@@ -262,67 +267,67 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     n_workers, workers_why = resolve_workers(cfg.num_workers, cores=cores, processes=local_processes, gpu=gpu)
     set_seed(cfg.seed)
 
-    # ---- model and labels (by name, never assumed); which parameters train (dftune.train.tuning)
+    # ---- model and labels (by name, never assumed); which parameters train (dftune.training.trainable)
     if cfg.wise_alpha > 0 and cfg.reinit_head:
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
     model, processor, lm = load_model(model_source, cfg)
     try:
-        model, plan = T.setup(model, cfg)
-    except T.TuningError as e:
+        model, plan = trainable.setup(model, cfg)
+    except trainable.TuningError as e:
         raise TrainError(str(e)) from None
-    accelerator.print(plan.line())
+    say(plan.line())
     spec = Preprocess.from_processor(processor)
     fake_i, real_i = lm.fake_index, lm.real_index
 
     # ---- data
     rows = read_manifest(data_dir, splits=("train", "val"))
-    train_rows, bad_train = D.check_files(data_dir, [r for r in rows if r.split == "train"])
-    val_rows, bad_val = D.check_files(data_dir, [r for r in rows if r.split == "val"])
+    train_rows, bad_train = data.check_files(data_dir, [r for r in rows if r.split == "train"])
+    val_rows, bad_val = data.check_files(data_dir, [r for r in rows if r.split == "val"])
     skipped = set(bad_train + bad_val)
     if not train_rows or not val_rows:
         raise TrainError(f"{data_dir}: need train and val crops, found {len(train_rows)} train / {len(val_rows)} val "
                          f"readable rows; check the manifest's split column (dftune prepare makes both)")
-    train_ds = D.CropDataset(data_dir, train_rows, D.make_transform(spec, D.AugSettings.from_config(cfg)), cfg.seed,
+    train_ds = data.CropDataset(data_dir, train_rows, data.make_transform(spec, data.AugSettings.from_config(cfg)), cfg.seed,
                              sbi=cfg.sbi)
-    val_ds = D.CropDataset(data_dir, val_rows, D.make_transform(spec, None), cfg.seed)
+    val_ds = data.CropDataset(data_dir, val_rows, data.make_transform(spec, None), cfg.seed)
     counts = train_ds.class_counts()
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
     pin = torch.cuda.is_available()
     if cfg.paired:
-        sampler = D.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
+        sampler = data.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
     else:
-        sampler = D.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
+        sampler = data.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
                                  sbi=cfg.sbi)
-    train_dl = D.make_loader(train_ds, cfg.batch_size, sampler, n_workers, pin)
-    val_dl = D.make_loader(val_ds, cfg.batch_size * 2, None, n_workers, pin)
-    normalize = D.Normalize(spec)
+    train_dl = data.make_loader(train_ds, cfg.batch_size, sampler, n_workers, pin)
+    val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, n_workers, pin)
+    normalize = data.Normalize(spec)
 
     # class weights live in the model's index space: weight[fake_index] is the fake class's
-    w = D.class_weights(counts) if cfg.balance == "loss" else np.ones(2)
+    w = data.class_weights(counts) if cfg.balance == "loss" else np.ones(2)
     class_w = torch.zeros(2)
     class_w[real_i], class_w[fake_i] = float(w[0]), float(w[1])
     to_model = torch.tensor([real_i, fake_i])  # dftune label (0 real, 1 fake) -> model output index
 
     # ---- optimizer and schedule: over every parameter that ever trains (the head-only epochs of --head-epochs
     # leave the others' gradients None, which AdamW skips); one learning rate per layer with --lr-decay
-    trainable = set(plan.trainable)
-    named = [(n, p) for n, p in model.named_parameters() if n in trainable]
+    train_names = set(plan.trainable)
+    named = [(n, p) for n, p in model.named_parameters() if n in train_names]
     try:
-        groups = T.param_groups(named, cfg.lr, cfg.weight_decay, cfg.lr_decay,
-                                n_layers=T.count_layers(n for n, _ in model.named_parameters()))
-    except T.TuningError as e:
+        groups = trainable.param_groups(named, cfg.lr, cfg.weight_decay, cfg.lr_decay,
+                                n_layers=trainable.count_layers(n for n, _ in model.named_parameters()))
+    except trainable.TuningError as e:
         raise TrainError(str(e)) from None
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     model, optimizer, train_dl, val_dl = accelerator.prepare(model, optimizer, train_dl, val_dl)
     body = [p for n, p in accelerator.unwrap_model(model).named_parameters()
-            if n in trainable and n not in set(plan.head)]  # what the head-only epochs keep still
+            if n in train_names and n not in set(plan.head)]  # what the head-only epochs keep still
     ema = None
     if cfg.ema > 0:  # after prepare: the average lives where the weights do
-        from dftune.train.ema import EMA
+        from dftune.training.ema import EMA
 
-        ema = EMA([(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if n in trainable],
+        ema = EMA([(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if n in train_names],
                   cfg.ema)
     n_batches = len(train_dl) if not cfg.max_train_batches else min(len(train_dl), cfg.max_train_batches)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
@@ -336,7 +341,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
                    f"(different data or readable files); the learning-rate schedule keeps its "
                    f"{sched['schedule_steps']} steps")
             log.warning(msg)
-            accelerator.print(f"warning: {msg}")
+            say(f"warning: {msg}")
     else:  # a fresh run, or a checkpoint from before the layout was stored: the epochs the run started with
         sched_epochs = int(prev_meta.get("schedule", {}).get("epochs") or (prev_cfg or cfg).epochs)
         total = steps_per_epoch * sched_epochs
@@ -351,7 +356,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
              "micro_batch": cfg.micro_batch or cfg.batch_size, "step": 0, **sched, "steps_per_epoch": steps_per_epoch}
     history: list[dict] = []
     if resume_from is not None:
-        state.update(ckpt.load(accelerator, resume_from, accelerator.unwrap_model(model), trainable))
+        state.update(ckpt.load(accelerator, resume_from, accelerator.unwrap_model(model), train_names))
         if ema is not None:
             ema.load(resume_from / STATE_DIR)
         state.update(sched, steps_per_epoch=steps_per_epoch)
@@ -360,7 +365,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         if (run_dir / "history.json").exists():
             history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= state["epoch"]]
         skipped |= set(state.get("skipped", []))
-        accelerator.print(f"resuming {run_dir} after epoch {state['epoch']} (best {cfg.monitor} "
+        say(f"resuming {run_dir} after epoch {state['epoch']} (best {cfg.monitor} "
                           f"{state['best']} at epoch {state['best_epoch']})")
     run_meta = {
         "data": str(data_dir.resolve()), "model": str(model_source), "label_map": lm.to_dict(),
@@ -398,7 +403,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
     crop = crop_settings(data_dir)
     crop.aggregate = cfg.video_aggregate
 
-    # ---- one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.train.step)
+    # ---- one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.training.step)
     bar = _progress.bar(0, "", enabled=False)  # the epoch's bar; messages go through it (bar.write)
     forward_backward = ForwardBackward(accelerator, model, optimizer, state["micro_batch"], normalize,
                                        on_message=(lambda msg: bar.write(msg)) if main else None)
@@ -431,11 +436,11 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         p, idx = p[ok].astype(np.float64), idx[ok]
         y = val_ds.labels[idx]
         keys = [val_rows[i].video for i in idx]
-        frame = M.binary_metrics(y, p)
+        frame = metrics.binary_metrics(y, p)
         _, vp, vy = video_aggregate(keys, p, y, how=cfg.video_aggregate)
-        video = M.binary_metrics(vy, vp)
-        t, t_f1 = M.best_threshold(y, p)
-        vt, vt_f1 = M.best_threshold(vy, vp)
+        video = metrics.binary_metrics(vy, vp)
+        t, t_f1 = metrics.best_threshold(y, p)
+        vt, vt_f1 = metrics.best_threshold(vy, vp)
         frame.update(best_threshold=t, best_threshold_f1=t_f1)
         video.update(best_threshold=vt, best_threshold_f1=vt_f1)
         return {"frame": _short(frame), "video": _short(video)}
@@ -452,14 +457,14 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
 
     # last/'s model is the raw training weights unless it holds the average (--ema) or merged adapters (LoRA):
     # only then does the training state need its own copy of them (checkpoint.WEIGHTS_FILE)
-    raw_apart = ema is not None or T.is_peft(accelerator.unwrap_model(model))
+    raw_apart = ema is not None or trainable.is_peft(accelerator.unwrap_model(model))
 
     def raw_weights() -> dict:
         """The trained parameters and the buffers of the training model, under its own names."""
         m = accelerator.unwrap_model(model)
         params = {n for n, _ in m.named_parameters()}
         return {n: t.detach().to("cpu", copy=True) for n, t in m.state_dict().items()
-                if n in trainable or n not in params}
+                if n in train_names or n not in params}
 
     def save_model(dest: Path, record: dict, with_state: bool, same_as: Path | None = None) -> None:
         def write(folder: Path) -> None:
@@ -470,7 +475,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
                 return
             # a plain Hugging Face model: the EMA weights (--ema), LoRA adapters merged into a copy (--tune lora)
             with averaged():
-                T.merged_copy(accelerator.unwrap_model(model)).save_pretrained(folder)
+                trainable.merged_copy(accelerator.unwrap_model(model)).save_pretrained(folder)
             processor.save_pretrained(folder)
             val = record["val"]
             extra = {"epoch": record["epoch"], "best_epoch": state["best_epoch"], "monitor": cfg.monitor,
@@ -498,9 +503,9 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
         set_seed(cfg.seed + epoch, device_specific=True)  # an epoch's randomness depends on (seed, epoch) only
         head_only = epoch <= cfg.head_epochs  # LP-FT: the head alone first
         if accelerator.num_processes == 1:  # under DDP the set stays fixed: the body's gradients are dropped below
-            T.set_phase(accelerator.unwrap_model(model), plan, head_only)
+            trainable.set_phase(accelerator.unwrap_model(model), plan, head_only)
         if cfg.head_epochs and epoch in (first_epoch, cfg.head_epochs + 1):
-            accelerator.print(f"epoch {epoch}: training {'the head only' if head_only else f'--tune {cfg.tune}'}")
+            say(f"epoch {epoch}: training {'the head only' if head_only else f'--tune {cfg.tune}'}")
         train_dl.set_epoch(epoch)
         t0 = time.perf_counter()
         sums = torch.zeros(6, device=accelerator.device)  # loss, n, tp, fp, tn, fn
@@ -580,7 +585,7 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
             save_yaml(run_dir / "settings.yaml", cfg, run_meta)
         if use_tb:
             accelerator.log(_scalars(record), step=epoch)
-        accelerator.print(_epoch_line(record, cfg))
+        say(_epoch_line(record, cfg))
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
     stop_reason = "completed all epochs"
@@ -609,13 +614,13 @@ def _train(data_dir, model_source, out_dir, cfg: TrainConfig, resume: bool, prog
 def wise_ft(model_source: str, run_dir: Path, alpha: float) -> dict:
     """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge).
     A failure is reported, never raised: the run's own models are complete by then."""
-    from dftune.stages.merge import merge
+    from dftune.stages import merge
 
     best = run_dir / "best"
     if not best.exists():
         return {"wise_error": f"{best} does not exist (no epoch was validated)"}
     try:
-        merge([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True)
+        merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True)
     except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
         log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
         return {"wise_error": f"{type(e).__name__}: {e}"}
@@ -704,7 +709,7 @@ def _has_tensorboard() -> bool:
 
 def resume_config(run_dir: str | os.PathLike, overrides: dict) -> TrainConfig:
     """Settings for ``--resume``: the run's own settings.yaml, with explicit overrides (e.g. more epochs)."""
-    from dftune.train.config import build
+    from dftune.training.config import build
 
     p = Path(run_dir) / "settings.yaml"
     if not p.exists():

@@ -17,7 +17,6 @@ STUDY_DIR after a study::
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import gc
 import hashlib
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dftune.atomic import read_json, write_text
-from dftune.train.config import FIELDS, TrainConfig, build, save_yaml
+from dftune.training.config import FIELDS, TrainConfig, build, save_yaml
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ def load_space(path: str | os.PathLike | None) -> dict:
     space = {k: dict(v) for k, v in DEFAULT_SPACE.items()}
     if path is None:
         return space
-    from dftune.train.config import read_yaml_mapping
+    from dftune.training.config import read_yaml_mapping
 
     data = read_yaml_mapping(path, "search-space file", "setting: {type, low, high, log, choices} or setting: value",
                              SpaceError)
@@ -365,13 +364,13 @@ class _Heartbeat:
 # ---------------------------------------------------------------- the study
 
 
-def tune(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.PathLike, s: TuneSettings,
+def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.PathLike, s: TuneSettings,
          progress: bool = False, say: Callable[[str], None] = print, stale_after: float = 300.0) -> dict:
     """Run trials until the study holds ``s.trials`` finished ones (or ``s.timeout`` passes); write outputs."""
     import optuna
     from optuna.trial import TrialState
 
-    from dftune.stages.train import train
+    from dftune.stages import train
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -515,10 +514,11 @@ def _run_trial(study, trial, train, data, model_source, study_dir, base, searche
                     raise optuna.TrialPruned(f"pruned after epoch {epoch}: {metric.name} {v:.4f}")
 
         run_dir.mkdir(parents=True)
-        # train's own epoch lines go to the trial's train.log (tail -f it); the terminal gets one line a trial
+        # train's own lines go to the trial's train.log (tail -f it); the terminal gets one line a trial
         with open(run_dir / "train.log", "w", buffering=1, encoding="utf-8") as log_file, \
-                _Heartbeat(study._storage, trial._trial_id), contextlib.redirect_stdout(log_file):
-            summary = train(data, model_source, run_dir, cfg, progress=progress, on_epoch_end=on_epoch_end)
+                _Heartbeat(study._storage, trial._trial_id):
+            summary = train.run(data, model_source, run_dir, cfg, progress=progress, on_epoch_end=on_epoch_end,
+                                say=lambda line: print(line, file=log_file))
         hist = {h["epoch"]: h for h in read_json(run_dir / "history.json")}
         best = hist.get(summary["best_epoch"])
         value = metric.of(best) if best else None

