@@ -141,10 +141,24 @@ def folder_lock(folder: str | os.PathLike, name: str = "lock", what: str = "dftu
         f.close()
 
 
+def share_tree(folder: str | os.PathLike) -> None:
+    """Give ``folder``, and every folder and file under it, the mode the umask gives: libraries write some files
+    private (transformers 5's ``save_pretrained`` writes ``model.safetensors`` with mode 0600, ``mkdtemp`` makes
+    a 0700 folder), which others sharing a machine or a submission could not read."""
+    for d, _dirs, files in os.walk(folder):
+        os.chmod(d, DIR_MODE)
+        for f in files:
+            p = os.path.join(d, f)
+            if not os.path.islink(p):
+                os.chmod(p, FILE_MODE)
+
+
 def replace_folder(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """Put the complete folder ``tmp`` at ``final``, replacing what is there, so that a kill at any moment
-    leaves one complete folder: ``final``, or (between the two renames) ``final.old`` beside it."""
+    leaves one complete folder: ``final``, or (between the two renames) ``final.old`` beside it. Everything
+    in it gets the umask's mode first (:func:`share_tree`)."""
     tmp, final = Path(tmp), Path(final)
+    share_tree(tmp)
     old = final.with_name(final.name + ".old")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -162,7 +176,6 @@ def staged_folder(final: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        os.chmod(tmp, DIR_MODE)
         replace_folder(tmp, final)
     finally:
         if tmp.exists():

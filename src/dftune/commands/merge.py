@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, metavar="PREPARED_DIR", help="prepared data whose val split judges --greedy")
     p.add_argument("--metric", default="auc", choices=["auc", "f1", "loss"], help="the val metric of --greedy")
     p.add_argument("--level", default="frame", choices=["frame", "video"], help="the level of --greedy's metric")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="precision of the saved weights; bfloat16/float16 halve the folder but round away part of a "
+                        "fine-tune's update (the command says how much survives, measured from the first model)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
 
@@ -44,7 +47,12 @@ def run(args) -> int:
             con.print(f"{'in ' if p in r['models'] else 'out'}  {p}: {r['metric']} {v:.4f}")
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
-    r = merge.run(args.models, args.out, args.alpha, args.weight, args.force)
+    r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype)
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
                     f"-> {r['out']}; threshold 0.5 until `dftune evaluate --write-threshold`")
+    if "cast" in r:
+        c = r["cast"]
+        console().print(f"saved in {c['dtype']}: {100 * c['moved_kept']:.1f}% of the weights that differ from "
+                        f"{r['models'][0]} still differ after the cast; the rounding is "
+                        f"{100 * c['rounding_of_update']:.1f}% of the update's size (--dtype float32 keeps it all)")
     return 0

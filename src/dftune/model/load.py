@@ -31,7 +31,20 @@ def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = No
     except OSError as e:
         raise OSError(f"{src}: could not load the model ({e}). A hub id needs network access; "
                       f"a local folder needs config.json, weights and preprocessor_config.json") from e
-    return model, processor
+    return as_float32(model), processor
+
+
+def as_float32(model):
+    """``model`` with float32 parameters and buffers: a checkpoint saved in bf16/fp16 (which transformers 5
+    loads as saved) would otherwise train with no float32 master copy, and a fine-tune's small updates
+    (lr 1e-5 moves a weight by less than bf16's resolution) would round away. Mixed precision stays
+    autocast's job. Casting bf16/fp16 up to float32 is exact."""
+    import torch
+
+    if any(t.is_floating_point() and t.dtype != torch.float32
+           for t in [*model.parameters(), *model.buffers()]):
+        model = model.float()  # save_pretrained then records (and writes) float32
+    return model
 
 
 def build_tiny_vit(out_dir: str | os.PathLike, id2label: dict | None = None, image_size: int = 32,

@@ -81,7 +81,23 @@ def split_around_test(items: list[Item], seed: int = 0, ratios=RATIOS, warnings:
 
     placed = [it for it in items if it.preset_split]
     free = [it for it in items if not it.preset_split]
+    # a train/val video the layout or list placed itself, sharing an identity with a test video: dropped too
+    test_ids = {i for it in placed if it.preset_split == "test" for i in ids(it)}
+    leaked = [it for it in placed if it.preset_split != "test" and any(i in test_ids for i in ids(it))]
+    in_test = [{"file": str(it.path), "error": f"placed in {it.preset_split}, but identity "
+                f"{', '.join(i for i in ids(it) if i in test_ids)} is in {test_name}; excluded so no identity "
+                f"crosses splits"} for it in leaked]
+    if leaked:
+        drop = {id(it) for it in leaked}
+        placed = [it for it in placed if id(it) not in drop]
+        log.warning("%s: %d train/val videos share an identity with %s and were dropped", source, len(leaked),
+                    test_name)
     if not free:
+        if leaked:
+            warnings.append({"file": source, "error": f"{source}: dropped {len(leaked)} train/val videos that share "
+                             f"an identity with {test_name}", "dropped": in_test[:1000],
+                             "split_counts": {"videos": dict(Counter(it.preset_split for it in placed)),
+                                              "dropped_identity_in_test": len(leaked)}})
         return placed
     held: dict[str, set] = defaultdict(set)
     for it in placed:
@@ -99,7 +115,7 @@ def split_around_test(items: list[Item], seed: int = 0, ratios=RATIOS, warnings:
     else:
         targets = ("train", "val")
 
-    in_test, straddle, kept = [], [], []
+    straddle, kept = [], []
     remaining = []
     for it in free:
         shared = [i for i in ids(it) if "test" in held.get(i, ())]

@@ -56,12 +56,13 @@ def _head_names(model, state: dict) -> list[str]:
 def load_for_merge(path: str | os.PathLike) -> tuple[object, _Loaded]:
     from transformers import AutoModelForImageClassification
 
+    from dftune.model.load import as_float32
     from dftune.portable import fake_index_of
 
     p = str(path)
     if not (Path(p) / "config.json").exists():
         raise MergeError(f"{p}: not a model folder (no config.json)")
-    model = AutoModelForImageClassification.from_pretrained(p)
+    model = as_float32(AutoModelForImageClassification.from_pretrained(p))  # averaged and saved in float32
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     if len(id2label) != 2:
         raise MergeError(f"{p}: {len(id2label)} labels {sorted(id2label.values())}; merge needs real/fake models")
@@ -131,9 +132,42 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
     return out
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def cast_state(state: dict, start: dict, dtype: str) -> tuple[dict, dict]:
+    """``state``'s floating tensors cast to ``dtype``, and how much of the update from ``start`` survives:
+    ``moved_kept`` = the share of the weights that differ from ``start`` which still differ after the cast,
+    ``rounding_of_update`` = ||cast - state|| / ||state - start|| (0 when nothing moved)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise MergeError(f"--dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype == "float32":
+        return state, {"dtype": dtype, "moved_kept": 1.0, "rounding_of_update": 0.0}
+    to = getattr(torch, dtype)
+    out, moved, kept, err2, upd2 = {}, 0, 0, 0.0, 0.0
+    for k, v in state.items():
+        if not torch.is_floating_point(v):
+            out[k] = v
+            continue
+        c = v.to(to)
+        out[k] = c
+        w, w0, cw = v.double(), start[k].double(), c.double()
+        m = w != w0
+        moved += int(m.sum())
+        kept += int((m & (cw != w0)).sum())
+        err2 += float(((cw - w) ** 2).sum())
+        upd2 += float(((w - w0) ** 2).sum())
+    return out, {"dtype": dtype, "moved_kept": kept / moved if moved else 1.0,
+                 "rounding_of_update": (err2 ** 0.5) / (upd2 ** 0.5) if upd2 else 0.0}
+
+
 def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None,
-          weights: Sequence[float] | None = None, force: bool = False) -> dict:
-    """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out``."""
+        weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32") -> dict:
+    """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out`` in ``dtype``
+    (float32 by default: a fine-tune's update is smaller than bf16's resolution, so a cast rounds much of it
+    away; the returned ``cast`` says how much survives, measured from the first model)."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
     if alpha is not None:
@@ -156,6 +190,10 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None
         state = states[int(alpha)]
     else:
         state = average(states, weights)
+    state, cast = cast_state(state, states[0], dtype)
+    if dtype != "float32":
+        model = model.to(state[next(k for k, v in state.items() if v.is_floating_point())].dtype)
+        recipe["cast"] = cast
     _save(model, state, str(paths[0]), Path(out), recipe, force)
     return {"out": str(out), **recipe}
 
