@@ -43,8 +43,9 @@ def run(args) -> int:
             raise ValueError("--greedy needs --data PREPARED_DIR (its val split judges each addition)")
         r = merge.greedy_soup(args.models, args.out, args.data, args.metric, args.level, force=args.force)
         con = console()
-        for p, v in r["val"].items():
-            con.print(f"{'in ' if p in r['models'] else 'out'}  {p}: {r['metric']} {v:.4f}")
+        for i, st in enumerate(r["steps"]):  # best-first; a model is kept if the soup with it does not get worse
+            verdict = "start" if i == 0 else "added" if st["added"] else "left out"
+            con.print(f"{verdict:<8} {st['model']}: own {r['metric']} {st['own']:.4f}; soup with it {st['soup']:.4f}")
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
     r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype)

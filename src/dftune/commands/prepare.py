@@ -167,6 +167,8 @@ def print_summary(s: dict) -> None:
         f"{s['frames']['no_face']} without a face | this run: {run['todo']} processed, "
         f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
     )
+    for line in s.get("one_class_splits", []):
+        con.print(f"[yellow]warning[/yellow] {line}", highlight=False)
     for f in s["failures"][:5]:
         con.print(f"[red]failed[/red] {f['error']}", highlight=False)
     if len(s["failures"]) > 5:

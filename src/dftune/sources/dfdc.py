@@ -60,27 +60,52 @@ def _locate(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _labels_csv(path: Path) -> dict[str, int]:
+def _labels_csv(path: Path, warnings: list) -> dict[str, int]:
     rows = list(csv.reader(io.StringIO(read_text(path))))
+    first = 1
     if rows and rows[0] and rows[0][0].strip().lower() in ("filename", "file", "path", "video"):
-        rows = rows[1:]
-    out = {}
-    for n, r in enumerate(rows, 2):
+        rows, first = rows[1:], 2
+    out, line, repeats = {}, {}, 0
+    for n, r in enumerate(rows, first):
         if not r or not r[0].strip():
             continue
         if len(r) < 2:
             raise SourceError(f"{path}:{n}: expected filename,label")
-        out[r[0].strip()] = label_word(r[1], f"{path}:{n}")
+        name, label = r[0].strip(), label_word(r[1], f"{path}:{n}")
+        if name in out:
+            if out[name] != label:
+                raise SourceError(f"{path}: lines {line[name]} and {n} give {name} two labels ({out[name]} and "
+                                  f"{label}); keep one row per video")
+            repeats += 1
+            continue
+        out[name], line[name] = label, n
+    if repeats:
+        msg = f"{path}: {repeats} rows repeat an earlier row exactly; each video counted once"
+        warnings.append({"file": str(path), "error": msg})
+        log.warning("%s", msg)
     return out
 
 
-def _heldout_sets(root: Path) -> list[tuple[Path, dict[str, int]]]:
+def _is_train_part(meta) -> bool:
+    return isinstance(meta, dict) and bool(meta) and all(isinstance(v, dict) and "label" in v for v in meta.values())
+
+
+def _is_heldout(meta) -> bool:
+    return isinstance(meta, dict) and bool(meta) and all(isinstance(v, dict) and "is_fake" in v for v in meta.values())
+
+
+def _missing_text(names: list[str], where: str) -> str:
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"{len(names)} videos named in {where} are not on disk ({shown}); skipped"
+
+
+def _heldout_sets(root: Path, warnings: list) -> list[tuple[Path, dict[str, int]]]:
     """(folder, {file name: label}) for every labelled held-out set: labels.csv, or a
     metadata.json with ``is_fake`` entries."""
-    sets = [(p.parent, _labels_csv(p)) for p in find_files(root, "labels.csv")]
+    sets = [(p.parent, _labels_csv(p, warnings)) for p in find_files(root, "labels.csv")]
     for p in find_files(root, "metadata.json"):
         meta = _load_json(p)
-        if isinstance(meta, dict) and meta and all(isinstance(v, dict) and "is_fake" in v for v in meta.values()):
+        if _is_heldout(meta):
             sets.append((p.parent, {k: int(v["is_fake"]) for k, v in meta.items()}))
     return sets
 
@@ -92,21 +117,27 @@ def index(root: str | Path, compression: str = "", methods=None, actors: bool = 
     warnings = warnings if warnings is not None else []
     pick_methods(methods, [FAKE_METHOD], "dfdc")
     items: list[Item] = []
-    parts = [p for p in find_files(root, "metadata.json")
-             if (m := _load_json(p)) and isinstance(m, dict) and all(isinstance(v, dict) and "label" in v
-                                                                      for v in m.values())]
-    missing = 0
+    parts = []
+    for p in find_files(root, "metadata.json"):
+        m = _load_json(p)
+        if _is_train_part(m):
+            parts.append(p)
+        elif not _is_heldout(m):  # neither shape: say so rather than lose its videos
+            raise SourceError(f"{p}: not DFDC's metadata.json: expected an object of video name -> "
+                              f"{{\"label\": \"REAL\"|\"FAKE\", \"original\": ...}} (a training part) or -> "
+                              f"{{\"is_fake\": 0|1}} (a labelled test set)")
+    missing: list[str] = []
     for meta_path in parts:
         meta = _load_json(meta_path)
         for name, v in sorted(meta.items()):
             p = _locate(meta_path.parent, name)
             if p is None:
-                missing += 1
+                missing.append(str(meta_path.parent / name))
                 continue
             label = label_word(v.get("label"), f"{meta_path}: {name}")
             original = Path(v.get("original") or name).stem if label else Path(name).stem
             items.append(Item(p, "video", label, FAKE_METHOD if label else REAL_METHOD, Path(name).stem, original))
-    heldout = _heldout_sets(root)
+    heldout = _heldout_sets(root, warnings)
     names = {d.name.lower() for d, _ in heldout}
     has_test = any(n.startswith("test") for n in names)
     for folder, labels in heldout:
@@ -115,13 +146,13 @@ def index(root: str | Path, compression: str = "", methods=None, actors: bool = 
         for name, label in sorted(labels.items()):
             p = _locate(folder, name)
             if p is None:
-                missing += 1
+                missing.append(str(folder / name))
                 continue
             items.append(Item(p, "video", label, FAKE_METHOD if label else REAL_METHOD, Path(name).stem,
                               preset_split=split))
     if missing:
-        msg = f"{missing} videos named in DFDC's metadata.json/labels.csv are not on disk; skipped"
-        warnings.append({"file": str(root), "error": msg})
+        msg = _missing_text(missing, "DFDC's metadata.json/labels.csv")
+        warnings.append({"file": str(root), "error": msg, "missing": missing[:1000]})
         log.warning("%s", msg)
     if not items:
         raise SourceError(f"{root}: not a DFDC root: expected dfdc_train_part_*/metadata.json (label FAKE/REAL, "
@@ -149,7 +180,7 @@ def index_preview(root: str | Path, compression: str = "", methods=None, actors:
         raise SourceError(f"{meta_path}: expected a JSON object of path -> {{label, set, ...}}")
     fake_methods = {Path(k).parts[0] for k, v in meta.items() if str(v.get("label", "")).lower() == "fake"}
     keep = pick_methods(methods, fake_methods, "dfdcp")
-    items, missing = [], 0
+    items, missing = [], []
     for rel, v in sorted(meta.items()):
         parts = Path(rel.replace("\\", "/")).parts
         label = label_word(v.get("label"), f"{meta_path}: {rel}")
@@ -160,7 +191,7 @@ def index_preview(root: str | Path, compression: str = "", methods=None, actors:
         if Path(rel).suffix.lower() not in VIDEO_EXTS:
             continue
         if not p.is_file():
-            missing += 1
+            missing.append(str(p))
             continue
         s = str(v.get("set", "")).lower()
         if s not in ("train", "test"):
@@ -171,8 +202,8 @@ def index_preview(root: str | Path, compression: str = "", methods=None, actors:
         items.append(Item(p, "video", label, method, vid, target, source if source != target else "",
                           preset_split="test" if s == "test" else ""))
     if missing:
-        msg = f"{missing} videos named in {meta_path.name} are not on disk; skipped"
-        warnings.append({"file": str(meta_path), "error": msg})
+        msg = _missing_text(missing, meta_path.name)
+        warnings.append({"file": str(meta_path), "error": msg, "missing": missing[:1000]})
         log.warning("%s", msg)
     if not items:
         raise SourceError(f"{meta_path}: no video of it is under {meta_path.parent}")

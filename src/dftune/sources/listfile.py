@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections import defaultdict
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from dftune.sources.heldout import SPLIT_WORDS, label_word, natural_key, read_te
 from dftune.sources.splits import RATIOS
 
 COLUMNS = ("path", "label", "split", "method", "video", "identity")
+log = logging.getLogger(__name__)
+
 LIST_NAMES = ("list.csv", "labels.csv")
 
 
@@ -70,6 +73,34 @@ def _rows(path: Path) -> list[dict]:
     return out
 
 
+def _unique_rows(path: Path, rows: list[dict], warnings: list) -> list[dict]:
+    """One row per file: rows naming the same file with the same fields collapse into one (counted); the same
+    file under two labels, splits, methods or videos is an error naming the rows (it would train under both,
+    or leak between train and test)."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for d in rows:
+        f = Path(d["path"])
+        by[str(f if f.is_absolute() else (path.parent / f).resolve())].append(d)
+    out, collapsed = [], 0
+    for group in by.values():
+        fields = {k: {(g.get(k) or "").strip().lower() for g in group} for k in ("label", "split", "method", "video",
+                                                                                  "identity")}
+        if "label" in fields:
+            fields["label"] = {label_word(g["label"], f"{path}:{g['line']}") for g in group}
+        differ = [k for k, v in fields.items() if len(v) > 1]
+        if differ:
+            lines = ", ".join(str(g["line"]) for g in group)
+            raise SourceError(f"{path}: lines {lines} name the same file {group[0]['path']!r} with different "
+                              f"{' and '.join(differ)}; keep one row per file")
+        collapsed += len(group) - 1
+        out.append(group[0])
+    if collapsed:
+        msg = f"{path}: {collapsed} rows repeat an earlier row exactly (same file, same fields); each file counted once"
+        warnings.append({"file": str(path), "error": msg})
+        log.warning("%s", msg)
+    return sorted(out, key=lambda d: d["line"])
+
+
 def index(root: str | Path, compression: str = "", methods=None, actors: bool = False, warnings: list | None = None,
           seed: int = 0, ratios=RATIOS, **_ignored) -> list[Item]:
     """Index a list file; every returned item has ``preset_split`` set."""
@@ -85,7 +116,7 @@ def index(root: str | Path, compression: str = "", methods=None, actors: bool = 
     base = root.parent
     frames: dict[tuple[str, str], list] = defaultdict(list)  # (method, video) -> image rows
     items: list[Item] = []
-    for d in _rows(root):
+    for d in _unique_rows(root, _rows(root), warnings):
         where = f"{root}:{d['line']}"
         label = label_word(d["label"], where)
         split = d.get("split", "")

@@ -62,7 +62,12 @@ def load_for_merge(path: str | os.PathLike) -> tuple[object, _Loaded]:
     p = str(path)
     if not (Path(p) / "config.json").exists():
         raise MergeError(f"{p}: not a model folder (no config.json)")
-    model = as_float32(AutoModelForImageClassification.from_pretrained(p))  # averaged and saved in float32
+    try:
+        model = as_float32(AutoModelForImageClassification.from_pretrained(p))  # averaged and saved in float32
+    except Exception as e:  # a truncated or foreign weights file: name it, in one line
+        weights = next((str(f) for f in sorted(Path(p).glob("*.safetensors")) + sorted(Path(p).glob("*.bin"))), p)
+        raise MergeError(f"{weights}: cannot read the model's weights ({type(e).__name__}: {e}); "
+                         f"re-save or re-download the model") from None
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     if len(id2label) != 2:
         raise MergeError(f"{p}: {len(id2label)} labels {sorted(id2label.values())}; merge needs real/fake models")
@@ -70,7 +75,18 @@ def load_for_merge(path: str | os.PathLike) -> tuple[object, _Loaded]:
     raw = __import__("json").loads(meta_file.read_text()) if meta_file.exists() else None
     fake = fake_index_of(id2label, raw, None, p)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise MergeError(f"{p}: tensor {bad[0]} holds NaN or Inf values" + (f" (and {len(bad) - 1} more tensors)"
+                         if len(bad) > 1 else "") + "; a diverged run cannot be merged")
     return model, _Loaded(p, state, fake, 1 - fake, _head_names(model, state))
+
+
+def _refuse_overwriting_an_input(paths: Sequence[str], out) -> None:
+    same = [p for p in paths if Path(p).resolve() == Path(out).resolve()]
+    if same:
+        raise MergeError(f"--out {out} is one of the models to merge; choose another folder (the input would be "
+                         f"replaced)")
 
 
 def _aligned(ref: _Loaded, other: _Loaded) -> dict:
@@ -170,6 +186,7 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None
     away; the returned ``cast`` says how much survives, measured from the first model)."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
+    _refuse_overwriting_an_input(paths, out)
     if alpha is not None:
         if len(paths) != 2:
             raise MergeError("--alpha interpolates two models: (1 - alpha) * A + alpha * B")
@@ -183,7 +200,8 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None
     states = [ref.state]
     for p in paths[1:]:
         states.append(_aligned(ref, load_for_merge(p)[1]))
-    recipe = {"kind": "wise-ft" if alpha is not None else "uniform soup", "models": [str(p) for p in paths],
+    kind = "wise-ft" if alpha is not None else "uniform soup" if len(set(weights)) == 1 else "weighted soup"
+    recipe = {"kind": kind, "models": [str(p) for p in paths],
               "weights": weights, **({"alpha": alpha} if alpha is not None else {})}
     # alpha 0 or 1 returns that model exactly (no rounding through float64)
     if alpha in (0.0, 1.0):
@@ -206,9 +224,14 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
     from dftune.pooling import video_aggregate
     from dftune.portable import load_image, prob_fake
 
+    _refuse_overwriting_an_input(paths, out)
     rows = prepared.read_manifest(data, [split])
     if not rows:
         raise MergeError(f"{data}: no {split} rows to judge the soup on")
+    n_fake = sum(r.label for r in rows)
+    if metric in ("auc", "f1") and n_fake in (0, len(rows)):
+        raise MergeError(f"{data}: the {split} split holds one class only ({len(rows) - n_fake} real, {n_fake} fake): "
+                         f"{metric} cannot rank the models there; use a split with both classes, or --metric loss")
     imgs = [load_image(p) for p in prepared.image_paths(data, rows)]
     y = np.array([r.label for r in rows])
 
@@ -228,16 +251,23 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
     work = Path(tempfile.mkdtemp(prefix="dftune-soup-"))
     try:
         scores = {p: score(p) for p in paths}
+        undefined = [p for p, v in scores.items() if v != v]
+        if undefined:
+            raise MergeError(f"{undefined[0]}: its {split} {level} {metric} is undefined (NaN); the greedy soup "
+                             f"cannot rank the models on it")
         order = sorted(paths, key=lambda p: -scores[p])
         chosen, best = [order[0]], scores[order[0]]
+        steps = [{"model": order[0], "own": scores[order[0]], "soup": best, "added": True}]
         log.info("greedy soup: start with %s (%s %.4f)", order[0], metric, best)
         for i, p in enumerate(order[1:]):
             trial = work / f"try{i}"
             run(chosen + [p], trial, force=True)
             v = score(str(trial))
-            if v >= best:
+            added = v >= best
+            if added:
                 chosen, best = chosen + [p], v
-            log.info("greedy soup: %s %s -> soup %s %.4f", "added" if chosen[-1] == p else "skipped", p, metric, v)
+            steps.append({"model": p, "own": scores[p], "soup": v, "added": added})
+            log.info("greedy soup: %s %s -> soup %s %.4f", "added" if added else "skipped", p, metric, v)
         if len(chosen) == 1:
             model, ref = load_for_merge(chosen[0])
             _save(model, ref.state, chosen[0], Path(out), {"kind": "greedy soup", "models": chosen}, force)
@@ -248,5 +278,9 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
             modelmeta.save(out, meta)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"out": str(out), "kind": "greedy soup", "models": chosen, "val": {p: scores[p] for p in paths},
-            "soup_val": best, "metric": f"{split} {level} {metric}"}
+    sign = -1.0 if metric == "loss" else 1.0  # ranked on -loss; reported as the loss itself
+    for st in steps:
+        st["own"], st["soup"] = sign * st["own"], sign * st["soup"]
+    return {"out": str(out), "kind": "greedy soup", "models": chosen,
+            "val": {p: sign * scores[p] for p in paths}, "steps": steps,
+            "soup_val": sign * best, "metric": f"{split} {level} {metric}"}

@@ -276,6 +276,9 @@ def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list,
     pending = sorted(k for k in keys if k not in parts)
     write_manifest(cfg.out / "manifest.csv", rows)
     c = counts(rows)
+    one_class = one_class_splits(c) if not pending else []
+    for msg in one_class:
+        log.warning("%s: %s", cfg.out, msg)
     summary = {
         "complete": not pending,
         "root": str(cfg.root),
@@ -298,11 +301,26 @@ def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list,
         "no_face_videos": [p["file"] for p in done if p["frames_sampled"] and not p["rows"]],
         "excluded": excluded,
         "warnings": warnings,
+        "one_class_splits": one_class,
         "pending": pending[:100],
         "this_run": run_stats,
     }
     write_json(cfg.out / "summary.json", summary)
     return summary
+
+
+def one_class_splits(by_split: dict) -> list[str]:
+    """A line for each split that ended with crops of one class only: its F1 is meaningless (1.0 with one
+    class) and its AUC undefined, so a model chosen on it is chosen on nothing."""
+    out = []
+    for split in ("train", "val", "test"):
+        c = by_split.get(split)
+        if c and (c["real"] == 0 or c["fake"] == 0):
+            have = "real" if c["fake"] == 0 else "fake"
+            out.append(f"the {split} split holds {have} crops only ({c['real']} real, {c['fake']} fake): "
+                       f"{'train cannot select a model on it' if split == 'val' else 'its metrics mean nothing'}; "
+                       f"re-deal the splits (--split random, other --ratios or --seed) or add the missing class")
+    return out
 
 
 def _check_settings(cfg: PrepareConfig) -> None:
