@@ -214,3 +214,18 @@ def test_prepare_warns_when_a_split_ends_with_one_class(tmp_path, face_photo, ca
     assert "the val split holds real crops only (1 real, 0 fake): train cannot select a model on it" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["one_class_splits"] and "val split" in summary["one_class_splits"][0]
+
+
+def test_dfdc_preview_says_when_a_label_disagrees_with_its_folder(tmp_path):
+    root = tmp_path / "dfdcp"
+    meta = {"original_videos/1/a.mp4": {"label": "real", "set": "train", "target_id": "1"},
+            "method_A/1/a.mp4": {"label": "real", "set": "train", "target_id": "1"},  # a method folder, labelled real
+            "original_videos/2/b.mp4": {"label": "real", "set": "test", "target_id": "2"},
+            "method_B/2/b.mp4": {"label": "fake", "set": "test", "target_id": "2"}}
+    for rel in meta:
+        _touch(root / rel)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    warnings = []
+    dfdc.index_preview(root, warnings=warnings)
+    said = [w for w in warnings if "labels it real but it is in method_A/" in w["error"]]
+    assert len(said) == 1 and said[0]["file"] == str(root / "method_A/1/a.mp4")

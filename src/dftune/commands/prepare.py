@@ -81,8 +81,8 @@ def register(sub) -> None:
     p.add_argument("--margin", type=float, default=1.3, help="crop side = max(face w, h) x margin")
     p.add_argument("--detector", choices=sorted(REGISTRY), default="dlib",
                    help="face detector: dlib = HOG exactly as the guide/baseline (width 640, upsample 1); "
-                        "retinaface = RetinaFace-mobilenet on onnxruntime, 5 landmarks (~4x faster detection than dlib "
-                        "at width 640; ~15x with --detect-width auto)")
+                        "retinaface = RetinaFace-mobilenet on onnxruntime, 5 landmarks (prepare ran at 10.5-10.9x the "
+                        "guide's frames/s on 2 cores with --detect-width auto; docs/benchmarks.md)")
     p.add_argument("--detect-width", type=_detect_width, default="auto", metavar="auto|PIXELS",
                    help="width the detector sees each frame at: auto = dlib at 640 (the guide's); retinaface at 320 "
                         "first, again at 640 when it finds no face or only faces under 32 px there (a tenth of the "

@@ -193,6 +193,9 @@ def index_preview(root: str | Path, compression: str = "", methods=None, actors:
         if not p.is_file():
             missing.append(str(p))
             continue
+        if (method == "original_videos") == bool(label):  # the folder says one class, the label the other
+            warnings.append({"file": str(p), "error": f"{meta_path.name} labels it {'fake' if label else 'real'} but "
+                                                      f"it is in {method}/; {meta_path.name}'s label is used"})
         s = str(v.get("set", "")).lower()
         if s not in ("train", "test"):
             raise SourceError(f"{meta_path}: {rel}: set {v.get('set')!r} is neither train nor test")
