@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from dftune.cli import main
 from dftune.model.load import build_tiny_vit

@@ -20,6 +20,8 @@ frame_width, frame_height  the original frame's size
 detector      face detector that made the box ("dlib", "retinaface", "none")
 score         detector confidence (dlib HOG: its detection score)
 landmarks     optional JSON [[x, y], ...] in crop pixels (for self-blended images)
+dataset       in a mix of prepared folders (``prepare --merge-into``, ``train --data A --data B``): the folder
+              the row came from; empty in a single prepared folder
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class Row:
     detector: str = ""
     score: float = 0.0
     landmarks: str = ""
+    dataset: str = ""
 
     def landmark_points(self) -> list[list[float]]:
         return json.loads(self.landmarks) if self.landmarks else []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 import os
 import sys
 
@@ -54,14 +53,22 @@ def register(sub) -> None:
     from dftune.sources.ffpp import COMPRESSIONS, DEFAULT_METHODS, OPTIONAL_METHODS
 
     p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION)
-    p.add_argument("root", help="FF++ root (holding original_sequences/ and manipulated_sequences/), "
-                                "or the root of the layout --source names (a list file for --source list)")
-    p.add_argument("--out", required=True, help="output folder for crops, manifest.csv and summary.json")
+    p.add_argument("root", nargs="+", help="FF++ root (holding original_sequences/ and manipulated_sequences/), "
+                                           "or the root of the layout --source names (a list file for --source "
+                                           "list; a dataset JSON for --source deepfakebench); with --merge-into: "
+                                           "the prepared folders to mix")
+    p.add_argument("--out", default=None, help="output folder for crops, manifest.csv and summary.json "
+                                                "(required unless --merge-into)")
+    p.add_argument("--merge-into", default=None, metavar="MIX",
+                   help="process nothing: write MIX, one manifest over the prepared folders given as ROOT (links, no "
+                        "copies; each row's dataset column names its folder; a train row sharing an identity with "
+                        "another folder's val/test rows is dropped), for train/tune/synth/evaluate (default: not set)")
     p.add_argument("--source", choices=SOURCES, default="ffpp",
                    help="input layout: ffpp, folders (real/ and fake/), celebdf (Celeb-DF v1/v2), dfdc (DFDC "
                         "training parts + test set), dfdcp (DFDC preview), frames (per-video folders of face frames, "
-                        "WildDeepfake), list (path,label[,split][,method][,video] CSV); each keeps its official "
-                        "test set")
+                        "WildDeepfake), list (path,label[,split][,method][,video] CSV), deepfakebench (a "
+                        "DeepfakeBench/DF40 dataset JSON over its face frames; implies --no-detect); each keeps its "
+                        "official test set")
     p.add_argument("--split", choices=("official", "random"), default="official",
                    help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
     p.add_argument("--splits", default=None, metavar="DIR",
@@ -73,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("--compression", choices=COMPRESSIONS, default="c23", help="FF++ compression folder to read")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                    help=f"manipulation methods to read (also: {', '.join(OPTIONAL_METHODS)})")
-    p.add_argument("--actors", action="store_true", help="also read original_sequences/actors (DeepFakeDetection reals)")
+    p.add_argument("--actors", action="store_true",
+                   help="also read original_sequences/actors (DeepFakeDetection reals)")
     p.add_argument("--frames", type=int, default=10, help="frames per video, evenly spaced: linspace(0, n-1, frames)")
     p.add_argument("--every", type=int, default=0, metavar="K",
                    help="take every K-th frame instead of --frames evenly spaced (0 = off)")
@@ -95,6 +103,12 @@ def register(sub) -> None:
     p.add_argument("--no-detect", action="store_true",
                    help="no face detection: each frame is used whole (its centred square, resized to --size); "
                         "for pre-extracted face frames such as --source frames")
+    p.add_argument("--class-map", default=None, metavar="FILE",
+                   help="--source deepfakebench: YAML/JSON of label -> 0 (real) / 1 (fake), or a DeepfakeBench "
+                        "config with label_dict, on top of DeepfakeBench's own label_dict (default: not set)")
+    p.add_argument("--frames-root", default=None, metavar="DIR",
+                   help="--source deepfakebench: the folder the JSON's frame paths start from (default: the "
+                        "JSON's folder, then the one above it)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="FFmpeg decoding threads per worker (0: 1 when --workers > 1, else automatic)")
@@ -119,16 +133,23 @@ def _detect_width(text: str):
 
 
 def run(args) -> int:
-    from dftune.stages.prepare import PrepareConfig
     from dftune.stages import prepare
+    from dftune.stages.prepare import PrepareConfig
 
+    if args.merge_into:
+        return _mix(args)
+    if len(args.root) != 1:
+        raise ValueError(f"one ROOT to prepare, got {len(args.root)}: {' '.join(args.root)} (several prepared "
+                         f"folders go together with --merge-into MIX)")
+    if not args.out:
+        raise ValueError("--out is required: the folder for crops, manifest.csv and summary.json")
     cfg = PrepareConfig(
-        root=args.root, out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,
+        root=args.root[0], out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,
         ratios=tuple(args.ratios), compression=args.compression, methods=tuple(args.methods), actors=args.actors,
         frames=args.frames, every=args.every, size=args.size, margin=args.margin, detector=args.detector,
         detect_width=args.detect_width,
         landmarks=args.landmarks, quality=args.quality, workers=args.workers, decode_threads=args.decode_threads,
-        no_detect=args.no_detect,
+        no_detect=args.no_detect, class_map=args.class_map, frames_root=args.frames_root,
         shard=args.shard, merge_only=args.merge, progress=not args.no_progress,
     )
     try:
@@ -144,13 +165,22 @@ def run(args) -> int:
     return 0
 
 
-def print_summary(s: dict) -> None:
-    from dftune.progress import console
+def _mix(args) -> int:
+    from dftune.mix import write_mix
+
+    s = write_mix(args.root, args.merge_into)
+    print_table(s, f"mix: {s['out']}")
+    for w in s["warnings"]:
+        print(f"warning: {w['error']}", file=sys.stderr)
+    return 0
+
+
+def print_table(s: dict, title: str) -> None:
     from rich.table import Table
 
-    con = console(stderr=False)
-    v = s["videos"]
-    t = Table(title=f"prepare: {s['out']}", show_lines=False)
+    from dftune.progress import console
+
+    t = Table(title=title, show_lines=False)
     for col in ("split", "real crops", "fake crops", "videos", "by method"):
         t.add_column(col, justify="right" if col != "by method" and col != "split" else "left")
     for split in ("train", "val", "test"):
@@ -159,7 +189,15 @@ def print_summary(s: dict) -> None:
             continue
         methods = ", ".join(f"{m} {n}" for m, n in sorted(c["methods"].items()))
         t.add_row(split, str(c["real"]), str(c["fake"]), str(c["videos"]), methods)
-    con.print(t)
+    console(stderr=False).print(t)
+
+
+def print_summary(s: dict) -> None:
+    from dftune.progress import console
+
+    con = console(stderr=False)
+    v = s["videos"]
+    print_table(s, f"prepare: {s['out']}")
     run = s["this_run"]
     con.print(
         f"videos: {v['done']} done, {v['failed']} failed, {v['pending']} pending, {v['excluded']} excluded, "

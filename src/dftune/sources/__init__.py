@@ -43,18 +43,19 @@ class Item:
 
 
 def get_indexer(name: str):
-    from dftune.sources import celebdf, dfdc, ffpp, folders, frames, listfile
+    from dftune.sources import celebdf, deepfakebench, dfdc, ffpp, folders, frames, listfile
 
     registry = {"ffpp": ffpp.index, "folders": folders.index,
                 "celebdf": celebdf.index,
                 "dfdc": dfdc.index,
                 "dfdcp": dfdc.index_preview,
                 "frames": frames.index,
-                "list": listfile.index}
+                "list": listfile.index,
+                "deepfakebench": deepfakebench.index}
     try:
         return registry[name]
     except KeyError:
         raise SourceError(f"unknown source {name!r}; choose one of {', '.join(registry)}") from None
 
 
-SOURCES = ("ffpp", "folders", "celebdf", "dfdc", "dfdcp", "frames", "list")
+SOURCES = ("ffpp", "folders", "celebdf", "dfdc", "dfdcp", "frames", "list", "deepfakebench")

@@ -25,8 +25,8 @@ import logging
 import random
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from dftune.sources import Item, SourceError
 from dftune.sources.splits import RATIOS, SPLITS, _deal

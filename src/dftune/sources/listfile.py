@@ -33,7 +33,8 @@ from pathlib import Path
 
 from dftune.portable import IMAGE_EXTS, VIDEO_EXTS
 from dftune.sources import Item, SourceError
-from dftune.sources.frames import KIND as FRAMES, FramesItem
+from dftune.sources.frames import KIND as FRAMES
+from dftune.sources.frames import FramesItem
 from dftune.sources.heldout import SPLIT_WORDS, label_word, natural_key, read_text, split_around_test
 from dftune.sources.splits import RATIOS
 

@@ -22,9 +22,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def average(states: Sequence[dict], weights: Sequence[float]) -> dict:
             out[k] = v0.clone()
             continue
         acc = torch.zeros_like(v0, dtype=torch.float64)
-        for s, wi in zip(states, w):
+        for s, wi in zip(states, w, strict=True):
             acc += float(wi) * s[k].double()
         out[k] = acc.to(v0.dtype)
     return out
@@ -219,8 +219,7 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None
 def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.PathLike, metric: str = "auc",
                 level: str = "frame", split: str = "val", tta: Sequence[str] = (), force: bool = False) -> dict:
     """The greedy soup: sort by val ``metric``, add each model if the soup's val metric does not drop."""
-    from dftune import metrics
-    from dftune import prepared, scoring
+    from dftune import metrics, prepared, scoring
     from dftune.pooling import video_aggregate
     from dftune.portable import load_image, prob_fake
 

@@ -60,6 +60,8 @@ class PrepareConfig:
     landmarks: bool = False
     quality: int = 95
     no_detect: bool = False  # use each frame whole (pre-extracted face frames), no detector
+    class_map: str | None = None  # --source deepfakebench: labels -> 0/1 beside DeepfakeBench's label_dict
+    frames_root: str | None = None  # --source deepfakebench: where the JSON's frame paths resolve
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     decode_threads: int = 0  # 0: 1 thread per worker when workers > 1, FFmpeg's choice otherwise
     shard: tuple[int, int] | None = None  # (K, N), K in 1..N
@@ -105,7 +107,8 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
     """All items of the source with their split set; also the excluded ones with reasons."""
     indexer = get_indexer(cfg.source)
     items = indexer(cfg.root, compression=cfg.compression, methods=cfg.methods, actors=cfg.actors,
-                    warnings=warnings, seed=cfg.seed, ratios=cfg.ratios)
+                    warnings=warnings, seed=cfg.seed, ratios=cfg.ratios, class_map=cfg.class_map,
+                    frames_root=cfg.frames_root)
     if cfg.split not in ("official", "random"):
         raise SourceError(f"--split must be official or random, got {cfg.split!r}")
     # DeepFakeDetection and its actors have no official split: deal the actors out
@@ -185,6 +188,7 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
 
     from dftune.portable import VideoError, crop_face, crop_square, is_face_crop, load_image, sample_frames
     from dftune.portable import Face, FaceCrop, whole_image_box
+    from dftune.sources.deepfakebench import landmarks_of
     from dftune.sources.frames import KIND as FRAMES, read_frames
 
     rows: list[dict] = []
@@ -225,8 +229,9 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
                 raise RuntimeError("JPEG encoding failed")
             write_bytes(cfg.out / rel, buf.tobytes())
             marks = ""
-            if cfg.landmarks:
-                pts = face.landmarks
+            given = landmarks_of(item, fi) if cfg.no_detect else None  # DeepfakeBench's .npy beside the frame
+            if cfg.landmarks or given:
+                pts = given or face.landmarks
                 if predictor is not None:
                     import dlib
 
@@ -346,6 +351,9 @@ def run(cfg: PrepareConfig) -> dict:
     """Prepare crops; returns the summary (also at ``OUT/summary.json``)."""
     cfg.out = Path(cfg.out)
     cfg.root = Path(cfg.root)
+    if cfg.source == "deepfakebench" and not cfg.no_detect:
+        log.info("--source deepfakebench: its frames are face crops already; used whole (--no-detect)")
+        cfg.no_detect = True
     if cfg.shard:
         k, n = cfg.shard
         if not (1 <= k <= n):
