@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 # Pipeline order; the help lists them in this order.
@@ -57,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cpu_process_group() -> None:
+    """Several processes (torchrun, accelerate launch) on a machine without CUDA: tell Accelerate so it forms
+    one gloo process group; unasked it starts N independent single-process runs that race on one --out."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and "ACCELERATE_USE_CPU" not in os.environ:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ["ACCELERATE_USE_CPU"] = "true"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     from dftune.progress import quiet_third_party
 
     quiet_third_party()
+    cpu_process_group()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
