@@ -8,10 +8,10 @@ On the demo crops (`dftune.synthetic.make_crops`, no download) and the demo's sm
 * default x1     - one `train` run with TrainConfig's defaults (the guide's: AdamW 1e-5, batch 16, ...)
 * default best/N - N default runs with seeds hash(seed, i), the one with the best val metric: the same
                    compute as the study without pruning (N runs x E epochs), spent on seeds, not settings
-* tuned          - `dftune.stages.tune.tune` with N trials of E epochs (default space, the pruner given);
+* tuned          - `dftune.stages.tune.run` with N trials of E epochs (default space, the pruner given);
                    its best trial's model
 
-Every picked model is scored on the TEST split by `dftune.stages.evaluate.evaluate` (no TTA): frame
+Every picked model is scored on the TEST split by `dftune.stages.evaluate.run` (no TTA): frame
 macro F1 at the threshold tuned on val, and frame ROC AUC. Compute is counted in train epochs run;
 "saved by pruning" is the epochs the pruned trials did not run. Prints one table (mean ± sd over
 seeds) and writes OUT/bench_tune.json.
@@ -87,6 +87,8 @@ def main(argv=None) -> int:
     import torch
 
     from dftune.progress import quiet_third_party
+    from dftune.search.metric import parse_metric
+    from dftune.search.space import trial_seed
     from dftune.stages import tune
 
     quiet_third_party()
@@ -96,7 +98,7 @@ def main(argv=None) -> int:
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_tune_"))
     root.mkdir(parents=True, exist_ok=True)
     data, model = make_data(root, args.videos, args.frames, args.size)
-    metric = tune.parse_metric(args.metric)
+    metric = parse_metric(args.metric)
     better = max if metric.direction == "maximize" else min
     results = []
     t_all = time.perf_counter()
@@ -104,10 +106,11 @@ def main(argv=None) -> int:
         r: dict = {"seed": seed}
         # default x1
         d1 = run_default(data, model, root / f"s{seed}" / "default", seed, args.epochs, metric)
-        r["default"] = {**test_score(d1["dir"], data), "val": d1["val"], "epochs": d1["epochs"], "seconds": d1["seconds"]}
+        r["default"] = {**test_score(d1["dir"], data), "val": d1["val"], "epochs": d1["epochs"],
+                        "seconds": d1["seconds"]}
         # default best of N seeds
-        runs = [run_default(data, model, root / f"s{seed}" / f"default_{i}", tune.trial_seed(seed, i), args.epochs, metric)
-                for i in range(args.trials)]
+        runs = [run_default(data, model, root / f"s{seed}" / f"default_{i}", trial_seed(seed, i), args.epochs,
+                            metric) for i in range(args.trials)]
         ok = [x for x in runs if x["val"] is not None]
         pick = better(ok, key=lambda x: x["val"])
         r["default_best_of_n"] = {**test_score(pick["dir"], data), "val": pick["val"],
@@ -115,21 +118,21 @@ def main(argv=None) -> int:
         # the study
         t0 = time.perf_counter()
         sm = tune.run(data, model, root / f"s{seed}" / "study",
-                    tune.TuneSettings(trials=args.trials, epochs=args.epochs, metric=args.metric, pruner=args.pruner,
-                                   seed=seed, sets={k: str(v) for k, v in FIXED.items()}),
-                    say=lambda m: print(f"  [seed {seed}] {m}", flush=True))
+                      tune.TuneSettings(trials=args.trials, epochs=args.epochs, metric=args.metric, pruner=args.pruner,
+                                        seed=seed, sets={k: str(v) for k, v in FIXED.items()}),
+                      say=lambda m, seed=seed: print(f"  [seed {seed}] {m}", flush=True))
         secs = time.perf_counter() - t0
-        if sm["best"] is None:
-            r["tuned"] = {"test_f1": None, "test_auc": None, "val": None, "epochs": sm["epochs_run"], "seconds": secs}
+        if sm.best is None:
+            r["tuned"] = {"test_f1": None, "test_auc": None, "val": None, "epochs": sm.epochs_run, "seconds": secs}
         else:
-            r["tuned"] = {**test_score(Path(sm["best"]["run_dir"]) / "best", data), "val": sm["best"]["value"],
-                          "epochs": sm["epochs_run"], "seconds": secs, "params": sm["best"]["params"]}
-        r["tuned"]["epochs_saved_by_pruning"] = sm["epochs_saved_by_pruning"]
-        r["tuned"]["states"] = sm["by_state"]
+            r["tuned"] = {**test_score(Path(sm.best["run_dir"]) / "best", data), "val": sm.best["value"],
+                          "epochs": sm.epochs_run, "seconds": secs, "params": sm.best["params"]}
+        r["tuned"]["epochs_saved_by_pruning"] = sm.epochs_saved_by_pruning
+        r["tuned"]["states"] = sm.by_state
         results.append(r)
+        arms = ("default", "default_best_of_n", "tuned")
         print(f"seed {seed}: " + " | ".join(f"{k} test F1 {_f(r[k]['test_f1'])} AUC {_f(r[k]['test_auc'])} "
-                                            f"({r[k]['epochs']} ep)" for k in ("default", "default_best_of_n", "tuned")),
-              flush=True)
+                                            f"({r[k]['epochs']} ep)" for k in arms), flush=True)
 
     def agg(key, field):
         xs = [r[key][field] for r in results if r[key].get(field) is not None]

@@ -16,7 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from dftune.search.metric import parse_metric
+from dftune.search.space import DEFAULT_SPACE, SpaceError, check_space, keep_effective_batch, load_space, trial_seed
+from dftune.search.study import counts_as_finished, open_storage
 from dftune.stages import tune
+from dftune.training.config import TrainConfig
 
 torch.set_num_threads(1)
 
@@ -156,16 +160,16 @@ def test_killed_study_resumes_without_repeating(crops, vit, tmp_path):
 
     out = tmp_path / "s"
     sm = tune.run(crops, vit, out, _settings(trials=2), say=lambda m: None)
-    assert sm["ran_here"] == 2
+    assert sm.ran_here == 2
     # a process killed mid-trial leaves a RUNNING trial behind (its pid is gone)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    st = optuna.load_study(study_name="s", storage=tune.open_storage(out, None))
+    st = optuna.load_study(study_name="s", storage=open_storage(out, None))
     t = st.ask()
     t.set_user_attr("host", socket.gethostname())
     t.set_user_attr("pid", dead.pid)
     sm = tune.run(crops, vit, out, _settings(trials=3), say=lambda m: None)
-    assert sm["ran_here"] == 1  # 2 finished + 1 more; the killed one is not counted
+    assert sm.ran_here == 1  # 2 finished + 1 more; the killed one is not counted
     rows = _rows(out)
     assert [(r["number"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"),
                                                          ("2", "INTERRUPTED"), ("3", "COMPLETE")]
@@ -192,7 +196,7 @@ def test_failed_trial_is_recorded_and_study_goes_on(crops, vit, tmp_path, monkey
     rows = _rows(out)
     assert [r["state"] for r in rows] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert rows[1]["fail_reason"] == "RuntimeError: CUDA out of memory (simulated)"
-    assert sm["by_state"] == {"COMPLETE": 2, "FAIL": 1} and (out / "best.yaml").exists()
+    assert sm.by_state == {"COMPLETE": 2, "FAIL": 1} and (out / "best.yaml").exists()
     assert "CUDA out of memory" in (out / "report.md").read_text()
 
 
@@ -218,7 +222,7 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
     out = tmp_path / "s"
     space = dict(SPACE, lr={"type": "categorical", "choices": [1e-3, 1e-12]}, schedule="constant")
     out.mkdir()
-    st = optuna.create_study(study_name="s", storage=tune.open_storage(out, None), direction="maximize")
+    st = optuna.create_study(study_name="s", storage=open_storage(out, None), direction="maximize")
     for lr in (1e-3, 1e-3, 1e-3, 1e-12, 1e-3):  # three to learn the median from, the bad one, then a good one
         st.enqueue_trial({"lr": lr})
     sm = tune.run(crops, vit, out, _settings(trials=5, epochs=3, space=space, pruner="median"), say=lambda m: None)
@@ -228,7 +232,7 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
     hist = json.loads((out / "trials" / "trial_0003" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]  # train stopped cleanly after the epoch that was reported
     assert not (out / "trials" / "trial_0003" / "last").exists()  # a pruned trial's weights are deleted
-    assert sm["epochs_saved_by_pruning"] == 1
+    assert sm.epochs_saved_by_pruning == 1
 
 
 # ------------------------------------------------------------------ the search space
@@ -247,8 +251,8 @@ def test_pruning_stops_a_bad_trial(crops, vit, tmp_path, monkeypatch):
 def test_bad_space_file_names_the_key(content, key, words, tmp_path, crops, vit, capsys):
     p = tmp_path / "space.yaml"
     p.write_text(content)
-    with pytest.raises(tune.SpaceError) as e:
-        tune.check_space(tune.load_space(p), tune.TrainConfig(), str(p))
+    with pytest.raises(SpaceError) as e:
+        check_space(load_space(p), TrainConfig(), str(p))
     assert repr(key) in str(e.value) and words in str(e.value) and str(p) in str(e.value)
     # through the CLI: a one-line error naming the key, before any trial runs
     assert _cli("tune", "--data", str(crops), "--model", vit, "--out", str(tmp_path / "s"), "--space", str(p)) == 2
@@ -258,16 +262,16 @@ def test_bad_space_file_names_the_key(content, key, words, tmp_path, crops, vit,
 
 
 def test_space_helpers():
-    base = tune.TrainConfig(batch_size=16, grad_accum=2)
-    assert tune.keep_effective_batch(base, {"batch_size": 8}, {})["grad_accum"] == 4
-    assert tune.keep_effective_batch(base, {"batch_size": 32}, {})["grad_accum"] == 1
-    assert tune.keep_effective_batch(base, {"batch_size": 8, "grad_accum": 1}, {})["grad_accum"] == 1
-    searched, fixed = tune.check_space(tune.load_space(None), tune.TrainConfig())
-    assert set(searched) == set(tune.DEFAULT_SPACE) and fixed == {}
-    assert tune.trial_seed(0, 1) == tune.trial_seed(0, 1) != tune.trial_seed(0, 2) != tune.trial_seed(1, 2)
-    assert tune.parse_metric("video_auc").direction == "maximize" and tune.parse_metric("frame_loss").direction == "minimize"
+    base = TrainConfig(batch_size=16, grad_accum=2)
+    assert keep_effective_batch(base, {"batch_size": 8}, {})["grad_accum"] == 4
+    assert keep_effective_batch(base, {"batch_size": 32}, {})["grad_accum"] == 1
+    assert keep_effective_batch(base, {"batch_size": 8, "grad_accum": 1}, {})["grad_accum"] == 1
+    searched, fixed = check_space(load_space(None), TrainConfig())
+    assert set(searched) == set(DEFAULT_SPACE) and fixed == {}
+    assert trial_seed(0, 1) == trial_seed(0, 1) != trial_seed(0, 2) != trial_seed(1, 2)
+    assert parse_metric("video_auc").direction == "maximize" and parse_metric("frame_loss").direction == "minimize"
     with pytest.raises(ValueError, match="unknown metric"):
-        tune.parse_metric("f1")
+        parse_metric("f1")
 
 
 # ------------------------------------------------------------------ several processes, one study
@@ -288,8 +292,8 @@ def test_two_processes_share_one_journal_study(crops, vit, space_file, tmp_path)
     assert sum(ran) == 4, outs
     import optuna
 
-    st = optuna.load_study(study_name="shared", storage=tune.open_storage(out, None))
-    counted = [t for t in st.trials if tune.counts_as_finished(t)]
+    st = optuna.load_study(study_name="shared", storage=open_storage(out, None))
+    counted = [t for t in st.trials if counts_as_finished(t)]
     assert len(counted) == 4 and len({t.number for t in counted}) == 4
     assert len({json.dumps(t.params, sort_keys=True) for t in counted}) == 4  # no duplicate settings
     assert len(_rows(out)) == 4
@@ -325,5 +329,5 @@ def test_continuing_with_another_metric_or_fraction_is_refused(crops, vit, tmp_p
 def test_same_seed_repeats_the_study(crops, vit, tmp_path):
     a = tune.run(crops, vit, tmp_path / "a", _settings(trials=2, epochs=1), say=lambda m: None)
     b = tune.run(crops, vit, tmp_path / "b", _settings(trials=2, epochs=1), say=lambda m: None)
-    assert [(r["params"], r["value"]) for r in a["rows"]] == [(r["params"], r["value"]) for r in b["rows"]]
-    assert [r["seed"] for r in _rows(tmp_path / "a")] == [str(tune.trial_seed(0, 0)), str(tune.trial_seed(0, 1))]
+    assert [(r["params"], r["value"]) for r in a.rows] == [(r["params"], r["value"]) for r in b.rows]
+    assert [r["seed"] for r in _rows(tmp_path / "a")] == [str(trial_seed(0, 0)), str(trial_seed(0, 1))]

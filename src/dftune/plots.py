@@ -1,9 +1,10 @@
-"""PNG figures for ``evaluate``: ROC curves and confusion matrices (matplotlib, no display)."""
+"""PNG figures (matplotlib, no display): ``evaluate``'s ROC curves and confusion matrices, ``tune``'s
+optimisation history, per-epoch curves and parameter importances."""
 
 from __future__ import annotations
 
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from dftune.atomic import atomic_path
 
@@ -64,4 +65,60 @@ def confusion_figure(cm: Sequence[Sequence[int]], path: str | os.PathLike, title
                      labels: Sequence[str] = ("real", "fake")) -> None:
     fig, ax = _plt().subplots(figsize=(4, 3.6), dpi=110)
     draw_confusion(ax, cm, title, labels)
+    _save(fig, path)
+
+
+def tune_history_figure(complete: Sequence[tuple[int, float]], pruned: Sequence[tuple[int, float]],
+                        path: str | os.PathLike, ylabel: str, title: str, maximize: bool) -> None:
+    """Each complete trial's value by trial number with the best so far as a step line, and each pruned
+    trial's last reported value as a cross. ``complete`` and ``pruned``: (number, value) pairs."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _plt().subplots(figsize=(7, 4), dpi=100)
+    comp = sorted(complete)
+    if comp:
+        ax.scatter([n for n, _ in comp], [v for _, v in comp], label="complete", color="C0")
+        run, best_line = None, []
+        for _, v in comp:
+            run = v if run is None else (max(run, v) if maximize else min(run, v))
+            best_line.append(run)
+        ax.step([n for n, _ in comp], best_line, where="post", color="C1", label="best so far")
+    if pruned:
+        ax.scatter([n for n, _ in pruned], [v for _, v in pruned], marker="x", color="C3", label="pruned (last epoch)")
+    ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def tune_curves_figure(curves: Sequence[tuple[int, Mapping[int, float], bool]], path: str | os.PathLike,
+                       ylabel: str, title: str) -> None:
+    """One line per trial of its value at each epoch, dashed when ``True`` (pruned); ``curves``: (number,
+    {epoch: value}, dashed) for every trial, a trial with no values drawing nothing; labelled up to 10 trials."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = _plt().subplots(figsize=(7, 4), dpi=100)
+    labelled = len(curves) <= 10
+    for number, iv, dashed in curves:
+        if iv:
+            ax.plot(sorted(iv), [iv[k] for k in sorted(iv)], marker=".", alpha=0.7,
+                    linestyle="--" if dashed else "-", label=f"#{number}" if labelled else None)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    if labelled:
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def importance_figure(importances: Mapping[str, float], path: str | os.PathLike, xlabel: str, title: str) -> None:
+    """Horizontal bars, the most important setting on top (``importances`` ordered most important first)."""
+    fig, ax = _plt().subplots(figsize=(6, 0.4 * len(importances) + 1.2), dpi=100)
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="C0")
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
     _save(fig, path)

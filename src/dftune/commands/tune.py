@@ -27,90 +27,97 @@ balance, aug on/off, sbi 0..0.4. --set KEY=VALUE fixes a setting and takes it ou
 
 
 def register(sub) -> None:
-    from dftune.stages.tune import METRICS
+    from dftune.search.metric import METRICS
+    from dftune.stages.tune import TuneSettings
+    from dftune.training.config import TrainConfig
 
+    d = TuneSettings()  # the defaults, shown in --help
     p = add_parser(sub, "tune", "search training settings (Optuna) with real train runs", DESCRIPTION)
     p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id each trial starts from")
     p.add_argument("--out", required=True, metavar="STUDY_DIR",
                    help="study folder: journal, trial runs, trials.csv, best.yaml, report.md, plots")
-    p.add_argument("--trials", type=int, default=20,
+    p.add_argument("--trials", type=int, default=d.trials,
                    help="finished trials the study should hold (complete, pruned or failed); a re-run only runs "
                         "the missing ones, and parallel processes share the count")
-    p.add_argument("--timeout", type=float, default=None,
+    p.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds after which this process starts no new trial (default: none)")
-    p.add_argument("--metric", default="frame_f1", choices=METRICS, metavar="METRIC",
+    p.add_argument("--metric", default=d.metric, choices=METRICS, metavar="METRIC",
                    help="val metric to optimise: LEVEL_NAME with LEVEL frame or video and NAME f1 (macro F1 at the "
                         "val-optimal threshold), f1_05 (macro F1 at 0.5), auc, loss (minimised), accuracy or "
                         "balanced_accuracy")
-    p.add_argument("--space", default=None,
+    p.add_argument("--space", default=d.space,
                    help="YAML search-space file; its entries replace or add to the default space (default: the "
                         "built-in space, see above)")
-    p.add_argument("--pruner", default="median", choices=("median", "hyperband", "none"),
+    p.add_argument("--pruner", default=d.pruner, choices=("median", "hyperband", "none"),
                    help="stop weak trials early: median (below the median of earlier trials at the same epoch, from "
                         "epoch 2 and after 3 trials), hyperband, or none")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per trial (default: train's default, 5; same as --set epochs=E)")
-    p.add_argument("--fraction", type=float, default=1.0,
+    p.add_argument("--epochs", type=int, default=d.epochs,
+                   help=f"epochs per trial (default: train's default, {TrainConfig().epochs}; same as --set epochs=E)")
+    p.add_argument("--fraction", type=float, default=d.fraction,
                    help="train each trial on this share of the train videos (whole videos, per method; val stays full)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=d.seed,
                    help="study seed: trial N trains with seed hash(seed, N); also picks the --fraction subset")
-    p.add_argument("--storage", default=None,
+    p.add_argument("--storage", default=d.storage,
                    help="Optuna storage URL shared by machines, e.g. postgresql://user:pw@host/db or "
                         "sqlite:///study.db (default: the journal file STUDY_DIR/study.journal)")
-    p.add_argument("--study-name", default=None, help="study name in the storage (default: STUDY_DIR's folder name)")
-    p.add_argument("--keep-all", action="store_true",
+    p.add_argument("--study-name", default=d.study_name,
+                   help="study name in the storage (default: STUDY_DIR's folder name)")
+    p.add_argument("--keep-all", action="store_true", default=d.keep_all,
                    help="keep every trial's best/ and last/ weights (default: only the best trial's)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="fix any training setting for all trials, repeatable; a key set here is not searched")
-    p.add_argument("--progress", action="store_true", help="show each trial's progress bars (default: one line a trial)")
+    p.add_argument("--progress", action="store_true",
+                   help="show each trial's progress bars (default: one line a trial)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from dataclasses import fields
+
     from dftune.stages import tune
     from dftune.stages.tune import TuneSettings
     from dftune.training.config import parse_sets
 
-    s = TuneSettings(trials=args.trials, timeout=args.timeout, metric=args.metric, space=args.space,
-                     pruner=args.pruner, epochs=args.epochs, fraction=args.fraction, seed=args.seed,
-                     storage=args.storage, study_name=args.study_name, keep_all=args.keep_all,
+    # every TuneSettings field but sets has a flag of its name
+    s = TuneSettings(**{f.name: getattr(args, f.name) for f in fields(TuneSettings) if f.name != "sets"},
                      sets=parse_sets(args.sets))
     summary = tune.run(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
     print_summary(summary)
     return 0
 
 
-def print_summary(sm: dict) -> None:
+def print_summary(sm) -> None:
+    """The trials table (complete ones best first) and the best trial: ``sm`` a stages.tune.TuneSummary."""
     from rich.table import Table
 
     from dftune.progress import console
 
-    rows = sm["rows"]
+    rows = sm.rows
     params = sorted({k for r in rows for k in r["params"]})
-    maximize = sm["direction"] == "maximize"
+    maximize = sm.direction == "maximize"
     comp = sorted((r for r in rows if r["value"] is not None), key=lambda r: r["value"], reverse=maximize)
-    t = Table(title=f"dftune tune: {sm['study']} — {sm['metric']} ({sm['metric_description']})",
+    t = Table(title=f"dftune tune: {sm.study} — {sm.metric} ({sm.metric_description})",
               show_header=True, header_style="bold")
-    for c in ["#", "state", sm["metric"], "epochs"] + params + ["note"]:
+    for c in ["#", "state", sm.metric, "epochs"] + params + ["note"]:
         t.add_column(c)
 
     def f(v):
         return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    best = (sm.get("best") or {}).get("number")
+    best = (sm.best or {}).get("number")
     for r in comp + [r for r in rows if r["value"] is None]:
         t.add_row(f"{r['number']}{' *' if r['number'] == best else ''}", r["state"],
                   "" if r["value"] is None else f"{r['value']:.4f}", f(r["epochs_run"]),
                   *[f(r["params"].get(p)) for p in params], (r["reason"] or "")[:60])
     c = console()
     c.print(t)
-    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(sm["by_state"].items()))
-    c.print(f"{sm['trials']} trials ({states}); {sm['epochs_run']} epochs run, "
-            f"{sm['epochs_saved_by_pruning']} saved by pruning")
-    if sm.get("best"):
-        b = sm["best"]
-        c.print(f"best: trial {b['number']} {sm['metric']} = {b['value']:.4f}; model in {b['run_dir']}/best")
-        c.print(f"settings: {sm['best_yaml']}\nretrain: {sm['retrain']}")
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(sm.by_state.items()))
+    c.print(f"{sm.trials} trials ({states}); {sm.epochs_run} epochs run, "
+            f"{sm.epochs_saved_by_pruning} saved by pruning")
+    if sm.best:
+        b = sm.best
+        c.print(f"best: trial {b['number']} {sm.metric} = {b['value']:.4f}; model in {b['run_dir']}/best")
+        c.print(f"settings: {sm.best_yaml}\nretrain: {sm.retrain}")
     else:
         c.print("no trial completed yet")
