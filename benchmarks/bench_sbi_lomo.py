@@ -86,7 +86,7 @@ def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str,
     t_train = time.perf_counter() - t0
     res = evaluate.run([s["best_dir"]], eval_data, run / "eval",
                      evaluate.EvalSettings(split="test", threshold_split="val", plots=False, progress=False))
-    e = next(iter(res["models"].values()))
+    e = next(iter(res.models.values()))
     out = {"train_s": round(t_train, 1), "best_epoch": s["best_epoch"]}
     for level in ("frame", "video"):
         pm = e[level]["per_method_at_0.5"]

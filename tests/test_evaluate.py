@@ -92,7 +92,7 @@ def test_threshold_and_breakdown_on_constructed_scores(env, monkeypatch, tmp_pat
     monkeypatch.setattr(evaluate, "score_rows", fake_score)
     res = evaluate.run([str(model)], env["data"], tmp_path / "out",
                      evaluate.EvalSettings(write_threshold=True, progress=False, plots=False))
-    e = res["models"]["m"]
+    e = res.models["m"]
     val = [r for r in read_manifest(env["data"], ["val"])]
     pv = constructed_scores(val)
     yv = np.array([r.label for r in val])
