@@ -7,10 +7,16 @@ from typing import TYPE_CHECKING
 from dftune.commands import add_parser
 
 if TYPE_CHECKING:
-    from dftune.stages.evaluate import CrossResult, FilesResult
+    from dftune.stages.evaluate import CrossResult, EvalSettings, FilesResult
+
+
+SPLITS = ["train", "val", "test"]
 
 
 def register(sub) -> None:
+    from dftune.stages.evaluate import EvalSettings
+
+    d = EvalSettings()  # every default below is read from here, so it lives once
     p = add_parser(
         sub, "evaluate", "measure models on a prepared split: frame/video metrics, per method, tuned threshold",
         description="Measure one or several models on a prepared split (frame and video level, per manipulation\n"
@@ -33,35 +39,50 @@ def register(sub) -> None:
                    help="instead of --data: image/video files or folders scored as predict scores them")
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="with --files: filename,label CSV (label 0/1 or real/fake; filename as predict's CSV names it)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
-    p.add_argument("--threshold-split", default="val", choices=["train", "val", "test"],
+    p.add_argument("--split", default=d.split, choices=SPLITS, help="split to measure")
+    p.add_argument("--threshold-split", default=d.threshold_split, choices=SPLITS,
                    help="split the macro-F1-optimal threshold is tuned on")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
-    p.add_argument("--tta", default="flip", help="TTA views as in predict: flip, cropF, comma separated, or none")
-    p.add_argument("--aggregate", default="mean", help="video score from its crops: mean, median, max, topk[:K]")
-    p.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
-    p.add_argument("--ensemble", action="store_true", help="also measure the models' weighted-mean prob_fake as one model (implied for an ensemble.json)")
-    p.add_argument("--weight", action="append", type=float, metavar="W", help="ensemble weight per --model")
+    p.add_argument("--tta", default=",".join(d.tta) or "none",
+                   help="TTA views as in predict: flip, cropF, comma separated, or none")
+    p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also measure the models' weighted-mean prob_fake as one model (implied for an ensemble.json)")
+    p.add_argument("--weight", dest="weights", action="append", type=float, metavar="W",
+                   help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
                    help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
                         "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
-    p.add_argument("--ensemble-out", default=None, metavar="FILE",
+    p.add_argument("--ensemble-out", default=d.ensemble_out, metavar="FILE",
                    help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
                         "for predict/export --model FILE (default: OUT/ensemble.json)")
-    p.add_argument("--threshold-level", default="frame", choices=["frame", "video"],
+    p.add_argument("--threshold-level", default=d.threshold_level, choices=["frame", "video"],
                    help="which val threshold --write-threshold stores (the competition mixes images and videos)")
-    p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
-    p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"], help="as in predict")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda ...")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    p.add_argument("--fake-label", default=d.fake_label,
+                   help="name (or index) of the fake class, if the labels do not say")
+    p.add_argument("--backend", default=d.backend, choices=["torch", "int8", "onnx"], help="as in predict")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda ...")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per forward pass")
     p.add_argument("--from-videos", action="store_true",
                    help="also score the split's source videos through predict's path (decode, detect, crop in "
                         "memory) and report how far those video scores are from the ones pooled from the crops")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG figures")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def settings(args) -> EvalSettings:
+    """The options as the stage's settings: every option whose name is an ``EvalSettings`` field."""
+    from dataclasses import fields
+
+    from dftune import scoring
+    from dftune.stages.evaluate import EvalSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if hasattr(args, f.name)}
+    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta)})
 
 
 def run(args) -> int:
@@ -69,18 +90,9 @@ def run(args) -> int:
 
     from dftune import report
     from dftune.progress import console
-    from dftune import scoring
     from dftune.stages import evaluate
 
-    s = evaluate.EvalSettings(
-        split=args.split, threshold_split=args.threshold_split, tta=scoring.parse_tta(args.tta),
-        aggregate=args.aggregate, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend, fake_label=args.fake_label, ensemble=args.ensemble, weights=args.weight,
-        threshold_level=args.threshold_level, write_threshold=args.write_threshold, ensemble_out=args.ensemble_out,
-        from_videos=args.from_videos,
-        plots=not args.no_plots,
-        progress=not args.no_progress,
-    )
+    s = settings(args)
     con = console()
     if args.files:
         if not args.labels:
