@@ -12,13 +12,12 @@ import pytest
 pytest.importorskip("torch")
 sk = pytest.importorskip("sklearn.metrics")
 
-from dftune.stages import evaluate  # noqa: E402
-from dftune import metrics  # noqa: E402
-from dftune import pooling  # noqa: E402
-from dftune.model import meta as modelmeta  # noqa: E402
+from dftune import metrics, pooling  # noqa: E402
 from dftune.cli import main  # noqa: E402
-from dftune.prepared import read_manifest  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
+from dftune.prepared import read_manifest  # noqa: E402
+from dftune.stages import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")

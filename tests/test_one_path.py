@@ -46,8 +46,8 @@ def env(ffpp_tree, tmp_path_factory):
 def test_from_videos_scores_through_predicts_path_and_agrees_with_the_crops(env, tmp_path):
     from dftune.stages import evaluate
 
-    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(from_videos=True, progress=False,
-                                                                                 plots=False))
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev",
+                       evaluate.EvalSettings(from_videos=True, progress=False, plots=False))
     fv = res.from_videos["models"]["a"]
     assert res.from_videos["videos"] >= 5 and res.from_videos["errors"] == 0
     assert fv["compared_with_crops"] == res.models["a"]["video"]["n_videos"]
@@ -179,8 +179,10 @@ def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_
 
     from dftune.stages import evaluate
 
-    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(progress=False, plots=False))
-    ev = {Path(r["path"]).name: float(r["prob_fake_a"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev",
+                       evaluate.EvalSettings(progress=False, plots=False))
+    ev = {Path(r["path"]).name: float(r["prob_fake_a"])
+          for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     assert res.models["a"]["frame"]["at_0.5"]["n"] == len(ev)
     crops = tmp_path / "crops"
     crops.mkdir()
