@@ -53,8 +53,8 @@ def link_subset(src: Path, dst: Path, keep) -> Path:
 
 def build_data(out: Path, workers: int) -> Path:
     from dftune.cli import main
-    from dftune.synthetic import build_ffpp_tree
     from dftune.stages.demo import DemoConfig
+    from dftune.synthetic import build_ffpp_tree
 
     d = DemoConfig()
     root = out / "FaceForensics++"
@@ -75,9 +75,8 @@ def train_supports_sbi() -> bool:
 
 
 def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str, eval_data: Path) -> dict:
-    from dftune.stages import evaluate
+    from dftune.stages import evaluate, train
     from dftune.training.config import build
-    from dftune.stages import train
 
     shutil.rmtree(run, ignore_errors=True)
     cfg = build(None, cfg_over)
@@ -86,7 +85,7 @@ def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str,
     t_train = time.perf_counter() - t0
     res = evaluate.run([s["best_dir"]], eval_data, run / "eval",
                      evaluate.EvalSettings(split="test", threshold_split="val", plots=False, progress=False))
-    e = next(iter(res["models"].values()))
+    e = next(iter(res.models.values()))
     out = {"train_s": round(t_train, 1), "best_epoch": s["best_epoch"]}
     for level in ("frame", "video"):
         pm = e[level]["per_method_at_0.5"]
@@ -114,10 +113,10 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from dftune.stages.demo import DemoConfig
     from dftune.model.load import build_tiny_vit
-    from dftune.stages.synth import SynthConfig
     from dftune.stages import synth
+    from dftune.stages.demo import DemoConfig
+    from dftune.stages.synth import SynthConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,7 +171,7 @@ def table(results: list[dict]) -> str:
     for r in results:
         by.setdefault(r["variant"], []).append(r)
     for v, rs in by.items():
-        mean = lambda k, lv: sum(x[lv][k] for x in rs) / len(rs)  # noqa: E731
+        mean = lambda k, lv, rs=rs: sum(x[lv][k] for x in rs) / len(rs)  # noqa: E731
         lines.append(f"| **mean** | {v} | {len(rs)} runs | {mean('heldout_f1', 'frame'):.3f} | "
                      f"{mean('heldout_auc', 'frame'):.3f} | {mean('heldout_f1', 'video'):.3f} | "
                      f"{mean('heldout_auc', 'video'):.3f} | {mean('seen_auc', 'frame'):.3f} | |")

@@ -12,13 +12,12 @@ import pytest
 pytest.importorskip("torch")
 sk = pytest.importorskip("sklearn.metrics")
 
-from dftune.stages import evaluate  # noqa: E402
-from dftune import metrics  # noqa: E402
-from dftune import pooling  # noqa: E402
-from dftune.model import meta as modelmeta  # noqa: E402
+from dftune import metrics, pooling  # noqa: E402
 from dftune.cli import main  # noqa: E402
-from dftune.prepared import read_manifest  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
+from dftune.prepared import read_manifest  # noqa: E402
+from dftune.stages import evaluate  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +91,7 @@ def test_threshold_and_breakdown_on_constructed_scores(env, monkeypatch, tmp_pat
     monkeypatch.setattr(evaluate, "score_rows", fake_score)
     res = evaluate.run([str(model)], env["data"], tmp_path / "out",
                      evaluate.EvalSettings(write_threshold=True, progress=False, plots=False))
-    e = res["models"]["m"]
+    e = res.models["m"]
     val = [r for r in read_manifest(env["data"], ["val"])]
     pv = constructed_scores(val)
     yv = np.array([r.label for r in val])

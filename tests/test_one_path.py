@@ -46,11 +46,11 @@ def env(ffpp_tree, tmp_path_factory):
 def test_from_videos_scores_through_predicts_path_and_agrees_with_the_crops(env, tmp_path):
     from dftune.stages import evaluate
 
-    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(from_videos=True, progress=False,
-                                                                                 plots=False))
-    fv = res["from_videos"]["models"]["a"]
-    assert res["from_videos"]["videos"] >= 5 and res["from_videos"]["errors"] == 0
-    assert fv["compared_with_crops"] == res["models"]["a"]["video"]["n_videos"]
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev",
+                       evaluate.EvalSettings(from_videos=True, progress=False, plots=False))
+    fv = res.from_videos["models"]["a"]
+    assert res.from_videos["videos"] >= 5 and res.from_videos["errors"] == 0
+    assert fv["compared_with_crops"] == res.models["a"]["video"]["n_videos"]
     # same frames, same crop; only the JPEG round trip of the crops on disk differs
     assert fv["mean_abs_diff"] < 0.02 and fv["label_agreement_at_0.5"] >= 0.8
     report = (tmp_path / "ev" / "report.md").read_text()
@@ -130,12 +130,12 @@ def test_cross_dataset_table_uses_the_training_datas_threshold(env, tmp_path):
     other = shutil.copytree(env["data"], tmp_path / "other")  # a "second dataset" (the same crops: same numbers)
     s = evaluate.EvalSettings(progress=False, plots=False)
     r = evaluate.cross_dataset([str(env["a"])], [str(env["data"]), str(other)], tmp_path / "x", s)
-    rows = [(row["dataset"], row["video_auc"]) for row in r["table"]]
+    rows = [(row["dataset"], row["video_auc"]) for row in r.table]
     assert [d for d, _ in rows] == ["data", "other", "mean"]
     assert rows[0][1] == pytest.approx(rows[1][1]) == pytest.approx(rows[2][1])
-    thr = r["thresholds"]["a"]
-    for res in r["per_dataset"].values():  # both measured at the threshold tuned on the training data's val
-        assert res["models"]["a"]["val_threshold"]["frame"] == thr["frame"]
+    thr = r.thresholds["a"]
+    for res in r.per_dataset.values():  # both measured at the threshold tuned on the training data's val
+        assert res.models["a"]["val_threshold"]["frame"] == thr["frame"]
     assert (tmp_path / "x" / "report.md").read_text().count("| a |") == 3
 
 
@@ -179,9 +179,11 @@ def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_
 
     from dftune.stages import evaluate
 
-    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev", evaluate.EvalSettings(progress=False, plots=False))
-    ev = {Path(r["path"]).name: float(r["prob_fake_a"]) for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
-    assert res["models"]["a"]["frame"]["at_0.5"]["n"] == len(ev)
+    res = evaluate.run([str(env["a"])], env["data"], tmp_path / "ev",
+                       evaluate.EvalSettings(progress=False, plots=False))
+    ev = {Path(r["path"]).name: float(r["prob_fake_a"])
+          for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    assert res.models["a"]["frame"]["at_0.5"]["n"] == len(ev)
     crops = tmp_path / "crops"
     crops.mkdir()
     for rel in list((env["data"] / "test").rglob("*.jpg"))[:6]:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dftune.commands import add_parser
+
+if TYPE_CHECKING:
+    from dftune.stages.evaluate import CrossResult, EvalSettings, FilesResult
+
+
+SPLITS = ["train", "val", "test"]
 
 
 def register(sub) -> None:
+    from dftune.stages.evaluate import EvalSettings
+
+    d = EvalSettings()  # every default below is read from here, so it lives once
     p = add_parser(
         sub, "evaluate", "measure models on a prepared split: frame/video metrics, per method, tuned threshold",
         description="Measure one or several models on a prepared split (frame and video level, per manipulation\n"
@@ -28,127 +39,138 @@ def register(sub) -> None:
                    help="instead of --data: image/video files or folders scored as predict scores them")
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="with --files: filename,label CSV (label 0/1 or real/fake; filename as predict's CSV names it)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to measure")
-    p.add_argument("--threshold-split", default="val", choices=["train", "val", "test"],
+    p.add_argument("--split", default=d.split, choices=SPLITS, help="split to measure")
+    p.add_argument("--threshold-split", default=d.threshold_split, choices=SPLITS,
                    help="split the macro-F1-optimal threshold is tuned on")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
-    p.add_argument("--tta", default="flip", help="TTA views as in predict: flip, cropF, comma separated, or none")
-    p.add_argument("--aggregate", default="mean", help="video score from its crops: mean, median, max, topk[:K]")
-    p.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
-    p.add_argument("--ensemble", action="store_true", help="also measure the models' weighted-mean prob_fake as one model (implied for an ensemble.json)")
-    p.add_argument("--weight", action="append", type=float, metavar="W", help="ensemble weight per --model")
+    p.add_argument("--tta", default=",".join(d.tta) or "none",
+                   help="TTA views as in predict: flip, cropF, comma separated, or none")
+    p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
+    p.add_argument("--ensemble", action="store_true",
+                   help="also measure the models' weighted-mean prob_fake as one model (implied for an ensemble.json)")
+    p.add_argument("--weight", dest="weights", action="append", type=float, metavar="W",
+                   help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
                    help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
                         "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
-    p.add_argument("--ensemble-out", default=None, metavar="FILE",
+    p.add_argument("--ensemble-out", default=d.ensemble_out, metavar="FILE",
                    help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
                         "for predict/export --model FILE (default: OUT/ensemble.json)")
-    p.add_argument("--threshold-level", default="frame", choices=["frame", "video"],
+    p.add_argument("--threshold-level", default=d.threshold_level, choices=["frame", "video"],
                    help="which val threshold --write-threshold stores (the competition mixes images and videos)")
-    p.add_argument("--fake-label", default=None, help="name (or index) of the fake class, if the labels do not say")
-    p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"], help="as in predict")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda ...")
-    p.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    p.add_argument("--fake-label", default=d.fake_label,
+                   help="name (or index) of the fake class, if the labels do not say")
+    p.add_argument("--backend", default=d.backend, choices=["torch", "int8", "onnx"], help="as in predict")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda ...")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="crops per forward pass")
     p.add_argument("--from-videos", action="store_true",
                    help="also score the split's source videos through predict's path (decode, detect, crop in "
                         "memory) and report how far those video scores are from the ones pooled from the crops")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG figures")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=run)
 
 
+def settings(args) -> EvalSettings:
+    """The options as the stage's settings: every option whose name is an ``EvalSettings`` field."""
+    from dataclasses import fields
+
+    from dftune import scoring
+    from dftune.stages.evaluate import EvalSettings
+
+    given = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if hasattr(args, f.name)}
+    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta)})
+
+
 def run(args) -> int:
-    from dftune.progress import console
     from rich.table import Table
 
+    from dftune import report
+    from dftune.progress import console
     from dftune.stages import evaluate
-    from dftune import scoring
 
-    s = evaluate.EvalSettings(
-        split=args.split, threshold_split=args.threshold_split, tta=scoring.parse_tta(args.tta),
-        aggregate=args.aggregate, top_k=args.top_k, batch_size=args.batch_size, device=args.device,
-        backend=args.backend, fake_label=args.fake_label, ensemble=args.ensemble, weights=args.weight,
-        threshold_level=args.threshold_level, write_threshold=args.write_threshold, ensemble_out=args.ensemble_out,
-        from_videos=args.from_videos,
-        plots=not args.no_plots,
-        progress=not args.no_progress,
-    )
+    s = settings(args)
     con = console()
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
-        return _files(evaluate, con, evaluate.evaluate_files(args.model, args.files, args.labels, args.out, s))
+        return _files(con, evaluate.evaluate_files(args.model, args.files, args.labels, args.out, s))
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
     if len(args.data) > 1 or args.threshold_data:
-        return _cross(evaluate, con, evaluate.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
+        return _cross(con, evaluate.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
     res = evaluate.run(args.model, args.data[0], args.out, s)
-    t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res['aggregate']})")
-    for c in evaluate.SUMMARY_HEADER:
+    t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
+    for c in report.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
-    for r in evaluate.summary_rows(res):
+    for r in report.summary_rows(res):
         t.add_row(*r)
     con.print(t)
     mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
-    for c in evaluate.METHOD_HEADER:
+    for c in report.METHOD_HEADER:
         mt.add_column(c, justify="left" if c in ("model", "method") else "right")
-    for r in evaluate.method_rows(res, "video"):
+    for r in report.method_rows(res, "video"):
         mt.add_row(*r)
     con.print(mt)
-    if res["skipped_crops"]:
-        con.print(f"[yellow]{res['skipped_crops']} crops could not be read and were skipped (see the log)[/yellow]")
-    for nm, e in res["models"].items():
+    if res.skipped_crops:
+        con.print(f"[yellow]{res.skipped_crops} crops could not be read and were skipped (see the log)[/yellow]")
+    for nm, e in res.models.items():
         if "threshold_written" in e:
             where = e["path"] if nm == evaluate.ENSEMBLE else f"{e['path']}/dftune.json"
             con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
                       f"{args.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
         elif "model_threshold" in e:
             con.print(f"{nm}: its stored threshold {e['model_threshold_text']}")
-    fv = res.get("from_videos")
+    fv = res.from_videos
     if fv:
         for nm, e in fv["models"].items():
-            con.print(f"--from-videos {nm}: {e['n']} videos through predict's path, AUC {evaluate._f(e['auc'])}; vs crops: "
-                      f"mean |Δp| {evaluate._f(e['mean_abs_diff'])}, label agreement {evaluate._f(e['label_agreement_at_0.5'])}, "
-                      f"{e['only_from_videos']} videos only scored from the video")
+            con.print(f"--from-videos {nm}: {e['n']} videos through predict's path, AUC {report.fmt(e['auc'])}; vs "
+                      f"crops: mean |Δp| {report.fmt(e['mean_abs_diff'])}, label agreement "
+                      f"{report.fmt(e['label_agreement_at_0.5'])}, {e['only_from_videos']} videos only scored from "
+                      "the video")
     if args.out:
         con.print(f"metrics: {args.out}/metrics.json, report: {args.out}/report.md")
     return 0
 
 
-def _cross(evaluate, con, r) -> int:
+def _cross(con, r: CrossResult) -> int:
     from rich.table import Table
 
-    t = Table(title=f"dftune evaluate across datasets ({r['split']} split; threshold from {r['threshold_split']} of "
-                    f"{r['threshold_data']})")
-    for c in evaluate.CROSS_HEADER:
+    from dftune import report
+
+    t = Table(title=f"dftune evaluate across datasets ({r.split} split; threshold from {r.threshold_split} of "
+                    f"{r.threshold_data})")
+    for c in report.CROSS_HEADER:
         t.add_column(c, justify="left" if c in ("model", "dataset") else "right")
-    for row in r["table"]:
-        t.add_row(*evaluate._cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
+    for row in r.table:
+        t.add_row(*report.cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
     con.print(t)
-    if r.get("out"):
-        con.print(f"metrics: {r['out']}/metrics.json, report: {r['out']}/report.md")
+    if r.out:
+        con.print(f"metrics: {r.out}/metrics.json, report: {r.out}/report.md")
     return 0
 
 
-def _files(evaluate, con, r) -> int:
+def _files(con, r: FilesResult) -> int:
     from rich.table import Table
 
-    t = Table(title=f"dftune evaluate --files: {r['scored']} of {r['files']} labelled files scored as predict does")
-    for c in ("files", "n", "AUC", "F1@.5", "F1@thr", "EER"):
+    from dftune import report
+
+    t = Table(title=f"dftune evaluate --files: {r.scored} of {r.files} labelled files scored as predict does")
+    for c in report.FILES_HEADER:
         t.add_column(c, justify="left" if c == "files" else "right")
-    a, b = r["at_0.5"], r["at_threshold"]
-    t.add_row("all", str(a["n"]), evaluate._f(a["auc"]), evaluate._f(a["macro_f1"]), evaluate._f(b["macro_f1"]), evaluate._f(a["eer"]))
-    for k, m in r["per_kind"].items():
-        t.add_row(k, str(m["n"]), evaluate._f(m["auc"]), "-", evaluate._f(m["macro_f1"]), evaluate._f(m["eer"]))
+    for row in report.files_rows(r):
+        t.add_row(*row)
     con.print(t)
-    con.print(f"threshold {r['threshold_source']}")
+    con.print(f"threshold {r.threshold_source}")
     for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
                       ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
-        if r[key]:
-            con.print(f"[yellow]{len(r[key])} {what}[/yellow]: " + ", ".join(
-                (e["file"] if isinstance(e, dict) else str(e)) for e in r[key][:5]))
-    if r.get("out"):
-        con.print(f"metrics: {r['out']}/metrics.json, report: {r['out']}/report.md")
+        listed = getattr(r, key)
+        if listed:
+            con.print(f"[yellow]{len(listed)} {what}[/yellow]: " + ", ".join(
+                (e["file"] if isinstance(e, dict) else str(e)) for e in listed[:5]))
+    if r.out:
+        con.print(f"metrics: {r.out}/metrics.json, report: {r.out}/report.md")
     return 0

@@ -15,19 +15,17 @@ import csv
 import io as _io
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
-from dftune import prepared
-from dftune import scoring
-from dftune.model import meta as modelmeta
-from dftune import metrics
-from dftune import pooling
-from dftune.pooling import format_aggregate
+from dftune import metrics, pooling, prepared, scoring
 from dftune.atomic import write_json, write_text
+from dftune.model import meta as modelmeta
+from dftune.pooling import format_aggregate
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +52,84 @@ class EvalSettings:
     fixed_thresholds: dict | None = None  # {model name: {"frame": t, "video": t}}: tuned elsewhere (cross-dataset)
     plots: bool = True
     progress: bool = True
+
+
+class _Result:
+    """A recipe's result; ``to_dict()`` is its metrics.json (before NaN -> null), in field order."""
+
+    _KEYS: dict[str, str] = {}  # field -> metrics.json key, where a key is no Python name
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is None and f.metadata.get("omit_none"):
+                continue
+            out[self._KEYS.get(f.name, f.name)] = v
+        return out
+
+
+def _written_to() -> Any:
+    """The folder the files went to: set after metrics.json is written, so that file never names it."""
+    return field(default=None, metadata={"omit_none": True})
+
+
+@dataclass
+class EvalResult(_Result):
+    """``run``: each model measured on one prepared split."""
+
+    data: str
+    split: str
+    threshold_split: str | None  # what the tuned thresholds came from (None: no val rows, 0.5 only)
+    tta: list[str]
+    aggregate: str  # frames -> video: mean, median, max or topk:K
+    backend: str
+    skipped_crops: int
+    # model name (or "ensemble") -> {path, model_threshold(_text), val_threshold, frame, video, threshold_written}
+    models: dict[str, dict] = field(default_factory=dict)
+    from_videos: dict | None = field(default=None, metadata={"omit_none": True})  # --from-videos' comparison
+    out: str | None = _written_to()
+
+
+@dataclass
+class CrossResult(_Result):
+    """``cross_dataset``: each model on each dataset at the training data's val threshold, and the table."""
+
+    threshold_data: str
+    threshold_split: str
+    split: str
+    thresholds: dict[str, dict]  # model name -> {"frame", "video", "from"}
+    datasets: dict[str, str]  # dataset name -> prepared folder
+    table: list[dict]  # cross_rows: one row per model and dataset, then each model's mean
+    per_dataset: dict[str, EvalResult]
+    out: str | None = _written_to()
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "per_dataset": {nm: r.to_dict() for nm, r in self.per_dataset.items()}}
+
+
+@dataclass
+class FilesResult(_Result):
+    """``evaluate_files``: labelled raw files scored as predict scores them."""
+
+    _KEYS = {"at_05": "at_0.5"}
+
+    inputs: list[str]
+    labels: str
+    tta: list[str]
+    threshold: float
+    threshold_source: str  # where the threshold came from, in words
+    files: int  # labelled files found
+    scored: int
+    errors: list[dict]  # {"file", "error"}
+    no_face: list[str]
+    unlabelled: list[str]
+    missing: list[str]
+    skipped: list
+    at_05: dict  # metrics at 0.5 ("at_0.5" in metrics.json)
+    at_threshold: dict
+    per_kind: dict[str, dict]  # image / video -> metrics at the threshold
+    out: str | None = _written_to()
 
 
 def score_rows(models, data: str | os.PathLike, rows: Sequence[prepared.Row], s: EvalSettings):
@@ -100,12 +176,75 @@ def _video_rows(rows, p, how, k):
 
 
 def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
-             s: EvalSettings | None = None) -> dict:
+        s: EvalSettings | None = None) -> EvalResult:
     """Measure the models; write metrics.json, report.md, predictions.csv and PNGs to ``out_dir``."""
     s = s or EvalSettings()
     how, k = pooling.parse_aggregate(s.aggregate, s.top_k)
     if s.threshold_level not in ("frame", "video"):
         raise ValueError("--threshold-level must be frame or video")
+    eval_rows, val_rows = _eval_and_val_rows(data, s)
+
+    ensemble = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+    models = ensemble.models
+    if ensemble.path:
+        s.ensemble = True  # an ensemble file is measured as the ensemble it is
+    names = _unique_names([m.path for m in models])
+    rows = eval_rows + (val_rows if val_rows is not eval_rows else [])
+    ok, ens, per = score_rows(models, data, rows, s)
+    n_eval = len(eval_rows)
+    scored = {nm: per[i] for i, nm in enumerate(names)}
+    if s.ensemble and len(models) > 1:
+        scored[ENSEMBLE] = ens
+    ev = _Scored(eval_rows, slice(0, n_eval), ok[:n_eval])
+    va = ev if val_rows is eval_rows else _Scored(val_rows, slice(n_eval, len(rows)), ok[n_eval:])
+
+    result = EvalResult(
+        data=str(data), split=s.split,
+        threshold_split=s.threshold_split if val_rows else ("training data's val" if s.fixed_thresholds else None),
+        tta=list(s.tta), aggregate=how if how != "topk" else f"topk:{k}", backend=s.backend,
+        skipped_crops=int((~ok).sum()))
+    curves: dict = {"frame": {}, "video": {}}
+    for nm, probs in scored.items():
+        model = models[names.index(nm)] if nm in names else None
+        entry, level_scores = _model_entry(model, nm, ev, va, probs, how, k, s)
+        for level, (yy, pp) in level_scores.items():
+            fpr, tpr, _ = metrics.roc_points(yy, pp)
+            curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
+        result.models[nm] = entry
+
+    if s.write_threshold:
+        if not len(va.rows):
+            raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
+        _write_thresholds(result, ensemble, names, threshold_source(data, s, how, k), s, out_dir)
+
+    if s.from_videos:
+        crop_video = {nm: dict(zip(*_video_rows(ev.rows, ev.of(v), how, k)[:2], strict=True))
+                      for nm, v in scored.items()}
+        result.from_videos = from_videos(ensemble, data, s, crop_video, how, k)
+
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), result, data, ev, {nm: ev.of(v) for nm, v in scored.items()},
+                       dict(zip(names, models, strict=True)), curves, s, how, k)
+        result.out = str(Path(out_dir))
+    return result
+
+
+class _Scored:
+    """The rows of one split, which of them scored, and where their scores sit in the scored arrays."""
+
+    def __init__(self, rows: Sequence[prepared.Row], sel: slice, ok: np.ndarray):
+        self.sel, self.ok = sel, ok
+        self.rows = [r for r, g in zip(rows, ok, strict=True) if g]
+        self.y = np.array([r.label for r in self.rows], dtype=np.int64)
+        self.methods = [r.method for r in self.rows]
+
+    def of(self, probs: np.ndarray) -> np.ndarray:
+        """These rows' scores out of one model's scores over all the scored rows."""
+        return probs[self.sel][self.ok]
+
+
+def _eval_and_val_rows(data, s: EvalSettings) -> tuple[list, list]:
+    """The rows measured and the rows the threshold is tuned on (the same list when the splits are one)."""
     all_rows = prepared.read_manifest(data)
     eval_rows = [r for r in all_rows if r.split == s.split]
     if not eval_rows:
@@ -120,118 +259,83 @@ def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.Pa
         val_rows = []  # the thresholds come from the training data's val split, never from this dataset
     elif not val_rows:
         log.warning("no %s rows: no tuned threshold, only the 0.5 results", s.threshold_split)
+    return eval_rows, val_rows
 
-    ensemble = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
+
+def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _Scored, probs: np.ndarray,
+                 how: str, k: int, s: EvalSettings) -> tuple[dict, dict]:
+    """One model's (or the ensemble's, ``model`` None) part of the result (its thresholds, frame and video
+    metrics), and the ``(y, p)`` each level was measured on, for the ROC figures."""
+    p, pv = ev.of(probs), va.of(probs)
+    entry: dict = {"path": model.path if model is not None else None}
+    if model is not None:
+        entry["model_threshold"] = model.meta.threshold
+        entry["model_threshold_text"] = model.meta.threshold_text()
+    thr_f = thr_v = None
+    if s.fixed_thresholds is not None and nm in s.fixed_thresholds:
+        thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
+        entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
+    elif len(va.rows):
+        thr_f, f1_f = metrics.best_threshold(va.y, pv)
+        _, vpv, vyv, _ = _video_rows(va.rows, pv, how, k)
+        thr_v, f1_v = metrics.best_threshold(vyv, vpv)
+        entry["val_threshold"] = {"frame": thr_f, "frame_val_macro_f1": f1_f,
+                                  "video": thr_v, "video_val_macro_f1": f1_v, "n_val_crops": len(va.rows)}
+    entry["frame"] = _level_report(ev.y, p, ev.methods, thr_f)
+    vk, vp, vy, vm = _video_rows(ev.rows, p, how, k)
+    entry["video"] = _level_report(vy, vp, vm, thr_v)
+    entry["video"]["n_videos"] = int(len(vk))
+    return entry, {"frame": (ev.y, p), "video": (vy, vp)}
+
+
+def _write_thresholds(result: EvalResult, ensemble: scoring.Ensemble, names: Sequence[str], source: dict,
+                      s: EvalSettings, out_dir) -> None:
+    """``--write-threshold``: each model's val threshold into its dftune.json, the ensemble's into ensemble.json."""
     models = ensemble.models
-    if ensemble.path:
-        s.ensemble = True  # an ensemble file is measured as the ensemble it is
-    names = _unique_names([m.path for m in models])
-    rows = eval_rows + (val_rows if val_rows is not eval_rows else [])
-    ok, ens, per = score_rows(models, data, rows, s)
-    n_eval = len(eval_rows)
-    scored = {nm: per[i] for i, nm in enumerate(names)}
-    if s.ensemble and len(models) > 1:
-        scored[ENSEMBLE] = ens
+    if not ensemble.path:  # members of an ensemble file keep their own thresholds
+        for m, nm in zip(models, names, strict=True):
+            t = result.models[nm]["val_threshold"][s.threshold_level]
+            _write_threshold(m, t, s, source)
+            result.models[nm]["threshold_written"] = t
+    if ENSEMBLE in result.models:
+        e = result.models[ENSEMBLE]
+        t = e["val_threshold"][s.threshold_level]
+        dest = ensemble.path or s.ensemble_out or (Path(out_dir) / scoring.ENSEMBLE_NAME if out_dir else None)
+        if dest is None:
+            raise ValueError("--ensemble --write-threshold needs somewhere to write the ensemble: "
+                             "--ensemble-out FILE or --out DIR")
+        scoring.write_ensemble(dest, [(m.path, m.weight) for m in models], t, source)
+        e["threshold_written"] = t
+        e["path"] = str(dest)
+        log.info("ensemble with threshold %.4f written to %s", t, dest)
 
-    result: dict = {
-        "data": str(data), "split": s.split,
-        "threshold_split": s.threshold_split if val_rows else ("training data's val" if s.fixed_thresholds else None),
-        "tta": list(s.tta), "aggregate": how if how != "topk" else f"topk:{k}", "backend": s.backend,
-        "skipped_crops": int((~ok).sum()), "models": {},
-    }
-    ev_ok = ok[:n_eval]
-    ev_rows = [r for r, g in zip(eval_rows, ev_ok) if g]
-    y = np.array([r.label for r in ev_rows], dtype=np.int64)
-    methods = [r.method for r in ev_rows]
-    if val_rows is eval_rows:
-        va_rows, va_sel = ev_rows, slice(0, n_eval)
-    else:
-        va_rows, va_sel = val_rows, slice(n_eval, len(rows))
-    va_ok = ok[va_sel]
-    va_rows = [r for r, g in zip(va_rows, va_ok) if g]
-    yv = np.array([r.label for r in va_rows], dtype=np.int64)
 
-    curves = {"frame": {}, "video": {}}
-    for nm, probs in scored.items():
-        p = probs[:n_eval][ev_ok]
-        pv = probs[va_sel][va_ok]
-        entry: dict = {"path": models[names.index(nm)].path if nm in names else None}
-        if nm != ENSEMBLE:
-            entry["model_threshold"] = models[names.index(nm)].meta.threshold
-            entry["model_threshold_text"] = models[names.index(nm)].meta.threshold_text()
-        thr_f = thr_v = None
-        if s.fixed_thresholds is not None and nm in s.fixed_thresholds:
-            thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
-            entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
-        elif len(va_rows):
-            thr_f, f1_f = metrics.best_threshold(yv, pv)
-            _, vpv, vyv, _ = _video_rows(va_rows, pv, how, k)
-            thr_v, f1_v = metrics.best_threshold(vyv, vpv)
-            entry["val_threshold"] = {"frame": thr_f, "frame_val_macro_f1": f1_f,
-                                      "video": thr_v, "video_val_macro_f1": f1_v, "n_val_crops": len(va_rows)}
-        entry["frame"] = _level_report(y, p, methods, thr_f)
-        vk, vp, vy, vm = _video_rows(ev_rows, p, how, k)
-        entry["video"] = _level_report(vy, vp, vm, thr_v)
-        entry["video"]["n_videos"] = int(len(vk))
-        for level, (yy, pp) in (("frame", (y, p)), ("video", (vy, vp))):
-            fpr, tpr, _ = metrics.roc_points(yy, pp)
-            curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
-        result["models"][nm] = entry
+def _write_outputs(out: Path, result: EvalResult, data, ev: _Scored, scored: dict, models: dict, curves: dict,
+                   s: EvalSettings, how: str, k: int) -> None:
+    """metrics.json, predictions.csv, report.md and (with ``s.plots``) report.html and the PNGs."""
+    from dftune import report
 
-    if s.write_threshold:
-        if not len(va_rows):
-            raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
-        source = threshold_source(data, s, how, k)
-        if not ensemble.path:  # members of an ensemble file keep their own thresholds
-            for m, nm in zip(models, names):
-                t = result["models"][nm]["val_threshold"][s.threshold_level]
-                _write_threshold(m, t, s, source)
-                result["models"][nm]["threshold_written"] = t
-        if ENSEMBLE in result["models"]:
-            t = result["models"][ENSEMBLE]["val_threshold"][s.threshold_level]
-            dest = ensemble.path or s.ensemble_out or (Path(out_dir) / scoring.ENSEMBLE_NAME if out_dir else None)
-            if dest is None:
-                raise ValueError("--ensemble --write-threshold needs somewhere to write the ensemble: "
-                                 "--ensemble-out FILE or --out DIR")
-            scoring.write_ensemble(dest, [(m.path, m.weight) for m in models], t, source)
-            result["models"][ENSEMBLE]["threshold_written"] = t
-            result["models"][ENSEMBLE]["path"] = str(dest)
-            log.info("ensemble with threshold %.4f written to %s", t, dest)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", _clean(result.to_dict()))
+    write_text(out / "predictions.csv", _predictions_csv(ev.rows, scored))
+    write_text(out / "report.md", report.report_md(result))
+    if not s.plots:
+        return
+    from dftune import plots
+    from dftune.portable import load_image
 
-    if s.from_videos:
-        crop_video = {nm: dict(zip(*_video_rows(ev_rows, v[:n_eval][ev_ok], how, k)[:2]))
-                      for nm, v in scored.items()}
-        result["from_videos"] = from_videos(ensemble, data, s, crop_video, how, k)
-
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", _clean(result))
-        write_text(out / "predictions.csv", _predictions_csv(ev_rows, {nm: v[:n_eval][ev_ok] for nm, v in scored.items()}))
-        write_text(out / "report.md", report_md(result))
-        if s.plots:
-            from dftune import report
-            from dftune.portable import load_image
-
-            crop_paths = prepared.image_paths(data, ev_rows)
-            report.write_html(out / "report.html", result, ev_rows,
-                              {nm: v[:n_eval][ev_ok] for nm, v in scored.items()},
-                              lambda i: load_image(crop_paths[i]), dict(zip(names, models)),
-                              SUMMARY_HEADER, summary_rows, METHOD_HEADER, method_rows,
-                              lambda rows_, p_: _video_rows(rows_, p_, how, k))
-            from dftune import plots
-
-            for level in ("frame", "video"):
-                plots.roc_figure(curves[level], out / f"roc_{level}.png", f"ROC, {level} level ({s.split})")
-            for nm, e in result["models"].items():
-                for level in ("frame", "video"):
-                    key = "at_val_threshold" if "at_val_threshold" in e[level] else "at_0.5"
-                    thr = e[level][key]["threshold"]
-                    plots.confusion_figure(e[level][key]["confusion_matrix"],
-                                           out / f"confusion_{_safe(nm)}_{level}.png",
-                                           f"{nm}: {level} level, threshold {thr:.3f}")
-        result["out"] = str(out)
-    return result
+    crop_paths = prepared.image_paths(data, ev.rows)
+    report.write_html(out / "report.html", report.HtmlReport(
+        result, ev.rows, scored, image=lambda i: load_image(crop_paths[i]), models=models,
+        video_level=lambda rows_, p_: _video_rows(rows_, p_, how, k)))
+    for level in ("frame", "video"):
+        plots.roc_figure(curves[level], out / f"roc_{level}.png", f"ROC, {level} level ({s.split})")
+    for nm, e in result.models.items():
+        for level in ("frame", "video"):
+            key = "at_val_threshold" if "at_val_threshold" in e[level] else "at_0.5"
+            thr = e[level][key]["threshold"]
+            plots.confusion_figure(e[level][key]["confusion_matrix"], out / f"confusion_{_safe(nm)}_{level}.png",
+                                   f"{nm}: {level} level, threshold {thr:.3f}")
 
 
 def from_videos(ensemble, data, s: EvalSettings, crop_video: dict, how: str, k: int) -> dict:
@@ -326,102 +430,11 @@ def _predictions_csv(rows, scored: dict) -> str:
     return buf.getvalue()
 
 
-def _f(v, pct=False) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "-"
-    return f"{v:.3f}"
-
-
-def summary_rows(result: dict) -> list[list[str]]:
-    """One row per model and level: the numbers the terminal table and report.md show."""
-    out = []
-    for nm, e in result["models"].items():
-        for level in ("frame", "video"):
-            a = e[level]["at_0.5"]
-            b = e[level].get("at_val_threshold")
-            out.append([nm, level, str(a["n"]), _f(a["accuracy"]), _f(a["macro_f1"]),
-                        _f(b["threshold"]) if b else "-", _f(b["macro_f1"]) if b else "-",
-                        _f(a["auc"]), _f(a["average_precision"]), _f(a["eer"])])
-    return out
-
-
-SUMMARY_HEADER = ["model", "level", "n", "acc@.5", "F1@.5", "val thr", "F1@thr", "AUC", "AP", "EER"]
-
-
-def method_rows(result: dict, level: str = "video") -> list[list[str]]:
-    out = []
-    for nm, e in result["models"].items():
-        key = "per_method_at_val_threshold" if "per_method_at_val_threshold" in e[level] else "per_method_at_0.5"
-        for meth, m in e[level][key].items():
-            out.append([nm, meth, str(m["n_fake"]), _f(m["auc"]), _f(m["macro_f1"]), _f(m["tpr"]), _f(m["eer"])])
-    return out
-
-
-METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
-
-
-def _from_videos_md(fv: dict) -> list[str]:
-    rows = [[nm, str(e["n"]), _f(e["auc"]), _f(e["macro_f1_at_0.5"]), str(e["compared_with_crops"]),
-             str(e["only_from_videos"]), _f(e["mean_abs_diff"]), _f(e["max_abs_diff"]), _f(e["label_agreement_at_0.5"])]
-            for nm, e in fv["models"].items()]
-    return [f"{fv['videos']} videos ({fv['errors']} unreadable, {fv['no_face_videos']} with no face found):", "",
-            _md_table(["model", "videos", "AUC", "F1@.5", "also in crops", "only here", "mean |Δp|", "max |Δp|",
-                       "agree@.5"], rows), ""]
-
-
-def _md_table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def report_md(result: dict) -> str:
-    parts = [
-        f"# dftune evaluate: {result['split']} split of `{result['data']}`",
-        "",
-        f"TTA: {', '.join(result['tta']) or 'none'}; video score = {result['aggregate']} of its crops; "
-        f"threshold tuned for macro F1 on: {result['threshold_split'] or 'nothing (no val rows)'}"
-        + (f"; {result['skipped_crops']} unreadable crops skipped" if result["skipped_crops"] else "") + ".",
-        "",
-        "## Summary",
-        "",
-        "F1 = macro F1 (the competition's metric); `val thr` = the macro-F1-optimal threshold on val; "
-        "EER = equal error rate; AP = average precision (fake = positive).",
-        "",
-        _md_table(SUMMARY_HEADER, summary_rows(result)),
-        "",
-        "## Per manipulation method (video level)",
-        "",
-        "Each method's fakes against all reals, at the tuned threshold (0.5 without val); "
-        "`caught` = share of that method's fakes called fake.",
-        "",
-        _md_table(METHOD_HEADER, method_rows(result, "video")),
-        "",
-        "## Per manipulation method (frame level)",
-        "",
-        _md_table(METHOD_HEADER, method_rows(result, "frame")),
-        "",
-        "## evaluate and predict",
-        "",
-        "These numbers score the JPEG crops `prepare` wrote; `dftune predict` decodes the videos and crops in "
-        "memory (no JPEG round trip) and scores a video with no face on its whole frames, while such a video has "
-        "no crops here and is left out of these video metrics. `--from-videos` scores the split's videos through "
-        "predict's path to check that the two agree"
-        + (":" if result.get("from_videos") else "."),
-        "",
-        *(_from_videos_md(result["from_videos"]) if result.get("from_videos") else []),
-        "Figures: `roc_frame.png`, `roc_video.png`, `confusion_<model>_<level>.png`. "
-        "All numbers: `metrics.json`; per-crop scores: `predictions.csv`.",
-        "",
-    ]
-    return "\n".join(parts)
-
-
 # ---------------------------------------------------------------- across datasets
 
 
 def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str | os.PathLike | None,
-                  s: EvalSettings, threshold_data: str | None = None) -> dict:
+                  s: EvalSettings, threshold_data: str | None = None) -> CrossResult:
     """The field's cross-dataset table: each model measured on each prepared dataset's ``s.split``,
     at 0.5 and at the threshold tuned on the *training* data's val split (``threshold_data``, default
     the first ``--data``; never on a test dataset), with the mean over datasets."""
@@ -433,40 +446,35 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
                                                 from_videos=False, ensemble=s.ensemble))
     fixed = {nm: {"frame": e["val_threshold"]["frame"], "video": e["val_threshold"]["video"],
                   "from": f"{td} ({s.threshold_split})"}
-             for nm, e in r0["models"].items() if e.get("val_threshold")}
+             for nm, e in r0.models.items() if e.get("val_threshold")}
     out = Path(out_dir) if out_dir is not None else None
-    per: dict = {}
-    for nm, d in zip(names, datas):
+    per: dict[str, EvalResult] = {}
+    for nm, d in zip(names, datas, strict=True):
         sub = out / _safe(nm) if out is not None else None
         per[nm] = run(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
-    rows = cross_rows(per)
-    result = {"threshold_data": str(td), "threshold_split": s.threshold_split, "split": s.split,
-              "thresholds": fixed, "datasets": {nm: str(d) for nm, d in zip(names, datas)},
-              "table": rows, "per_dataset": per}
+    result = CrossResult(threshold_data=str(td), threshold_split=s.threshold_split, split=s.split,
+                         thresholds=fixed, datasets={nm: str(d) for nm, d in zip(names, datas, strict=True)},
+                         table=cross_rows(per), per_dataset=per)
     if out is not None:
-        write_json(out / "metrics.json", _clean(result))
-        write_text(out / "report.md", cross_md(result))
-        if s.plots:
-            from dftune import report
+        from dftune import report
 
+        write_json(out / "metrics.json", _clean(result.to_dict()))
+        write_text(out / "report.md", report.cross_md(result))
+        if s.plots:
             links = {nm: f"{_safe(nm)}/report.html" for nm in names if (out / _safe(nm) / "report.html").exists()}
-            report.write_cross_html(out / "report.html", result, CROSS_HEADER,
-                                    [_cross_cells(r) for r in result["table"]], links)
-        result["out"] = str(out)
+            report.write_cross_html(out / "report.html", result, links)
+        result.out = str(out)
     return result
 
 
-CROSS_HEADER = ["model", "dataset", "videos", "frame AUC", "video AUC", "AP", "EER", "F1@.5", "F1@thr"]
-
-
-def cross_rows(per: dict) -> list[dict]:
+def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
     """One row per model and dataset (video level F1, frame and video AUC), then each model's mean."""
     rows = []
-    models = list(next(iter(per.values()))["models"]) if per else []
+    models = list(next(iter(per.values())).models) if per else []
     for m in models:
         mine = []
         for ds, res in per.items():
-            e = res["models"][m]
+            e = res.models[m]
             v, f = e["video"], e["frame"]
             thr = v.get("at_val_threshold") or {}
             mine.append({"model": m, "dataset": ds, "videos": v.get("n_videos"), "frame_auc": f["at_0.5"]["auc"],
@@ -477,26 +485,6 @@ def cross_rows(per: dict) -> list[dict]:
         mean = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in mine])) for k in keys}
         rows.append({"model": m, "dataset": "mean", "videos": sum(r["videos"] or 0 for r in mine), **mean})
     return rows
-
-
-def _cross_cells(r: dict) -> list[str]:
-    return [r["model"], r["dataset"], str(r["videos"]), _f(r["frame_auc"]), _f(r["video_auc"]), _f(r["ap"]),
-            _f(r["eer"]), _f(r["f1_0.5"]), _f(r["f1_thr"])]
-
-
-def cross_md(result: dict) -> str:
-    return "\n".join([
-        f"# dftune evaluate: across datasets ({result['split']} split of each)",
-        "",
-        f"Threshold tuned for macro F1 on the {result['threshold_split']} split of `{result['threshold_data']}` "
-        "(the training data), never on a test dataset. Video level unless named; AUC/AP/EER threshold-free.",
-        "",
-        _md_table(CROSS_HEADER, [_cross_cells(r) for r in result["table"]]),
-        "",
-        "Each dataset's full report: `<dataset>/report.md` and `<dataset>/report.html`; this table with AUC bars "
-        "per dataset: `report.html`.",
-        "",
-    ])
 
 
 # ---------------------------------------------------------------- a labelled folder, exactly as predict sees it
@@ -522,7 +510,7 @@ def read_labels(path: str | os.PathLike) -> dict[str, int]:
 
 
 def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
-                   out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> dict:
+                   out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> FilesResult:
     """Raw images and videos scored exactly as ``predict`` scores them (face crop, TTA, ensemble,
     threshold), measured against ``labels``: the rehearsal of a hidden test set."""
     from dftune.stages import predict
@@ -538,39 +526,25 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
     y = np.array([truth[r.name] for r in ok], dtype=np.int64)
     p = np.array([r.prob_fake for r in ok])
     kinds = sorted({r.kind for r in ok})
-    result = {
-        "inputs": [str(i) for i in inputs], "labels": str(labels), "tta": list(s.tta), "threshold": thr,
-        "threshold_source": thr_text, "files": len(labelled), "scored": len(ok),
-        "errors": [{"file": r.name, "error": r.error} for r in res if r.error],
-        "no_face": [r.name for r in ok if r.faces_found == 0],
-        "unlabelled": [f.name for f in found.files if f.name not in truth],
-        "missing": sorted(set(truth) - {f.name for f in found.files}),
-        "skipped": found.skipped,
-        "at_0.5": metrics.full_metrics(y, p, 0.5), "at_threshold": metrics.full_metrics(y, p, thr),
-        "per_kind": {k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
-                     for k in kinds},
-    }
+    result = FilesResult(
+        inputs=[str(i) for i in inputs], labels=str(labels), tta=list(s.tta), threshold=thr,
+        threshold_source=thr_text, files=len(labelled), scored=len(ok),
+        errors=[{"file": r.name, "error": r.error} for r in res if r.error],
+        no_face=[r.name for r in ok if r.faces_found == 0],
+        unlabelled=[f.name for f in found.files if f.name not in truth],
+        missing=sorted(set(truth) - {f.name for f in found.files}),
+        skipped=found.skipped,
+        at_05=metrics.full_metrics(y, p, 0.5), at_threshold=metrics.full_metrics(y, p, thr),
+        per_kind={k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
+                  for k in kinds},
+    )
     if out_dir is not None:
+        from dftune import report
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", _clean(result))
+        write_json(out / "metrics.json", _clean(result.to_dict()))
         predict.write_csv(out / "predictions.csv", res, predict.CsvFormat())
-        write_text(out / "report.md", files_md(result))
-        result["out"] = str(out)
+        write_text(out / "report.md", report.files_md(result))
+        result.out = str(out)
     return result
-
-
-def files_md(r: dict) -> str:
-    a, b = r["at_0.5"], r["at_threshold"]
-    rows = [["all", str(a["n"]), _f(a["auc"]), _f(a["macro_f1"]), _f(b["macro_f1"]), _f(a["eer"])]]
-    rows += [[k, str(m["n"]), _f(m["auc"]), "-", _f(m["macro_f1"]), _f(m["eer"])] for k, m in r["per_kind"].items()]
-    lines = [f"# dftune evaluate --files: {', '.join(r['inputs'])}", "",
-             f"Scored exactly as `dftune predict` does (face crop, TTA {', '.join(r['tta']) or 'none'}, pooling); "
-             f"threshold {r['threshold_source']}.", "",
-             _md_table(["files", "n", "AUC", "F1@.5", "F1@thr", "EER"], rows), ""]
-    for key, title in (("errors", "unreadable (label counted as missing)"), ("no_face", "no face found"),
-                       ("unlabelled", "found but not in the labels"), ("missing", "in the labels but not found")):
-        if r[key]:
-            items = [e["file"] + ": " + e["error"] if isinstance(e, dict) else e for e in r[key]]
-            lines += [f"**{title}** ({len(items)}): " + "; ".join(items[:20]), ""]
-    return "\n".join(lines)

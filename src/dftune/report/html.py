@@ -17,11 +17,19 @@ import base64
 import html
 import io
 import logging
-from typing import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dftune.plots import _plt, draw_confusion, draw_roc
+from dftune.report.markdown import CROSS_HEADER, METHOD_HEADER, SUMMARY_HEADER, cross_cells, method_rows, summary_rows
+
+if TYPE_CHECKING:  # the types only; a component never imports a stage at run time
+    from dftune.prepared import Row
+    from dftune.scoring import LoadedModel
+    from dftune.stages.evaluate import CrossResult, EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +168,8 @@ def _upsample(m: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
     from matplotlib import colormaps
+    from PIL import Image
 
     base = np.asarray(Image.fromarray(image).resize((heat.shape[1], heat.shape[0]), Image.BILINEAR), np.float32)
     col = colormaps["jet"](heat)[..., :3] * 255
@@ -175,7 +182,8 @@ def overlay(image: np.ndarray, heat: np.ndarray) -> np.ndarray:
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}
 h1{font-size:22px} h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px} th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:8px 0;font-size:13px} \
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f5f7} td:first-child,th:first-child,td.l{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start} img.fig{max-width:100%;border:1px solid #eee}
 .card{border:1px solid #ddd;border-radius:6px;padding:6px;font-size:12px;width:250px}
@@ -199,30 +207,42 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_html(path, result: dict, rows: Sequence, scored: Mapping[str, np.ndarray], images: Mapping[str, object],
-               models: Mapping[str, object], summary_header, summary_rows, method_header, method_rows,
-               video_level, n_gallery: int = 6) -> None:
-    """Write ``report.html``.
+@dataclass
+class HtmlReport:
+    """What ``report.html`` of one prepared split is drawn from.
 
-    ``rows``: the measured manifest rows; ``scored``: model name -> prob_fake per row; ``images``: a
-    callable ``index -> RGB crop`` for the gallery; ``models``: name -> loaded model (for heat maps;
-    an ensemble has none); ``video_level(rows, p) -> (keys, p, y, methods)``.
+    ``result``: evaluate's ``EvalResult``; ``rows``: the measured manifest rows; ``scored``: model
+    name -> prob_fake per row; ``image``: ``index -> RGB crop`` for the gallery; ``models``: name ->
+    loaded model (for heat maps; an ensemble has none); ``video_level(rows, p) -> (keys, p, y, methods)``.
     """
+
+    result: EvalResult
+    rows: Sequence[Row]
+    scored: Mapping[str, np.ndarray]
+    image: Callable[[int], np.ndarray]
+    models: Mapping[str, LoadedModel]
+    video_level: Callable[[Sequence[Row], np.ndarray], tuple]
+    n_gallery: int = 6
+
+
+def write_html(path, page: HtmlReport) -> None:
+    """Write ``report.html``: tables, curves, histograms, confusion matrices, the worst-error gallery."""
     from dftune.atomic import write_text
 
+    result, rows, scored = page.result, page.rows, page.scored
     y = np.array([r.label for r in rows], dtype=np.int64)
     methods = [r.method for r in rows]
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dftune evaluate — "
-             f"{html.escape(str(result['data']))}</title><style>{_CSS}</style></head><body>",
-             f"<h1>dftune evaluate: {html.escape(result['split'])} split of <code>{html.escape(str(result['data']))}"
+             f"{html.escape(str(result.data))}</title><style>{_CSS}</style></head><body>",
+             f"<h1>dftune evaluate: {html.escape(result.split)} split of <code>{html.escape(str(result.data))}"
              f"</code></h1>",
-             f"<p class='note'>TTA {html.escape(', '.join(result['tta']) or 'none')}; video score = "
-             f"{html.escape(result['aggregate'])} of its crops; threshold tuned for macro F1 on "
-             f"{html.escape(str(result['threshold_split'] or 'nothing'))}. F1 = macro F1 (the competition's metric).</p>",
-             "<h2>Summary</h2>", _table(summary_header, summary_rows(result)),
-             "<h2>Per manipulation method (video level)</h2>", _table(method_header, method_rows(result, "video")),
+             f"<p class='note'>TTA {html.escape(', '.join(result.tta) or 'none')}; video score = "
+             f"{html.escape(result.aggregate)} of its crops; threshold tuned for macro F1 on "
+             f"{html.escape(str(result.threshold_split or 'nothing'))}. F1 = macro F1 (the competition's metric).</p>",
+             "<h2>Summary</h2>", _table(SUMMARY_HEADER, summary_rows(result)),
+             "<h2>Per manipulation method (video level)</h2>", _table(METHOD_HEADER, method_rows(result, "video")),
              "<h2>ROC and precision-recall curves, calibration</h2><div class='row'>"]
-    video = {nm: video_level(rows, p) for nm, p in scored.items()}
+    video = {nm: page.video_level(rows, p) for nm, p in scored.items()}
     vy = next(iter(video.values()))[2] if video else np.zeros(0)
     parts.append(f"<img class='fig' alt='curves frame' src='{curves_figure(y, scored, 'frame level')}'>")
     parts.append(f"<img class='fig' alt='curves video' src='"
@@ -230,11 +250,11 @@ def write_html(path, result: dict, rows: Sequence, scored: Mapping[str, np.ndarr
     parts.append(f"<img class='fig' alt='calibration' src='{calibration_figure(y, scored, 'frame level')}'></div>")
     parts.append("<h2>Scores per class and method (frame level)</h2><div class='row'>")
     for nm, p in scored.items():
-        thr = (result["models"][nm]["frame"].get("at_val_threshold") or {}).get("threshold")
+        thr = (result.models[nm]["frame"].get("at_val_threshold") or {}).get("threshold")
         parts.append(f"<img class='fig' alt='histogram {html.escape(nm)}' "
                      f"src='{histogram_figure(y, p, methods, thr, nm)}'>")
     parts.append("</div><h2>Confusion matrices (at the val threshold; 0.5 without val)</h2><div class='row'>")
-    for nm, e in result["models"].items():
+    for nm, e in result.models.items():
         for level in ("frame", "video"):
             key = "at_val_threshold" if "at_val_threshold" in e[level] else "at_0.5"
             m = e[level][key]
@@ -243,17 +263,17 @@ def write_html(path, result: dict, rows: Sequence, scored: Mapping[str, np.ndarr
                          f"{confusion_figure(m['confusion_matrix'], caption)}'>")
     parts.append("</div><h2>The worst errors, and what the model looked at</h2>")
     for nm, p in scored.items():
-        model = models.get(nm)
+        model = page.models.get(nm)
         if model is None:
             continue
-        reals = [i for i in np.argsort(-p) if y[i] == 0][:n_gallery]
-        fakes = [i for i in np.argsort(p) if y[i] == 1][:n_gallery]
+        reals = [i for i in np.argsort(-p) if y[i] == 0][:page.n_gallery]
+        fakes = [i for i in np.argsort(p) if y[i] == 1][:page.n_gallery]
         for title, idx in (("reals scored most fake", reals), ("fakes scored most real", fakes)):
             parts.append(f"<h3>{html.escape(nm)}: {title}</h3><div class='row'>")
             for i in idx:
                 r = rows[i]
                 try:
-                    img = images(i)
+                    img = page.image(i)
                     heat, how = heat_map(model, img)
                     pics = (f"<img alt='crop' src='{_img_uri(img)}'><img alt='{how}' "
                             f"src='{_img_uri(overlay(img, heat))}'>")
@@ -275,7 +295,7 @@ def auc_bars_figure(table: Sequence[Mapping], title: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.4 * len(datasets) * max(1, len(models)) / 2 + 3), 3.6))
     width = 0.8 / max(1, len(models))
     x = np.arange(len(datasets))
-    for ax, key, name in zip(axes, ("frame_auc", "video_auc"), ("frame AUC", "video AUC")):
+    for ax, key, name in zip(axes, ("frame_auc", "video_auc"), ("frame AUC", "video AUC"), strict=True):
         for j, m in enumerate(models):
             vals = [next((r[key] for r in table if r["model"] == m and r["dataset"] == d), None) for d in datasets]
             ax.bar(x + (j - (len(models) - 1) / 2) * width, [np.nan if v is None else v for v in vals], width,
@@ -288,23 +308,22 @@ def auc_bars_figure(table: Sequence[Mapping], title: str) -> str:
     return _png(fig)
 
 
-def write_cross_html(path, result: Mapping, header: Sequence[str], rows: Sequence[Sequence[str]],
-                     links: Mapping[str, str]) -> None:
-    """``report.html`` of a cross-dataset evaluation: the table (``header``/``rows``, the layout of
-    DeepfakeBench's), AUC per dataset and model as bars, and a link to each dataset's own report (its
-    curves, histograms, confusion matrices and gallery), ``links``: dataset name -> relative path."""
+def write_cross_html(path, result: CrossResult, links: Mapping[str, str]) -> None:
+    """``report.html`` of a cross-dataset evaluation: the table (the layout of DeepfakeBench's), AUC per
+    dataset and model as bars, and a link to each dataset's own report (its curves, histograms,
+    confusion matrices and gallery), ``links``: dataset name -> relative path."""
     from dftune.atomic import write_text
 
     items = "".join(f"<li><a href='{html.escape(href)}'>{html.escape(nm)}</a></li>" for nm, href in links.items())
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>dftune evaluate — across datasets</title>"
              f"<style>{_CSS}</style></head><body>",
-             f"<h1>dftune evaluate: across datasets ({html.escape(result['split'])} split of each)</h1>",
-             f"<p class='note'>Threshold tuned for macro F1 on the {html.escape(result['threshold_split'])} split of "
-             f"<code>{html.escape(str(result['threshold_data']))}</code> (the training data), never on a test dataset. "
+             f"<h1>dftune evaluate: across datasets ({html.escape(result.split)} split of each)</h1>",
+             f"<p class='note'>Threshold tuned for macro F1 on the {html.escape(result.threshold_split)} split of "
+             f"<code>{html.escape(str(result.threshold_data))}</code> (the training data), never on a test dataset. "
              "Video level unless named; AUC, AP and EER need no threshold. F1 = macro F1.</p>",
-             "<h2>Cross-dataset table</h2>", _table(header, rows),
+             "<h2>Cross-dataset table</h2>", _table(CROSS_HEADER, [cross_cells(r) for r in result.table]),
              "<h2>AUC per dataset</h2><div class='row'>",
-             f"<img class='fig' alt='auc per dataset' src='{auc_bars_figure(result['table'], 'per dataset')}'></div>",
+             f"<img class='fig' alt='auc per dataset' src='{auc_bars_figure(result.table, 'per dataset')}'></div>",
              "<h2>Each dataset's report</h2>",
              f"<p class='note'>Curves, score histograms, confusion matrices and the worst errors:</p><ul>{items}</ul>",
              _CHECK + "</body></html>"]
