@@ -50,7 +50,7 @@ def test_score(model_dir: str | Path, data: Path) -> dict:
     from dftune.stages.evaluate import EvalSettings
 
     r = evaluate.run([str(model_dir)], data, None, EvalSettings(tta=(), device="cpu", plots=False, progress=False))
-    e = next(iter(r["models"].values()))["frame"]
+    e = next(iter(r.models.values()))["frame"]
     at = e.get("at_val_threshold") or e["at_0.5"]
     return {"test_f1": at["macro_f1"], "test_auc": at["auc"]}
 

@@ -76,7 +76,7 @@ def test_two_processes_form_one_group_and_their_validation_equals_a_single_proce
     assert best["val"]["frame"]["n"] == n_val  # gathered without the padding duplicates
     res = evaluate.run([str(out / "best")], crops, None,
                        evaluate.EvalSettings(split="val", tta=(), plots=False, progress=False, device="cpu"))
-    res = res if isinstance(res, dict) else res.to_dict()
+    res = res.to_dict()
     frame = res["models"][next(iter(res["models"]))]["frame"]["at_0.5"]
     assert frame["auc"] == best["val"]["frame"]["auc"]
     assert frame["n"] == n_val
