@@ -106,4 +106,4 @@ def test_train_with_sbi_on_reals_only(crops, tmp_path):
     n_real = sum(1 for l in keep if ",train," in l)
     # pseudo-fakes count as fake for the class weights: expected counts n_real * (1 - p) and n_real * p
     assert settings["_train_counts"] == {"real": n_real // 2, "fake": n_real // 2}
-    assert summary["epochs_run"] == 1 and (out / "best" / "dftune.json").exists()
+    assert summary.epochs_run == 1 and (out / "best" / "dftune.json").exists()

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from dftune.commands import add_parser
+
+if TYPE_CHECKING:
+    from dftune.training.state import TrainSummary
 
 DESCRIPTION = """\
 Fine-tune any AutoModelForImageClassification (a local folder or a hub id) on the
@@ -115,9 +119,9 @@ def _overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from dftune.training import config
     from dftune.stages import train
-    from dftune.stages.train import resume_config
+    from dftune.training import config
+    from dftune.training.resume import resume_config
 
     overrides = _overrides(args)
     if args.resume:
@@ -132,15 +136,16 @@ def run(args) -> int:
     return 0
 
 
-def print_summary(s: dict) -> None:
-    from dftune.progress import console
+def print_summary(s: TrainSummary) -> None:
     from rich.table import Table
+
+    from dftune.progress import console
 
     t = Table(title="dftune train", show_header=True, header_style="bold")
     t.add_column("")
     t.add_column("frame")
     t.add_column("video")
-    bv = s.get("best_val") or {}
+    bv = s.best_val or {}
     fr, vi = bv.get("frame", {}), bv.get("video", {})
 
     def f(x):
@@ -152,22 +157,19 @@ def print_summary(s: dict) -> None:
         t.add_row(name, f(fr.get(key)), f(vi.get(key)))
     c = console()
     c.print(t)
-    c.print(f"epochs run {s['epochs_run']}/{s['epochs_planned']} ({s['stopped']}); best epoch {s['best_epoch']} "
-            f"by {s['monitor']} = {f(s['best_value'])}")
-    c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
-    if s.get("wise_dir"):
-        c.print(f"WiSE-FT model: {s['wise_dir']} ((1 - {s['wise_alpha']}) x the starting model + {s['wise_alpha']} x "
-                f"best/; threshold 0.5 until `dftune evaluate --model {s['wise_dir']} --data DATA --split val "
+    c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
+            f"by {s.monitor} = {f(s.best_value)}")
+    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    if s.wise_dir:
+        c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
+                f"best/; threshold 0.5 until `dftune evaluate --model {s.wise_dir} --data DATA --split val "
                 f"--write-threshold`)")
-    elif s.get("wise_error"):
-        c.print(f"[yellow]WiSE-FT model not written: {s['wise_error']}[/yellow]")
-    c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
-    if "trainable_params" in s:
-        c.print(f"--tune {s['tune']}: {s['trainable_params']:,} of {s['total_params']:,} parameters trained "
-                f"({100 * s['trainable_share']:.2f}%)")
-    if "threads" in s:
-        c.print(f"threads {s['threads']} ({s.get('threads_from', '')}), loader workers {s['workers']} "
-                f"({s.get('workers_from', '')})")
-    if s["skipped"]:
-        c.print(f"[yellow]{len(s['skipped'])} unreadable image(s) skipped; listed in "
-                f"{s['run_dir']}/skipped.txt[/yellow]")
+    elif s.wise_error:
+        c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
+    c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")
+    c.print(f"--tune {s.tune}: {s.trainable_params:,} of {s.total_params:,} parameters trained "
+            f"({100 * s.trainable_share:.2f}%)")
+    c.print(f"threads {s.threads} ({s.threads_from}), loader workers {s.workers} ({s.workers_from})")
+    if s.skipped:
+        c.print(f"[yellow]{len(s.skipped)} unreadable image(s) skipped; listed in "
+                f"{s.run_dir}/skipped.txt[/yellow]")
