@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dftune.portable import Preprocess
 from dftune.model import labels
 from dftune.model import meta as modelmeta
-from dftune.training import data
-from dftune.training.config import TrainConfig, build, load_yaml, parse_sets
+from dftune.portable import Preprocess
 from dftune.stages import train
 from dftune.stages.train import TrainError
+from dftune.training import data
+from dftune.training.config import TrainConfig, build, load_yaml, parse_sets
 
 torch.set_num_threads(1)
 
@@ -109,7 +109,6 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
         assert meta.extra["epoch"] == epoch
     # on-device normalisation gives what the model's own processor gives
     from PIL import Image
-
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(out / "best").eval()
@@ -563,7 +562,6 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
 
     from dftune.atomic import WriteError
     from dftune.cli import main
-
     from dftune.training import checkpoint as ckpt
 
     save, link = ViTForImageClassification.save_pretrained, ckpt.link_files
@@ -628,7 +626,10 @@ def test_threads_and_workers_follow_the_machine():
     assert threads(current=1) == 1  # auto never raises what the process already has
     assert threads(gpu=True) is None  # torch's default on a GPU
     assert threads(5) == 5 and threads(5, gpu=True) == 5 and threads(5, current=1) == 5
-    workers = lambda setting=-1, **kw: resolve_workers(setting, **{"cores": 16, "processes": 1, "gpu": False, **kw})[0]
+
+    def workers(setting=-1, **kw):
+        return resolve_workers(setting, **{"cores": 16, "processes": 1, "gpu": False, **kw})[0]
+
     assert workers() == 0 and workers(gpu=True) == 8 and workers(gpu=True, cores=4) == 4
     assert workers(gpu=True, processes=4) == 4 and workers(3) == 3 and workers(0, gpu=True) == 0
     d = TrainConfig()

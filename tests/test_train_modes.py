@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,8 +12,7 @@ from safetensors.torch import load_file
 
 from dftune.stages import train
 from dftune.stages.train import TrainError
-from dftune.training import data
-from dftune.training import trainable
+from dftune.training import data, trainable
 from dftune.training.config import TrainConfig, build
 from dftune.training.ema import EMA
 
