@@ -5,7 +5,7 @@
 Three numbers, same model, batch and data, in one run:
 
 * step only   - forward/backward/AdamW on a batch already in memory (upper bound)
-* dftune      - `dftune.stages.train.train` (loader workers decode (+ augment), uint8 batches,
+* dftune      - `dftune.stages.train.run` (loader workers decode (+ augment), uint8 batches,
                 on-device normalisation, Accelerate); images/s of its last epoch (--epochs), with the
                 augmentations off (the guide's work) and on (the default)
 * guide       - a loop as the guide writes it: PIL open + image processor per image in
@@ -122,8 +122,8 @@ def _sync(device):
 
 
 def dftune_loop(data, model_dir, batch, workers, out, precision="auto", epochs=2, aug=True):
-    from dftune.training.config import TrainConfig
     from dftune.stages import train
+    from dftune.training.config import TrainConfig
 
     cfg = TrainConfig(epochs=epochs, batch_size=batch, num_workers=workers, patience=0, tensorboard=False,
                       precision=precision, lr=1e-5, aug=aug)
@@ -331,8 +331,8 @@ def steady_img_s(steps: list[float], n_train: int, batch: int, epochs: int, skip
         from trainer_way import steady_rate  # the same rule as the Trainer way's own callback
 
         sizes = [batch] * (spe - 1) + [last]
-        return steady_rate([list(zip(steps[e * spe:(e + 1) * spe], sizes)) for e in range(epochs)], skip)
-    gaps = [b - a for a, b in zip(steps, steps[1:])]
+        return steady_rate([list(zip(steps[e * spe:(e + 1) * spe], sizes, strict=False)) for e in range(epochs)], skip)
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
     if not gaps:
         return None
     med = statistics.median(gaps)
@@ -661,8 +661,8 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(args.threads)
-    from dftune.synthetic import make_crops
     from dftune.model.load import build_tiny_vit
+    from dftune.synthetic import make_crops
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     data = tmp / "crops"

@@ -14,11 +14,12 @@ Labels: dftune's manifest says 0 = real, 1 = fake; the model's output ids are fo
 (``dftune.model.labels.resolve(model.config.id2label)``), so a model with 0 = "Realism", 1 = "Deepfake"
 and one with 0 = "Deepfake", 1 = "Real" both train correctly.
 
-Runs on CPU, or on the GPU when there is one (``--cpu`` keeps it on the CPU even then). The last line printed is one JSON object:
-wall seconds (from the script's start, imports included), the Trainer's ``train_samples_per_second``
-(its whole ``train()``: evaluation and checkpoints included), and the steady-state images/s (time per
-optimizer step after the first ``--skip-steps`` steps of every epoch, measured by a ``TrainerCallback``
-between consecutive ``on_step_end`` calls, so data loading waits count and evaluation/saving do not).
+Runs on CPU, or on the GPU when there is one (``--cpu`` keeps it on the CPU even then). The last line
+printed is one JSON object: wall seconds (from the script's start, imports included), the Trainer's
+``train_samples_per_second`` (its whole ``train()``: evaluation and checkpoints included), and the
+steady-state images/s (time per optimizer step after the first ``--skip-steps`` steps of every epoch,
+measured by a ``TrainerCallback`` between consecutive ``on_step_end`` calls, so data loading waits count and
+evaluation/saving do not).
 """
 
 from __future__ import annotations
@@ -90,8 +91,14 @@ def main(argv=None) -> int:
     from PIL import Image
     from sklearn.metrics import accuracy_score, f1_score
     from torch.utils.data import Dataset
-    from transformers import (AutoImageProcessor, AutoModelForImageClassification, Trainer, TrainerCallback,
-                              TrainingArguments, default_data_collator)
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+    )
 
     from dftune.model.labels import resolve
     from dftune.prepared import image_path, read_manifest

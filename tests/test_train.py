@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from dftune.portable import Preprocess
 from dftune.model import labels
 from dftune.model import meta as modelmeta
-from dftune.training import data
-from dftune.training.config import TrainConfig, build, load_yaml, parse_sets
+from dftune.portable import Preprocess
 from dftune.stages import train
 from dftune.stages.train import TrainError
+from dftune.training import data
+from dftune.training.config import TrainConfig, build, load_yaml, parse_sets
 
 torch.set_num_threads(1)
 
@@ -86,7 +86,7 @@ def test_loss_falls_and_model_learns(fast_run):
     # guide-exact (antialiased) crops keep less of the demo fakes' aliasing: a slower fall than with INTER_CUBIC
     assert losses[-1] < 0.8 * losses[0], losses
     assert hist[-1]["val"]["frame"]["auc"] > 0.85
-    assert summary["epochs_run"] == 8 and summary["stopped"] == "completed all epochs"
+    assert summary.epochs_run == 8 and summary.stopped == "completed all epochs"
     assert (out / "settings.yaml").exists() and (out / "tensorboard").exists() is False
 
 
@@ -95,7 +95,7 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
 
     out, summary = fast_run
     hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
-    for name, epoch in (("best", summary["best_epoch"]), ("last", summary["epochs_run"])):
+    for name, epoch in (("best", summary.best_epoch), ("last", summary.epochs_run)):
         logits, p, y, rows, meta, proc = _probs(out / name, crops)
         m = binary_metrics(y, p)
         rec = hist[epoch]["val"]["frame"]
@@ -109,7 +109,6 @@ def test_checkpoints_reload_and_reproduce_val_metrics(fast_run, crops):
         assert meta.extra["epoch"] == epoch
     # on-device normalisation gives what the model's own processor gives
     from PIL import Image
-
     from transformers import AutoModelForImageClassification
 
     model = AutoModelForImageClassification.from_pretrained(out / "best").eval()
@@ -124,7 +123,7 @@ def test_saved_threshold_is_the_default_and_the_train_val_optimum_only_informati
     """The val optimum seen in training (frame or video level, no TTA) is not what predict should apply."""
     out, summary = fast_run
     hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
-    for name, epoch in (("best", summary["best_epoch"]), ("last", summary["epochs_run"])):
+    for name, epoch in (("best", summary.best_epoch), ("last", summary.epochs_run)):
         raw = json.loads((out / name / "dftune.json").read_text())
         meta = modelmeta.load(out / name, {0: "Realism", 1: "Deepfake"})
         assert raw["threshold"] == 0.5 and meta.threshold == 0.5
@@ -187,7 +186,7 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     with pytest.raises(TrainError, match="--resume"):
         train.run(crops, vit, tmp_path / "b", cfg_b, progress=False)
     summary = train.run(crops, vit, tmp_path / "b", cfg_b, progress=False, resume=True)
-    assert summary["epochs_run"] == 3
+    assert summary.epochs_run == 3
     a = load_file(tmp_path / "a" / "last" / "model.safetensors")
     b = load_file(tmp_path / "b" / "last" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -247,8 +246,8 @@ def test_early_stopping_stops(crops, vit, tmp_path):
     cfg = TrainConfig(**{**FAST, "epochs": 6, "lr": 1e-12, "patience": 1, "max_grad_norm": 0})
     summary = train.run(crops, vit, tmp_path / "run", cfg, progress=False)
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert len(hist) == 2 and summary["epochs_run"] == 2
-    assert summary["stopped"].startswith("early stopping") and summary["best_epoch"] == 1
+    assert len(hist) == 2 and summary.epochs_run == 2
+    assert summary.stopped.startswith("early stopping") and summary.best_epoch == 1
 
 
 # ------------------------------------------------------------------ labels and heads
@@ -292,7 +291,7 @@ def test_corrupt_image_is_skipped_and_reported(crops, vit, tmp_path):
     summary = train.run(data, vit, tmp_path / "run", TrainConfig(**{**FAST, "epochs": 1}), progress=False)
     text = (tmp_path / "run" / "skipped.txt").read_text()
     assert str(bad_train) in text and str(bad_val) in text
-    assert len(summary["skipped"]) == 2
+    assert len(summary.skipped) == 2
     from dftune.prepared import read_manifest
 
     n_val = len(read_manifest(data, splits=["val"]))
@@ -315,7 +314,7 @@ def test_out_of_memory_halves_micro_batch_and_keeps_the_step(crops, vit, tmp_pat
 
     monkeypatch.setattr(ViTForImageClassification, "forward", small_gpu)
     summary = train.run(crops, vit, tmp_path / "oom", cfg, progress=False)
-    assert summary["micro_batch"] == 2
+    assert summary.micro_batch == 2
     # same effective batch: the same training curve (weights differ only by float summation order,
     # which Adam magnifies on gradients that are pure noise, such as attention key biases)
     ha = json.loads((tmp_path / "plain" / "history.json").read_text())[0]
@@ -372,7 +371,7 @@ def test_out_of_memory_mid_window_keeps_the_window_gradients(crops, vit, tmp_pat
 
     monkeypatch.setattr(ViTForImageClassification, "forward", flaky_gpu)
     summary = train.run(crops, vit, tmp_path / "oom", cfg, progress=False)
-    assert summary["micro_batch"] == 2
+    assert summary.micro_batch == 2
     oom, mb2, mb4 = (load_file(tmp_path / r / "last" / "model.safetensors") for r in ("oom", "mb2", "mb4"))
     for k in oom:
         assert torch.equal(oom[k], mb2[k]), k
@@ -389,7 +388,7 @@ def test_lr_schedule_advances_once_per_optimizer_step_taken(crops, vit, tmp_path
     import accelerate.scheduler
     from accelerate.optimizer import AcceleratedOptimizer
 
-    from dftune.stages.train import lr_lambda
+    from dftune.training.schedule import lr_lambda
 
     cfg = TrainConfig(**{**FAST, "epochs": 1, "max_train_batches": 6, "schedule": "cosine", "warmup_ratio": 0})
     step = AcceleratedOptimizer.step
@@ -532,12 +531,12 @@ def test_resume_honours_safe_settings_and_keeps_the_schedule_laid_out_at_the_sta
                                                                                    tmp_path):
     import yaml
 
-    from dftune.stages.train import lr_lambda
+    from dftune.training.schedule import lr_lambda
 
     src, cfg = cosine_interrupted
     run = _copy_run(src, tmp_path)
     summary = train.run(crops, vit, run, build(cfg, {"epochs": 2, "patience": 5}), progress=False, resume=True)
-    assert summary["epochs_run"] == 2 and summary["epochs_planned"] == 2
+    assert summary.epochs_run == 2 and summary.epochs_planned == 2
     hist = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
     # stopping a 3-epoch cosine schedule after 2 epochs keeps its 3-epoch layout (9 steps): step 6 of 9, not
@@ -563,7 +562,6 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
 
     from dftune.atomic import WriteError
     from dftune.cli import main
-
     from dftune.training import checkpoint as ckpt
 
     save, link = ViTForImageClassification.save_pretrained, ckpt.link_files
@@ -616,7 +614,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_last_one_and_resume_continues(crops
 
 
 def test_threads_and_workers_follow_the_machine():
-    from dftune.training.config import resolve_threads, resolve_workers
+    from dftune.training.machine import resolve_threads, resolve_workers
 
     def threads(setting=0, **kw):
         return resolve_threads(setting, **{"cores": 16, "processes": 1, "gpu": False, "env": {}, **kw})[0]
@@ -628,7 +626,10 @@ def test_threads_and_workers_follow_the_machine():
     assert threads(current=1) == 1  # auto never raises what the process already has
     assert threads(gpu=True) is None  # torch's default on a GPU
     assert threads(5) == 5 and threads(5, gpu=True) == 5 and threads(5, current=1) == 5
-    workers = lambda setting=-1, **kw: resolve_workers(setting, **{"cores": 16, "processes": 1, "gpu": False, **kw})[0]
+
+    def workers(setting=-1, **kw):
+        return resolve_workers(setting, **{"cores": 16, "processes": 1, "gpu": False, **kw})[0]
+
     assert workers() == 0 and workers(gpu=True) == 8 and workers(gpu=True, cores=4) == 4
     assert workers(gpu=True, processes=4) == 4 and workers(3) == 3 and workers(0, gpu=True) == 0
     d = TrainConfig()

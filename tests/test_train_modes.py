@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,8 +12,7 @@ from safetensors.torch import load_file
 
 from dftune.stages import train
 from dftune.stages.train import TrainError
-from dftune.training import data
-from dftune.training import trainable
+from dftune.training import data, trainable
 from dftune.training.config import TrainConfig, build
 from dftune.training.ema import EMA
 
@@ -76,11 +74,11 @@ def test_mode_trains_exactly_its_parameters(crops, vit, tmp_path, mode, freeze):
     changed = {n for n in base if not torch.equal(base[n], after[n])}
     assert changed == want  # frozen ones bit-identical, every trainable one moved
     n_train = sum(base[n].numel() for n in want)
-    assert summary["trainable_params"] == n_train and summary["total_params"] == sum(t.numel() for t in base.values())
+    assert summary.trainable_params == n_train and summary.total_params == sum(t.numel() for t in base.values())
     meta = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert meta["tune"] == mode and meta["freeze"] == list(freeze)
     assert meta["_tuning"]["trainable_params"] == n_train
-    assert meta["_tuning"]["trainable_share"] == pytest.approx(n_train / summary["total_params"], abs=1e-6)
+    assert meta["_tuning"]["trainable_share"] == pytest.approx(n_train / summary.total_params, abs=1e-6)
 
 
 def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tmp_path):
@@ -113,7 +111,7 @@ def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tm
         a = peft_model(pixel_values=x).logits
         b = merged(pixel_values=x).logits
     assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
-    assert summary["trainable_params"] == plan.n_trainable < summary["total_params"] / 2
+    assert summary.trainable_params == plan.n_trainable < summary.total_params / 2
     meta = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert sorted({t.rsplit(".", 1)[-1] for t in meta["_tuning"]["lora_targets"]}) == [
         "fc1", "fc2", "k_proj", "o_proj", "q_proj", "v_proj"]
@@ -280,7 +278,7 @@ def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
     with pytest.raises(Killed):
         train.run(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
     summary = train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
-    assert summary["epochs_run"] == 3
+    assert summary.epochs_run == 3
     for f in ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"):
         if not (tmp_path / "a" / "last" / f).exists():
             continue

@@ -8,9 +8,9 @@ import torch
 
 from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
+from dftune.stages import train
 from dftune.training import data
 from dftune.training.config import TrainConfig
-from dftune.stages import train
 
 torch.set_num_threads(1)
 
@@ -83,7 +83,6 @@ def test_balanced_sampler_accounts_for_pseudo_fakes():
 
 def test_train_with_sbi_on_reals_only(crops, tmp_path):
     """SBI's own use: a detector trained from real faces alone (pseudo-fakes are the only fakes)."""
-    import csv
 
     from dftune.model.load import build_tiny_vit
 
@@ -91,7 +90,7 @@ def test_train_with_sbi_on_reals_only(crops, tmp_path):
     only_real.mkdir()
     lines = (crops / "manifest.csv").read_text().splitlines()
     header, body = lines[0], lines[1:]
-    keep = [l for l in body if ",train," not in l or l.split(",")[1] == "0"]
+    keep = [line for line in body if ",train," not in line or line.split(",")[1] == "0"]
     (only_real / "manifest.csv").write_text("\n".join([header] + keep) + "\n")
     for split in ("train", "val", "test"):
         (only_real / split).symlink_to(crops / split)
@@ -103,7 +102,7 @@ def test_train_with_sbi_on_reals_only(crops, tmp_path):
 
     settings = yaml.safe_load((out / "settings.yaml").read_text())
     assert settings["sbi"] == 0.5
-    n_real = sum(1 for l in keep if ",train," in l)
+    n_real = sum(1 for line in keep if ",train," in line)
     # pseudo-fakes count as fake for the class weights: expected counts n_real * (1 - p) and n_real * p
     assert settings["_train_counts"] == {"real": n_real // 2, "fake": n_real // 2}
-    assert summary["epochs_run"] == 1 and (out / "best" / "dftune.json").exists()
+    assert summary.epochs_run == 1 and (out / "best" / "dftune.json").exists()

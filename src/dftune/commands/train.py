@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from dftune.commands import add_parser
 
+if TYPE_CHECKING:
+    from dftune.training.state import TrainSummary
+
 DESCRIPTION = """\
 Fine-tune any AutoModelForImageClassification (a local folder or a hub id) on the
-crops `dftune prepare` made. Defaults are the guide's (batch 16, AdamW 1e-5, 5 epochs,
-early stopping patience 3 on val macro F1). Writes RUN_DIR/best and RUN_DIR/last
+crops `dftune prepare` made. Defaults are the guide's (batch {d.batch_size}, AdamW {d.lr:g}, {d.epochs} epochs,
+early stopping patience {d.patience} on val {monitor}). Writes RUN_DIR/best and RUN_DIR/last
 (Hugging Face folders with dftune.json), history.json, settings.yaml, tensorboard/.
 
 Multi-GPU / multi-node: accelerate launch -m dftune train ...
@@ -71,7 +75,8 @@ def register(sub) -> None:
     from dftune.training.config import TrainConfig
 
     d = TrainConfig()
-    p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION)
+    p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION.format(
+        d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)))
     p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
@@ -85,25 +90,43 @@ def register(sub) -> None:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {getattr(d, field)})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
-                   help="replace a classifier head of another size by a new 2-class real/fake head (default: off)")
+                   help=f"replace a classifier head of another size by a new 2-class real/fake head "
+                        f"(default: {_on(d.reinit_head)})")
     p.add_argument("--freeze", dest="freeze", action="append", metavar="PATTERN", default=argparse.SUPPRESS,
                    help="also freeze the parameters whose name matches this regex (re.search; repeatable; names as "
-                        "the model's named_parameters, PEFT-prefixed with --tune lora) (default: none)")
+                        "the model's named_parameters, PEFT-prefixed with --tune lora) "
+                        f"(default: {', '.join(d.freeze) or 'none'})")
     p.add_argument("--paired", dest="paired", action="store_true", default=argparse.SUPPRESS,
                    help="paired batches: each real frame with the fakes made from the same source video and frame "
-                        "(FF++ TARGET_SOURCE names; rows without a partner are sampled alone) (default: off)")
+                        f"(FF++ TARGET_SOURCE names; rows without a partner are sampled alone) "
+                        f"(default: {_on(d.paired)})")
     p.add_argument("--no-aug", dest="aug", action="store_false", default=argparse.SUPPRESS,
-                   help="turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.) (default: augment)")
+                   help=f"turn all augmentations off (each has its own switch: --set aug_jpeg=0 etc.) "
+                        f"(default: {'augment' if d.aug else 'off'})")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=argparse.SUPPRESS,
-                   help="do not write TensorBoard scalars (default: write them to RUN_DIR/tensorboard)")
+                   help=f"do not write TensorBoard scalars "
+                        f"(default: {'write them to RUN_DIR/tensorboard' if d.tensorboard else 'off'})")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
     p.add_argument("--resume", action="store_true",
                    help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
-                        "only epochs, patience, val-every, workers, threads, tensorboard and micro-batch (others are "
-                        "refused); a cosine schedule cannot be extended past the epochs it was laid out over")
+                        f"only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be extended "
+                        "past the epochs it was laid out over")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _resume_safe_flags() -> str:
+    """config.RESUME_SAFE as the flags that set them."""
+    from dftune.training.config import RESUME_SAFE
+
+    flags = {field: flag.lstrip("-") for flag, field, _, _ in _FLAGS} | {"tensorboard": "tensorboard"}
+    names = [flags.get(k, k) for k in RESUME_SAFE]
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _overrides(args) -> dict:
@@ -115,9 +138,9 @@ def _overrides(args) -> dict:
 
 
 def run(args) -> int:
-    from dftune.training import config
     from dftune.stages import train
-    from dftune.stages.train import resume_config
+    from dftune.training import config
+    from dftune.training.resume import resume_config
 
     overrides = _overrides(args)
     if args.resume:
@@ -132,15 +155,16 @@ def run(args) -> int:
     return 0
 
 
-def print_summary(s: dict) -> None:
-    from dftune.progress import console
+def print_summary(s: TrainSummary) -> None:
     from rich.table import Table
+
+    from dftune.progress import console
 
     t = Table(title="dftune train", show_header=True, header_style="bold")
     t.add_column("")
     t.add_column("frame")
     t.add_column("video")
-    bv = s.get("best_val") or {}
+    bv = s.best_val or {}
     fr, vi = bv.get("frame", {}), bv.get("video", {})
 
     def f(x):
@@ -152,22 +176,19 @@ def print_summary(s: dict) -> None:
         t.add_row(name, f(fr.get(key)), f(vi.get(key)))
     c = console()
     c.print(t)
-    c.print(f"epochs run {s['epochs_run']}/{s['epochs_planned']} ({s['stopped']}); best epoch {s['best_epoch']} "
-            f"by {s['monitor']} = {f(s['best_value'])}")
-    c.print(f"best model: {s['best_dir']}\nlast model: {s['last_dir']} (resume with --resume)")
-    if s.get("wise_dir"):
-        c.print(f"WiSE-FT model: {s['wise_dir']} ((1 - {s['wise_alpha']}) x the starting model + {s['wise_alpha']} x "
-                f"best/; threshold 0.5 until `dftune evaluate --model {s['wise_dir']} --data DATA --split val "
+    c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
+            f"by {s.monitor} = {f(s.best_value)}")
+    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    if s.wise_dir:
+        c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
+                f"best/; threshold 0.5 until `dftune evaluate --model {s.wise_dir} --data DATA --split val "
                 f"--write-threshold`)")
-    elif s.get("wise_error"):
-        c.print(f"[yellow]WiSE-FT model not written: {s['wise_error']}[/yellow]")
-    c.print(f"device {s['device']} x{s['processes']}, precision {s['mixed_precision']}, micro-batch {s['micro_batch']}")
-    if "trainable_params" in s:
-        c.print(f"--tune {s['tune']}: {s['trainable_params']:,} of {s['total_params']:,} parameters trained "
-                f"({100 * s['trainable_share']:.2f}%)")
-    if "threads" in s:
-        c.print(f"threads {s['threads']} ({s.get('threads_from', '')}), loader workers {s['workers']} "
-                f"({s.get('workers_from', '')})")
-    if s["skipped"]:
-        c.print(f"[yellow]{len(s['skipped'])} unreadable image(s) skipped; listed in "
-                f"{s['run_dir']}/skipped.txt[/yellow]")
+    elif s.wise_error:
+        c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
+    c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")
+    c.print(f"--tune {s.tune}: {s.trainable_params:,} of {s.total_params:,} parameters trained "
+            f"({100 * s.trainable_share:.2f}%)")
+    c.print(f"threads {s.threads} ({s.threads_from}), loader workers {s.workers} ({s.workers_from})")
+    if s.skipped:
+        c.print(f"[yellow]{len(s.skipped)} unreadable image(s) skipped; listed in "
+                f"{s.run_dir}/skipped.txt[/yellow]")

@@ -17,8 +17,8 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dftune.atomic import WriteError, read_json, replace_folder, write_error, write_json
 
@@ -118,8 +118,8 @@ def as_write_error(folder: Path, e: BaseException) -> WriteError | None:
 
 def link_files(src: Path, dst: Path) -> None:
     """Put every file of checkpoint folder ``src`` into ``dst`` without writing its bytes again: a hard link
-    (checkpoint files are never changed in place, only replaced by :func:`dftune.atomic.replace_folder`), a copy where the file
-    system has none."""
+    (checkpoint files are never changed in place, only replaced by :func:`dftune.atomic.replace_folder`), a copy
+    where the file system has none."""
     for f in sorted(Path(src).iterdir()):
         if not f.is_file():
             continue

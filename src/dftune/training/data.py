@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ class AugSettings:
     noise: float = 0.1
 
     @classmethod
-    def from_config(cls, cfg) -> "AugSettings | None":
+    def from_config(cls, cfg) -> AugSettings | None:
         if not cfg.aug:
             return None
         return cls(cfg.aug_hflip, cfg.aug_crop_scale, cfg.aug_color, cfg.aug_jpeg, tuple(cfg.aug_jpeg_quality),
@@ -376,7 +376,7 @@ def class_weights(counts: Sequence[int]) -> np.ndarray:
 def check_files(location, rows: Sequence[Row]) -> tuple[list[Row], list[str]]:
     """Drop rows whose file is missing or empty up front; return (kept, problems)."""
     kept, bad = [], []
-    for r, p in zip(rows, image_paths(location, rows)):
+    for r, p in zip(rows, image_paths(location, rows), strict=False):
         try:
             ok = p.stat().st_size > 0
         except OSError:

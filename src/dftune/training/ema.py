@@ -15,8 +15,8 @@ Only the parameters that train are tracked (the frozen ones never change, so the
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 EMA_FILE = "ema.safetensors"  # inside last/training_state/
 
