@@ -143,8 +143,8 @@ def run_train(data: Path, model: str, out: Path, settings: dict) -> dict:
         s = train.run(data, model, out, build(None, {k: v for k, v in settings.items()}), progress=False)
     hist = json.loads((out / "history.json").read_text())
     r = {"settings": {**settings, "model": model, "data": str(data)},
-         "best_epoch": s["best_epoch"], "seconds": round(time.perf_counter() - t0, 1),
-         "trainable_share": s["trainable_share"],
+         "best_epoch": s.best_epoch, "seconds": round(time.perf_counter() - t0, 1),
+         "trainable_share": s.trainable_share,
          "val_f1_by_epoch": [h["val"]["frame"]["macro_f1"] for h in hist]}
     done.write_text(json.dumps(r))
     return r

@@ -83,10 +83,10 @@ def train_eval(data: Path, model: Path, run: Path, cfg_over: dict, holdout: str,
     t0 = time.perf_counter()
     s = train.run(data, str(model), run, cfg, progress=False)
     t_train = time.perf_counter() - t0
-    res = evaluate.run([s["best_dir"]], eval_data, run / "eval",
+    res = evaluate.run([s.best_dir], eval_data, run / "eval",
                      evaluate.EvalSettings(split="test", threshold_split="val", plots=False, progress=False))
     e = next(iter(res.models.values()))
-    out = {"train_s": round(t_train, 1), "best_epoch": s["best_epoch"]}
+    out = {"train_s": round(t_train, 1), "best_epoch": s.best_epoch}
     for level in ("frame", "video"):
         pm = e[level]["per_method_at_0.5"]
         h = pm[holdout]

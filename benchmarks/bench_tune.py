@@ -62,8 +62,8 @@ def run_default(data: Path, model: str, out: Path, seed: int, epochs: int, metri
     t0 = time.perf_counter()
     s = train.run(data, model, out, build(None, {**FIXED, "epochs": epochs, "seed": seed}), progress=False)
     hist = {h["epoch"]: h for h in json.loads((out / "history.json").read_text())}
-    val = metric.of(hist[s["best_epoch"]]) if s["best_epoch"] else None
-    return {"dir": str(out / "best"), "val": val, "epochs": s["epochs_run"], "seconds": time.perf_counter() - t0}
+    val = metric.of(hist[s.best_epoch]) if s.best_epoch else None
+    return {"dir": str(out / "best"), "val": val, "epochs": s.epochs_run, "seconds": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:

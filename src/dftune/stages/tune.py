@@ -228,10 +228,10 @@ def _run_trial(study, trial, data, model_source, study_dir, base, searched, metr
             summary = train.run(data, model_source, run_dir, cfg, progress=progress, on_epoch_end=on_epoch_end,
                                 say=lambda line: print(line, file=log_file))
         hist = {h["epoch"]: h for h in read_json(run_dir / "history.json")}
-        best = hist.get(summary["best_epoch"])
+        best = hist.get(summary.best_epoch)
         value = metric.of(best) if best else None
-        trial.set_user_attr("epochs_run", summary["epochs_run"])
-        trial.set_user_attr("best_epoch", summary["best_epoch"])
+        trial.set_user_attr("epochs_run", summary.epochs_run)
+        trial.set_user_attr("best_epoch", summary.best_epoch)
         trial.set_user_attr("duration_s", round(time.time() - t0, 2))
         if value is None:
             raise FloatingPointError(f"{metric.name} is undefined for this run (NaN or missing: one class in val, "
