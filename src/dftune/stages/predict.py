@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -71,22 +71,20 @@ class PredictSettings:
 
 def crop_settings(models, s: PredictSettings) -> CropSettings:
     """The first model's crop settings with the command line's overrides."""
-    crop = replace(models[0].meta.crop)
+    first = models[0].meta.crop
     for m in models[1:]:
-        if (m.meta.crop.detector, m.meta.crop.margin, m.meta.crop.size) != (crop.detector, crop.margin, crop.size):
+        if (m.meta.crop.detector, m.meta.crop.margin, m.meta.crop.size) != (first.detector, first.margin, first.size):
             log.warning("models were trained on different crops (%s vs %s); using the first model's",
-                        m.meta.crop, crop)
-    for k in ("detector", "margin", "size", "frames", "every", "aggregate"):
-        v = getattr(s, k)
-        if v is not None:
-            setattr(crop, k, v)
-    return crop
+                        m.meta.crop, first)
+    return CropSettings.from_dict(portable.crop_settings(asdict(first),
+                                                         {k: getattr(s, k) for k in portable.CROP_KEYS}))
 
 
 def decision(ens, s: PredictSettings) -> tuple[float, str]:
     """The threshold predict applies and where it came from, in words."""
     if s.threshold is not None:
-        return float(s.threshold), portable.describe_threshold(s.threshold, "--threshold")
+        t, source = portable.decide_threshold(s.threshold)
+        return t, portable.describe_threshold(t, source)
     src = ens.threshold_source if isinstance(ens.threshold_source, dict) else {}
     text = ens.threshold_text()
     tuned_tta = src.get("tta")
