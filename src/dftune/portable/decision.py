@@ -1,0 +1,81 @@
+"""The rules that turn scores into labels: crop settings and their overrides, thresholds and their provenance, ensembles."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from .faces import MARGIN, SIZE
+from .video import FRAMES
+
+# the guide's settings: what a model folder without dftune.json is assumed to want
+DEFAULT_CROP = {"detector": "dlib", "margin": MARGIN, "size": SIZE, "frames": FRAMES, "every": 0, "aggregate": "mean"}
+CROP_KEYS = tuple(DEFAULT_CROP)
+
+
+UNTUNED_ENSEMBLE = {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
+                          "`dftune evaluate --ensemble --write-threshold` tunes one)"}
+
+
+def mean_threshold(weights, thresholds) -> float:
+    """An untuned ensemble's threshold: its members' thresholds, weighted like their probabilities."""
+    w = np.asarray(weights, dtype=np.float64)
+    return float((w * np.asarray(thresholds, dtype=np.float64)).sum() / w.sum())
+
+
+def describe_threshold(threshold: float, source) -> str:
+    """Where a decision threshold came from, in words (printed by every predict and evaluate)."""
+    if isinstance(source, Mapping):
+        how = source.get("by", "?")
+        if how == "default":
+            return f"{threshold:.4f} (default: not tuned; `dftune evaluate --write-threshold` tunes it)"
+        bits = [f"{k} {source[k]}" for k in ("data", "split", "level") if source.get(k)]
+        if "tta" in source:
+            bits.append(f"TTA {','.join(source['tta']) or 'none'}")
+        if source.get("aggregate"):
+            bits.append(f"video pooling {source['aggregate']}")
+        return f"{threshold:.4f} (tuned for macro F1 by {how}" + (f": {', '.join(bits)})" if bits else ")")
+    if source in (None, "", "default"):
+        return f"{threshold:.4f} (default: not tuned; `dftune evaluate --write-threshold` tunes it)"
+    return f"{threshold:.4f} ({source})"
+
+
+def crop_settings(model_crop: Mapping | None, overrides: Mapping | None = None) -> dict:
+    """The crop a run applies: the guide's defaults, under the (first) model's ``dftune.json`` crop, under the
+    command line's overrides that are set (not None)."""
+    c = dict(DEFAULT_CROP, **{k: v for k, v in (model_crop or {}).items()})
+    c.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return c
+
+
+def ensemble_members(data: Mapping, folder) -> list[tuple[str, float]]:
+    """An ``ensemble.json``'s members as ``(path, weight)``, relative paths resolved against ``folder`` (the
+    file's own, so an ensemble folder can move); raises KeyError/TypeError/ValueError on a malformed file."""
+    out = []
+    for m in data["members"]:
+        p = str(m["path"])
+        out.append((p if os.path.isabs(p) else os.path.normpath(os.path.join(str(folder), p)), float(m.get("weight", 1.0))))
+    return out
+
+
+def weighted_mean(weights, per_model) -> np.ndarray:
+    """An ensemble's ``prob_fake``: its members' (``per_model``: M x N), weighted by ``weights``."""
+    w = np.asarray(weights, dtype=np.float64)
+    per = np.asarray(per_model, dtype=np.float64)
+    return (w[:, None] * per).sum(0) / w.sum()
+
+
+def decide_threshold(explicit=None, ensemble=None, models=(), weights=()) -> tuple[float, object]:
+    """The threshold a prediction applies and where it came from: ``explicit`` (``--threshold``), else the
+    ensemble file's ``(threshold, source)``, else a single model's ``(threshold, source)``, else the weighted
+    mean of the ``models``' thresholds (untuned for the ensemble, and said so)."""
+    if explicit is not None:
+        return float(explicit), "--threshold"
+    if ensemble is not None:
+        return float(ensemble[0]), ensemble[1]
+    models = list(models)
+    if len(models) == 1:
+        return float(models[0][0]), models[0][1]
+    return mean_threshold(weights, [t for t, _ in models]), dict(UNTUNED_ENSEMBLE)

@@ -1,0 +1,148 @@
+"""Inputs and the prediction CSV: what files are images or videos, collecting folders, one row per file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+_log = logging.getLogger("dftune.portable")
+
+
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+NAME_STYLES = ("relative", "name", "stem", "path")
+
+
+def kind_of(path) -> str:
+    """``image``, ``video`` or ``unknown``, from the extension."""
+    ext = os.path.splitext(str(path))[1].lower()
+    return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "unknown"
+
+
+@dataclass
+class InputFile:
+    path: object  # pathlib.Path
+    name: str  # what the CSV's filename column shows
+    kind: str  # "image" / "video" / "unknown"
+
+
+@dataclass
+class Inputs:
+    """What a list of inputs holds: the files to score, and what a folder had that is neither."""
+
+    files: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)  # found in folders: not an image or video
+
+
+@dataclass
+class FileResult:
+    name: str
+    path: str
+    kind: str
+    prob_fake: float = float("nan")
+    label: int = 0
+    faces_found: int = 0
+    frames: int = 0
+    framing: str = ""
+    error: str = ""
+    per_model: list = field(default_factory=list)
+
+
+def collect_inputs(inputs, name_style: str = "relative") -> list:
+    """The files to score (see :func:`collect`)."""
+    return collect(inputs, name_style).files
+
+
+def collect(inputs, name_style: str = "relative") -> Inputs:
+    """Files as given and folders searched recursively, in a stable order.
+
+    A file named on the command line always gets a row (a missing or unsupported one, a row
+    with its error); a file found in a folder that is not an image or video is listed in
+    ``skipped``. ``name_style``: ``relative`` (to the folder given, with the folder's name in
+    front when several folders are given; names that still collide show their path as given, so
+    two ``a.jpg`` never share a row name), ``name``, ``stem``, ``path`` (as given).
+    """
+    if name_style not in NAME_STYLES:
+        raise ValueError(f"unknown filename style {name_style!r}; use {', '.join(NAME_STYLES)}")
+    from pathlib import Path
+
+    out = Inputs()
+    seen: set = set()
+    several = sum(1 for i in inputs if os.path.isdir(i)) > 1
+    for inp in inputs:
+        p = Path(inp)
+        if p.is_dir():
+            found = sorted((f for f in p.rglob("*") if f.is_file()
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts)),
+                           key=lambda f: f.relative_to(p).as_posix())
+            files = [f for f in found if kind_of(f) != "unknown"]
+            out.skipped += [str(f) for f in found if kind_of(f) == "unknown"]
+            prefix = (p.resolve().name + "/") if several else ""
+            pairs = [(f, prefix + f.relative_to(p).as_posix()) for f in files]
+            if not files:
+                _log.warning("%s: no image or video files found in this folder", p)
+        else:
+            pairs = [(p, p.name)]  # a missing or unsupported file still gets a row with its error
+        for f, rel in pairs:
+            key = os.path.abspath(f)
+            if key in seen:
+                continue
+            seen.add(key)
+            name = {"relative": rel, "name": f.name, "stem": f.stem, "path": str(f)}[name_style]
+            out.files.append(InputFile(f, name, kind_of(f)))
+    names = [i.name for i in out.files]
+    if name_style == "relative" and len(set(names)) != len(names):  # same name, different places: say where
+        dup = {n for n in names if names.count(n) > 1}
+        for f in out.files:
+            if f.name in dup:
+                f.name = str(f.path)
+        names = [i.name for i in out.files]
+    if len(set(names)) != len(names):
+        _log.warning("some files share the same name in the CSV (filename style %r); use --filename-style relative "
+                    "or path to tell them apart", name_style)
+    return out
+
+
+@dataclass
+class CsvFormat:
+    filename_column: str = "filename"
+    label_column: str = "label"
+    prob_column: str = "prob_fake"
+    label_words: tuple = ("0", "1")  # (real, fake)
+    extra_columns: bool = True  # faces_found, frames, framing, error (and per-model probabilities)
+    per_model: bool = False
+
+
+def to_csv(results, fmt: CsvFormat, model_names: Sequence[str] = ()) -> str:
+    """The prediction CSV: one row per file, in the given order."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = [fmt.filename_column, fmt.label_column]
+    if fmt.prob_column:
+        cols.append(fmt.prob_column)
+    if fmt.extra_columns:
+        cols += ["faces_found", "frames", "framing", "error"]
+        if fmt.per_model and len(model_names) > 1:
+            cols += [f"prob_fake_{n}" for n in model_names]
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in results:
+        row = [r.name, fmt.label_words[r.label]]
+        if fmt.prob_column:
+            row.append("" if np.isnan(r.prob_fake) else f"{r.prob_fake:.6f}")
+        if fmt.extra_columns:
+            row += [r.faces_found, r.frames, r.framing, r.error]
+            if fmt.per_model and len(model_names) > 1:
+                row += [f"{p:.6f}" for p in r.per_model] if r.per_model else [""] * len(model_names)
+        w.writerow(row)
+    return buf.getvalue()
