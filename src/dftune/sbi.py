@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from dftune.portable import MARGIN
+
 __all__ = ["SBISettings", "self_blend", "face_mask", "deform_mask", "transform_source", "DEFAULT"]
 
 
@@ -38,7 +40,7 @@ __all__ = ["SBISettings", "self_blend", "face_mask", "deform_mask", "transform_s
 class SBISettings:
     """Ranges of every random choice; the defaults follow the SBI paper's spirit at small crops."""
 
-    margin: float = 1.3  # crop side / face-box side, for the no-landmark mask
+    margin: float = MARGIN  # crop side / face-box side, for the no-landmark mask
     # blend ratio: the mask's peak value is drawn from these (SBI's 0.25..1, weighted to 1)
     blend_ratios: tuple = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
     # mask deformation, as fractions of the face size
@@ -106,7 +108,7 @@ def _points(landmarks) -> np.ndarray | None:
     return pts
 
 
-def face_mask(shape: tuple[int, int], landmarks=None, margin: float = 1.3) -> np.ndarray:
+def face_mask(shape: tuple[int, int], landmarks=None, margin: float = MARGIN) -> np.ndarray:
     """Hard face mask (float32 0/1, ``shape`` = (H, W)).
 
     - 68 points (dlib): convex hull of the jaw line and eyebrows (all points).

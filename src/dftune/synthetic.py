@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dftune.portable import crop_square, guide_square
+from dftune.portable import MARGIN, crop_square, guide_square
 from dftune.prepared import Row, write_manifest
 
 METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
@@ -407,7 +407,7 @@ LOOKS = {
 
 
 def make_crops(out_dir: str | os.PathLike, n_videos: int = 8, frames: int = 4, size: int = 64, seed: int = 0,
-               methods=METHODS, margin: float = 1.3, look: Look | str | None = None, first_id: int = 0) -> Path:
+               methods=METHODS, margin: float = MARGIN, look: Look | str | None = None, first_id: int = 0) -> Path:
     """Face crops and a manifest, straight from the renderer (no video, no detector): fast test data.
 
     ``n_videos`` identities in train, half as many (at least 2) in val and test; every real

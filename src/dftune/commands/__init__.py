@@ -10,3 +10,17 @@ def add_parser(sub, name: str, help: str, description: str | None = None) -> arg
     from dftune.cli import HelpFormatter
 
     return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+
+
+def defaults(settings_class) -> dict:
+    """Each field's default of a settings dataclass (``default_factory`` called): the one place a command's
+    option defaults come from, so a default is written once, in the settings."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(settings_class):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, defaults
 
 
 def register(sub) -> None:
+    from dftune.stages.export import ExportSettings
+
+    d = defaults(ExportSettings)
     p = add_parser(
         sub, "export", "write a verified submission folder: HF model + dftune.json + standalone script (int8, ONNX)",
         description="Write a self-contained submission folder: the Hugging Face model (loads with from_pretrained,\n"
@@ -22,12 +25,12 @@ def register(sub) -> None:
     p.add_argument("--samples", nargs="*", default=[], metavar="IMAGE",
                    help="images or folders to verify the exports on (default: the model's own val crops when its "
                         "dftune.json names its training data; else synthetic images, a weak check that is flagged)")
-    p.add_argument("--n-samples", type=int, default=16, help="how many sample images to verify on")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--n-samples", type=int, default=d["n_samples"], help="how many sample images to verify on")
+    p.add_argument("--tolerance", type=float, default=d["tolerance"],
                    help="largest |prob_fake difference| allowed for the plain folder (ONNX: 10x this)")
-    p.add_argument("--int8-tolerance", type=float, default=0.1, help="largest |prob_fake difference| for int8")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
-    p.add_argument("--bench-seconds", type=float, default=2.0,
+    p.add_argument("--int8-tolerance", type=float, default=d["int8_tolerance"], help="largest |prob_fake difference| for int8")
+    p.add_argument("--opset", type=int, default=d["opset"], help="ONNX opset")
+    p.add_argument("--bench-seconds", type=float, default=d["bench_seconds"],
                    help="seconds of CPU timing per variant for images/s (0: skip)")
     p.add_argument("--force", action="store_true", help="replace SUBMIT_DIR if it exists")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, defaults
 
 DESCRIPTION = """\
 Index FaceForensics++ (or a folder of real/ and fake/ videos and images), sample frames,
@@ -50,8 +50,10 @@ def _ratios(text: str) -> tuple[float, float, float]:
 def register(sub) -> None:
     from dftune.portable import DETECTORS as REGISTRY
     from dftune.sources import SOURCES
-    from dftune.sources.ffpp import COMPRESSIONS, DEFAULT_METHODS, OPTIONAL_METHODS
+    from dftune.sources.ffpp import COMPRESSIONS, OPTIONAL_METHODS
+    from dftune.stages.prepare import PrepareConfig
 
+    d = defaults(PrepareConfig)
     p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION)
     p.add_argument("root", nargs="+", help="FF++ root (holding original_sequences/ and manipulated_sequences/), "
                                            "or the root of the layout --source names (a list file for --source "
@@ -63,35 +65,35 @@ def register(sub) -> None:
                    help="process nothing: write MIX, one manifest over the prepared folders given as ROOT (links, no "
                         "copies; each row's dataset column names its folder; a train row sharing an identity with "
                         "another folder's val/test rows is dropped), for train/tune/synth/evaluate (default: not set)")
-    p.add_argument("--source", choices=SOURCES, default="ffpp",
+    p.add_argument("--source", choices=SOURCES, default=d["source"],
                    help="input layout: ffpp, folders (real/ and fake/), celebdf (Celeb-DF v1/v2), dfdc (DFDC "
                         "training parts + test set), dfdcp (DFDC preview), frames (per-video folders of face frames, "
                         "WildDeepfake), list (path,label[,split][,method][,video] CSV), deepfakebench (a "
                         "DeepfakeBench/DF40 dataset JSON over its face frames; implies --no-detect); each keeps its "
                         "official test set")
-    p.add_argument("--split", choices=("official", "random"), default="official",
+    p.add_argument("--split", choices=("official", "random"), default=d["split"],
                    help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
     p.add_argument("--splits", default=None, metavar="DIR",
                    help="folder with train.json/val.json/test.json in FF++'s format "
                         "(default: the official ones shipped with dftune)")
-    p.add_argument("--seed", type=int, default=0, help="seed of --split random")
-    p.add_argument("--ratios", type=_ratios, default=(0.72, 0.14, 0.14), metavar="T,V,T",
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split random")
+    p.add_argument("--ratios", type=_ratios, default=d["ratios"], metavar="T,V,T",
                    help="train,val,test fractions of identity groups for --split random (FF++'s official shares)")
-    p.add_argument("--compression", choices=COMPRESSIONS, default="c23", help="FF++ compression folder to read")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
+    p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"], help="FF++ compression folder to read")
+    p.add_argument("--methods", nargs="+", default=list(d["methods"]), metavar="METHOD",
                    help=f"manipulation methods to read (also: {', '.join(OPTIONAL_METHODS)})")
     p.add_argument("--actors", action="store_true",
                    help="also read original_sequences/actors (DeepFakeDetection reals)")
-    p.add_argument("--frames", type=int, default=10, help="frames per video, evenly spaced: linspace(0, n-1, frames)")
-    p.add_argument("--every", type=int, default=0, metavar="K",
+    p.add_argument("--frames", type=int, default=d["frames"], help="frames per video, evenly spaced: linspace(0, n-1, frames)")
+    p.add_argument("--every", type=int, default=d["every"], metavar="K",
                    help="take every K-th frame instead of --frames evenly spaced (0 = off)")
-    p.add_argument("--size", type=int, default=224, help="crop side in pixels after bicubic resize")
-    p.add_argument("--margin", type=float, default=1.3, help="crop side = max(face w, h) x margin")
-    p.add_argument("--detector", choices=sorted(REGISTRY), default="dlib",
+    p.add_argument("--size", type=int, default=d["size"], help="crop side in pixels after bicubic resize")
+    p.add_argument("--margin", type=float, default=d["margin"], help="crop side = max(face w, h) x margin")
+    p.add_argument("--detector", choices=sorted(REGISTRY), default=d["detector"],
                    help="face detector: dlib = HOG exactly as the guide/baseline (width 640, upsample 1); "
                         "retinaface = RetinaFace-mobilenet on onnxruntime, 5 landmarks (prepare ran at 10.5-10.9x the "
                         "guide's frames/s on 2 cores with --detect-width auto; docs/benchmarks.md)")
-    p.add_argument("--detect-width", type=_detect_width, default="auto", metavar="auto|PIXELS",
+    p.add_argument("--detect-width", type=_detect_width, default=d["detect_width"], metavar="auto|PIXELS",
                    help="width the detector sees each frame at: auto = dlib at 640 (the guide's); retinaface at 320 "
                         "first, again at 640 when it finds no face or only faces under 32 px there (a tenth of the "
                         "width); a number = one pass at that width (640 = retinaface as before this option, which "
@@ -99,7 +101,7 @@ def register(sub) -> None:
     p.add_argument("--landmarks", action="store_true",
                    help="record facial landmarks in the manifest (retinaface: 5 points; dlib: 68 points, "
                         "needs face-recognition-models) for self-blended training images")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of the crops")
+    p.add_argument("--quality", type=int, default=d["quality"], help="JPEG quality of the crops")
     p.add_argument("--no-detect", action="store_true",
                    help="no face detection: each frame is used whole (its centred square, resized to --size); "
                         "for pre-extracted face frames such as --source frames")
@@ -109,8 +111,8 @@ def register(sub) -> None:
     p.add_argument("--frames-root", default=None, metavar="DIR",
                    help="--source deepfakebench: the folder the JSON's frame paths start from (default: the "
                         "JSON's folder, then the one above it)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
-    p.add_argument("--decode-threads", type=int, default=0,
+    p.add_argument("--workers", type=int, default=d["workers"], help="worker processes (default: all cores)")
+    p.add_argument("--decode-threads", type=int, default=d["decode_threads"],
                    help="FFmpeg decoding threads per worker (0: 1 when --workers > 1, else automatic)")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
                    help="process only share K of N (stable by video name); merge with --merge when all are done")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, defaults
 
 DESCRIPTION = """\
 Make self-blended images (SBI): each real crop of the chosen splits becomes a
@@ -23,17 +23,20 @@ examples:
 
 
 def register(sub) -> None:
+    from dftune.stages.synth import SynthConfig
+
+    d = defaults(SynthConfig)
     p = add_parser(sub, "synth", "self-blended pseudo-fakes (SBI) from real crops, as a prepared dataset", DESCRIPTION)
     p.add_argument("--data", required=True, help="prepared folder (manifest.csv + crops) from `dftune prepare`")
     p.add_argument("--out", required=True, help="new folder for the combined dataset")
-    p.add_argument("--splits", nargs="+", default=["train"], metavar="SPLIT",
+    p.add_argument("--splits", nargs="+", default=list(d["splits"]), metavar="SPLIT",
                    help="splits whose real crops are self-blended")
-    p.add_argument("--per-real", type=int, default=1, metavar="K", help="pseudo-fakes per real crop")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pseudo-fakes)")
+    p.add_argument("--per-real", type=int, default=d["per_real"], metavar="K", help="pseudo-fakes per real crop")
+    p.add_argument("--seed", type=int, default=d["seed"], help="random seed (same seed, same pseudo-fakes)")
     p.add_argument("--keep-fakes", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="keep the input's own fakes in the synthesised splits (--no-keep-fakes: reals + SBI only, "
                         "the SBI paper's training set) (default: on)")
-    p.add_argument("--quality", type=int, default=95, help="JPEG quality of the pseudo-fakes")
+    p.add_argument("--quality", type=int, default=d["quality"], help="JPEG quality of the pseudo-fakes")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes")
     p.add_argument("--set", dest="sbi_set", action="append", default=[], metavar="KEY=VALUE",
                    help="SBI setting override, e.g. --set blend_ratios=1 --set elastic=0.1 "
