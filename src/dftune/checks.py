@@ -111,3 +111,58 @@ def mean_of(per: dict[str, dict]) -> dict:
                 row[k] = None
         out[level] = row
     return out
+
+
+# ---------------------------------------------------------------- scoring a model on check sets
+
+
+def images_of(cs: CheckSet) -> list:
+    """The check set's crops as RGB arrays, read once and kept (a grid of alphas scores them many times)."""
+    cached = getattr(cs, "_images", None)
+    if cached is None:
+        from dftune.portable import load_image
+        from dftune.prepared import image_paths
+
+        cached = [load_image(p) for p in image_paths(cs.folder, cs.rows)]
+        object.__setattr__(cs, "_images", cached)
+    return cached
+
+
+def score(model, cs: CheckSet, tta: Sequence[str] = (), aggregate: str = "mean", batch: int = 64) -> dict:
+    """``{"frame": metrics, "video": metrics}`` of a loaded model (:class:`dftune.scoring.LoadedModel`) on a
+    check set, each with its val-optimal threshold: the same numbers a validation records."""
+    import numpy as np
+
+    from dftune import metrics
+    from dftune.pooling import parse_aggregate, video_aggregate
+    from dftune.scoring import model_prob_fake
+
+    imgs = images_of(cs)
+    p = np.concatenate([model_prob_fake(model, imgs[i:i + batch], tta) for i in range(0, len(imgs), batch)])
+    y = np.array([r.label for r in cs.rows])
+    how, k = parse_aggregate(aggregate)
+    _, vp, vy = video_aggregate([r.video for r in cs.rows], p, y, how=how, k=k)
+    out = {}
+    for level, (yy, pp) in (("frame", (y, p)), ("video", (vy, vp))):
+        m = metrics.binary_metrics(yy, pp)
+        m["best_threshold"], m["best_threshold_f1"] = metrics.best_threshold(yy, pp)
+        out[level] = {k2: (None if isinstance(v, float) and math.isnan(v) else v) for k2, v in m.items()
+                      if isinstance(v, (int, float))}
+    return out
+
+
+def score_all(model, checks: Sequence[CheckSet], tta: Sequence[str] = (), aggregate: str = "mean") -> dict:
+    """Each check set's numbers and their mean: ``{"sets": {name: ...}, "mean": ...}``."""
+    per = {cs.name: score(model, cs, tta, aggregate) for cs in checks}
+    return {"sets": per, "mean": mean_of(per)}
+
+
+METRIC_KEYS = {"auc": "auc", "f1": "macro_f1", "loss": "loss"}
+
+
+def value(result: dict, metric: str = "auc", level: str = "frame") -> float:
+    """The number a choice is made on (higher is better: a loss is negated); NaN where undefined."""
+    v = result["mean"][level].get(METRIC_KEYS[metric])
+    if v is None:
+        return float("nan")
+    return -float(v) if metric == "loss" else float(v)

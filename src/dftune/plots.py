@@ -122,3 +122,20 @@ def importance_figure(importances: Mapping[str, float], path: str | os.PathLike,
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     _save(fig, path)
+
+
+def alpha_curve_figure(curve: Mapping, path: str | os.PathLike) -> None:
+    """WiSE-FT's alpha against the check sets' metric (and the fine-tuned data's val, where known), the chosen
+    alpha marked: where the val curve keeps rising to 1.0 and the check curve turns, is what it is for."""
+    fig, ax = _plt().subplots(figsize=(5.5, 3.6), dpi=110)
+    pts = curve["points"]
+    xs = [p["alpha"] for p in pts]
+    ax.plot(xs, [p["check"] for p in pts], "o-", label="check sets (mean)")
+    if any("val" in p for p in pts):
+        ax.plot(xs, [p.get("val") for p in pts], "s--", label="fine-tune data's val")
+    ax.axvline(curve["chosen"], color="grey", lw=1, ls=":", label=f"chosen alpha {curve['chosen']:g}")
+    ax.set(xlabel="alpha: (1 - alpha) x start + alpha x fine-tuned", ylabel=curve["metric"],
+           title="WiSE-FT alpha chosen on the check sets")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)

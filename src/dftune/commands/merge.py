@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 from dftune.commands import add_parser
+from dftune.stages.merge import ALPHA_GRID
 
 
 def register(sub) -> None:
@@ -17,21 +20,46 @@ def register(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="model folders (HF format), two or more")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
-    p.add_argument("--alpha", type=float, default=None,
-                   help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B "
-                        "(default: a uniform soup)")
+    p.add_argument("--alpha", type=_alpha, default=None,
+                   help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B; "
+                        "auto: the alpha of --alpha-grid that scores best on the --check sets (default: a uniform "
+                        "soup)")
+    p.add_argument("--check", action="append", default=[], metavar="PATH",
+                   help="check set for --alpha auto: a prepared folder from outside the fine-tuned model's data (its "
+                        "val+test, or PATH:SPLIT); repeat to average several (default: none)")
+    p.add_argument("--alpha-grid", type=_grid, default=",".join(f"{a:g}" for a in ALPHA_GRID), metavar="A,B,...",
+                   help="the alphas --alpha auto tries")
     p.add_argument("--weight", action="append", type=float, metavar="W",
                    help="soup weight per model, in order (default: equal)")
     p.add_argument("--greedy", action="store_true",
                    help="greedy soup: add models best-first while the soup's val metric does not drop (needs --data)")
     p.add_argument("--data", default=None, metavar="PREPARED_DIR", help="prepared data whose val split judges --greedy")
-    p.add_argument("--metric", default="auc", choices=["auc", "f1", "loss"], help="the val metric of --greedy")
-    p.add_argument("--level", default="frame", choices=["frame", "video"], help="the level of --greedy's metric")
+    p.add_argument("--metric", default="auc", choices=["auc", "f1", "loss"],
+                   help="the metric of --greedy (on val) and of --alpha auto (on the check sets)")
+    p.add_argument("--level", default="frame", choices=["frame", "video"], help="the level of that metric")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="precision of the saved weights; bfloat16/float16 halve the folder but round away part of a "
                         "fine-tune's update (the command says how much survives, measured from the first model)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
+
+
+def _alpha(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or auto, got {text!r}") from None
+
+
+def _grid(text) -> tuple:
+    if not isinstance(text, str):
+        return tuple(text)
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected alphas separated by commas, got {text!r}") from None
 
 
 def run(args) -> int:
@@ -48,7 +76,16 @@ def run(args) -> int:
             con.print(f"{verdict:<8} {st['model']}: own {r['metric']} {st['own']:.4f}; soup with it {st['soup']:.4f}")
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
-    r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype)
+    r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype,
+                  checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level)
+    if "alpha_auto" in r:
+        c = r["alpha_auto"]
+        for p in c["points"]:
+            console().print(f"alpha {p['alpha']:.2f}: check {c['metric']} {p['check']:.4f}"
+                            + (f"  val {p['val']:.4f}" if p.get("val") is not None else "")
+                            + ("  <- chosen" if p["alpha"] == c["chosen"] else ""))
+        console().print(f"--alpha auto: {c['chosen']:g}, best on {', '.join(c['checks'])} "
+                        f"(curve: {r['out']}/alpha_curve.png)")
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
                     f"-> {r['out']}; threshold 0.5 until `dftune evaluate --write-threshold`")
     if "cast" in r:

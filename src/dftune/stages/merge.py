@@ -179,14 +179,29 @@ def cast_state(state: dict, start: dict, dtype: str) -> tuple[dict, dict]:
                  "rounding_of_update": (err2 ** 0.5) / (upd2 ** 0.5) if upd2 else 0.0}
 
 
-def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None,
-        weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32") -> dict:
+ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None = None,
+        weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32",
+        checks: Sequence[str] = (), grid: Sequence[float] = ALPHA_GRID, metric: str = "auc",
+        level: str = "frame") -> dict:
     """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out`` in ``dtype``
     (float32 by default: a fine-tune's update is smaller than bf16's resolution, so a cast rounds much of it
-    away; the returned ``cast`` says how much survives, measured from the first model)."""
+    away; the returned ``cast`` says how much survives, measured from the first model).
+
+    ``alpha="auto"``: each alpha of ``grid`` is scored on the check sets ``checks`` (``dftune.checks``: data from
+    outside the fine-tune's) by ``metric`` at ``level``, and the best is kept; the curve (alpha -> check metric,
+    and the fine-tuned data's val metric where its ``dftune.json`` names that data) is returned, kept in
+    ``dftune.json`` and drawn in ``OUT/alpha_curve.png``."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
     _refuse_overwriting_an_input(paths, out)
+    curve = None
+    if alpha == "auto":
+        if len(paths) != 2:
+            raise MergeError("--alpha auto interpolates two models: the starting one and the fine-tuned one")
+        alpha, curve = choose_alpha(paths, checks, grid, metric, level)
     if alpha is not None:
         if len(paths) != 2:
             raise MergeError("--alpha interpolates two models: (1 - alpha) * A + alpha * B")
@@ -212,8 +227,76 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | None = None
     if dtype != "float32":
         model = model.to(state[next(k for k, v in state.items() if v.is_floating_point())].dtype)
         recipe["cast"] = cast
+    if curve is not None:
+        recipe["alpha_auto"] = curve
     _save(model, state, str(paths[0]), Path(out), recipe, force)
+    if curve is not None:
+        from dftune.plots import alpha_curve_figure
+
+        alpha_curve_figure(curve, Path(out) / "alpha_curve.png")
     return {"out": str(out), **recipe}
+
+
+def _trained_on(path: str) -> str | None:
+    """The prepared data a fine-tuned model folder says it was trained on (``dftune.json``), if it exists."""
+    meta = modelmeta.meta_path(path)
+    if not meta.exists():
+        return None
+    import json
+
+    data = (json.loads(meta.read_text()).get("extra") or {}).get("data")
+    return data if data and (Path(data) / "manifest.csv").exists() else None
+
+
+def choose_alpha(paths: Sequence[str], checks: Sequence[str], grid: Sequence[float], metric: str = "auc",
+                 level: str = "frame") -> tuple[float, dict]:
+    """The WiSE-FT alpha that scores best on the check sets, and the curve it was chosen from."""
+    from dftune import checks as C
+    from dftune import scoring
+    from dftune.prepared import read_manifest
+
+    if not checks:
+        raise MergeError("--alpha auto chooses alpha on check sets: give --check PATH (a prepared folder from "
+                         "outside the fine-tuned model's data); on that data's own val it picks 1.0, the fine-tuned "
+                         "model itself, whatever the starting model knew")
+    grid = sorted({float(a) for a in grid})
+    if not grid or grid[0] < 0 or grid[-1] > 1:
+        raise MergeError(f"--alpha-grid {grid}: alphas between 0 and 1")
+    sets = [C.load(c) for c in checks]
+    data = _trained_on(str(paths[1]))
+    val = None
+    if data:
+        C.refuse_leaks(sets, read_manifest(data, ("train", "val")), data)
+        vrows = read_manifest(data, ("val",))
+        if vrows and len({r.label for r in vrows}) == 2:
+            val = C.CheckSet("val", Path(data), ("val",), vrows)
+    _, ref = load_for_merge(paths[0])
+    other = _aligned(ref, load_for_merge(paths[1])[1])
+    lm = scoring.load_model(paths[0], device="cpu")
+    target = lm.module
+    points = []
+    for a in grid:
+        state = ref.state if a == 0.0 else other if a == 1.0 else average([ref.state, other], [1.0 - a, a])
+        target.load_state_dict(state)
+        res = C.score_all(lm, sets)
+        pt = {"alpha": a, "check": C.value(res, metric, level), "check_sets": {
+            n: m[level].get(C.METRIC_KEYS[metric]) for n, m in res["sets"].items()}}
+        if val is not None:
+            pt["val"] = C.value(C.score_all(lm, [val]), metric, level)
+        points.append(pt)
+        log.info("alpha %.2f: check %s %.4f", a, metric, pt["check"])
+    defined = [p for p in points if p["check"] == p["check"]]
+    if not defined:
+        raise MergeError(f"the check sets' {level} {metric} is undefined at every alpha; cannot choose")
+    best = max(defined, key=lambda p: p["check"])  # the first (smallest) alpha among equals
+    sign = -1.0 if metric == "loss" else 1.0
+    for p in points:
+        for k in ("check", "val"):
+            if k in p and p[k] == p[k]:
+                p[k] = sign * p[k]
+    curve = {"chosen": best["alpha"], "metric": f"{level} {metric}", "checks": [c.name for c in sets],
+             "val_data": data, "points": points, "selected_on": "check"}
+    return best["alpha"], curve
 
 
 def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.PathLike, metric: str = "auc",
