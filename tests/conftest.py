@@ -38,3 +38,45 @@ def face_photo() -> Path:
     import matplotlib
 
     return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+
+
+@pytest.fixture(scope="session")
+def make_crops(tmp_path_factory):
+    """``make_crops(**kwargs)`` -> a new prepared folder of :func:`dftune.synthetic.make_crops` (face crops +
+    manifest from the renderer, no video, no detector). Each call writes its own folder: a module's fixture
+    calls it once, as tests that change their data need."""
+    from dftune import synthetic
+
+    def make(name: str = "crops", **kwargs) -> Path:
+        out = tmp_path_factory.mktemp(name)
+        synthetic.make_crops(out, **kwargs)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory):
+    """``tiny_vit(id2label=None, name="vit", **kwargs)`` -> the path (str) of a new small random ViT classifier
+    and its processor, built from a config (:func:`dftune.model.load.build_tiny_vit`), as a hub model is saved."""
+    from dftune.model.load import build_tiny_vit
+
+    def make(id2label: dict | None = None, name: str = "vit", **kwargs) -> str:
+        return str(build_tiny_vit(tmp_path_factory.mktemp(name), id2label or {0: "Realism", 1: "Deepfake"},
+                                  **kwargs))
+
+    return make
+
+
+# runs a script (argv[1:]) in a fresh interpreter where `import dftune` fails: what a submission machine sees
+NO_DFTUNE = ("import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; "
+             "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+@pytest.fixture(scope="session")
+def without_dftune() -> list[str]:
+    """The command prefix that runs a script with `import dftune` made impossible: ``[*without_dftune, script,
+    args...]``."""
+    import sys
+
+    return [sys.executable, "-c", NO_DFTUNE]

@@ -26,28 +26,18 @@ FAST = dict(epochs=8, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory) -> Path:
-    from dftune.synthetic import make_crops
-
-    out = tmp_path_factory.mktemp("crops")
-    make_crops(out, n_videos=8, frames=8, size=32, methods=("Deepfakes", "FaceSwap"))
-    return out
-
-
-def _model(tmp_path_factory, name, id2label, n=None):
-    from dftune.model.load import build_tiny_vit
-
-    return str(build_tiny_vit(tmp_path_factory.mktemp(name), id2label, **TINY))
+def crops(make_crops) -> Path:
+    return make_crops(n_videos=8, frames=8, size=32, methods=("Deepfakes", "FaceSwap"))
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory):
-    return _model(tmp_path_factory, "vit", {0: "Realism", 1: "Deepfake"})
+def vit(tiny_vit):
+    return tiny_vit({0: "Realism", 1: "Deepfake"}, **TINY)
 
 
 @pytest.fixture(scope="module")
-def vit_swapped(tmp_path_factory):
-    return _model(tmp_path_factory, "vit_swapped", {0: "Deepfake", 1: "Real"})
+def vit_swapped(tiny_vit):
+    return tiny_vit({0: "Deepfake", 1: "Real"}, name="vit_swapped", **TINY)
 
 
 @pytest.fixture(scope="module")
@@ -253,10 +243,10 @@ def test_early_stopping_stops(crops, vit, tmp_path):
 # ------------------------------------------------------------------ labels and heads
 
 
-def test_model_without_fake_real_labels_is_refused(crops, tmp_path_factory, tmp_path, capsys):
+def test_model_without_fake_real_labels_is_refused(crops, tiny_vit, tmp_path, capsys):
     from dftune.cli import main
 
-    vague = _model(tmp_path_factory, "vague", {0: "LABEL_0", 1: "LABEL_1"})
+    vague = tiny_vit({0: "LABEL_0", 1: "LABEL_1"}, name="vague", **TINY)
     with pytest.raises(labels.LabelMappingError, match="--fake-label"):
         train.run(crops, vague, tmp_path / "x", TrainConfig(**FAST), progress=False)
     rc = main(["train", "--data", str(crops), "--model", vague, "--out", str(tmp_path / "y"), "--workers", "0"])
@@ -268,8 +258,8 @@ def test_model_without_fake_real_labels_is_refused(crops, tmp_path_factory, tmp_
     assert (meta.fake_index, meta.real_index) == (0, 1)
 
 
-def test_head_of_another_size_only_with_reinit_head(crops, tmp_path_factory, tmp_path):
-    three = _model(tmp_path_factory, "three", {0: "cat", 1: "dog", 2: "bird"})
+def test_head_of_another_size_only_with_reinit_head(crops, tiny_vit, tmp_path):
+    three = tiny_vit({0: "cat", 1: "dog", 2: "bird"}, name="three", **TINY)
     with pytest.raises(labels.LabelMappingError, match="--reinit-head"):
         train.run(crops, three, tmp_path / "x", TrainConfig(**FAST), progress=False)
     cfg = TrainConfig(**{**FAST, "epochs": 1, "reinit_head": True})

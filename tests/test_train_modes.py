@@ -23,19 +23,13 @@ FAST = dict(epochs=1, lr=1e-3, batch_size=8, num_workers=0, aug=False, patience=
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory) -> Path:
-    from dftune.synthetic import make_crops
-
-    out = tmp_path_factory.mktemp("crops")
-    make_crops(out, n_videos=4, frames=4, size=32, methods=("Deepfakes", "FaceSwap"))
-    return out
+def crops(make_crops) -> Path:
+    return make_crops(n_videos=4, frames=4, size=32, methods=("Deepfakes", "FaceSwap"))
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory):
-    from dftune.model.load import build_tiny_vit
-
-    return str(build_tiny_vit(tmp_path_factory.mktemp("vit"), {0: "Realism", 1: "Deepfake"}, **TINY))
+def vit(tiny_vit):
+    return tiny_vit({0: "Realism", 1: "Deepfake"}, **TINY)
 
 
 def _weights(folder) -> dict:

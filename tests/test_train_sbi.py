@@ -16,12 +16,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory):
-    from dftune.synthetic import make_crops
-
-    out = tmp_path_factory.mktemp("sbi_crops")
-    make_crops(out, n_videos=6, frames=4, size=32, methods=("Deepfakes",))
-    return out
+def crops(make_crops):
+    return make_crops("sbi_crops", n_videos=6, frames=4, size=32, methods=("Deepfakes",))
 
 
 def _ds(crops, sbi, seed=0, split="train"):
