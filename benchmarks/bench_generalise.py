@@ -38,7 +38,8 @@ at video level (mean of a video's crops). Prints two markdown tables: mean ± sd
 minus "full at --lr" paired by seed (same baseline; the seed-to-seed spread is large, pairing removes the shared
 part) with the number of seeds on which it was better. Writes the per-seed numbers (with each run's val F1 by
 epoch) and both tables to ``--out`` (JSON); ``--table-from FILE`` prints a saved run's tables again. Progress
-lines show where a long run is. ``--recipes KEY,...`` runs a subset (the baseline and what a merge/ensemble needs always run);
+lines show where a long run is. ``--recipes KEY,...`` runs a subset (the baseline and what a merge/ensemble needs
+always run);
 ``--work DIR`` keeps data, models and logs, and a re-run reuses the finished runs whose settings match.
 
 Torch runs with ``--threads`` threads (default 1: on a shared 2-core machine, two threads spin against other
@@ -197,8 +198,10 @@ class Scorer:
         for dom in ORDER:
             s, p = self.sets[(dom, "test")], probs[(dom, "test")]
             _, vp, vy = video_aggregate(s["videos"], p, s["y"])
-            out[dom] = {"frame_f1": metrics.binary_metrics(s["y"], p, thr_f)["macro_f1"], "frame_auc": metrics.roc_auc(s["y"], p),
-                        "video_f1": metrics.binary_metrics(vy, vp, thr_v)["macro_f1"], "video_auc": metrics.roc_auc(vy, vp)}
+            out[dom] = {"frame_f1": metrics.binary_metrics(s["y"], p, thr_f)["macro_f1"],
+                        "frame_auc": metrics.roc_auc(s["y"], p),
+                        "video_f1": metrics.binary_metrics(vy, vp, thr_v)["macro_f1"],
+                        "video_auc": metrics.roc_auc(vy, vp)}
         return out
 
 

@@ -149,7 +149,8 @@ def agreement(ref: dict, other: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ids", type=int, default=6, help="identities (videos = ids x 5)")
-    ap.add_argument("--frames-per-video", type=int, default=300, help="length of each generated video (FF++ videos are mostly 300+ frames)")
+    ap.add_argument("--frames-per-video", type=int, default=300,
+                    help="length of each generated video (FF++ videos are mostly 300+ frames)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="dftune worker processes")
     ap.add_argument("--work", default="/tmp/dftune-bench-prepare", help="folder for the tree and outputs")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dftune import atomic
-from dftune.cli import build_parser, main
+from dftune.cli import build_parser
 
 
 def test_written_files_get_the_mode_the_umask_gives(tmp_path):

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 
 from dftune.geometry import points_to_crop, square_iou
-from dftune.portable import crop_square, guide_square, whole_image_box
-from dftune.portable import sample_indices
+from dftune.portable import crop_square, guide_square, sample_indices, whole_image_box
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,9 @@
 
 import numpy as np
 import pytest
-
-from dftune import pooling
 from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
 
-from dftune import metrics
+from dftune import metrics, pooling
 
 
 def _data(seed=0, n=200):

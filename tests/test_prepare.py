@@ -1,8 +1,6 @@
 """End-to-end tests of `dftune prepare` on small H.264 trees the tests build."""
 
-import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -73,9 +71,7 @@ def test_splits_follow_the_split_files(prepared, ffpp_tree):
 
 def test_crop_matches_the_guide_geometry_on_the_frame(prepared, ffpp_tree):
     """Re-derive one crop by hand from the decoded frame and the detector's box."""
-    from dftune.portable import get_detector, largest
-    from dftune.portable import guide_square
-    from dftune.portable import sample_frames
+    from dftune.portable import get_detector, guide_square, largest, sample_frames
 
     r = next(r for r in read_manifest(prepared) if r.video == "original/002" and r.frame_index == 5)
     video = ffpp_tree / "original_sequences/youtube/c23/videos/002.mp4"
@@ -237,7 +233,7 @@ def test_deepfakedetection_is_split_by_actor(ffpp_copy, tmp_path):
     actors = ("01", "02", "03", "04", "05", "06")  # dealt 4/1/1 by the default ratios
     for a in actors:
         shutil.copy(src, act / f"{a}__walking.mp4")
-    fakes = [f"{a}_{b}__walking__ABC" for a, b in zip(actors, actors[1:] + actors[:1])]
+    fakes = [f"{a}_{b}__walking__ABC" for a, b in zip(actors, actors[1:] + actors[:1], strict=False)]
     for name in fakes:
         shutil.copy(src, dfd / f"{name}.mp4")
     out = tmp_path / "dfd"

@@ -9,8 +9,8 @@ from dftune import sbi
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     """A real face crop at 64 px, made the way the demo data makes them."""
-    from dftune.synthetic import _background, identity, render_frame
     from dftune.portable import crop_square, guide_square
+    from dftune.synthetic import _background, identity, render_frame
 
     ph = identity(0)
     frame, (x1, y1, x2, y2) = render_frame(ph.rgb, ph.face, _background(0, 160, 120), 0.3, motion_seed=0)

@@ -55,7 +55,7 @@ def test_missing_or_bad_split_file_is_named(tmp_path):
 def test_random_split_is_identity_grouped_and_seeded():
     ids = [f"{i:03d}" for i in range(40)]
     items = [_item("original", i) for i in ids]
-    for a, b in zip(ids[::2], ids[1::2]):
+    for a, b in zip(ids[::2], ids[1::2], strict=False):
         items += [_item("Deepfakes", f"{a}_{b}"), _item("Deepfakes", f"{b}_{a}")]
     assign_random(items, seed=1)
     first = {it.key: it.split for it in items}

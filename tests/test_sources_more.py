@@ -14,8 +14,7 @@ import pytest
 
 from dftune.cli import main
 from dftune.prepared import read_manifest
-from dftune.sources import SOURCES, SourceError, get_indexer
-from dftune.sources import celebdf, dfdc, frames, listfile
+from dftune.sources import SOURCES, SourceError, celebdf, dfdc, frames, get_indexer, listfile
 
 FAST = ["--detector", "retinaface", "--frames", "2", "--size", "64", "--workers", "1", "--no-progress"]
 

@@ -8,7 +8,7 @@ model's label map). A video-level result is an aggregate of its frames' rows
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 
 def _context(preload: Sequence[str] = ()):
@@ -87,7 +87,7 @@ class Workers:
             self._pool.join()
             self._pool = None
 
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         return self
 
     def __exit__(self, *exc) -> None:

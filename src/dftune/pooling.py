@@ -7,7 +7,7 @@ script uses — and its label is its rows' label.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def video_aggregate(video_keys: Sequence, probs, labels, how: str = "mean", k: i
     ends = np.append(starts[1:], keys.size)
     out_p = np.empty(uniq.size)
     out_y = np.empty(uniq.size, dtype=np.int64)
-    for i, (s, e) in enumerate(zip(starts, ends)):
+    for i, (s, e) in enumerate(zip(starts, ends, strict=False)):
         yy = y[s:e]
         if yy.min() != yy.max():
             raise ValueError(f"video {uniq[i]!r} has rows labelled both real and fake")

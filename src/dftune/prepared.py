@@ -31,9 +31,9 @@ import io as _io
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable
 
 from dftune.atomic import read_json, write_text
 
@@ -98,7 +98,8 @@ def to_csv(rows: Iterable[Row]) -> str:
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[Row]) -> Path:
     """Write atomically; rows are sorted for a stable, diffable file."""
-    rows = sorted(rows, key=lambda r: (SPLITS.index(r.split) if r.split in SPLITS else 9, r.video, r.frame_index, r.path))
+    rows = sorted(rows, key=lambda r: (SPLITS.index(r.split) if r.split in SPLITS else 9, r.video, r.frame_index,
+                                       r.path))
     write_text(path, to_csv(rows))
     return Path(path)
 

@@ -39,7 +39,8 @@ class _Lines:
         dt = time.perf_counter() - self.t0
         rate = f", {self.n / dt:.1f} {_plural(self.unit)}/s" if dt > 0 else ""
         extra = "".join(f", {k} {v}" for k, v in (getattr(self, "postfix", None) or {}).items())
-        print(f"{self.desc}: done, {self.n} {_plural(self.unit)} in {dt:.1f} s{rate}{extra}", file=sys.stderr, flush=True)
+        print(f"{self.desc}: done, {self.n} {_plural(self.unit)} in {dt:.1f} s{rate}{extra}", file=sys.stderr,
+              flush=True)
         self.t0 = None
 
     @staticmethod

@@ -26,8 +26,8 @@ in, so a seeded generator gives the same image every time.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Sequence
 
 import numpy as np
 
@@ -58,7 +58,7 @@ class SBISettings:
     shift: float = 0.03  # max translation of the source, fraction of the face size
 
     @classmethod
-    def make(cls, **overrides) -> "SBISettings":
+    def make(cls, **overrides) -> SBISettings:
         """Defaults with ``overrides``; unknown names are an error that lists the known ones."""
         names = {f.name for f in fields(cls)}
         bad = sorted(set(overrides) - names)

@@ -37,7 +37,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +78,7 @@ def _photo_files() -> list[tuple[str, np.ndarray, tuple[int, int, int, int]]]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _base_photos() -> tuple[_Photo, ...]:
     """Square portraits around each photo's face, the face taking ~45% of the side."""
     import cv2
@@ -312,7 +312,8 @@ def write_video(path: str | os.PathLike, frames, fps: int = 25, crf: int = 23, r
             if k:
                 stream.set_display_rotation(90 * k)
             for f in frames:
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]), format="rgb24")
+                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(f[: stream.height, : stream.width]),
+                                                format="rgb24")
                 for pkt in stream.encode(vf):
                     out.mux(pkt)
             for pkt in stream.encode():
@@ -358,7 +359,8 @@ def build_ffpp_tree(root: str | os.PathLike, n_ids: int = 10, frames: int = 30, 
         write_json(root / "splits" / f"{name}.json", [list(p) for p in pairs])
     jobs = []
     for i in range(n_ids - n_ids % 2):
-        jobs.append(("original", i, i, root / "original_sequences" / "youtube" / compression / "videos" / f"{i:03d}.mp4"))
+        jobs.append(("original", i, i,
+                     root / "original_sequences" / "youtube" / compression / "videos" / f"{i:03d}.mp4"))
     for m in methods:
         for a, b in _pairs(n_ids):
             for t, s in ((a, b), (b, a)):

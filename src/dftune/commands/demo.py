@@ -46,8 +46,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from dftune.stages.demo import DemoConfig, DemoError
     from dftune.stages import demo
+    from dftune.stages.demo import DemoConfig, DemoError
 
     cfg = DemoConfig(out=Path(args.out) if args.out else None, keep=args.keep, seed=args.seed, n_ids=args.n_ids,
                      frames=args.frames, epochs=args.epochs, sbi=args.sbi, workers=args.workers, onnx=args.onnx,

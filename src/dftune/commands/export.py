@@ -16,7 +16,8 @@ def register(sub) -> None:
         "its README; --int8 / --onnx add those exports. Each is checked against the source model.\n"
         "Example: dftune export runs/ft/best --out submit/model/deep-fake-detector-v2-model --int8 --onnx",
     )
-    p.add_argument("model", metavar="MODEL_DIR", help="model folder to export (HF format, with dftune.json), or an ensemble.json / its folder "
+    p.add_argument("model", metavar="MODEL_DIR",
+                   help="model folder to export (HF format, with dftune.json), or an ensemble.json / its folder "
                         "(each member exported under members/, the ensemble's threshold kept)")
     p.add_argument("--out", required=True, metavar="SUBMIT_DIR", help="submission folder to write")
     p.add_argument("--int8", action="store_true", help="add model_int8.pt: dynamic int8 quantization of Linear layers")
@@ -28,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--n-samples", type=int, default=d["n_samples"], help="how many sample images to verify on")
     p.add_argument("--tolerance", type=float, default=d["tolerance"],
                    help="largest |prob_fake difference| allowed for the plain folder (ONNX: 10x this)")
-    p.add_argument("--int8-tolerance", type=float, default=d["int8_tolerance"], help="largest |prob_fake difference| for int8")
+    p.add_argument("--int8-tolerance", type=float, default=d["int8_tolerance"],
+                   help="largest |prob_fake difference| for int8")
     p.add_argument("--opset", type=int, default=d["opset"], help="ONNX opset")
     p.add_argument("--bench-seconds", type=float, default=d["bench_seconds"],
                    help="seconds of CPU timing per variant for images/s (0: skip)")
@@ -38,9 +40,9 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import torch
-    from dftune.progress import console
     from rich.table import Table
 
+    from dftune.progress import console
     from dftune.stages import export
 
     s = export.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
@@ -60,7 +62,8 @@ def run(args) -> int:
               _f(rep["exports"]["plain"]["source_images_per_s"]), "1.00x")
     for name, c in rep["exports"].items():
         speed = c["images_per_s"]
-        ratio = speed / c["source_images_per_s"] if c["source_images_per_s"] == c["source_images_per_s"] else float("nan")
+        src = c["source_images_per_s"]
+        ratio = speed / src if src == src else float("nan")
         t.add_row(name, f"{c['size_bytes'] / 1e6:.2f}", f"{c['label_agreement']:.1%}",
                   f"{c['max_prob_diff']:.2e}", f"{c['tolerance']:g}", _f(speed), f"{ratio:.2f}x")
     con.print(t)
@@ -68,7 +71,8 @@ def run(args) -> int:
         pl = rep["pipeline"]
         con.print(f"transformers.pipeline loads the folder: label agreement {pl['label_agreement']:.1%}, "
                   f"max |Δp| {pl['max_prob_diff']:.2e}")
-    con.print(f"standalone script: {rep['out']}/{export.SCRIPT_NAME} + {export.PORTABLE_NAME} (see {export.README_NAME}); "
+    con.print(f"standalone script: {rep['out']}/{export.SCRIPT_NAME} + {export.PORTABLE_NAME} "
+              f"(see {export.README_NAME}); "
               f"threshold {rep['threshold']:.4f}")
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from dftune.commands import add_parser, defaults
@@ -79,12 +78,14 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split random")
     p.add_argument("--ratios", type=_ratios, default=d["ratios"], metavar="T,V,T",
                    help="train,val,test fractions of identity groups for --split random (FF++'s official shares)")
-    p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"], help="FF++ compression folder to read")
+    p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"],
+                   help="FF++ compression folder to read")
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), metavar="METHOD",
                    help=f"manipulation methods to read (also: {', '.join(OPTIONAL_METHODS)})")
     p.add_argument("--actors", action="store_true",
                    help="also read original_sequences/actors (DeepFakeDetection reals)")
-    p.add_argument("--frames", type=int, default=d["frames"], help="frames per video, evenly spaced: linspace(0, n-1, frames)")
+    p.add_argument("--frames", type=int, default=d["frames"],
+                   help="frames per video, evenly spaced: linspace(0, n-1, frames)")
     p.add_argument("--every", type=int, default=d["every"], metavar="K",
                    help="take every K-th frame instead of --frames evenly spaced (0 = off)")
     p.add_argument("--size", type=int, default=d["size"], help="crop side in pixels after bicubic resize")

@@ -68,8 +68,8 @@ def parse_sbi_sets(items: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from dftune.stages.synth import SynthConfig
     from dftune.stages import synth
+    from dftune.stages.synth import SynthConfig
 
     cfg = SynthConfig(data=args.data, out=args.out, splits=tuple(args.splits), per_real=args.per_real,
                       seed=args.seed, keep_fakes=args.keep_fakes, quality=args.quality, workers=args.workers,
@@ -80,8 +80,9 @@ def run(args) -> int:
 
 
 def print_summary(s: dict) -> None:
-    from dftune.progress import console
     from rich.table import Table
+
+    from dftune.progress import console
 
     con = console()
     t = Table(title=f"synth: {s['out']}")

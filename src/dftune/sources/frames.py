@@ -22,9 +22,9 @@ everything is dealt to train/val/test that way, with a warning.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from dftune.portable import IMAGE_EXTS
 from dftune.sources import Item, SourceError, root_folder
@@ -55,7 +55,7 @@ def frame_files(item: Item) -> list[Path]:
                   key=lambda p: natural_key(p.name))
 
 
-def read_frames(item: Item, frames: int = 10, every: int = 0) -> Iterator[tuple[int, "object"]]:
+def read_frames(item: Item, frames: int = 10, every: int = 0) -> Iterator[tuple[int, object]]:
     """``(index, RGB uint8)`` for the sampled frames of a ``frames`` item (the guide's sampling over
     the frame files: ``linspace(0, n - 1, frames)`` or every k-th)."""
     from dftune.portable import VideoError, load_image, sample_indices

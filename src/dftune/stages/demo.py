@@ -115,8 +115,8 @@ def run(cfg: DemoConfig) -> dict:
     """Run the demo; returns the result dict (also ``OUT/demo.json``) the end table shows."""
     import torch
 
-    from dftune.synthetic import build_ffpp_tree
     from dftune.model.load import build_tiny_vit
+    from dftune.synthetic import build_ffpp_tree
 
     tmp = None
     threads_before = torch.get_num_threads()
@@ -257,7 +257,7 @@ def collect(cfg: DemoConfig, out: Path, vids, times: dict, n_params: int) -> dic
         m = read_json(out / "eval" / split / "metrics.json")
         names = list(m["models"])
         evals[split] = {}
-        for role, nm in zip(("untrained", "trained"), names):
+        for role, nm in zip(("untrained", "trained"), names, strict=False):
             e = m["models"][nm]
             row = {}
             for level in ("frame", "video"):
@@ -295,8 +295,9 @@ def _f(v) -> str:
 
 
 def print_table(r: dict) -> None:
-    from dftune.progress import console
     from rich.table import Table
+
+    from dftune.progress import console
 
     con = console()
     t = Table(title="dftune demo: prepare -> train -> evaluate -> predict -> export", show_lines=True)
