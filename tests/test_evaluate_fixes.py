@@ -264,7 +264,8 @@ def test_torchrun_writes_one_metrics_file_equal_to_a_single_process_run(env, tmp
                           "-m", "dftune", *args, "--out", str(tmp_path / "two")], env=environ,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
-    assert two.stdout.count("metrics:") == 1  # one process wrote and printed
+    said = two.stdout + two.stderr
+    assert said.count("metrics:") == 1 and said.count("dftune evaluate: test split") == 1  # one wrote, one printed
     a = json.loads((tmp_path / "one" / "metrics.json").read_text())
     b = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert a == b
