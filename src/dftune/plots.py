@@ -139,3 +139,30 @@ def alpha_curve_figure(curve: Mapping, path: str | os.PathLike) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+REAL_COLOUR = "tab:green"
+# the methods' colours: matplotlib's ten without the real class's green, so no method is drawn like the reals
+METHOD_COLOURS = ("tab:blue", "tab:orange", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray",
+                  "tab:olive", "tab:cyan")
+
+
+def draw_histogram(ax, y, p, methods: Sequence[str], threshold: float | None, title: str,
+                   threshold_label: str = "val threshold") -> None:
+    """Score histograms on ``ax``: the reals in their own green, then each method's fakes in a colour of
+    ``METHOD_COLOURS`` (by sorted method name); 0.5 dotted and ``threshold`` (if any) as a solid line."""
+    import numpy as np
+
+    y, p = np.asarray(y), np.asarray(p, dtype=float)
+    bins = np.linspace(0, 1, 31)
+    meth = np.asarray([str(m) for m in methods])
+    ax.hist(p[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", color=REAL_COLOUR)
+    for j, m in enumerate(sorted(set(meth[y == 1].tolist()))):
+        sel = (y == 1) & (meth == m)
+        ax.hist(p[sel], bins=bins, alpha=0.45, histtype="stepfilled", label=f"{m} ({int(sel.sum())})",
+                color=METHOD_COLOURS[j % len(METHOD_COLOURS)])
+    for t, style, lab in ((0.5, ":", "0.5"), (threshold, "-", threshold_label)):
+        if t is not None:
+            ax.axvline(t, color="black", ls=style, lw=1.2, label=f"{lab} = {t:.3f}")
+    ax.set(xlabel="prob_fake", ylabel="count", title=title)
+    ax.legend(fontsize=7, ncol=2)

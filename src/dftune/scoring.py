@@ -145,7 +145,8 @@ def read_ensemble(path: str | os.PathLike) -> dict:
     if not members:
         raise ValueError(f"{path}: the ensemble has no members")
     return {"members": members, "threshold": float(d.get("threshold", 0.5)),
-            "threshold_source": modelmeta._source(d.get("threshold_source"))}
+            "threshold_source": modelmeta._source(d.get("threshold_source")),
+            "stored": [str(m["path"]) for m in d["members"]]}  # the member paths as the file writes them
 
 
 def write_ensemble(path: str | os.PathLike, members: Sequence[tuple[str, float]], threshold: float,
@@ -181,10 +182,16 @@ def load_ensemble(paths: Sequence[str], fake_label: str | None = None, device: s
         if len(paths) > 1:
             raise ValueError("an ensemble file is a whole model set: give it alone to --model")
         e = read_ensemble(ens_files[0])
+        for (p, _), stored in zip(e["members"], e["stored"], strict=True):
+            if not (Path(p) / "config.json").exists():
+                raise FileNotFoundError(
+                    f"{ens_files[0]}: member {stored!r} (a path relative to {ENSEMBLE_NAME}) is not a model folder "
+                    f"there ({p}); an ensemble moves with its members: move them together, or write the ensemble "
+                    "again (evaluate --ensemble --write-threshold)")
         models = [load_model(p, fake_label, device, backend, w) for p, w in e["members"]]
         t, source = portable.decide_threshold(ensemble=(e["threshold"], e["threshold_source"]))
         return Ensemble(models, t, source, str(ens_files[0]))
-    return ensemble_of([load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws)])
+    return ensemble_of([load_model(p, fake_label, device, backend, w) for p, w in zip(paths, ws, strict=True)])
 
 
 def ensemble_of(models: Sequence[LoadedModel]) -> Ensemble:

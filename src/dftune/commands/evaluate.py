@@ -92,6 +92,8 @@ def run(args) -> int:
     from dftune.progress import console
     from dftune.stages import evaluate
 
+    if not evaluate.is_main_process():
+        return 0  # torchrun / accelerate launch: the main process scores and writes everything, alone
     s = settings(args)
     con = console()
     if args.files:
@@ -148,6 +150,8 @@ def _cross(con, r: CrossResult) -> int:
     for row in r.table:
         t.add_row(*report.cross_cells(row), style="bold" if row["dataset"] == "mean" else None)
     con.print(t)
+    for note in report.cross_notes(r):
+        con.print(f"[yellow]note[/yellow] — {note}")
     if r.out:
         con.print(f"metrics: {r.out}/metrics.json, report: {r.out}/report.md")
     return 0
@@ -165,6 +169,8 @@ def _files(con, r: FilesResult) -> int:
         t.add_row(*row)
     con.print(t)
     con.print(f"threshold {r.threshold_source}")
+    if r.duplicate_label_rows:
+        con.print(f"{r.duplicate_label_rows} label row(s) repeat an earlier row exactly: counted once")
     for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
                       ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
         listed = getattr(r, key)

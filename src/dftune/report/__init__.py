@@ -17,8 +17,12 @@ from dftune.report.html import (
     curves_figure,
     heat_map,
     histogram_figure,
+    one_class_note,
     overlay,
+    roc_only_figure,
+    worst_per_video,
     write_cross_html,
+    write_files_html,
     write_html,
 )
 from dftune.report.markdown import (
@@ -29,6 +33,7 @@ from dftune.report.markdown import (
     SUMMARY_HEADER,
     cross_cells,
     cross_md,
+    cross_notes,
     files_md,
     files_rows,
     fmt,
@@ -44,4 +49,5 @@ __all__ = [
     "auc_bars_figure", "calibration_figure", "confusion_figure", "cross_cells", "cross_md", "curves_figure",
     "files_md", "files_rows", "fmt", "from_videos_rows", "heat_map", "histogram_figure", "md_table", "method_rows",
     "overlay", "report_md", "summary_rows", "write_cross_html", "write_html",
+    "cross_notes", "one_class_note", "roc_only_figure", "worst_per_video", "write_files_html",
 ]

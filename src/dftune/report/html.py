@@ -23,13 +23,23 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dftune.plots import _plt, draw_confusion, draw_roc
-from dftune.report.markdown import CROSS_HEADER, METHOD_HEADER, SUMMARY_HEADER, cross_cells, method_rows, summary_rows
+from dftune.plots import _plt, draw_confusion, draw_histogram, draw_roc
+from dftune.report.markdown import (
+    CROSS_HEADER,
+    FILES_HEADER,
+    METHOD_HEADER,
+    SUMMARY_HEADER,
+    cross_cells,
+    cross_notes,
+    files_rows,
+    method_rows,
+    summary_rows,
+)
 
 if TYPE_CHECKING:  # the types only; a component never imports a stage at run time
     from dftune.prepared import Row
     from dftune.scoring import LoadedModel
-    from dftune.stages.evaluate import CrossResult, EvalResult
+    from dftune.stages.evaluate import CrossResult, EvalResult, FilesResult
 
 log = logging.getLogger(__name__)
 
@@ -71,22 +81,41 @@ def curves_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
     return _png(fig)
 
 
-def histogram_figure(y, p, methods: Sequence[str], threshold: float | None, title: str) -> str:
-    """Score histograms: reals, then each method's fakes; the threshold as a line."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    bins = np.linspace(0, 1, 31)
-    meth = np.asarray(methods)
-    ax.hist(p[y == 0], bins=bins, alpha=0.6, label=f"real ({int((y == 0).sum())})", color="tab:green")
-    for m in sorted(set(meth[y == 1].tolist())):
-        sel = (y == 1) & (meth == m)
-        ax.hist(p[sel], bins=bins, alpha=0.45, histtype="stepfilled", label=f"{m} ({int(sel.sum())})")
-    for t, style, lab in ((0.5, ":", "0.5"), (threshold, "-", "val threshold")):
-        if t is not None:
-            ax.axvline(t, color="black", ls=style, lw=1.2, label=f"{lab} = {t:.3f}")
-    ax.set(xlabel="prob_fake", ylabel="count", title=title)
-    ax.legend(fontsize=7, ncol=2)
+def histogram_figure(y, p, methods: Sequence[str], threshold: float | None, title: str,
+                     threshold_label: str = "val threshold") -> str:
+    """Score histograms: reals, then each method's fakes; the threshold as a line (``plots.draw_histogram``)."""
+    fig, ax = _plt().subplots(figsize=(9, 3.6))
+    draw_histogram(ax, y, p, methods, threshold, title, threshold_label)
     return _png(fig)
+
+
+def roc_only_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
+    """One ROC panel, one line per model (``plots.draw_roc``)."""
+    from dftune import metrics
+
+    fig, ax = _plt().subplots(figsize=(4.6, 4.2))
+    roc = {}
+    for name, p in scored.items():
+        fpr, tpr, _ = metrics.roc_points(y, p)
+        roc[name] = (fpr, tpr, metrics.roc_auc(y, p))
+    draw_roc(ax, roc, title)
+    return _png(fig)
+
+
+def one_class_note(y, what: str) -> str | None:
+    """``"AUC undefined: one class (only the 12 real crops) ..."`` when ``y`` holds one class, else None."""
+    y = np.asarray(y)
+    if len(y) and y.min() != y.max():
+        return None
+    if not len(y):
+        return f"nothing to draw: no {what}"
+    cls = "real" if int(y[0]) == 0 else "fake"
+    return (f"AUC undefined: one class (only the {len(y)} {cls} {what}), so no ROC or precision-recall curve "
+            "and no AUC, AP or EER")
+
+
+def _note(text: str) -> str:
+    return f"<p class='note'>{html.escape(text)}</p>"
 
 
 def calibration_figure(y, scored: Mapping[str, np.ndarray], title: str) -> str:
@@ -244,9 +273,14 @@ def write_html(path, page: HtmlReport) -> None:
              "<h2>ROC and precision-recall curves, calibration</h2><div class='row'>"]
     video = {nm: page.video_level(rows, p) for nm, p in scored.items()}
     vy = next(iter(video.values()))[2] if video else np.zeros(0)
-    parts.append(f"<img class='fig' alt='curves frame' src='{curves_figure(y, scored, 'frame level')}'>")
-    parts.append(f"<img class='fig' alt='curves video' src='"
-                 f"{curves_figure(vy, {nm: v[1] for nm, v in video.items()}, 'video level')}'>")
+    frame_note, video_note = one_class_note(y, "crops"), one_class_note(vy, "videos")
+    if frame_note:
+        parts[-1] = parts[-1].replace("</h2>", f" — {html.escape(frame_note.split(' (')[0])}</h2>")
+        parts.append(_note(f"frame level: {frame_note}; video level: {video_note}"))
+    else:
+        parts.append(f"<img class='fig' alt='curves frame' src='{curves_figure(y, scored, 'frame level')}'>")
+        parts.append(f"<img class='fig' alt='curves video' src='"
+                     f"{curves_figure(vy, {nm: v[1] for nm, v in video.items()}, 'video level')}'>")
     parts.append(f"<img class='fig' alt='calibration' src='{calibration_figure(y, scored, 'frame level')}'></div>")
     parts.append("<h2>Scores per class and method (frame level)</h2><div class='row'>")
     for nm, p in scored.items():
@@ -266,10 +300,12 @@ def write_html(path, page: HtmlReport) -> None:
         model = page.models.get(nm)
         if model is None:
             continue
-        reals = [i for i in np.argsort(-p) if y[i] == 0][:page.n_gallery]
-        fakes = [i for i in np.argsort(p) if y[i] == 1][:page.n_gallery]
-        for title, idx in (("reals scored most fake", reals), ("fakes scored most real", fakes)):
+        reals = worst_per_video(rows, np.argsort(-p, kind="stable"), y, 0, page.n_gallery)
+        fakes = worst_per_video(rows, np.argsort(p, kind="stable"), y, 1, page.n_gallery)
+        for title, idx, cls in (("reals scored most fake", reals, "real"), ("fakes scored most real", fakes, "fake")):
             parts.append(f"<h3>{html.escape(nm)}: {title}</h3><div class='row'>")
+            if not idx:
+                parts.append(_note(f"none: this split has no {cls} crops (one class)"))
             for i in idx:
                 r = rows[i]
                 try:
@@ -284,6 +320,60 @@ def write_html(path, page: HtmlReport) -> None:
                              f"</span></div></div>")
             parts.append("</div>")
     parts.append(_CHECK + "</body></html>")
+    write_text(path, "\n".join(parts))
+
+
+def worst_per_video(rows: Sequence[Row], order, y, cls: int, n: int) -> list[int]:
+    """The gallery's crops: walking ``order`` (worst first), the first (worst-scored) crop of class ``cls`` of
+    each video not shown yet, up to ``n`` videos: one frame per video, the worst videos first."""
+    out, seen = [], set()
+    for i in order:
+        i = int(i)
+        if y[i] != cls or rows[i].video in seen:
+            continue
+        seen.add(rows[i].video)
+        out.append(i)
+        if len(out) == n:
+            break
+    return out
+
+
+def _page_head(title: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>")
+
+
+def write_files_html(path, result: FilesResult, y, p, kinds: Sequence[str]) -> None:
+    """``report.html`` of ``evaluate --files``: the table, ROC and precision-recall, the score histograms
+    per class (the kinds, image / video, in place of methods) with the threshold applied."""
+    from dftune.atomic import write_text
+
+    y = np.asarray(y, dtype=np.int64)
+    p = np.asarray(p, dtype=float)
+    parts = [_page_head(f"dftune evaluate --files — {', '.join(result.inputs)}"),
+             f"<h1>dftune evaluate --files: <code>{html.escape(', '.join(result.inputs))}</code></h1>",
+             _note(f"Scored exactly as dftune predict does (face crop, TTA {', '.join(result.tta) or 'none'}, "
+                   f"pooling); threshold {result.threshold_source}. Labels: {result.labels}. F1 = macro F1."),
+             "<h2>Summary</h2>", _table(FILES_HEADER, files_rows(result))]
+    for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
+                      ("missing", "in the labels, not found")):
+        listed = getattr(result, key)
+        if listed:
+            items = [e["file"] + ": " + e["error"] if isinstance(e, dict) else str(e) for e in listed]
+            parts.append(_note(f"{len(items)} {what}: " + "; ".join(items[:20])))
+    parts.append("<h2>ROC and precision-recall curves</h2><div class='row'>")
+    note = one_class_note(y, "files")
+    if note:
+        parts.append(_note(note))
+    else:
+        parts.append(f"<img class='fig' alt='curves files' src='{curves_figure(y, {'model': p}, 'files')}'>")
+    parts.append("</div><h2>Scores per class and kind</h2><div class='row'>")
+    if len(y):
+        parts.append(f"<img class='fig' alt='histogram files' src='"
+                     f"{histogram_figure(y, p, kinds, result.threshold, 'files', 'threshold')}'>")
+    else:
+        parts.append(_note("no labelled file was scored"))
+    parts.append("</div>" + _CHECK + "</body></html>")
     write_text(path, "\n".join(parts))
 
 
@@ -308,10 +398,16 @@ def auc_bars_figure(table: Sequence[Mapping], title: str) -> str:
     return _png(fig)
 
 
-def write_cross_html(path, result: CrossResult, links: Mapping[str, str]) -> None:
+def write_cross_html(path, result: CrossResult, links: Mapping[str, str],
+                     scores: Mapping[str, Mapping[str, tuple]] | None = None) -> None:
     """``report.html`` of a cross-dataset evaluation: the table (the layout of DeepfakeBench's), AUC per
-    dataset and model as bars, and a link to each dataset's own report (its curves, histograms,
-    confusion matrices and gallery), ``links``: dataset name -> relative path."""
+    dataset and model as bars, a link to each dataset's own report (its curves, histograms,
+    confusion matrices and gallery), ``links``: dataset name -> relative path.
+
+    With ``scores`` (dataset name -> ``{level: (y, methods, {model: p})}``, what evaluate measured), the
+    shift itself, per dataset: the models' video-level ROC curves overlaid, and each model's video score
+    histograms per class with the threshold transferred from the training data's val drawn in (the one
+    the table's F1@thr applies)."""
     from dftune.atomic import write_text
 
     items = "".join(f"<li><a href='{html.escape(href)}'>{html.escape(nm)}</a></li>" for nm, href in links.items())
@@ -321,10 +417,35 @@ def write_cross_html(path, result: CrossResult, links: Mapping[str, str]) -> Non
              f"<p class='note'>Threshold tuned for macro F1 on the {html.escape(result.threshold_split)} split of "
              f"<code>{html.escape(str(result.threshold_data))}</code> (the training data), never on a test dataset. "
              "Video level unless named; AUC, AP and EER need no threshold. F1 = macro F1.</p>",
+             *(_note(n) for n in cross_notes(result)),
              "<h2>Cross-dataset table</h2>", _table(CROSS_HEADER, [cross_cells(r) for r in result.table]),
              "<h2>AUC per dataset</h2><div class='row'>",
-             f"<img class='fig' alt='auc per dataset' src='{auc_bars_figure(result.table, 'per dataset')}'></div>",
-             "<h2>Each dataset's report</h2>",
-             f"<p class='note'>Curves, score histograms, confusion matrices and the worst errors:</p><ul>{items}</ul>",
-             _CHECK + "</body></html>"]
+             f"<img class='fig' alt='auc per dataset' src='{auc_bars_figure(result.table, 'per dataset')}'></div>"]
+    if scores:
+        parts.append("<h2>The shift, per dataset (video level)</h2>")
+        parts.append(_note("ROC curves need no threshold; the histograms show where each dataset's scores fall "
+                           "against the threshold tuned on the training data's val (solid line), which is the one "
+                           "F1@thr applies: a threshold that does not travel shows as classes on the wrong side."))
+        for ds, levels in scores.items():
+            vy, vm, vscored = levels["video"]
+            note = one_class_note(vy, "videos")
+            parts.append(f"<h3 id='shift-{html.escape(_anchor(ds))}'>{html.escape(ds)}"
+                         + (f" — {html.escape(note.split(' (')[0])}" if note else "") + "</h3><div class='row'>")
+            if note:
+                parts.append(_note(note))
+            else:
+                parts.append(f"<img class='fig' alt='roc {html.escape(ds)}' "
+                             f"src='{roc_only_figure(vy, vscored, f'ROC — {ds}')}'>")
+            for nm, p in vscored.items():
+                thr = (result.thresholds.get(nm) or {}).get("video")
+                parts.append(f"<img class='fig' alt='histogram {html.escape(ds)} {html.escape(nm)}' src='"
+                             f"{histogram_figure(vy, p, vm, thr, f'{nm} on {ds}', 'transferred threshold')}'>")
+            parts.append("</div>")
+    parts += ["<h2>Each dataset's report</h2>",
+              f"<p class='note'>Curves, score histograms, confusion matrices and the worst errors:</p><ul>{items}</ul>",
+              _CHECK + "</body></html>"]
     write_text(path, "\n".join(parts))
+
+
+def _anchor(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -128,8 +128,22 @@ def cross_cells(row: dict) -> list[str]:
             fmt(row["ap"]), fmt(row["eer"]), fmt(row["f1_0.5"]), fmt(row["f1_thr"])]
 
 
+def cross_notes(result: CrossResult) -> list[str]:
+    """What the cross-dataset table cannot show by itself: datasets of one class left out of every mean,
+    and a training val of one class that tuned no threshold (0.5 used instead)."""
+    notes = []
+    left = next((r["left_out"] for r in result.table if r["dataset"] == "mean" and r.get("left_out")), None)
+    if left:
+        notes.append(f"mean: over the datasets with both classes only; left out of every mean (AUC, AP, EER and F1 "
+                     f"alike): {', '.join(left)} (one class: AUC undefined)")
+    said = {t.get("note") for t in result.thresholds.values() if t.get("note")}
+    notes += [f"threshold: {n}" for n in sorted(said)]
+    return notes
+
+
 def cross_md(result: CrossResult) -> str:
     """``report.md`` of a cross-dataset evaluation."""
+    notes = cross_notes(result)
     return "\n".join([
         f"# dftune evaluate: across datasets ({result.split} split of each)",
         "",
@@ -138,6 +152,7 @@ def cross_md(result: CrossResult) -> str:
         "",
         md_table(CROSS_HEADER, [cross_cells(r) for r in result.table]),
         "",
+        *[line for n in notes for line in (f"Note — {n}.", "")],
         "Each dataset's full report: `<dataset>/report.md` and `<dataset>/report.html`; this table with AUC bars "
         "per dataset: `report.html`.",
         "",
@@ -162,6 +177,9 @@ def files_md(result: FilesResult) -> str:
              f"Scored exactly as `dftune predict` does (face crop, TTA {', '.join(result.tta) or 'none'}, pooling); "
              f"threshold {result.threshold_source}.", "",
              md_table(FILES_HEADER, files_rows(result)), ""]
+    if result.duplicate_label_rows:
+        lines += [f"{result.duplicate_label_rows} row(s) of the labels repeat an earlier row exactly; each file is "
+                  "counted once.", ""]
     for key, title in (("errors", "unreadable (label counted as missing)"), ("no_face", "no face found"),
                        ("unlabelled", "found but not in the labels"), ("missing", "in the labels but not found")):
         listed = getattr(result, key)

@@ -52,6 +52,15 @@ class EvalSettings:
     fixed_thresholds: dict | None = None  # {model name: {"frame": t, "video": t}}: tuned elsewhere (cross-dataset)
     plots: bool = True
     progress: bool = True
+    tuning_only: bool = False  # cross_dataset's pass over the training data's val: only its thresholds are used
+
+
+def is_main_process() -> bool:
+    """False in every process but the first under ``torchrun`` / ``accelerate launch`` (``RANK`` > 0).
+
+    evaluate is scored whole by the main process alone: the others return at once, so one set of
+    files is written, by one writer, equal to a single-process run's."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 class _Result:
@@ -129,6 +138,8 @@ class FilesResult(_Result):
     at_05: dict  # metrics at 0.5 ("at_0.5" in metrics.json)
     at_threshold: dict
     per_kind: dict[str, dict]  # image / video -> metrics at the threshold
+    # --labels rows repeating an earlier row exactly (collapsed into it); absent when none
+    duplicate_label_rows: int | None = field(default=None, metadata={"omit_none": True})
     out: str | None = _written_to()
 
 
@@ -178,6 +189,13 @@ def _video_rows(rows, p, how, k):
 def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
         s: EvalSettings | None = None) -> EvalResult:
     """Measure the models; write metrics.json, report.md, predictions.csv and PNGs to ``out_dir``."""
+    return _run(model_dirs, data, out_dir, s)[0]
+
+
+def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.PathLike | None,
+         s: EvalSettings | None = None) -> tuple[EvalResult, dict]:
+    """``run``, and the scores each level was measured on: ``{level: (y, methods, {model name: p})}``
+    (the cross-dataset page draws them)."""
     s = s or EvalSettings()
     how, k = pooling.parse_aggregate(s.aggregate, s.top_k)
     if s.threshold_level not in ("frame", "video"):
@@ -204,13 +222,19 @@ def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.Pa
         tta=list(s.tta), aggregate=how if how != "topk" else f"topk:{k}", backend=s.backend,
         skipped_crops=int((~ok).sum()))
     curves: dict = {"frame": {}, "video": {}}
+    levels: dict = {"frame": (ev.y, ev.methods, {}), "video": None}
     for nm, probs in scored.items():
         model = models[names.index(nm)] if nm in names else None
         entry, level_scores = _model_entry(model, nm, ev, va, probs, how, k, s)
         for level, (yy, pp) in level_scores.items():
             fpr, tpr, _ = metrics.roc_points(yy, pp)
             curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
+        levels["frame"][2][nm] = level_scores["frame"][1]
+        if levels["video"] is None:
+            levels["video"] = (level_scores["video"][0], _video_rows(ev.rows, ev.of(probs), how, k)[3], {})
+        levels["video"][2][nm] = level_scores["video"][1]
         result.models[nm] = entry
+    _say_one_class_val(result, va, data, s)
 
     if s.write_threshold:
         if not len(va.rows):
@@ -226,7 +250,21 @@ def run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.Pa
         _write_outputs(Path(out_dir), result, data, ev, {nm: ev.of(v) for nm, v in scored.items()},
                        dict(zip(names, models, strict=True)), curves, s, how, k)
         result.out = str(Path(out_dir))
-    return result
+    return result, levels
+
+
+def _say_one_class_val(result: EvalResult, va: _Scored, data, s: EvalSettings) -> None:
+    """A val split of one class tunes nothing (best_threshold falls back to 0.5): say so, in the result
+    (``val_threshold.note``) and the log, rather than name that val as the threshold's source."""
+    if not len(va.rows) or len(set(va.y.tolist())) != 1:
+        return
+    cls = "real" if int(va.y[0]) == 0 else "fake"
+    note = (f"{s.threshold_split} of {data} has only {cls} crops: no threshold can be tuned on it, "
+            "0.5 is used")
+    log.warning("%s", note)
+    for e in result.models.values():
+        if e.get("val_threshold") is not None:
+            e["val_threshold"]["note"] = note
 
 
 class _Scored:
@@ -252,8 +290,9 @@ def _eval_and_val_rows(data, s: EvalSettings) -> tuple[list, list]:
         raise ValueError(f"{prepared.manifest_file(data)}: no rows in split {s.split!r} (it has {have})")
     val_rows = [r for r in all_rows if r.split == s.threshold_split] if s.threshold_split != s.split else []
     if s.threshold_split == s.split:
-        log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is optimistic",
-                    s.split)
+        if s.fixed_thresholds is None and not s.tuning_only:  # else nothing measured is tuned on these rows
+            log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is "
+                        "optimistic", s.split)
         val_rows = eval_rows
     if s.fixed_thresholds is not None:
         val_rows = []  # the thresholds come from the training data's val split, never from this dataset
@@ -443,15 +482,22 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
     td = threshold_data or datas[0]
     names = _unique_names([str(Path(d)) for d in datas])
     r0 = run(model_dirs, td, None, replace(s, split=s.threshold_split, write_threshold=False, plots=False,
-                                                from_videos=False, ensemble=s.ensemble))
+                                                from_videos=False, ensemble=s.ensemble, tuning_only=True))
+    if s.split == s.threshold_split and any(Path(d).resolve() == Path(td).resolve() for d in datas):
+        log.warning("%s is measured on %s, the split its threshold is tuned on: its F1@thr is optimistic",
+                    td, s.split)
     fixed = {nm: {"frame": e["val_threshold"]["frame"], "video": e["val_threshold"]["video"],
                   "from": f"{td} ({s.threshold_split})"}
              for nm, e in r0.models.items() if e.get("val_threshold")}
+    for nm, e in r0.models.items():
+        if nm in fixed and e["val_threshold"].get("note"):
+            fixed[nm]["note"] = e["val_threshold"]["note"]
     out = Path(out_dir) if out_dir is not None else None
     per: dict[str, EvalResult] = {}
+    levels: dict[str, dict] = {}
     for nm, d in zip(names, datas, strict=True):
         sub = out / _safe(nm) if out is not None else None
-        per[nm] = run(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
+        per[nm], levels[nm] = _run(model_dirs, d, sub, replace(s, fixed_thresholds=fixed, write_threshold=False))
     result = CrossResult(threshold_data=str(td), threshold_split=s.threshold_split, split=s.split,
                          thresholds=fixed, datasets={nm: str(d) for nm, d in zip(names, datas, strict=True)},
                          table=cross_rows(per), per_dataset=per)
@@ -462,15 +508,29 @@ def cross_dataset(model_dirs: Sequence[str], datas: Sequence[str], out_dir: str 
         write_text(out / "report.md", report.cross_md(result))
         if s.plots:
             links = {nm: f"{_safe(nm)}/report.html" for nm in names if (out / _safe(nm) / "report.html").exists()}
-            report.write_cross_html(out / "report.html", result, links)
+            report.write_cross_html(out / "report.html", result, links, scores=levels)
         result.out = str(out)
     return result
 
 
+def one_class(res: EvalResult) -> str | None:
+    """``"real"`` / ``"fake"`` when the measured videos of ``res`` are of that class only, else None."""
+    e = next(iter(res.models.values()), None)
+    if e is None:
+        return None
+    pc = e["video"]["at_0.5"]["per_class"]
+    have = [c for c in ("real", "fake") if pc[c]["support"]]
+    return have[0] if len(have) == 1 else None
+
+
 def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
-    """One row per model and dataset (video level F1, frame and video AUC), then each model's mean."""
+    """One row per model and dataset (video level F1, frame and video AUC), then each model's mean.
+
+    A dataset of one class (its AUC, AP and EER undefined) is left out of *every* mean, F1 included,
+    so each mean is over the same datasets; the mean row then names it (``left_out``)."""
     rows = []
     models = list(next(iter(per.values())).models) if per else []
+    single = {ds for ds, res in per.items() if one_class(res)}
     for m in models:
         mine = []
         for ds, res in per.items():
@@ -482,8 +542,13 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
                          "eer": v["at_0.5"]["eer"], "f1_0.5": v["at_0.5"]["macro_f1"], "f1_thr": thr.get("macro_f1")})
         rows += mine
         keys = ("frame_auc", "video_auc", "ap", "eer", "f1_0.5", "f1_thr")
-        mean = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in mine])) for k in keys}
-        rows.append({"model": m, "dataset": "mean", "videos": sum(r["videos"] or 0 for r in mine), **mean})
+        used = [r for r in mine if r["dataset"] not in single]
+        mean = {k: float(np.nanmean([r[k] if r[k] is not None else np.nan for r in used])) if used else float("nan")
+                for k in keys}
+        row = {"model": m, "dataset": "mean", "videos": sum(r["videos"] or 0 for r in used), **mean}
+        if single:
+            row["left_out"] = sorted(single)
+        rows.append(row)
     return rows
 
 
@@ -492,21 +557,52 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
 
 def read_labels(path: str | os.PathLike) -> dict[str, int]:
     """``filename,label`` CSV (label 0/1 or real/fake words) -> {filename: 0/1}; errors name the line."""
+    return _read_labels(path)[0]
+
+
+def _read_labels(path: str | os.PathLike) -> tuple[dict[str, int], int]:
+    """``(labels, rows repeating an earlier row exactly)``. A UTF-8 byte-order mark is read past (as prepare
+    does); a file separated by ';' is named as such; one file given two different labels is an error naming
+    the file and every line that labels it."""
     from dftune.portable import label_from_word
 
     out: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    lines: dict[str, list[tuple[int, str]]] = {}
+    dupes = 0
+    hint = "separated by ';'? use commas (filename,label)"
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "filename" not in cols or "label" not in cols:
-            raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}")
-        for lineno, rec in enumerate(reader, start=2):
+            semi = len(cols) == 1 and ";" in cols[0]
+            raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}"
+                             + (f"; {hint}" if semi else ""))
+        for rec in reader:
+            lineno = reader.line_num
+            raw = rec
             rec = {k.strip().lower(): (v or "").strip() for k, v in rec.items() if k}
             label = label_from_word(rec["label"])
             if label is None:
-                raise ValueError(f"{path}, line {lineno}: label {rec['label']!r} is neither 0/1 nor a real/fake word")
-            out[rec["filename"]] = label
-    return out
+                semi = ";" in (raw.get(None) and ",".join(raw[None]) or "") or ";" in rec["filename"]
+                raise ValueError(f"{path}, line {lineno}: label {rec['label']!r} is neither 0/1 nor a real/fake word"
+                                 + (f"; {hint}" if semi else ""))
+            name = rec["filename"]
+            seen = lines.setdefault(name, [])
+            if seen and out[name] == label:
+                dupes += 1
+            seen.append((lineno, rec["label"]))
+            if name not in out or out[name] == label:
+                out[name] = label
+            else:
+                out[name] = -1  # conflicting: reported below with every line
+    bad = {n: ls for n, ls in lines.items() if out[n] == -1}
+    if bad:
+        said = "; ".join(f"{n!r} on lines " + ", ".join(f"{ln} ({w})" for ln, w in ls)
+                         for n, ls in list(bad.items())[:10])
+        raise ValueError(f"{path}: {len(bad)} file(s) given different labels: {said}"
+                         + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
+                         + "; keep one label per file")
+    return out, dupes
 
 
 def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
@@ -515,15 +611,22 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
     threshold), measured against ``labels``: the rehearsal of a hidden test set."""
     from dftune.stages import predict
 
-    truth = read_labels(labels)
+    truth, dupes = _read_labels(labels)
     found = predict.collect(inputs, filename_style)
     ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
     ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
     thr, thr_text = predict.decision(ens, ps)
-    labelled = [f for f in found.files if f.name in truth]
+    # a label's filename as predict's CSV names the file, or the file's absolute path
+    absolute = {os.path.normpath(k): k for k in truth if os.path.isabs(k)}
+    key = {}
+    for f in found.files:
+        k = f.name if f.name in truth else absolute.get(os.path.normpath(os.path.abspath(f.path)))
+        if k is not None:
+            key[f.name] = k
+    labelled = [f for f in found.files if f.name in key]
     res = predict.score_files(ens, labelled, ps, threshold=thr)
     ok = [r for r in res if not r.error]
-    y = np.array([truth[r.name] for r in ok], dtype=np.int64)
+    y = np.array([truth[key[r.name]] for r in ok], dtype=np.int64)
     p = np.array([r.prob_fake for r in ok])
     kinds = sorted({r.kind for r in ok})
     result = FilesResult(
@@ -531,13 +634,16 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
         threshold_source=thr_text, files=len(labelled), scored=len(ok),
         errors=[{"file": r.name, "error": r.error} for r in res if r.error],
         no_face=[r.name for r in ok if r.faces_found == 0],
-        unlabelled=[f.name for f in found.files if f.name not in truth],
-        missing=sorted(set(truth) - {f.name for f in found.files}),
+        unlabelled=[f.name for f in found.files if f.name not in key],
+        missing=sorted(set(truth) - set(key.values())),
         skipped=found.skipped,
         at_05=metrics.full_metrics(y, p, 0.5), at_threshold=metrics.full_metrics(y, p, thr),
         per_kind={k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
                   for k in kinds},
+        duplicate_label_rows=dupes or None,
     )
+    if dupes:
+        log.warning("%s: %d row(s) repeat an earlier row exactly; each file is counted once", labels, dupes)
     if out_dir is not None:
         from dftune import report
 
@@ -546,5 +652,8 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
         write_json(out / "metrics.json", _clean(result.to_dict()))
         predict.write_csv(out / "predictions.csv", res, predict.CsvFormat())
         write_text(out / "report.md", report.files_md(result))
+        if s.plots:
+            kinds_of = [r.kind for r in ok]
+            report.write_files_html(out / "report.html", result, y, p, kinds_of)
         result.out = str(out)
     return result
