@@ -1,0 +1,78 @@
+"""Sets validated beside the run's own val split: check sets from outside the training data (``--check``), and
+each dataset's share of a mixed val split (``--data A --data B``: one row per dataset in history.json).
+
+Every validation scores them with the same :func:`dftune.training.validate.validate` as val (gathered over
+processes, the EMA weights with ``--ema``), so their numbers mean what val's mean. ``--select-on check`` makes
+the check sets' mean (``dftune.checks.mean_of``) decide ``best/`` and early stopping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dftune import checks
+from dftune.training import TrainError, data, validate
+
+
+@dataclass
+class ExtraSet:
+    """One set validated beside val: its rows, dataset and loader (prepared by Accelerate with the model)."""
+
+    name: str
+    folder: Path
+    rows: list
+    ds: data.CropDataset
+    dl: object = None
+
+
+@dataclass
+class Extras:
+    checks: list[ExtraSet] = field(default_factory=list)
+    datasets: list[ExtraSet] = field(default_factory=list)  # a mix's val, dataset by dataset
+
+    def loaders(self) -> list:
+        return [s.dl for s in (*self.checks, *self.datasets)]
+
+    def set_loaders(self, prepared: list) -> None:
+        for s, dl in zip((*self.checks, *self.datasets), prepared, strict=True):
+            s.dl = dl
+
+
+def build(specs, data_dir: Path, train_rows: list, val_rows: list, spec, seed: int, batch: int, workers: int,
+          pin: bool) -> Extras:
+    """The check sets named by ``specs`` (refused when one-class or sharing an identity, a video or a crop with
+    the training data) and, when the val rows come from several datasets (a mix), one set per dataset."""
+    out = Extras()
+    try:
+        sets = [checks.load(c) for c in specs]
+        checks.refuse_leaks(sets, train_rows + val_rows, data_dir)
+    except checks.CheckError as e:
+        raise TrainError(str(e)) from None
+    transform = data.make_transform(spec, None)
+    for cs in sets:
+        rows, _bad = data.check_files(cs.folder, cs.rows)
+        ds = data.CropDataset(cs.folder, rows, transform, seed)
+        out.checks.append(ExtraSet(cs.name, cs.folder, rows, ds, data.make_loader(ds, batch, None, workers, pin)))
+    names = sorted({r.dataset for r in val_rows if r.dataset})
+    if len(names) > 1:
+        for nm in names:
+            rows = [r for r in val_rows if r.dataset == nm]
+            ds = data.CropDataset(data_dir, rows, transform, seed)
+            out.datasets.append(ExtraSet(nm, data_dir, rows, ds, data.make_loader(ds, batch, None, workers, pin)))
+    return out
+
+
+def run_all(extras: Extras, accelerator, model, normalize, fake_index: int, aggregate: str, skipped: set,
+            ema=None) -> dict:
+    """``{"check": {"sets": {name: val-like}, "mean": ...}, "datasets": {name: val-like}}`` (keys only for what
+    the run has)."""
+    out: dict = {}
+    if extras.checks:
+        per = {s.name: validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index, aggregate,
+                                         skipped, ema) for s in extras.checks}
+        out["check"] = {"sets": per, "mean": checks.mean_of(per)}
+    if extras.datasets:
+        out["datasets"] = {s.name: validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index,
+                                                     aggregate, skipped, ema) for s in extras.datasets}
+    return out
