@@ -11,6 +11,7 @@ history were written).
 STUDY_DIR after a study::
 
     study.journal        Optuna's journal (unless --storage): re-run or run in parallel to continue
+    study.json           the study this folder holds (its name and uid): a moved folder continues it
     trials/trial_NNNN/   each trial's run folder (weights kept for the best trial only, unless keep_all)
     data/                the train-subset manifest when fraction < 1 (paths point at the original crops)
     trials.csv  best.yaml  report.md  history.png  intermediate.png  importance.png
