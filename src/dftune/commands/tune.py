@@ -84,7 +84,7 @@ def run(args) -> int:
                      sets=parse_sets(args.sets))
     summary = tune.run(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
     print_summary(summary)
-    return 0
+    return 0 if summary.best else 1  # no trial completed: nothing usable (no best.yaml, no model)
 
 
 def print_summary(sm) -> None:
@@ -113,8 +113,16 @@ def print_summary(sm) -> None:
     c = console()
     c.print(t)
     states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(sm.by_state.items()))
+    failed = ""
+    if sm.failed:  # they count toward --trials: say how to run replacements
+        finished = sum(sm.by_state.get(k, 0) for k in ("COMPLETE", "PRUNED", "FAIL"))
+        target = max(sm.wanted, finished) + sm.failed
+        failed = (f"; {sm.failed} failed and count toward --trials (see the note column; "
+                  f"--trials {target} runs {sm.failed} more)")
     c.print(f"{sm.trials} trials ({states}); {sm.epochs_run} epochs run, "
-            f"{sm.epochs_saved_by_pruning} saved by pruning")
+            f"{sm.epochs_saved_by_pruning} saved by pruning{failed}")
+    if sm.importance_note and sm.trials:
+        c.print(f"importance.png not drawn: {sm.importance_note}")
     if sm.best:
         b = sm.best
         c.print(f"best: trial {b['number']} {sm.metric} = {b['value']:.4f}; model in {b['run_dir']}/best")

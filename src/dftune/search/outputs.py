@@ -40,6 +40,15 @@ class TuneSummary:
     plots: list[str]
     rows: list[dict]
     ran_here: int = 0  # trials this process ran (set by the stage)
+    wanted: int = 0  # --trials (set by the stage)
+    importance_note: str | None = None  # why importance.png was not drawn (None when it was)
+    data: str | None = None  # the data the trials trained on (STUDY_DIR/data when --fraction < 1)
+    retrain_data: str | None = None  # the data to retrain on: the original --data
+
+    @property
+    def failed(self) -> int:
+        """Trials that failed on their own (they count toward --trials)."""
+        return self.by_state.get("FAIL", 0)
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:
@@ -68,7 +77,7 @@ def fmt(v) -> str:
 
 
 def clean_weights(study, study_dir: Path, keep_all: bool) -> None:
-    """Delete best/ and last/ of every finished trial but the study's best (history.json etc. stay)."""
+    """Delete best/, last/ and wise/ of every finished trial but the study's best (history.json etc. stay)."""
     from optuna.trial import TrialState
 
     if keep_all:
@@ -81,14 +90,15 @@ def clean_weights(study, study_dir: Path, keep_all: bool) -> None:
         if t.number == best or t.state == TrialState.RUNNING:
             continue
         d = trial_dir(study_dir, t.number)
-        for sub in ("best", "last"):
+        for sub in ("best", "last", "wise"):
             if (d / sub).is_dir():
                 shutil.rmtree(d / sub, ignore_errors=True)
 
 
 def write_outputs(study, study_dir: Path, metric: Metric, data: Path, model_source: str, keep_all: bool,
-                  fraction: float) -> TuneSummary:
-    """Every output file from the study's trials; the summary they show."""
+                  fraction: float, source_data: Path | str | None = None) -> TuneSummary:
+    """Every output file from the study's trials; the summary they show. ``data`` is what the trials trained on,
+    ``source_data`` the original --data (the retrain command's: the best settings are retrained on all of it)."""
     from optuna.trial import TrialState
 
     trials = reported(study)
@@ -102,7 +112,8 @@ def write_outputs(study, study_dir: Path, metric: Metric, data: Path, model_sour
     best_dir = trial_dir(study_dir, best.number) if best else None
     cmd = None
     if best is not None and best.user_attrs.get("config"):
-        cmd = write_best_yaml(study_dir / "best.yaml", study.study_name, best, best_dir, metric, data, model_source)
+        cmd = write_best_yaml(study_dir / "best.yaml", study.study_name, best, best_dir, metric, data, model_source,
+                              source_data)
 
     # pruning: epochs that pruned trials did not run
     planned = sum(int(t.user_attrs.get("epochs_planned", 0) or 0) for t in trials if t.state == TrialState.PRUNED)
@@ -119,13 +130,22 @@ def write_outputs(study, study_dir: Path, metric: Metric, data: Path, model_sour
                                         "run_dir": str(best_dir)},
         best_yaml=str(study_dir / "best.yaml") if cmd else None, retrain=cmd,
         epochs_run=all_run, epochs_saved_by_pruning=planned - run_pruned, plots=figures,
+        importance_note=None if "importance.png" in figures else importance_note(study_dir),
+        data=str(data), retrain_data=str(source_data if source_data is not None else data),
         rows=[{"number": t.number, "state": state_name(t),
                "value": t.value if t.state == TrialState.COMPLETE else None, "params": t.params,
                "epochs_run": t.user_attrs.get("epochs_run"), "reason": t.user_attrs.get(COUNTED, "")}
               for t in trials],
     )
-    write_report(study_dir, summary, metric, fraction, data, model_source)
+    write_report(study_dir, summary, metric, fraction, data, model_source, source_data)
     return summary
+
+
+def importance_note(study_dir: Path) -> str:
+    """Why importance.png is missing: importance.txt's line, or the rule that was not met."""
+    why = study_dir / "importance.txt"
+    return why.read_text().strip() if why.exists() else \
+        "parameter importances: need at least 2 complete trials and 2 searched settings"
 
 
 def write_trials_csv(path: Path, trials: list, metric: Metric, params: list[str]) -> None:
@@ -149,15 +169,20 @@ def write_trials_csv(path: Path, trials: list, metric: Metric, params: list[str]
 
 
 def write_best_yaml(path: Path, study_name: str, best, best_dir: Path, metric: Metric, data: Path,
-                    model_source: str) -> str:
+                    model_source: str, source_data: Path | str | None = None) -> str:
     """The best trial's full TrainConfig (from its ``config`` attribute: any machine can write it) in
-    settings.yaml's format, with a ``_tune`` section naming where it came from; returns the retrain command."""
+    settings.yaml's format, with a ``_tune`` section naming where it came from; returns the retrain command.
+
+    ``_tune.data`` is the data the trial trained on and was scored on (with --fraction < 1, the subset in
+    STUDY_DIR/data); ``_tune.retrain_data`` and the command name the original --data: retrain on all of it."""
     cfg = build(None, best.user_attrs["config"])
+    full = Path(source_data if source_data is not None else data)
     save_yaml(path, cfg, {
         "tune": {"study": study_name, "trial": best.number, "metric": metric.name,
                  "value": best.value, "params": best.params, "data": str(Path(data).resolve()),
-                 "model": str(model_source), "run_dir": str(best_dir), "host": best.user_attrs.get("host")}})
-    return f"dftune train --data {data} --model {model_source} --config {path} --out runs/best"
+                 "model": str(model_source), "run_dir": str(best_dir), "host": best.user_attrs.get("host"),
+                 "retrain_data": str(full.resolve())}})
+    return f"dftune train --data {full} --model {model_source} --config {path} --out runs/best"
 
 
 def write_plots(study, trials: list, study_dir: Path, metric: Metric, params: list[str]) -> list[str]:
@@ -189,13 +214,17 @@ def write_plots(study, trials: list, study_dir: Path, metric: Metric, params: li
         except Exception as e:  # e.g. every complete trial has the same value
             log.info("parameter importances skipped: %s", e)
             write_text(study_dir / "importance.txt", f"parameter importances not computed: {e}\n")
+            (study_dir / "importance.png").unlink(missing_ok=True)  # an earlier run's would show other trials
     return out
 
 
 def write_report(study_dir: Path, sm: TuneSummary, metric: Metric, fraction: float, data: Path,
-                 model_source: str) -> None:
+                 model_source: str, source_data: Path | str | None = None) -> None:
     """report.md: the objective and data, the best trial and how to retrain it, every trial, the figures."""
     part = f" (train fraction {fraction} of the videos, per method; val full)" if fraction < 1 else ""
+    if fraction < 1 and source_data is not None:
+        part = f" (train fraction {fraction} of the videos, per method, in `{data}`; val full)"
+        data = Path(source_data)
     L = [f"# dftune tune: {sm.study}", "",
          f"- objective: **{metric.name}** = {metric.describe}, read at the epoch each run keeps as `best/`",
          f"- data: `{data}`{part}",
@@ -224,7 +253,5 @@ def write_report(study_dir: Path, sm: TuneSummary, metric: Metric, fraction: flo
     for p in sm.plots:
         L += [f"![{p}]({p})", ""]
     if "importance.png" not in sm.plots:
-        why = study_dir / "importance.txt"
-        L += [why.read_text().strip() if why.exists() else
-              "parameter importances: need at least 2 complete trials and 2 searched settings", ""]
+        L += [importance_note(study_dir), ""]
     write_text(study_dir / "report.md", "\n".join(L))

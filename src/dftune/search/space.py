@@ -78,7 +78,8 @@ def check_space(space: dict, base: TrainConfig, where: str = "search space") -> 
                 _try(base, {key: c}, bad)
             searched[key] = {"type": typ, "choices": ch}
             continue
-        lo, hi = spec.get("low"), spec.get("high")
+        # YAML 1.1 reads 1e-6 (no dot) as a string: a number written that way is still a number
+        lo, hi = _number(spec.get("low")), _number(spec.get("high"))
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi)):
             raise bad(f"{typ} needs numeric low and high; got low={lo!r} high={hi!r}")
         if typ == "int" and not all(float(x).is_integer() for x in (lo, hi)):
@@ -92,9 +93,22 @@ def check_space(space: dict, base: TrainConfig, where: str = "search space") -> 
             _try(base, {key: int(x) if typ == "int" else float(x)}, bad)
         out = {"type": typ, "low": lo, "high": hi, "log": log_}
         if spec.get("step") is not None:
-            out["step"] = spec["step"]
+            out["step"] = _number(spec["step"])
+            if isinstance(out["step"], str) or isinstance(out["step"], bool) or not out["step"] > 0:
+                raise bad(f"step must be a number above 0; got {spec['step']!r}")
         searched[key] = out
     return searched, fixed
+
+
+def _number(x):
+    """A numeric string (``"1e-6"``, as YAML 1.1 reads it) as its number; anything else unchanged."""
+    if isinstance(x, str):
+        try:
+            f = float(x.strip())
+        except ValueError:
+            return x
+        return int(f) if f.is_integer() and not any(c in x for c in ".eE") else f
+    return x
 
 
 def _try(base: TrainConfig, values: dict, bad: Callable[[str], Exception]) -> None:

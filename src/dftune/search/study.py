@@ -8,11 +8,14 @@ free, and steps back when another process took the last one first.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -159,3 +162,69 @@ def set_attr(trial, key: str, value) -> None:
         trial.set_user_attr(key, value)
     except Exception as e:
         log.warning("trial %d: could not record %s (%s)", trial.number, key, e)
+
+
+class JournalError(ValueError):
+    """A journal file Optuna cannot read; the message names the file, the line and how to recover."""
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        rec = json.loads(line.rstrip(b"\r"))
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and "op_code" in rec
+
+
+def repair_journal(path: Path, say: Callable[[str], None] = print) -> None:
+    """Make a journal file Optuna can read, or say exactly why it cannot be.
+
+    A last line cut off (a process killed while appending it) is dropped, so the next record does not get glued
+    onto it; a copy of the file as it was is kept beside it (``NAME.torn-TIME``). A last line that is whole but
+    lacks its line end gets one. A line that is not a journal record anywhere before the last one is an error
+    naming the file and the line. The check holds Optuna's own journal lock, so a record another process is
+    writing right now is never taken for a torn one.
+    """
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        raw = path.read_bytes()
+        lines = raw.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a line end; else a last line without one
+        bad = next((i for i, line in enumerate(lines) if not _is_record(line)), None)
+        if bad is not None and (bad < len(lines) - 1 or tail):
+            preview = lines[bad][:80].decode("utf-8", "replace")
+            raise JournalError(
+                f"{path}: line {bad + 1} of {len(lines) + bool(tail)} is not an Optuna journal record "
+                f"({preview!r}), so the study cannot be read past it. To keep the trials recorded before it: "
+                f"cp {path} {path}.bak && head -n {bad} {path}.bak > {path} (the records from line {bad + 1} on "
+                f"are lost); or start a new STUDY_DIR")
+        if tail and bad is None and _is_record(tail):  # whole, only its line end missing
+            with open(path, "ab") as f:
+                f.write(b"\n")
+            say(f"{path}: its last line had no line end; added one")
+            return
+        if not tail and bad is None:
+            return
+        keep = lines[:bad] if bad is not None else lines
+        copy = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(path, copy)
+        os.truncate(path, sum(len(line) + 1 for line in keep))
+        say(f"{path}: its last line was cut off (a process killed while writing it?); dropped it and kept the "
+            f"{len(keep)} whole record(s); the file as it was is in {copy.name}")
+    finally:
+        lock.release()
+
+
+def journal_study_names(path: Path) -> list[str]:
+    """The studies a journal file holds (none when it does not exist)."""
+    import optuna
+
+    if not Path(path).is_file() or Path(path).stat().st_size == 0:
+        return []
+    return optuna.get_all_study_names(open_storage(Path(path).parent, str(path)))
