@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dftune import atomic
@@ -141,3 +142,16 @@ def test_the_versions_ci_tested_are_pinned_for_every_dependency():
 def test_dependency_ranges_stay_open_for_users():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if "==" in d]
+
+
+def test_a_hub_id_is_not_mistaken_for_a_missing_folder(tmp_path, monkeypatch):
+    """`org/name` holds a slash: it is a hub id (the README's first train example), not a local folder."""
+    from dftune.model.load import looks_local
+
+    monkeypatch.chdir(tmp_path)
+    assert not looks_local("prithivMLmods/Deep-Fake-Detector-v2-Model")
+    assert looks_local("./runs/best") and looks_local("/abs/model") and looks_local("runs/vit1/best")
+    (tmp_path / "runs").mkdir()
+    assert looks_local("runs")  # an existing folder is local whatever its name
+    with pytest.raises(FileNotFoundError, match="model folder does not exist"):
+        load_classifier("./no/such/model")

@@ -12,6 +12,14 @@ import os
 from pathlib import Path
 
 
+def looks_local(src: str) -> bool:
+    """Whether ``src`` names a folder rather than a hub id: it exists, or it is written as a path (``./x``,
+    ``/x``, ``~/x``, ``a/b/c``); ``org/name`` is a hub id."""
+    s = str(src)
+    return (Path(s).expanduser().exists() or s.startswith((".", "/", "~")) or s.count("/") > 1
+            or os.path.sep != "/" and os.path.sep in s)
+
+
 def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = None, **kwargs):
     """Return ``(model, image_processor)`` for any ``AutoModelForImageClassification``.
 
@@ -20,7 +28,7 @@ def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = No
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     src = str(name_or_path)
-    if os.path.sep in src or src.startswith("."):
+    if looks_local(src):
         if not Path(src).exists():
             raise FileNotFoundError(f"{src}: model folder does not exist")
         if not (Path(src) / "config.json").exists():
