@@ -41,7 +41,8 @@ def build_model(out: Path, arch: str) -> Path:
                     label2id={"Realism": 0, "Deepfake": 1})
     torch.manual_seed(0)
     ViTForImageClassification(cfg).save_pretrained(out)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(out)
     return out
 
 
@@ -64,8 +65,7 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
         Image.fromarray(rgb).save(img_dir / f"img_{i:03d}.jpg", quality=92)
     crop_dir = root / "crops"  # 224 px face crops, as prepare writes them: the model-only measurement
     crop_dir.mkdir(parents=True)
-    from dftune.portable import get_detector, largest
-    from dftune.portable import crop_square, guide_square
+    from dftune.portable import crop_square, get_detector, guide_square, largest
 
     det = get_detector("retinaface")
     for f in sorted(img_dir.iterdir()):
@@ -94,8 +94,7 @@ class GuideWay:
         self.margin, self.size = margin, size
 
     def crop(self, rgb):
-        from dftune.portable import largest
-        from dftune.portable import crop_square, guide_square, whole_image_box
+        from dftune.portable import crop_square, guide_square, largest, whole_image_box
 
         if self.det is None:
             return rgb
@@ -196,7 +195,8 @@ def main():
             for p in vids:
                 nf += guide.video(p, tta, a.frames)[1]
             g["video_frames"] = nf / (time.perf_counter() - t)
-            results["runs"].append({"way": "guide (fp32, batch 1)", "tta": tta, **{k + "_per_s": v for k, v in g.items()}})
+            results["runs"].append({"way": "guide (fp32, batch 1)", "tta": tta,
+                                    **{k + "_per_s": v for k, v in g.items()}})
             print(f"guide        tta={tta!s:5}  " + "  ".join(f"{k}/s {v:7.2f}" for k, v in g.items()), flush=True)
             for backend in a.backends.split(","):
                 d = {}

@@ -23,16 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from dftune import scoring
-from dftune.model import meta as modelmeta
 from dftune.atomic import DIR_MODE, FILE_MODE, staged_folder, write_json
+from dftune.model import meta as modelmeta
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def pipeline_check(folder: Path, images: list, model: scoring.LoadedModel) -> di
     fake_name = model.id2label[model.fake_index]
     ours = scoring.model_prob_fake(model, images)
     agree, diffs = 0, []
-    for img, p in zip(images, ours):
+    for img, p in zip(images, ours, strict=True):
         res = clf(Image.fromarray(img), top_k=None)
         score = next(r["score"] for r in res if r["label"] == fake_name)
         agree += int((res[0]["label"] == fake_name) == (p > 0.5))
@@ -263,7 +263,7 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
 
 def _share(folder: Path) -> None:
     """mkdtemp makes a private folder; a submission folder gets the modes the umask gives."""
-    for d, dirs, files in os.walk(folder):
+    for d, _dirs, files in os.walk(folder):
         os.chmod(d, DIR_MODE)
         for f in files:
             os.chmod(os.path.join(d, f), FILE_MODE)
