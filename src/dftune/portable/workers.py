@@ -80,11 +80,12 @@ def frame_one(detector, spec: FrameSpec, path, kind: str) -> tuple[list, dict]:
 class Framer:
     """:func:`frame_one` with the detector built once: ``framer(path, kind) -> (crops, info)``."""
 
-    def __init__(self, spec: FrameSpec):
+    def __init__(self, spec: FrameSpec, detector=False):
+        """``detector``: one already built for ``spec.detector`` (default: build it now)."""
         from .faces import get_detector
 
         self.spec = spec
-        self.detector = get_detector(spec.detector)
+        self.detector = get_detector(spec.detector) if detector is False else detector
 
     def __call__(self, path, kind: str) -> tuple[list, dict]:
         return frame_one(self.detector, self.spec, path, kind)
@@ -266,3 +267,20 @@ def frame_files(spec: FrameSpec, jobs: Sequence, workers: int | None = 0, *, ahe
     with FramePool(spec, min(n, len(jobs))) as pool:
         yield from pool.imap(jobs)
 
+
+
+# ---------------------------------------------------------------- the CSV a contest wants
+
+FORMATS = {
+    "full": {},  # the columns the other options choose (filename, label, prob_fake, faces_found, ...)
+    # what contests read: two columns, labels 0 (real) / 1 (fake), one row per file (errors too)
+    "filename,label": {"filename_column": "filename", "label_column": "label", "prob_column": "",
+                       "label_words": ("0", "1"), "extra_columns": False, "per_model": False},
+}
+
+
+def csv_format_fields(name: str, fields: dict) -> dict:
+    """``fields`` (CsvFormat's) with the named format's fixed ones laid over them."""
+    if name not in FORMATS:
+        raise ValueError(f"unknown CSV format {name!r}; choose one of {', '.join(FORMATS)}")
+    return {**fields, **FORMATS[name]}
