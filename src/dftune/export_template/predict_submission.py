@@ -89,7 +89,7 @@ def check_requirements(argv) -> None:
     missing = missing_requirements(_option(argv, "--detector"), _option(argv, "--backend") or "torch")
     if missing:
         req = HERE / REQUIREMENTS_NAME
-        print(f"{Path(__file__).name}: missing " + ", ".join(f"{m} (pip install {p.split()[0]})" for m, p in missing)
+        print(f"{Path(__file__).name}: missing " + ", ".join(f"{m} (pip install '{p.split()[0]}')" for m, p in missing)
               + (f"; install them with: pip install -r {req}" if req.exists() else ""), file=sys.stderr)
         sys.exit(2)
 
