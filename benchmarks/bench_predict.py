@@ -10,6 +10,7 @@ The model is a ViT-B/16 (224 px, the baseline's architecture) with random weight
 from a config (no download); ``--arch small`` / ``tiny`` for a quick run. Usage:
 
     python benchmarks/bench_predict.py --images 16 --videos 3 --out bench_predict.json
+    python benchmarks/bench_predict.py --clock --arch tiny --frames 30 --videos 8 --images 16   # workers
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ def build_model(out: Path, arch: str) -> Path:
                     label2id={"Realism": 0, "Deepfake": 1})
     torch.manual_seed(0)
     ViTForImageClassification(cfg).save_pretrained(out)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(out)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=[0.5] * 3,
+                      image_std=[0.5] * 3).save_pretrained(out)
     return out
 
 
-def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, Path]:
+def make_inputs(root: Path, n_images: int, n_videos: int, width: int = 640, height: int = 360,
+                n_frames: int = 60) -> tuple[Path, Path, Path]:
     """Face photos from PyPI packages (variants of size/tint) and short H.264 clips."""
     import cv2
     from PIL import Image
@@ -64,8 +67,7 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
         Image.fromarray(rgb).save(img_dir / f"img_{i:03d}.jpg", quality=92)
     crop_dir = root / "crops"  # 224 px face crops, as prepare writes them: the model-only measurement
     crop_dir.mkdir(parents=True)
-    from dftune.portable import get_detector, largest
-    from dftune.portable import crop_square, guide_square
+    from dftune.portable import crop_square, get_detector, guide_square, largest
 
     det = get_detector("retinaface")
     for f in sorted(img_dir.iterdir()):
@@ -74,8 +76,9 @@ def make_inputs(root: Path, n_images: int, n_videos: int) -> tuple[Path, Path, P
         box = guide_square(b.x1, b.y1, b.x2, b.y2, rgb.shape[1], rgb.shape[0])
         Image.fromarray(crop_square(rgb, box, 224)).save(crop_dir / f"{f.stem}.png")
     for v in range(n_videos):
-        ph, bg = synthetic.identity(v), synthetic._background(v, 640, 360)
-        frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 59, motion_seed=v)[0] for k in range(60)]
+        ph, bg = synthetic.identity(v), synthetic._background(v, width, height)
+        frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / (n_frames - 1), motion_seed=v)[0]
+                  for k in range(n_frames)]
         synthetic.write_video(vid_dir / f"vid_{v:02d}.mp4", frames)
     return img_dir, vid_dir, crop_dir
 
@@ -94,8 +97,7 @@ class GuideWay:
         self.margin, self.size = margin, size
 
     def crop(self, rgb):
-        from dftune.portable import largest
-        from dftune.portable import crop_square, guide_square, whole_image_box
+        from dftune.portable import crop_square, guide_square, largest, whole_image_box
 
         if self.det is None:
             return rgb
@@ -141,6 +143,9 @@ class GuideWay:
         cap.release()
         return float(np.mean(ps)), len(ps)
 
+    def videos(self, paths, frames, tta=False):
+        return [self.video(p, tta, frames) for p in paths]
+
 
 def run_dftune(model_dir, inputs, backend, tta, detector, frames, batch):
     from dftune import scoring
@@ -158,6 +163,54 @@ def run_dftune(model_dir, inputs, backend, tta, detector, frames, batch):
     return dt, sum(r.frames for r in res), res
 
 
+def clock(a, sub: Path, img_dir: Path, vid_dir: Path, crop_dir: Path) -> dict:
+    """``--clock``: videos/s and images/s of predict and of the script with 1 and all workers, against the
+    guide's loop, per detector, with the model alone (224 px crops, no detector) as the ceiling."""
+    import runpy
+
+    from dftune import scoring
+    from dftune.portable import workers
+    from dftune.stages import predict
+
+    all_w = workers.default_workers()
+    models = scoring.load_models([str(sub)], device="cpu")
+    script = runpy.run_path(str(sub / "predict_submission.py"))
+    imgs, vids = sorted(img_dir.iterdir()), sorted(vid_dir.iterdir())
+    out: dict = {"workers_all": all_w, "rows": []}
+
+    def rate(n, fn, *args):
+        t = time.perf_counter()
+        fn(*args)
+        return n / (time.perf_counter() - t)
+
+    def row(way, det, w, kind, per_s):
+        out["rows"].append({"way": way, "detector": det, "workers": w, "kind": kind, "per_s": per_s})
+        print(f"{way:8} {det:10} workers={w}  {kind:6}/s {per_s:7.3f}", flush=True)
+
+    s0 = predict.PredictSettings(tta=(), batch_size=a.batch_size, detector="none", progress=False, workers=0)
+    items = predict.collect_inputs([crop_dir])
+    predict.score_files(models, items[:2], s0)
+    row("model", "none", 0, "crop", rate(len(items), predict.score_files, models, items, s0))
+    out["ceiling_videos_per_s"] = out["rows"][-1]["per_s"] / a.frames
+    print(f"ceiling (model only): {out['ceiling_videos_per_s']:.3f} videos/s at {a.frames} frames", flush=True)
+    for det in a.clock_detectors.split(","):
+        guide = GuideWay(sub, det)
+        guide.image(imgs[0], False)
+        row("guide", det, 1, "video", rate(len(vids), guide.videos, vids, a.frames))
+        row("guide", det, 1, "image", rate(len(imgs), guide.images_per_s, imgs, False))
+        for w in dict.fromkeys((1, all_w)):
+            s = predict.PredictSettings(tta=(), batch_size=a.batch_size, detector=det, frames=a.frames,
+                                        progress=False, workers=w)
+            for kind, folder, n in (("video", vid_dir, len(vids)), ("image", img_dir, len(imgs))):
+                files = predict.collect_inputs([folder])
+                row("predict", det, w, kind, rate(n, predict.score_files, models, files, s))
+            pr = script["Predictor"](sub, tta="none", detector=det, frames=a.frames, batch_size=a.batch_size,
+                                     workers=w)
+            for kind, files in (("video", vids), ("image", imgs)):
+                row("script", det, w, kind, rate(len(files), pr.predict_paths, files))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="base", choices=list(ARCH))
@@ -169,6 +222,11 @@ def main():
     ap.add_argument("--backends", default="torch,int8,onnx")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
+    ap.add_argument("--clock", action="store_true",
+                    help="instead: predict and the script with 1 and all worker processes vs the guide's loop "
+                         "(no TTA, fp32), videos/s and images/s per detector, model-only ceiling")
+    ap.add_argument("--clock-detectors", default="dlib,retinaface")
+    ap.add_argument("--video-size", default="640x360", help="WxH of the made videos (--clock)")
     a = ap.parse_args()
 
     import torch
@@ -181,6 +239,16 @@ def main():
     try:
         model = build_model(root / "model", a.arch)
         sub = root / "submit"
+        if a.clock:
+            export.run(model, sub, export.ExportSettings(n_samples=2, bench_seconds=0))
+            w, h = (int(v) for v in a.video_size.split("x"))
+            dirs = make_inputs(root / "in", a.images, a.videos, w, h, max(60, 2 * a.frames))
+            results = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "arch": a.arch,
+                       "images": a.images, "videos": a.videos, "frames_per_video": a.frames,
+                       "video_size": a.video_size, **clock(a, sub, *dirs)}
+            if a.out:
+                Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+            return
         export.run(model, sub, export.ExportSettings(int8="int8" in a.backends, onnx="onnx" in a.backends,
                                               n_samples=4, int8_tolerance=1.0, bench_seconds=0))
         img_dir, vid_dir, crop_dir = make_inputs(root / "in", a.images, a.videos)
@@ -196,7 +264,8 @@ def main():
             for p in vids:
                 nf += guide.video(p, tta, a.frames)[1]
             g["video_frames"] = nf / (time.perf_counter() - t)
-            results["runs"].append({"way": "guide (fp32, batch 1)", "tta": tta, **{k + "_per_s": v for k, v in g.items()}})
+            results["runs"].append({"way": "guide (fp32, batch 1)", "tta": tta,
+                                    **{k + "_per_s": v for k, v in g.items()}})
             print(f"guide        tta={tta!s:5}  " + "  ".join(f"{k}/s {v:7.2f}" for k, v in g.items()), flush=True)
             for backend in a.backends.split(","):
                 d = {}

@@ -7,8 +7,8 @@
   stored in an ``ensemble.json`` (written by ``evaluate --ensemble --write-threshold``
   and by ``export``); ``--model`` accepts such a file or a folder holding one.
 - :func:`score_items`: crops of any number of items (rows, files) batched across items,
-  scored by every model (TTA views averaged), computed one step ahead of the model in a
-  background thread, with a progress bar; yields each item's scores in order.
+  scored by every model (TTA views averaged), computed ahead of the model (a background thread,
+  or worker processes: ``loaded``), with a progress bar; yields each item's scores in order.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -265,13 +265,17 @@ def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
                 t.join(0.05)
 
 
-def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable, tta: Sequence[str] = (),
-                batch_size: int = 32, progress: bool = True, desc: str = "score", unit: str = "item") -> Iterator:
+def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable | None, tta: Sequence[str] = (),
+                batch_size: int = 32, progress: bool = True, desc: str = "score", unit: str = "item",
+                loaded: Iterable | None = None) -> Iterator:
     """Score every item's crops; yield ``(item, info, ens (n,), per_model (M, n))`` in item order.
 
     ``load(item) -> (crops, info)``: the RGB uint8 crops of one item (possibly none) and
-    whatever the caller wants back with them. Crops are batched across items, so one file's
-    ten frames and the next file's one image share a batch.
+    whatever the caller wants back with them, computed one item ahead in a background thread.
+    ``loaded``: those ``(crops, info)`` already coming, one per item in item order (e.g.
+    :func:`dftune.portable.workers.frame_files`, worker processes framing files ahead), used
+    instead of ``load``. Crops are batched across items, so one file's ten frames and the next
+    file's one image share a batch; the batches do not depend on where the crops came from.
     """
     from dftune.progress import bar as make_bar
 
@@ -295,7 +299,7 @@ def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable, 
 
     bar = make_bar(len(items), desc, unit, progress)
     try:
-        for item, (crops, info) in zip(items, prefetch(load, items)):
+        for item, (crops, info) in zip(items, prefetch(load, items) if loaded is None else loaded, strict=True):
             pending.append((item, info, len(crops)))
             buf.extend(crops)
             yield from drain(False)

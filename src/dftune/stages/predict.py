@@ -30,7 +30,8 @@ DETECTORS = (*portable.DETECTORS, "none")
 class Cropper:
     """A file to the crops the model scores: :func:`dftune.portable.frame_file` with the settings."""
 
-    def __init__(self, crop: CropSettings, detector: str | None = None, already_cropped: float = portable.ALREADY_CROPPED):
+    def __init__(self, crop: CropSettings, detector: str | None = None,
+                 already_cropped: float = portable.ALREADY_CROPPED):
         self.crop = crop
         self.detector_name = detector or crop.detector or "dlib"
         if self.detector_name not in DETECTORS:
@@ -66,6 +67,7 @@ class PredictSettings:
     already_cropped: float = portable.ALREADY_CROPPED
     error_label: int = 0
     progress: bool = True
+    workers: int | None = None  # processes decoding + detecting + cropping; None: one per core; 0/1: in-process
 
 
 def crop_settings(models, s: PredictSettings) -> CropSettings:
@@ -103,6 +105,7 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
     weighted-mean threshold); ``threshold`` overrides both.
     """
     from dftune import scoring
+    from dftune.portable import workers
 
     ens = models if isinstance(models, scoring.Ensemble) else scoring.ensemble_of(models)
     members = ens.models
@@ -110,11 +113,21 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
         threshold = s.threshold if s.threshold is not None else ens.threshold
     crop = crop_settings(members, s)
     how, k = portable.parse_aggregate(crop.aggregate or "mean", s.top_k)
-    cropper = Cropper(crop, crop.detector, s.already_cropped)
+    n_workers = workers.resolve_workers(s.workers)
+    if n_workers > 1 and len(items) > 1:  # framed ahead in worker processes, in item order
+        detector = crop.detector or "dlib"
+        if detector not in DETECTORS:
+            raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
+        spec = workers.FrameSpec(detector, crop.margin, crop.size, crop.frames, crop.every, s.already_cropped)
+        cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
+    else:  # in this process, one file ahead in a thread
+        cropper, loaded = Cropper(crop, crop.detector, s.already_cropped), None
     results = []
     for item, info, e, per in scoring.score_items(members, items, cropper, s.tta, s.batch_size, s.progress,
-                                                  "predict", "file"):
+                                                  "predict", "file", loaded=loaded):
         r = FileResult(item.name, str(item.path), item.kind, label=s.error_label, **info)
+        if r.error and cropper is None:
+            log.info("%s", r.error)
         if not r.error:
             r.prob_fake = portable.pool(e, how, k)
             r.per_model = [portable.pool(row, how, k) for row in per]
