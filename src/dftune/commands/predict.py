@@ -34,8 +34,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=d0.batch_size, help="crops per forward pass")
     p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes decoding, detecting and cropping ahead of the model (default: one per "
-                        "core; 0 or 1: in this process)")
+                   help="worker processes decoding, detecting and cropping ahead of the model (default: the "
+                        "cores less one, which the model and a framing thread use; 0 or 1: in this process)")
     p.add_argument("--tta", default=",".join(d0.tta) or "none",
                    help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none")
     g = p.add_argument_group("face crop and video sampling (default: the model's dftune.json)")

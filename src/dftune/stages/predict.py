@@ -67,7 +67,7 @@ class PredictSettings:
     already_cropped: float = portable.ALREADY_CROPPED
     error_label: int = 0
     progress: bool = True
-    workers: int | None = None  # processes decoding + detecting + cropping; None: one per core; 0/1: in-process
+    workers: int | None = None  # processes decoding + detecting + cropping; None: cores - 1; 0/1: in-process
 
 
 def crop_settings(models, s: PredictSettings) -> CropSettings:
@@ -113,7 +113,9 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
         threshold = s.threshold if s.threshold is not None else ens.threshold
     crop = crop_settings(members, s)
     how, k = portable.parse_aggregate(crop.aggregate or "mean", s.top_k)
-    n_workers = workers.resolve_workers(s.workers)
+    # predict already frames ahead in a thread while the model runs, so by default the pool leaves the model a
+    # core (measured on 2 cores: 2 workers ran at 0.76x of 1; docs/benchmarks.md)
+    n_workers = max(1, workers.default_workers() - 1) if s.workers is None else workers.resolve_workers(s.workers)
     if n_workers > 1 and len(items) > 1:  # framed ahead in worker processes, in item order
         detector = crop.detector or "dlib"
         if detector not in DETECTORS:
