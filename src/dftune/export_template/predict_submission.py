@@ -40,7 +40,8 @@ class Predictor:
 
     def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="flip", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
-                 weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None):
+                 weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
+                 faces=portable.FACES, clipped=portable.CLIPPED):
         import torch
 
         if isinstance(model_dirs, (str, os.PathLike)):
@@ -66,8 +67,9 @@ class Predictor:
                                   for m in self.models], self.weights)
         self.threshold_text = portable.describe_threshold(self.threshold, source)
         self.batch_size = batch_size
-        self.already_cropped = already_cropped
-        self.detect = portable.get_detector(c["detector"])
+        self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
+        # the widths the training data was detected at (dftune.json's crop), as dftune predict does
+        self.detect = portable.get_detector(c["detector"], **portable.detector_kwargs(c))
 
     def _load(self, d, backend, fake_label):
         from transformers import AutoConfig, AutoImageProcessor
@@ -98,15 +100,16 @@ class Predictor:
         """{'prob_fake', 'label', 'faces_found', 'frames', 'framing'}; raises on an unreadable file."""
         c = self.crop
         ff = portable.frame_file(path, portable.kind_of(path), self.detect, float(c["margin"]), int(c["size"]),
-                                 int(c["frames"]), int(c["every"] or 0), self.already_cropped)
-        prob = portable.pool(self.prob_fake_crops(ff.crops), self.how, self.k)
+                                 int(c["frames"]), int(c["every"] or 0), self.already_cropped, clipped=self.clipped,
+                                 faces=self.faces)
+        prob = portable.pool_faces(self.prob_fake_crops(ff.crops), ff.groups, self.how, self.k)
         return {"prob_fake": prob, "label": int(prob >= self.threshold), "faces_found": ff.faces_found,
                 "frames": ff.frames, "framing": ff.framing}
 
     def predict_paths(self, paths, error_label=0, names=None):
         rows = []
         for i, p in enumerate(paths):
-            r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of(p),
+            r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of_file(p),
                                     label=error_label)
             try:
                 for k, v in self.predict_file(p).items():
@@ -160,7 +163,8 @@ def main(argv=None):
     fakes = sum(1 for r in rows if not r.error and r.label == 1)
     print(f"{len(rows)} files -> {a.out}: {fakes} fake, {len(rows) - fakes - errors} real, {errors} errors; "
           f"threshold {pr.threshold_text}; TTA {','.join(pr.tta) or 'none'}; detector {pr.crop['detector']}"
-          + (f"; skipped (not an image or video): {len(found.skipped)}" if found.skipped else ""), file=sys.stderr)
+          + (f"; skipped (not an image or video): {', '.join(found.skipped)}" if found.skipped else ""),
+          file=sys.stderr)
     return 0
 
 
