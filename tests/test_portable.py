@@ -104,8 +104,9 @@ def test_an_image_that_already_is_a_face_crop_is_used_whole():
     fc = portable.crop_face(photo, det, 1.3, 224)  # what prepare would have written
     again, how = portable.frame_image(fc.crop, det, 1.3, 224, still=True)
     assert how == portable.FRAMED_CROPPED and np.array_equal(again, fc.crop)  # not cropped a second time
-    _, how = portable.frame_image(fc.crop, det, 1.3, 224, still=True, already_cropped=0)
-    assert how == portable.FRAMED_FACE  # the rule can be turned off
+    # its guide square would leave it: used whole (the default), or padded out to the square when asked
+    _, how = portable.frame_image(fc.crop, det, 1.3, 224, still=True, clipped="pad")
+    assert how == portable.FRAMED_PADDED
     _, how = portable.frame_image(np.full((90, 120, 3), 128, np.uint8), det, 1.3, 64, still=True)
     assert how == portable.FRAMED_NO_FACE
 

@@ -94,7 +94,7 @@ def test_cli_one_row_per_input_errors_and_faces(env, capsys):
     by = {r["filename"]: r for r in rows}
     assert len(rows) == 8 and len(by) == 8  # exactly one row per input, none for notes.txt
     for bad in ("corrupt.jpg", "missing.png"):
-        assert by[bad]["error"] and by[bad]["label"] == "0" and by[bad]["prob_fake"] == ""
+        assert by[bad]["error"] and by[bad]["label"] == "0" and by[bad]["prob_fake"] == "0.000000"  # never a label beside an empty prob
     for name in ("face.png", "sub/gray.jpg", "sub/cmyk.jpg", "sub/alpha.png"):
         assert by[name]["faces_found"] == "1" and not by[name]["error"], name
         assert 0.0 <= float(by[name]["prob_fake"]) <= 1.0

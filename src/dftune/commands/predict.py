@@ -6,7 +6,16 @@ from dftune.commands import add_parser
 
 
 def register(sub) -> None:
-    from dftune.portable import ALREADY_CROPPED, BACKENDS, NAME_STYLES, CsvFormat
+    from dftune.portable import (
+        ALREADY_CROPPED,
+        BACKENDS,
+        CLIPPED,
+        CLIPPED_RULES,
+        FACE_RULES,
+        FACES,
+        NAME_STYLES,
+        CsvFormat,
+    )
     from dftune.portable.workers import FORMATS
     from dftune.stages.predict import PredictSettings
 
@@ -49,8 +58,14 @@ def register(sub) -> None:
                    help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
     g.add_argument("--top-k", type=int, default=d0.top_k, help="K for --aggregate topk")
     g.add_argument("--already-cropped", type=float, default=ALREADY_CROPPED, metavar="RATIO",
-                   help="an image whose detected face is at least RATIO of its shorter side is already a face "
-                        "crop and is used whole instead of cropped again (0: always crop)")
+                   help="the old rule: an image whose detected face is at least RATIO of its shorter side is used "
+                        "whole (0: off, the guide's square whenever it fits in the image, else --clipped)")
+    g.add_argument("--clipped", default=CLIPPED, choices=list(CLIPPED_RULES),
+                   help="an image whose guide square would leave it: whole (the centred square) or pad (the square, "
+                        "edge pixels outside)")
+    g.add_argument("--faces", default=FACES, choices=list(FACE_RULES),
+                   help="a video's faces: follow one person (largest mean box) across the frames; all: each person "
+                        "pooled apart, the highest; largest: each frame's largest face")
     d = p.add_argument_group("decision and CSV format")
     d.add_argument("--threshold", type=float, default=None,
                    help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "
@@ -90,7 +105,8 @@ def run(args) -> int:
     s = predict.PredictSettings(
         tta=scoring.parse_tta(args.tta), batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
         threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
-        every=args.every, already_cropped=args.already_cropped, error_label=1 if args.error_label == "fake" else 0,
+        every=args.every, already_cropped=args.already_cropped, faces=args.faces, clipped=args.clipped,
+        error_label=1 if args.error_label == "fake" else 0,
         progress=not args.no_progress, workers=args.workers,
     )
     fmt = predict.CsvFormat(**csv_format_fields(args.format, dict(
@@ -114,7 +130,7 @@ def run(args) -> int:
         t.add_row("already a face crop (used whole)", str(sm.already_cropped))
     t.add_row("errors (default label)", f"{sm.errors}" + (f" -> {args.error_label}" if sm.errors else ""))
     if sm.skipped:
-        t.add_row("skipped: not an image or video", f"{len(sm.skipped)} (e.g. {sm.skipped[0]})")
+        t.add_row("skipped: not an image or video", f"{len(sm.skipped)}: " + ", ".join(sm.skipped))
     con.print(t)
     for r in sm.results:
         if r.error:

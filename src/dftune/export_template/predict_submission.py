@@ -113,7 +113,7 @@ class Predictor:
     def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="flip", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
                  weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
-                 workers=None):
+                 faces=portable.FACES, clipped=portable.CLIPPED, workers=None):
         import torch
 
         if isinstance(model_dirs, (str, os.PathLike)):
@@ -139,8 +139,9 @@ class Predictor:
                                   for m in self.models], self.weights)
         self.threshold_text = portable.describe_threshold(self.threshold, source)
         self.batch_size = batch_size
-        self.already_cropped = already_cropped
-        self.detect = portable.get_detector(c["detector"])
+        self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
+        # the widths the training data was detected at (dftune.json's crop), as dftune predict does
+        self.detect = portable.get_detector(c["detector"], **portable.detector_kwargs(c))
         self.workers = workers  # processes framing files ahead of the model; None: one per core; 0/1: none
 
     def _load(self, d, backend, fake_label):
@@ -172,33 +173,37 @@ class Predictor:
         """{'prob_fake', 'label', 'faces_found', 'frames', 'framing'}; raises on an unreadable file."""
         c = self.crop
         ff = portable.frame_file(path, portable.kind_of(path), self.detect, float(c["margin"]), int(c["size"]),
-                                 int(c["frames"]), int(c["every"] or 0), self.already_cropped)
-        prob = portable.pool(self.prob_fake_crops(ff.crops), self.how, self.k)
+                                 int(c["frames"]), int(c["every"] or 0), self.already_cropped, clipped=self.clipped,
+                                 faces=self.faces)
+        prob = portable.pool_faces(self.prob_fake_crops(ff.crops), ff.groups, self.how, self.k)
         return {"prob_fake": prob, "label": int(prob >= self.threshold), "faces_found": ff.faces_found,
                 "frames": ff.frames, "framing": ff.framing}
 
     def frame_spec(self):
         """What the worker processes need to frame a file as :meth:`predict_file` does."""
         c = self.crop
+        kwargs = portable.detector_kwargs(c)
         return portable.workers.FrameSpec(c["detector"], float(c["margin"]), int(c["size"]), int(c["frames"]),
-                                 int(c["every"] or 0), self.already_cropped)
+                                          int(c["every"] or 0), self.already_cropped,
+                                          detector_kwargs=tuple(sorted(kwargs.items())), faces=self.faces,
+                                          clipped=self.clipped)
 
     def predict_paths(self, paths, error_label=0, names=None, workers=None):
         """One row per path, in order; files are framed ahead of the model by ``workers`` processes
         (default: the Predictor's); an unreadable file gets its error and ``error_label``."""
         w = portable.workers
         spec = self.frame_spec()
-        framed = w.frame_files(spec, [(p, portable.kind_of(p)) for p in paths],
+        framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths],
                                self.workers if workers is None else workers, ahead=False,
                                framer=w.Framer(spec, self.detect))  # in this process: the detector built already
         rows = []
         for i, (p, (crops, info)) in enumerate(zip(paths, framed, strict=True)):
-            r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of(p),
+            r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of_file(p),
                                     label=error_label)
             try:
                 if info["error"]:
                     raise RuntimeError(info["error"])
-                prob = portable.pool(self.prob_fake_crops(crops), self.how, self.k)
+                prob = portable.pool_faces(self.prob_fake_crops(crops), info.get("groups"), self.how, self.k)
                 r.prob_fake, r.label = prob, int(prob >= self.threshold)
                 r.faces_found, r.frames, r.framing = info["faces_found"], info["frames"], info["framing"]
             except Exception as e:  # one bad file never stops the run
@@ -225,7 +230,11 @@ def main(argv=None):
     ap.add_argument("--aggregate", help="mean, median, max, topk[:K]")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--already-cropped", type=float, default=portable.ALREADY_CROPPED,
-                    help="an image whose face is at least this share of its shorter side is used whole")
+                    help="an image whose face is at least this share of its shorter side is used whole (0: off)")
+    ap.add_argument("--clipped", default=portable.CLIPPED, choices=list(portable.CLIPPED_RULES),
+                    help="an image whose guide square would leave it: whole, or pad")
+    ap.add_argument("--faces", default=portable.FACES, choices=list(portable.FACE_RULES),
+                    help="a video's faces: follow one person, all (each pooled apart, the highest), largest")
     ap.add_argument("--threshold", type=float, help="default: dftune.json's / ensemble.json's")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=None,
@@ -244,7 +253,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     pr = Predictor(a.model or [HERE], a.backend, a.device, a.tta, a.detector, a.margin, a.size, a.frames, a.every,
                    a.aggregate, a.top_k, a.threshold, a.weight, a.batch_size, a.already_cropped, a.fake_label,
-                   a.workers)
+                   faces=a.faces, clipped=a.clipped, workers=a.workers)
     found = portable.collect(a.inputs, a.filename_style)
     rows = pr.predict_paths([f.path for f in found.files], 1 if a.error_label == "fake" else 0,
                             [f.name for f in found.files])
@@ -258,7 +267,8 @@ def main(argv=None):
     fakes = sum(1 for r in rows if not r.error and r.label == 1)
     print(f"{len(rows)} files -> {a.out}: {fakes} fake, {len(rows) - fakes - errors} real, {errors} errors; "
           f"threshold {pr.threshold_text}; TTA {','.join(pr.tta) or 'none'}; detector {pr.crop['detector']}"
-          + (f"; skipped (not an image or video): {len(found.skipped)}" if found.skipped else ""), file=sys.stderr)
+          + (f"; skipped (not an image or video): {', '.join(found.skipped)}" if found.skipped else ""),
+          file=sys.stderr)
     return 0
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dftune.atomic import read_json, write_json
-from dftune.portable import DEFAULT_CROP, META_NAME, describe_threshold, fake_index_of
+from dftune.portable import DEFAULT_CROP, DETECT_DEFAULTS, META_NAME, describe_threshold, fake_index_of, resolve_detect
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +34,21 @@ class CropSettings:
     frames: int = DEFAULT_CROP["frames"]
     every: int = DEFAULT_CROP["every"]  # >0: every k-th frame instead of ``frames`` evenly spaced
     aggregate: str = DEFAULT_CROP["aggregate"]
+    # how the detector looked at a frame (prepare's --detect-width, resolved): every box depends on it
+    detect_width: int = DETECT_DEFAULTS["detect_width"]
+    first_width: int = DETECT_DEFAULTS["first_width"]  # RetinaFace's first pass (0: none)
+    first_min_face: int = DETECT_DEFAULTS["first_min_face"]
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "CropSettings":
-        """From prepare's ``settings.json`` or a ``dftune.json``; keys it does not know are ignored."""
-        return cls(**{k: v for k, v in (d or {}).items() if k in cls.__dataclass_fields__})
+        """From prepare's ``settings.json`` or a ``dftune.json``; keys it does not know are ignored.
+        ``detect_width: auto`` (settings.json) becomes the widths it means for the detector; none at
+        all: one pass at 640, what every earlier version ran."""
+        d = dict(d or {})
+        if not d.get("no_detect"):
+            d.update(resolve_detect(d.get("detector", DEFAULT_CROP["detector"]), d.get("detect_width", 640),
+                                    d.get("first_width"), d.get("first_min_face")))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def _source(v) -> dict:

@@ -14,6 +14,43 @@ from .video import FRAMES
 DEFAULT_CROP = {"detector": "dlib", "margin": MARGIN, "size": SIZE, "frames": FRAMES, "every": 0, "aggregate": "mean"}
 CROP_KEYS = tuple(DEFAULT_CROP)
 
+# How the detector looks at a frame, which shapes every box (``prepare --detect-width``): the width it
+# detects at, and RetinaFace's cheaper first pass (``first_width``, 0: none; its faces stand when the
+# largest is at least ``first_min_face`` px there). ``dftune.json``'s crop carries them; a model
+# without them was detected at 640 in one pass.
+DETECT_DEFAULTS = {"detect_width": 640, "first_width": 0, "first_min_face": 32}
+# --detect-width auto: RetinaFace at 320 first, again at 640 when the faces there are small; dlib at 640
+AUTO_FIRST_WIDTH, AUTO_FIRST_MIN_FACE = 320, 32
+
+
+def resolve_detect(detector: str, detect_width="auto", first_width=None, first_min_face=None) -> dict:
+    """``prepare``'s ``--detect-width`` (``auto`` or pixels) as the explicit settings
+    (:data:`DETECT_DEFAULTS`' keys) that go into ``dftune.json``."""
+    d = dict(DETECT_DEFAULTS)
+    if detect_width in (None, "auto"):
+        if detector == "retinaface" and detect_width == "auto":
+            d.update(first_width=AUTO_FIRST_WIDTH, first_min_face=AUTO_FIRST_MIN_FACE)
+    else:
+        d["detect_width"] = int(detect_width)
+    if first_width is not None:
+        d["first_width"] = int(first_width)
+    if first_min_face is not None:
+        d["first_min_face"] = int(first_min_face)
+    return d
+
+
+def detector_kwargs(crop: Mapping | None) -> dict:
+    """The ``get_detector`` keyword arguments a crop's settings ask for (``{}`` for ``none``)."""
+    c = dict(DEFAULT_CROP, **(crop or {}))
+    name = c.get("detector")
+    d = resolve_detect(name, c.get("detect_width", DETECT_DEFAULTS["detect_width"]), c.get("first_width"),
+                       c.get("first_min_face"))
+    if name == "retinaface":
+        return d
+    if name == "dlib":
+        return {"detect_width": d["detect_width"]}
+    return {}
+
 
 UNTUNED_ENSEMBLE = {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
                           "`dftune evaluate --ensemble --write-threshold` tunes one)"}

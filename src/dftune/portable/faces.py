@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .files import IMAGE_EXTS, VIDEO_EXTS
+from .files import IMAGE_EXTS, VIDEO_EXTS, sniff_kind
 from .images import VideoError, load_image
 from .video import DETECT_WIDTH, FRAMES, _downscale, sample_frames
 
@@ -207,11 +207,38 @@ class FaceCrop:
     face: Face
 
 
-def crop_face(rgb: np.ndarray, detector, margin: float = MARGIN, size: int | None = SIZE) -> FaceCrop | None:
-    """The one face crop: the largest detected face, the guide's square, bicubic to ``size``.
-    None when no usable face is found."""
+# Small images are enlarged for detection (only: boxes are mapped back, the crop comes from the
+# original pixels) so that their shorter side is at least this: a 48x56 face photo has a face
+# dlib (80 px at upsample 1) and RetinaFace miss at its own size.
+DETECT_MIN_SIDE = 160
+
+
+def detect_faces(rgb, detector, still: bool = False) -> list[Face]:
+    """``detector.detect``; a still image (``still``) whose shorter side is under
+    :data:`DETECT_MIN_SIDE` is enlarged (PIL bicubic, integer factor) first and the boxes mapped
+    back to its pixels. Video frames are detected as they are, as the guide does."""
     h, w = rgb.shape[:2]
-    face = largest(detector.detect(rgb))
+    short = min(h, w)
+    if not still or not short or short >= DETECT_MIN_SIDE:
+        return list(detector.detect(rgb))
+    from PIL import Image
+
+    k = -(-DETECT_MIN_SIDE // short)
+    big = np.asarray(Image.fromarray(np.ascontiguousarray(np.asarray(rgb))).resize((w * k, h * k), Image.BICUBIC))
+    out = []
+    for f in detector.detect(big):
+        out.append(Face(int(f.x1 // k), int(f.y1 // k), int(-(-f.x2 // k)), int(-(-f.y2 // k)), f.score,
+                        [(x / k, y / k) for x, y in f.landmarks]))
+    return out
+
+
+def crop_face(rgb: np.ndarray, detector, margin: float = MARGIN, size: int | None = SIZE,
+              face: Face | None = None) -> FaceCrop | None:
+    """The one face crop: the largest detected face (or ``face``, when given), the guide's
+    square, bicubic to ``size``. None when no usable face is found."""
+    h, w = rgb.shape[:2]
+    if face is None:
+        face = largest(detect_faces(rgb, detector))
     if face is None:
         return None
     box = guide_square(face.x1, face.y1, face.x2, face.y2, w, h, margin)
@@ -224,6 +251,9 @@ def crop_face(rgb: np.ndarray, detector, margin: float = MARGIN, size: int | Non
 FRAMED_FACE = "face"  # the guide's crop around the detected face
 
 
+FRAMED_PADDED = "face:padded"  # the guide's square left the image: the image padded out to it
+
+
 FRAMED_CROPPED = "whole:face-crop"  # an image that already is a face crop: used whole
 
 
@@ -233,33 +263,165 @@ FRAMED_NO_FACE = "whole:no-face"  # no face found: the centred square
 FRAMED_AS_IS = "whole:no-detector"  # --detector none
 
 
-ALREADY_CROPPED = 0.5
+# The old rule, now off by default: an image whose face is at least this share of its shorter side
+# was used whole (``--already-cropped 0.5`` brings it back). It framed a face at 0.50-0.70 of the
+# side at 0.50-0.70 of the model's input, where every training crop has it at 1/1.3 = 0.77.
+ALREADY_CROPPED = 0.0
 
 
-def is_face_crop(face: Face, width: int, height: int, ratio: float = ALREADY_CROPPED) -> bool:
-    """An image that already is a face crop: the face's box is at least ``ratio`` of its
-    shorter side (a crop from ``prepare`` at margin 1.3 is ~0.6-0.77; a portrait photo's face
-    is ~0.2-0.4). Cropping it again would frame it tighter than training did."""
+# A still image whose guide square would leave it: ``whole`` (the centred square of the image) or
+# ``pad`` (the square, the outside filled with the image's edge pixels). Measured in docs/benchmarks.md
+# ("Framing a still image"): the two tie on average against the true guide crop (35.1 vs 34.6 mean
+# abs pixel difference), and ``whole`` gives a guide crop fed again back exactly (18.8 vs 38.4).
+CLIPPED_RULES = ("whole", "pad")
+CLIPPED = "whole"
+
+# A still image whose guide square is at least this share of its shorter side already is a guide
+# crop (its face at 0.69-0.77 of the side, within what re-detecting a crop moves a box): used whole,
+# as it was when it was cropped, so a crop from prepare scores in predict as in evaluate.
+GUIDE_FILLS = 0.9
+
+
+def guide_square_unclipped(face: Face, margin: float = MARGIN) -> tuple[int, int, int]:
+    """The guide's square ``(x, y, side)`` before :func:`guide_square` clamps it to the frame."""
+    side = int(max(face.x2 - face.x1, face.y2 - face.y1) * margin)
+    cx, cy = (face.x1 + face.x2) // 2, (face.y1 + face.y2) // 2
+    return int(cx - side // 2), int(cy - side // 2), side
+
+
+def square_fits(box: tuple[int, int, int], width: int, height: int) -> bool:
+    x, y, side = box
+    return x >= 0 and y >= 0 and x + side <= width and y + side <= height
+
+
+def crop_padded(image, box: tuple[int, int, int], size: int | None = SIZE) -> np.ndarray:
+    """The square ``(x, y, side)`` even where it leaves the image, its outside the image's edge
+    pixels repeated (numpy's ``edge`` pad), bicubic to ``size`` as :func:`crop_square`."""
+    h, w = image.shape[:2]
+    x, y, side = box
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + side, w), min(y + side, h)
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"crop box {box} is outside the {w}x{h} image")
+    inside = np.asarray(image[y0:y1, x0:x1])
+    sq = np.pad(inside, ((y0 - y, y + side - y1), (x0 - x, x + side - x1), (0, 0)), mode="edge")
+    return crop_square(sq, (0, 0, side), size)
+
+
+def is_face_crop(face: Face, width: int, height: int, ratio: float = 0.5) -> bool:
+    """The old rule (``--already-cropped RATIO``): the face's box is at least ``ratio`` of the
+    image's shorter side."""
     return max(face.x2 - face.x1, face.y2 - face.y1) >= ratio * min(width, height)
 
 
-def frame_image(rgb: np.ndarray, detector, margin: float = MARGIN, size: int = SIZE, still: bool = False,
-                already_cropped: float = ALREADY_CROPPED) -> tuple[np.ndarray, str]:
-    """What an image or video frame shows the model, and how it was framed (``FRAMED_*``).
+def frame_face(rgb, face: Face | None, margin: float = MARGIN, size: int = SIZE, still: bool = False,
+               already_cropped: float = ALREADY_CROPPED, clipped: str = CLIPPED) -> tuple[np.ndarray, str, tuple]:
+    """What a frame with this ``face`` (None: none found) shows the model: ``(crop, FRAMED_*, box)``.
 
-    A face: the guide's crop around it. A still image whose face fills it (``still`` and
-    :func:`is_face_crop`; ``already_cropped=0`` turns the rule off): the whole image, as it
-    was when it was cropped. No face: the centred square. No detector: the image as it is.
+    A video frame: the guide's square, clamped to the frame as the guide does. A still image:
+    the guide's square whenever it fits inside the image; when it would leave it, ``clipped``
+    (:data:`CLIPPED_RULES`). ``already_cropped > 0``: the old rule instead (face at least that
+    share of the shorter side: the whole image; else the clamped guide square). No face: the
+    centred square, ``box`` its square.
     """
+    h, w = rgb.shape[:2]
+    if face is None:
+        box = whole_image_box(w, h)
+        return crop_square(rgb, box, size), FRAMED_NO_FACE, box
+    if still and already_cropped:
+        if is_face_crop(face, w, h, already_cropped):
+            box = whole_image_box(w, h)
+            return crop_square(rgb, box, size), FRAMED_CROPPED, box
+    elif still:
+        if clipped not in CLIPPED_RULES:
+            raise ValueError(f"unknown rule for a clipped guide square {clipped!r}; use {', '.join(CLIPPED_RULES)}")
+        box = guide_square_unclipped(face, margin)
+        if box[2] > 1 and (not square_fits(box, w, h) or box[2] >= GUIDE_FILLS * min(w, h)):
+            if clipped == "pad" and not square_fits(box, w, h):
+                return crop_padded(rgb, box, size), FRAMED_PADDED, box
+            box = whole_image_box(w, h)
+            return crop_square(rgb, box, size), FRAMED_CROPPED, box
+    fc = crop_face(rgb, None, margin, size, face=face)
+    if fc is None:
+        box = whole_image_box(w, h)
+        return crop_square(rgb, box, size), FRAMED_NO_FACE, box
+    return fc.crop, FRAMED_FACE, fc.box
+
+
+def frame_image(rgb: np.ndarray, detector, margin: float = MARGIN, size: int = SIZE, still: bool = False,
+                already_cropped: float = ALREADY_CROPPED, clipped: str = CLIPPED) -> tuple[np.ndarray, str]:
+    """What an image or video frame shows the model, and how it was framed (``FRAMED_*``): the
+    largest detected face framed by :func:`frame_face`; no detector: the image as it is."""
     if detector is None:
         return rgb, FRAMED_AS_IS
-    h, w = rgb.shape[:2]
-    fc = crop_face(rgb, detector, margin, size)
-    if fc is not None:
-        if still and already_cropped and is_face_crop(fc.face, w, h, already_cropped):
-            return crop_square(rgb, whole_image_box(w, h), size), FRAMED_CROPPED
-        return fc.crop, FRAMED_FACE
-    return crop_square(rgb, whole_image_box(w, h), size), FRAMED_NO_FACE
+    crop, how, _ = frame_face(rgb, largest(detect_faces(rgb, detector, still)), margin, size, still,
+                              already_cropped, clipped)
+    return crop, how
+
+
+def iou(a: Face, b: Face) -> float:
+    ix = max(0, min(a.x2, b.x2) - max(a.x1, b.x1))
+    iy = max(0, min(a.y2, b.y2) - max(a.y1, b.y1))
+    inter = ix * iy
+    union = a.area + b.area - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _near(a: Face, b: Face) -> float:
+    """How well ``b`` continues ``a``: their IoU, or (no overlap) up to 0.1 for a centre within
+    one box side of the other's."""
+    o = iou(a, b)
+    if o > 0:
+        return o
+    side = max(a.x2 - a.x1, a.y2 - a.y1, b.x2 - b.x1, b.y2 - b.y1, 1)
+    d = np.hypot((a.x1 + a.x2 - b.x1 - b.x2) / 2, (a.y1 + a.y2 - b.y1 - b.y2) / 2) / side
+    return 0.1 * (1 - d) if d < 1 else 0.0
+
+
+def face_tracks(faces_per_frame: Sequence[Sequence[Face]]) -> list[dict]:
+    """The faces of a video's sampled frames linked into people: ``[{frame position: Face}, ...]``.
+
+    Frame by frame, each face continues the track whose last box it overlaps most (IoU, or the
+    nearest centre within a box side when none overlaps), greedily best pair first, one face per
+    track and frame; a face that continues none starts a track."""
+    tracks: list[dict] = []
+    for t, faces in enumerate(faces_per_frame):
+        pairs = sorted(((_near(tr[max(tr)], f), i, j) for i, tr in enumerate(tracks) for j, f in enumerate(faces)),
+                       reverse=True)
+        used_t: set = set()
+        used_f: set = set()
+        for score, i, j in pairs:
+            if score <= 0:
+                break
+            if i in used_t or j in used_f:
+                continue
+            tracks[i][t] = faces[j]
+            used_t.add(i)
+            used_f.add(j)
+        tracks += [{t: f} for j, f in enumerate(faces) if j not in used_f]
+    return tracks
+
+
+def track_weight(track: dict, n_frames: int) -> float:
+    """A track's mean box area over all ``n_frames`` sampled frames (0 where it is not seen)."""
+    return sum(f.area for f in track.values()) / max(1, n_frames)
+
+
+def follow(faces_per_frame: Sequence[Sequence[Face]]) -> list[Face | None]:
+    """One person across a video: the track (:func:`face_tracks`) with the largest mean box over
+    the sampled frames, its face in each frame (None where it was not found). A frame's other
+    faces are never used in its place, so the crops show one person."""
+    tracks = face_tracks(faces_per_frame)
+    if not tracks:
+        return [None] * len(faces_per_frame)
+    best = max(tracks, key=lambda tr: track_weight(tr, len(faces_per_frame)))
+    return [best.get(t) for t in range(len(faces_per_frame))]
+
+
+# Which faces of a video reach the model: ``follow`` (one person, :func:`follow`), ``all`` (every
+# person's track scored and pooled on its own, the file's score the highest, as DFDC's winners did),
+# ``largest`` (each frame's largest face, the guide's per-frame rule).
+FACE_RULES = ("follow", "all", "largest")
+FACES = "follow"
 
 
 @dataclass
@@ -270,31 +432,64 @@ class FileFrames:
     framing: str = ""
     faces_found: int = 0
     frames: int = 0
+    groups: list = field(default_factory=list)  # faces="all": crop indices per person (pooled apart, then max)
 
 
-def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SIZE, frames: int = FRAMES, every: int = 0,
-               already_cropped: float = ALREADY_CROPPED, threads: int = 0) -> FileFrames:
+def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SIZE, frames: int = FRAMES,
+               every: int = 0, already_cropped: float = ALREADY_CROPPED, threads: int = 0, clipped: str = CLIPPED,
+               faces: str = FACES) -> FileFrames:
     """An image or a video to the crops the model scores; raises :class:`VideoError` naming the file.
 
-    A video keeps its frames with a face (as ``prepare`` does); with none at all, its whole frames.
+    ``kind`` ``unknown``: decided by the content (:func:`sniff_kind`). A video keeps its frames
+    with a face (as ``prepare`` does); with none at all, its whole frames. ``faces``: which faces
+    of a video (:data:`FACE_RULES`).
     """
+    if faces not in FACE_RULES:
+        raise ValueError(f"unknown face rule {faces!r}; use {', '.join(FACE_RULES)}")
     out = FileFrames()
+    if kind == "unknown":
+        kind = sniff_kind(path)
     if kind == "image":
-        crop, how = frame_image(load_image(path), detector, margin, size, still=True, already_cropped=already_cropped)
+        crop, how = frame_image(load_image(path), detector, margin, size, still=True, already_cropped=already_cropped,
+                                clipped=clipped)
         out.crops, out.framing, out.frames = [crop], how, 1
-        out.faces_found = int(how in (FRAMED_FACE, FRAMED_CROPPED))
+        out.faces_found = int(how in (FRAMED_FACE, FRAMED_CROPPED, FRAMED_PADDED))
         return out
     if kind != "video":
-        raise VideoError(f"{path}: not an image or video file (extension {os.path.splitext(str(path))[1]!r}; "
-                         f"images: {', '.join(IMAGE_EXTS)}; videos: {', '.join(VIDEO_EXTS)})")
-    with_face, without = [], []
-    for _, rgb in sample_frames(path, frames, every, threads):
-        crop, how = frame_image(rgb, detector, margin, size)
-        (with_face if how == FRAMED_FACE else without).append(crop)
-    out.frames = len(with_face) + len(without)
+        raise VideoError(f"{path}: neither an image nor a video Pillow or PyAV can read (extension "
+                         f"{os.path.splitext(str(path))[1]!r}; images: {', '.join(IMAGE_EXTS)}; videos: "
+                         f"{', '.join(VIDEO_EXTS)})")
+    rgbs = [rgb for _, rgb in sample_frames(path, frames, every, threads)]
+    out.frames = len(rgbs)
     if out.frames == 0:
         raise VideoError(f"{path}: no frames could be decoded")
-    out.faces_found = len(with_face)
-    out.crops = with_face or without
-    out.framing = FRAMED_FACE if with_face else (FRAMED_AS_IS if detector is None else FRAMED_NO_FACE)
+    if detector is None:
+        out.crops, out.framing = rgbs, FRAMED_AS_IS
+        return out
+    found = [detect_faces(rgb, detector) for rgb in rgbs]
+    if faces == "largest":
+        people = [[largest(f) for f in found]]
+    elif faces == "follow":
+        people = [follow(found)]
+    else:
+        tracks = sorted(face_tracks(found), key=lambda tr: -track_weight(tr, len(found)))
+        people = [[tr.get(t) for t in range(len(found))] for tr in tracks]
+    for person in people:
+        group = []
+        for rgb, face in zip(rgbs, person, strict=True):
+            if face is not None:
+                crop, how, _ = frame_face(rgb, face, margin, size)
+                if how == FRAMED_FACE:
+                    group.append(len(out.crops))
+                    out.crops.append(crop)
+        if group:
+            out.groups.append(group)
+    if out.crops:
+        out.faces_found = len({i for p in people for i, f in enumerate(p) if f is not None})
+        out.framing = FRAMED_FACE
+        if faces != "all":
+            out.groups = []
+    else:
+        out.crops = [frame_face(rgb, None, margin, size)[0] for rgb in rgbs]
+        out.framing = FRAMED_NO_FACE
     return out

@@ -12,10 +12,11 @@ import numpy as np
 _log = logging.getLogger("dftune.portable")
 
 
-VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".3gp", ".mpg", ".mpeg", ".wmv", ".flv", ".ts",
+              ".mts", ".m2ts")
 
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".heic", ".heif", ".avif")
 
 
 NAME_STYLES = ("relative", "name", "stem", "path")
@@ -25,6 +26,33 @@ def kind_of(path) -> str:
     """``image``, ``video`` or ``unknown``, from the extension."""
     ext = os.path.splitext(str(path))[1].lower()
     return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else "unknown"
+
+
+def sniff_kind(path) -> str:
+    """``image``, ``video`` or ``unknown``, from the content: Pillow opens it (header only), else
+    PyAV finds a video stream in it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            return "image"
+    except Image.DecompressionBombError:  # too large for Pillow's guard: still an image (load_image copes)
+        return "image"
+    except Exception:
+        pass
+    try:
+        import av
+
+        with av.open(os.fspath(path)) as c:
+            return "video" if c.streams.video else "unknown"
+    except Exception:
+        return "unknown"
+
+
+def kind_of_file(path) -> str:
+    """:func:`kind_of`, and for an unknown extension the content's kind (:func:`sniff_kind`)."""
+    k = kind_of(path)
+    return sniff_kind(path) if k == "unknown" and os.path.isfile(path) else k
 
 
 @dataclass
@@ -83,21 +111,23 @@ def collect(inputs, name_style: str = "relative") -> Inputs:
             found = sorted((f for f in p.rglob("*") if f.is_file()
                             and not any(part.startswith(".") for part in f.relative_to(p).parts)),
                            key=lambda f: f.relative_to(p).as_posix())
-            files = [f for f in found if kind_of(f) != "unknown"]
-            out.skipped += [str(f) for f in found if kind_of(f) == "unknown"]
+            kinds = {f: kind_of_file(f) for f in found}  # an unknown extension: what the content is
+            files = [f for f in found if kinds[f] != "unknown"]
+            out.skipped += [str(f) for f in found if kinds[f] == "unknown"]
             prefix = (p.resolve().name + "/") if several else ""
             pairs = [(f, prefix + f.relative_to(p).as_posix()) for f in files]
             if not files:
                 _log.warning("%s: no image or video files found in this folder", p)
         else:
             pairs = [(p, p.name)]  # a missing or unsupported file still gets a row with its error
+            kinds = {p: kind_of_file(p)}
         for f, rel in pairs:
             key = os.path.abspath(f)
             if key in seen:
                 continue
             seen.add(key)
             name = {"relative": rel, "name": f.name, "stem": f.stem, "path": str(f)}[name_style]
-            out.files.append(InputFile(f, name, kind_of(f)))
+            out.files.append(InputFile(f, name, kinds[f]))
     names = [i.name for i in out.files]
     if name_style == "relative" and len(set(names)) != len(names):  # same name, different places: say where
         dup = {n for n in names if names.count(n) > 1}
@@ -139,7 +169,8 @@ def to_csv(results, fmt: CsvFormat, model_names: Sequence[str] = ()) -> str:
     for r in results:
         row = [r.name, fmt.label_words[r.label]]
         if fmt.prob_column:
-            row.append("" if np.isnan(r.prob_fake) else f"{r.prob_fake:.6f}")
+            # a file with no score (an error row) gets its label's probability: never a label beside an empty prob
+            row.append(f"{float(r.label):.6f}" if np.isnan(r.prob_fake) else f"{r.prob_fake:.6f}")
         if fmt.extra_columns:
             row += [r.faces_found, r.frames, r.framing, r.error]
             if fmt.per_model and len(model_names) > 1:

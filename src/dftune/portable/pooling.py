@@ -39,3 +39,13 @@ def pool(probs, how: str = "mean", k: int = 3) -> float:
 
 def format_aggregate(how: str, k: int) -> str:
     return f"topk:{k}" if how == "topk" else how
+
+
+def pool_faces(probs, groups=None, how: str = "mean", k: int = 3) -> float:
+    """A file's score from its crops' ``prob_fake``: :func:`pool` of them all, or, with ``groups``
+    (crop indices per person, ``frame_file(faces="all")``), each person pooled alone and the
+    highest taken (one fake face makes the video fake)."""
+    p = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if not groups:
+        return pool(p, how, k)
+    return max(pool(p[list(g)], how, k) for g in groups)

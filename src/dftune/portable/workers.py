@@ -43,8 +43,11 @@ class FrameSpec:
     size: int = 224
     frames: int = 10
     every: int = 0
-    already_cropped: float = 0.5
+    already_cropped: float = 0.0
     threads: int = 0  # FFmpeg decoding threads (0: FFmpeg's choice); workers use 1
+    detector_kwargs: tuple = ()  # (name, value) pairs for get_detector: the widths the training data used
+    faces: str = "follow"  # which faces of a video (faces.FACE_RULES)
+    clipped: str = "whole"  # a still image whose guide square would leave it (faces.CLIPPED_RULES)
 
 
 def default_workers() -> int:
@@ -71,8 +74,11 @@ def frame_one(detector, spec: FrameSpec, path, kind: str) -> tuple[list, dict]:
 
     try:
         ff = frame_file(path, kind, detector, spec.margin, spec.size, spec.frames, spec.every,
-                        spec.already_cropped, spec.threads)
-        return ff.crops, {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
+                        spec.already_cropped, spec.threads, clipped=spec.clipped, faces=spec.faces)
+        info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
+        if ff.groups:  # --faces all: each person pooled apart
+            info["groups"] = ff.groups
+        return ff.crops, info
     except Exception as e:  # one bad file never stops the batch
         return [], {"faces_found": 0, "frames": 0, "framing": "", "error": error_text(path, e)}
 
@@ -85,7 +91,7 @@ class Framer:
         from .faces import get_detector
 
         self.spec = spec
-        self.detector = get_detector(spec.detector) if detector is False else detector
+        self.detector = get_detector(spec.detector, **dict(spec.detector_kwargs)) if detector is False else detector
 
     def __call__(self, path, kind: str) -> tuple[list, dict]:
         return frame_one(self.detector, self.spec, path, kind)

@@ -31,21 +31,27 @@ class Cropper:
     """A file to the crops the model scores: :func:`dftune.portable.frame_file` with the settings."""
 
     def __init__(self, crop: CropSettings, detector: str | None = None,
-                 already_cropped: float = portable.ALREADY_CROPPED):
+                 already_cropped: float = portable.ALREADY_CROPPED,
+                 faces: str = portable.FACES, clipped: str = portable.CLIPPED):
         self.crop = crop
         self.detector_name = detector or crop.detector or "dlib"
         if self.detector_name not in DETECTORS:
             raise ValueError(f"unknown face detector {self.detector_name!r}; choose one of {', '.join(DETECTORS)}")
-        self.already_cropped = already_cropped
-        self._det = portable.get_detector(self.detector_name)
+        self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
+        # the widths prepare detected at (dftune.json), so that the boxes are the training data's
+        self._det = portable.get_detector(self.detector_name,
+                                          **portable.detector_kwargs({**asdict(crop), "detector": self.detector_name}))
 
     def __call__(self, item: InputFile) -> tuple[list, dict]:
         """``(crops, info)``; ``info['error']`` names the file and the problem (no crops then)."""
         c = self.crop
         try:
             ff = portable.frame_file(item.path, item.kind, self._det, c.margin, c.size, c.frames, c.every,
-                                     self.already_cropped)
-            return ff.crops, {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
+                                     self.already_cropped, clipped=self.clipped, faces=self.faces)
+            info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
+            if ff.groups:  # --faces all: each person pooled apart (score_files pops it)
+                info["groups"] = ff.groups
+            return ff.crops, info
         except Exception as e:  # one bad file never stops the batch
             err = str(e) if str(item.path) in str(e) else f"{item.path}: {type(e).__name__}: {e}"
             log.info("%s", err)
@@ -65,6 +71,8 @@ class PredictSettings:
     frames: int | None = None
     every: int | None = None
     already_cropped: float = portable.ALREADY_CROPPED
+    faces: str = portable.FACES  # follow (one person), all (each person pooled, the max), largest (per frame)
+    clipped: str = portable.CLIPPED  # a still image whose guide square leaves it: pad, whole
     error_label: int = 0
     progress: bool = True
     workers: int | None = None  # processes decoding + detecting + cropping; None: cores - 1; 0/1: in-process
@@ -120,19 +128,22 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
         detector = crop.detector or "dlib"
         if detector not in DETECTORS:
             raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-        spec = workers.FrameSpec(detector, crop.margin, crop.size, crop.frames, crop.every, s.already_cropped)
+        kwargs = portable.detector_kwargs({**asdict(crop), "detector": detector})
+        spec = workers.FrameSpec(detector, crop.margin, crop.size, crop.frames, crop.every, s.already_cropped,
+                                 detector_kwargs=tuple(sorted(kwargs.items())), faces=s.faces, clipped=s.clipped)
         cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
     else:  # in this process, one file ahead in a thread
-        cropper, loaded = Cropper(crop, crop.detector, s.already_cropped), None
+        cropper, loaded = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped), None
     results = []
     for item, info, e, per in scoring.score_items(members, items, cropper, s.tta, s.batch_size, s.progress,
                                                   "predict", "file", loaded=loaded):
+        groups = info.pop("groups", None)
         r = FileResult(item.name, str(item.path), item.kind, label=s.error_label, **info)
         if r.error and cropper is None:
             log.info("%s", r.error)
         if not r.error:
-            r.prob_fake = portable.pool(e, how, k)
-            r.per_model = [portable.pool(row, how, k) for row in per]
+            r.prob_fake = portable.pool_faces(e, groups, how, k)
+            r.per_model = [portable.pool_faces(row, groups, how, k) for row in per]
             r.label = int(r.prob_fake >= threshold)
         results.append(r)
     return results

@@ -22,6 +22,8 @@ from typing import Iterable
 
 from dftune.geometry import points_to_crop
 from dftune.atomic import FolderBusy, WriteError, folder_lock, read_json, write_bytes, write_json
+from dftune.portable.decision import AUTO_FIRST_MIN_FACE as FIRST_MIN_FACE
+from dftune.portable.decision import AUTO_FIRST_WIDTH as FIRST_WIDTH
 from dftune.prepared import PARTS, Row, counts, load_parts, write_manifest
 from dftune.sources import Item, SourceError, get_indexer
 from dftune.sources.ffpp import DEFAULT_METHODS, load_split_files
@@ -36,7 +38,7 @@ _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "fra
 # --detect-width auto: RetinaFace looks at the frame 320 wide first and keeps what it finds there when
 # the largest face is at least 32 px of that (a tenth of the width: 128 px of a 1280-wide frame); no
 # face, or only smaller ones, and it looks again at 640, the width dlib always uses (the guide's)
-FIRST_WIDTH, FIRST_MIN_FACE = 320, 32
+# (the values live in portable, which resolves "auto" the same way for dftune.json, predict and the script)
 
 
 @dataclass
@@ -186,7 +188,7 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     """Crops for one video or image; never raises for bad input (errors go in the part)."""
     import cv2
 
-    from dftune.portable import VideoError, crop_face, crop_square, is_face_crop, load_image, sample_frames
+    from dftune.portable import VideoError, crop_square, detect_faces, follow, frame_face, load_image, sample_frames
     from dftune.portable import Face, FaceCrop, whole_image_box
     from dftune.sources.deepfakebench import landmarks_of
     from dftune.sources.frames import KIND as FRAMES, read_frames
@@ -205,23 +207,31 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
             frames = read_frames(item, cfg.frames, cfg.every)
         else:
             frames = [(0, load_image(item.path))]
-        for fi, rgb in frames:
+        still = item.kind not in ("video", FRAMES)
+        chosen = None
+        if not cfg.no_detect:
+            # every frame's faces first, then one person followed across the file (portable.follow, as
+            # predict does); a still image: its largest face
+            frames = list(frames)
+            chosen = follow([detect_faces(rgb, detector, still) for _, rgb in frames])
+        for n, (fi, rgb) in enumerate(frames):
             sampled += 1
             h, w = rgb.shape[:2]
             if cfg.no_detect:  # a pre-extracted face frame: used whole, resized like a crop
                 box = whole_image_box(w, h)
                 whole = Face(box[0], box[1], box[0] + box[2], box[1] + box[2])
                 fc = FaceCrop(crop_square(rgb, box, cfg.size), box, whole)
+            elif chosen[n] is None:
+                fc = None
             else:
-                fc = crop_face(rgb, detector, cfg.margin, cfg.size)
+                # the framing predict applies (portable.frame_face): a still image's guide square when it
+                # fits, padded out to it when it would leave the image; a frame's, clamped as the guide's
+                crop, how, box = frame_face(rgb, chosen[n], cfg.margin, cfg.size, still=still)
+                fc = FaceCrop(crop, box, chosen[n]) if how != "whole:no-face" else None
             if fc is None:
                 no_face += 1
                 continue
             face, box, crop = fc.face, fc.box, fc.crop
-            if item.kind != "video" and not cfg.no_detect and is_face_crop(face, w, h):
-                # an image that already is a face crop is kept whole, as predict does with it
-                box = whole_image_box(w, h)
-                crop = crop_square(rgb, box, cfg.size)
             rel = crop_name(item, fi)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, cfg.quality])

@@ -1,0 +1,250 @@
+"""The face a model sees: every still image and video framed as training framed it (the guide square
+whenever it fits), the detector's widths carried from prepare to predict, one person followed across a
+video (or every person scored, the max), a row for every file, frames numbered as a sequential decode."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dftune import portable
+
+
+def _guide(f, margin=1.3):
+    """The guide's square (x, y, side) around a face, before any clamping."""
+    side = int(max(f.x2 - f.x1, f.y2 - f.y1) * margin)
+    cx, cy = (f.x1 + f.x2) // 2, (f.y1 + f.y2) // 2
+    return cx - side // 2, cy - side // 2, side
+
+
+def _astronaut(scale: int = 1):
+    from PIL import Image
+    from skimage import data
+
+    a = data.astronaut()
+    return np.asarray(Image.fromarray(a).resize((512 * scale,) * 2, Image.BICUBIC)) if scale > 1 else a
+
+
+# ---------------------------------------------------------------- 1. the guide square whenever it fits
+
+def test_a_photo_whose_face_fills_half_of_it_gets_the_guide_crop_as_training_did():
+    det = portable.get_detector("dlib")
+    photo = _astronaut(2)
+    f = portable.largest(det.detect(photo))
+    x, y, side = _guide(f)
+    # a photo around the face, the face ~0.62 of its side: the old rule (>= 0.5) used it whole
+    c = int(side / 0.8)
+    cx, cy = x + side // 2, y + side // 2
+    img = np.ascontiguousarray(photo[max(0, cy - c // 2):cy - c // 2 + c, max(0, cx - c // 2):cx - c // 2 + c])
+    crop, how = portable.frame_image(img, det, 1.3, 224, still=True)
+    assert how == portable.FRAMED_FACE
+    assert np.array_equal(crop, portable.crop_face(img, det, 1.3, 224).crop)  # the crop prepare trains on
+    _, how = portable.frame_image(img, det, 1.3, 224, still=True, already_cropped=0.5)
+    assert how == portable.FRAMED_CROPPED  # the old rule, on request
+    # a guide crop fed again: its square would leave it, so it is used whole (the measured default)
+    again = portable.crop_face(photo, det, 1.3, 224).crop
+    out, how = portable.frame_image(again, det, 1.3, 224, still=True)
+    assert how == portable.FRAMED_CROPPED and np.array_equal(out, again)
+    out, how = portable.frame_image(again, det, 1.3, 224, still=True, clipped="pad")
+    assert how == portable.FRAMED_PADDED and out.shape == (224, 224, 3)
+
+
+def test_prepare_frames_an_image_source_as_predict_does(tmp_path):
+    from dftune.sources import Item
+    from dftune.stages.prepare import PrepareConfig, process_item
+
+    det = portable.get_detector("dlib")
+    photo = _astronaut(2)
+    f = portable.largest(det.detect(photo))
+    x, y, side = _guide(f)
+    c = int(side / 0.8)
+    cx, cy = x + side // 2, y + side // 2
+    img = np.ascontiguousarray(photo[cy - c // 2:cy - c // 2 + c, cx - c // 2:cx - c // 2 + c])
+    from PIL import Image
+
+    p = tmp_path / "face.png"
+    Image.fromarray(img).save(p)
+    cfg = PrepareConfig(root=tmp_path, out=tmp_path / "out", size=224, workers=1, progress=False)
+    item = _item(Item, p)
+    part = process_item(item, cfg, det)
+    row = part["rows"][0]
+    want = portable.crop_face(img, det, 1.3, 224)
+    assert (row["box_x"], row["box_y"], row["box_size"]) == want.box  # not the whole image
+
+
+def _item(Item, path):
+    return Item(path=path, kind="image", label=0, method="real", video_id="face", split="train")
+
+
+# ---------------------------------------------------------------- 2. the detector's widths travel
+
+def test_predict_detects_with_the_widths_prepare_used_on_frames_wider_than_320():
+    from PIL import Image
+
+    from dftune.model.meta import CropSettings
+    from dftune.stages.predict import Cropper
+    from dftune.stages.prepare import PrepareConfig
+
+    frame = np.asarray(Image.fromarray(_astronaut()).resize((1280, 1280), Image.BICUBIC))
+    for width in ("auto", 480):
+        cfg = PrepareConfig(root=Path("."), out=Path("."), detector="retinaface", detect_width=width)
+        prep = portable.get_detector("retinaface", **cfg.detector_kwargs())
+        settings = CropSettings.from_dict(cfg.crop_settings())  # what train writes into dftune.json
+        cropper = Cropper(CropSettings.from_dict(CropSettings.from_dict(settings.__dict__).__dict__))
+        assert (cropper._det.detect_width, cropper._det.first_width) == (prep.detect_width, prep.first_width)
+        a = portable.crop_face(frame, prep, 1.3, 224)
+        b = portable.crop_face(frame, cropper._det, 1.3, 224)
+        assert a.box == b.box and np.array_equal(a.crop, b.crop)
+
+
+# ---------------------------------------------------------------- 3. one person across a video
+
+class _TwoPeople:
+    """Two faces of about the same size, the left one larger on even frames, the right on odd ones
+    (the frame number is read from the frame's top-left pixel)."""
+
+    def detect(self, rgb):
+        t = int(round(float(np.asarray(rgb)[2, 2, 0]) / 20))
+        big, small = 44 + (t % 3), 42
+        left, right = (big, small) if t % 2 == 0 else (small, big)
+        return [portable.Face(20, 40, 20 + left, 40 + left, 0.9), portable.Face(130, 40, 130 + right, 40 + right, 0.9)]
+
+
+def _two_people_video(path, n=8):
+    from dftune.synthetic import write_video
+
+    frames = []
+    for t in range(n):
+        f = np.zeros((160, 224, 3), np.uint8)
+        f[:, 112:] = 200  # the right person's side is bright
+        f[:8, :8] = 20 * t
+        frames.append(f)
+    write_video(path, frames, crf=0)
+
+
+def test_one_person_is_followed_across_a_video_and_all_faces_can_be_scored(tmp_path):
+    v = tmp_path / "two.mp4"
+    _two_people_video(v)
+    det = _TwoPeople()
+    largest = portable.frame_file(v, "video", det, 1.3, 32, frames=8, faces="largest")
+    sides = {bool(c.mean() > 100) for c in largest.crops}
+    assert sides == {True, False}  # the per-frame rule alternates between the two people
+    one = portable.frame_file(v, "video", det, 1.3, 32, frames=8)
+    assert len(one.crops) == 8 and len({bool(c.mean() > 100) for c in one.crops}) == 1
+    both = portable.frame_file(v, "video", det, 1.3, 32, frames=8, faces="all")
+    assert len(both.groups) == 2 and sorted(map(len, both.groups)) == [8, 8]
+    probs = np.array([0.9 if c.mean() > 100 else 0.1 for c in both.crops])
+    assert portable.pool_faces(probs, both.groups) == pytest.approx(0.9)  # one fake face: a fake video
+
+
+def test_tracks_link_by_overlap_then_by_nearest_centre():
+    F = portable.Face
+    frames = [[F(0, 0, 50, 50), F(100, 0, 148, 48)], [F(104, 2, 150, 50), F(5, 3, 55, 53)], [F(60, 0, 110, 50)]]
+    tracks = portable.face_tracks(frames)
+    # frame 2's face overlaps neither, and its centre is within a side of the right one's only
+    assert [sorted(t) for t in tracks] == [[0, 1], [0, 1, 2]]
+    assert portable.follow(frames) == [F(100, 0, 148, 48), F(104, 2, 150, 50), F(60, 0, 110, 50)]
+
+
+# ---------------------------------------------------------------- 4. a row for every file
+
+def test_every_readable_file_gets_a_row_whatever_its_extension(tmp_path):
+    from PIL import Image
+
+    from dftune.synthetic import write_video
+
+    img = Image.fromarray(_astronaut())
+    img.save(tmp_path / "a.jfif", format="JPEG")
+    img.save(tmp_path / "b.data", format="PNG")  # an unknown extension: decided by content
+    frames = [np.full((64, 64, 3), 30 * i, np.uint8) for i in range(4)]
+    write_video(tmp_path / "c.mp4", frames)
+    (tmp_path / "c.mp4").rename(tmp_path / "c.3gp")
+    write_video(tmp_path / "d.mp4", frames)
+    (tmp_path / "d.mp4").rename(tmp_path / "d.clip")
+    (tmp_path / "notes.txt").write_text("not media")
+    found = portable.collect([str(tmp_path)])
+    assert {f.name: f.kind for f in found.files} == {"a.jfif": "image", "b.data": "image", "c.3gp": "video",
+                                                    "d.clip": "video"}
+    assert found.skipped == [str(tmp_path / "notes.txt")]
+    for ext in (".jfif", ".3gp", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".m2ts", ".heic", ".avif"):
+        assert portable.kind_of("x" + ext) != "unknown", ext
+    ff = portable.frame_file(tmp_path / "d.clip", "unknown", None, frames=2)
+    assert ff.frames == 2
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_read_downscaled(tmp_path, monkeypatch):
+    from PIL import Image
+
+    big = Image.fromarray(_astronaut()).resize((2000, 2000), Image.BICUBIC)
+    for name in ("big.jpg", "big.png"):
+        big.save(tmp_path / name)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # 4 M pixels: over twice the limit
+    for name in ("big.jpg", "big.png"):
+        rgb = portable.load_image(tmp_path / name)
+        assert rgb.shape[0] * rgb.shape[1] <= 1_000_000 and rgb.shape[0] == rgb.shape[1]
+        ff = portable.frame_file(tmp_path / name, "image", portable.get_detector("dlib"))
+        assert ff.faces_found == 1
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000  # the guard is back
+
+
+def test_an_error_row_never_has_a_label_beside_an_empty_prob():
+    rows = [portable.FileResult("bad.jpg", "bad.jpg", "image", label=0, error="bad.jpg: cannot read"),
+            portable.FileResult("bad2.jpg", "bad2.jpg", "image", label=1, error="bad2.jpg: cannot read")]
+    got = list(csv.DictReader(io.StringIO(portable.to_csv(rows, portable.CsvFormat()))))
+    assert [(r["label"], r["prob_fake"]) for r in got] == [("0", "0.000000"), ("1", "1.000000")]
+
+
+def test_a_small_face_image_is_enlarged_for_detection():
+    from PIL import Image
+
+    det = portable.get_detector("retinaface")
+    photo = _astronaut()
+    x, y, side = _guide(portable.largest(det.detect(photo)), 1.6)
+    small = np.asarray(Image.fromarray(photo[y:y + side, x:x + side]).resize((48, 56), Image.BICUBIC))
+    crop, how = portable.frame_image(small, det, 1.3, 64, still=True)
+    assert how == portable.FRAMED_FACE and crop.shape == (64, 64, 3)  # was "whole:no-face"
+
+
+# ---------------------------------------------------------------- the measurement in docs/benchmarks.md
+
+def _measure_clipped() -> None:
+    """Still images cropped tighter than the guide square (k x its side, centred or shifted by 0.08),
+    framed by each rule, against the true guide crop of the full photo: mean abs pixel difference."""
+    from PIL import Image
+
+    from dftune.synthetic import identity
+
+    det = portable.get_detector("dlib")
+    photos = [_astronaut(), np.asarray(Image.open(__import__("matplotlib").get_data_path()
+                                                  + "/sample_data/grace_hopper.jpg").convert("RGB"))]
+    photos += [np.asarray(Image.fromarray(identity(i).rgb).resize((576, 576))) for i in range(6)]
+    rows: dict = {}
+    for photo in photos:
+        h, w = photo.shape[:2]
+        g = _guide(portable.largest(det.detect(photo)))
+        if g[0] < 0 or g[1] < 0 or g[0] + g[2] > w or g[1] + g[2] > h:
+            continue
+        truth = portable.crop_square(photo, g, 224).astype(np.float64)
+        cx, cy = g[0] + g[2] / 2, g[1] + g[2] / 2
+        for k in (0.80, 0.90, 1.00, 1.15, 1.40):
+            for s in (0.0, 0.08):
+                c = int(g[2] * k)
+                x0, y0 = max(0, int(cx - c / 2 + s * g[2])), max(0, int(cy - c / 2))
+                img = np.ascontiguousarray(photo[y0:y0 + c, x0:x0 + c])
+                for rule, kw in (("whole", {"clipped": "whole"}), ("pad", {"clipped": "pad"}),
+                                 ("old 0.5", {"already_cropped": 0.5})):
+                    crop, how = portable.frame_image(img, det, 1.3, 224, still=True, **kw)
+                    if how != portable.FRAMED_NO_FACE:
+                        rows.setdefault((k, rule), []).append(float(np.abs(crop - truth).mean()))
+    print("| image side / guide side | rule | n | mean abs diff to the guide crop (0-255) |")
+    print("|---|---|---|---|")
+    for (k, rule), v in sorted(rows.items()):
+        print(f"| {k:.2f} | {rule} | {len(v)} | {np.mean(v):.1f} |")
+
+
+if __name__ == "__main__":
+    _measure_clipped()
