@@ -101,16 +101,18 @@ def main(argv=None) -> int:
         by_d = curve["chosen"]
         models = {"baseline": base, "guide": sd / "guide" / "best", "full": sd / "full" / "best"}
         alphas = {"wise@val": by_val, "wise@D": by_d, "wise0.75": 0.75}
-        c_auc = {}
-        for al in merge.ALPHA_GRID:  # the oracle: the alpha that is best on C (video AUC)
+        def wise(al: float, sd: Path = sd, base: Path = base) -> Path:
             dest = sd / f"wise{al:g}"
             if not (dest / "config.json").exists():
                 with G.logged(sd / "merge.log"):
                     merge.run([str(base), str(sd / "full" / "best")], dest, alpha=al, force=True)
-            c_auc[al] = scorer.metrics(scorer.probs(dest))["C"]["video_auc"]
+            return dest
+
+        # the oracle: the alpha of the grid that is best on C (video AUC)
+        c_auc = {al: scorer.metrics(scorer.probs(wise(al)))["C"]["video_auc"] for al in merge.ALPHA_GRID}
         alphas["oracle"] = max(c_auc, key=lambda al: (c_auc[al], -al))
         for k, al in alphas.items():
-            models[k] = sd / f"wise{al:g}"
+            models[k] = wise(al)
         res = {k: scorer.metrics(scorer.probs(m)) for k, m in models.items()}
         res["_alphas"] = alphas
         per_seed.append(res)
