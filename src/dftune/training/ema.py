@@ -12,9 +12,9 @@ saves them, with the optimizer, in ``last/training_state/`` for ``--resume``); v
 Only the parameters that train are tracked (the frozen ones never change, so their average is themselves),
 and the running statistics of the batch-norm layers (``running_mean``/``running_var``, see
 :func:`norm_buffers`), which change in every training forward pass whatever trains: an averaged model with
-the raw model's statistics normalises its features with numbers that do not belong to it (a tiny ResNet,
-``--ema 0.9``: val AUC 0.391 as saved against 0.502 with statistics re-estimated for the average). Their
-integer ``num_batches_tracked`` is not averaged: the model keeps the raw count. An ``ema.safetensors`` saved
+the raw model's statistics normalises its features with numbers that belong to other weights (as timm's
+``ModelEmaV2`` does, the buffers are averaged with the same decay). Their integer ``num_batches_tracked`` is
+not averaged: the model keeps the raw count. An ``ema.safetensors`` saved
 before the statistics were averaged still loads: their average restarts from the raw statistics.
 """
 
