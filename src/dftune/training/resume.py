@@ -52,8 +52,11 @@ def run_lock(run_dir: Path, resume: bool, say: Callable[[str], None]):
     holder (host, pid), instead of racing this one. Only the main process of a group takes it; a lock left
     by a killed run (its pid gone on this host) is taken over, and ``say`` is told."""
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    if not PartialState().is_main_process or (resume and not Path(run_dir).is_dir()):
+    # as the Accelerator will: several CPU processes form their group only with ACCELERATE_USE_CPU
+    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    if not main or (resume and not Path(run_dir).is_dir()):
         yield  # the other processes of the group: the main one holds it; nothing to resume: refused next
         return
     try:
