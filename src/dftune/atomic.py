@@ -114,31 +114,107 @@ class FolderBusy(RuntimeError):
     """Another dftune process is writing the same folder."""
 
 
+PREPARE_BUSY_HINT = "wait for it to finish (a re-run then skips what it did), or split the work with --shard K/N"
+
+
+def _lock_holder(text: str) -> dict:
+    """The holder a lock file names: ``{"what", "pid", "host", "since"}`` (a file written before holders were
+    recorded as JSON says ``"WHAT (pid N)"``: what there is of it)."""
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        d = json.loads(text)
+        if isinstance(d, dict):
+            return d
+    except ValueError:
+        pass
+    import re
+
+    m = re.fullmatch(r"(.*) \(pid (\d+)\)", text)
+    return {"what": m.group(1), "pid": int(m.group(2))} if m else {"what": text}
+
+
+def _describe(holder: dict) -> str:
+    """``WHAT (pid N)``, as the busy message names the holder."""
+    what = holder.get("what") or "another process"
+    return f"{what} (pid {holder['pid']})" if holder.get("pid") is not None else what
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or not a pid): not known to be gone
+    return True
+
+
 @contextmanager
-def folder_lock(folder: str | os.PathLike, name: str = "lock", what: str = "dftune"):
+def folder_lock(folder: str | os.PathLike, name: str = "lock", what: str = "dftune", hint: str | None = None,
+                on_stale=None):
     """Hold ``folder/.NAME`` (an advisory ``flock``) while writing ``folder``; a second process
-    asking for the same lock gets :class:`FolderBusy` naming the holder, instead of redoing its work.
-    The lock goes with the process, so a killed run never leaves the folder locked."""
+    asking for the same lock gets :class:`FolderBusy` naming the holder (what, pid, host), instead of redoing
+    its work; ``hint`` says what to do then (prepare's by default).
+
+    The lock goes with the process, so a killed run never leaves the folder locked; the file names its holder
+    while it is held and is emptied when the lock is given back. A file that still names a holder when the
+    lock is taken was left by a process that was killed: one on this host whose pid is gone is taken over,
+    and ``on_stale(line)`` (if given) is told; one left by another host (whose pid cannot be checked from
+    here, and whose lock may not reach this host) is refused with a :class:`FolderBusy` saying to delete
+    the file if that process is gone."""
     import fcntl
+    import socket
+    import time
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     p = folder / f".{name}"
+    host = socket.gethostname()
+    hint = PREPARE_BUSY_HINT if hint is None else hint
     f = open(p, "a+", encoding="utf-8")
+    held = False
     try:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise FolderBusy(f"{folder}: {holder} is writing this folder; wait for it to finish (a re-run then "
-                             f"skips what it did), or split the work with --shard K/N") from None
+            holder = _lock_holder(f.read())
+            at = f" (host {holder['host']}, since {holder.get('since', '?')})" if holder.get("host") else ""
+            raise FolderBusy(f"{folder}: {_describe(holder)} is writing this folder{at}; {hint}") from None
+        f.seek(0)
+        left = _lock_holder(f.read())
+        if left:
+            other_host = left.get("host") not in (None, host)
+            if other_host:
+                raise FolderBusy(f"{folder}: {p} names {_describe(left)} on host {left['host']} (since "
+                                 f"{left.get('since', '?')}), which cannot be checked from {host}; if that process "
+                                 f"is gone, delete {p} and run again; otherwise {hint}")
+            if left.get("pid") is not None and _pid_alive(left["pid"]) and int(left["pid"]) != os.getpid():
+                state = f"pid {left['pid']} no longer holds it"
+            else:
+                state = f"pid {left.get('pid', '?')} is gone"
+            if on_stale is not None:
+                on_stale(f"{folder}: took over the lock {p.name} left by {_describe(left)} on {host} ({state}: "
+                         f"it was killed before it could give the lock back)")
         f.seek(0)
         f.truncate()
-        f.write(f"{what} (pid {os.getpid()})")
+        f.write(json.dumps({"what": what, "pid": os.getpid(), "host": host,
+                            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
         f.flush()
+        held = True
         yield
     finally:
+        if held:
+            try:
+                f.seek(0)
+                f.truncate()  # given back: the file names no holder
+                f.flush()
+                # released outright: processes forked meanwhile (loader workers) share the lock and would hold it
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except OSError:
+                pass
         f.close()
 
 

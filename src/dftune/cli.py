@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("\ninterrupted; completed work is kept, run the same command again to continue", file=sys.stderr)
+        print(f"\ninterrupted; completed work is kept, "
+              f"{getattr(args, 'interrupted_hint', None) or 'run the same command again to continue'}", file=sys.stderr)
         return 130
     except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as e:
         # user-facing errors (bad paths, bad manifests, ambiguous labels) carry their own message

@@ -57,8 +57,9 @@ _FLAGS = [
                                             "and MLP)"),
     ("--head-epochs", "head_epochs", int, "LP-FT: train the classifier head alone for the first N epochs, then the "
                                           "--tune set (0 = off)"),
-    ("--lr-decay", "lr_decay", float, "layer-wise learning-rate decay for ViT-style encoders: block i of L gets "
-                                      "lr * D^(L - i), the embeddings lr * D^(L + 1), the head lr (1 = off)"),
+    ("--lr-decay", "lr_decay", float, "layer-wise learning-rate decay: block i of L (counted over the whole "
+                                      "encoder, across stages) gets lr * D^(L - i), the embeddings lr * D^(L + 1), "
+                                      "the head lr (1 = off)"),
     ("--ema", "ema", float, "decay of an exponential moving average of the trainable weights, updated every "
                             "optimizer step; validation and the saved models use it, e.g. 0.999 (0 = off)"),
     ("--wise", "wise_alpha", float, "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * "
@@ -88,7 +89,7 @@ def register(sub) -> None:
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
-                       help=f"{help_} (default: {getattr(d, field)})")
+                       help=f"{help_} (default: {_shown(getattr(d, field))})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
                    help=f"replace a classifier head of another size by a new 2-class real/fake head "
                         f"(default: {_on(d.reinit_head)})")
@@ -125,6 +126,11 @@ def _resume_safe_flags() -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def _shown(default) -> str:
+    """A default as --help shows it: "not set" for None, as the other commands say."""
+    return "not set" if default is None else str(default)
+
+
 def _on(flag: bool) -> str:
     return "on" if flag else "off"
 
@@ -147,12 +153,37 @@ def run(args) -> int:
         cfg = resume_config(args.out, overrides)
     else:
         cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
-    summary = train.run(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
+    try:
+        summary = train.run(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
+    except KeyboardInterrupt:
+        args.interrupted_hint = _interrupted_hint(args)  # what dftune's Ctrl-C line says to do
+        raise
     from accelerate import PartialState
 
     if PartialState().is_main_process:
         print_summary(summary)
     return 0
+
+
+def _interrupted_hint(args) -> str:
+    """After Ctrl-C: what continues the run. The same command again only where it was a --resume already;
+    else it needs --resume added (or, with no checkpoint completed yet, starts over)."""
+    from pathlib import Path
+
+    from dftune.atomic import read_json
+    from dftune.training.checkpoint import STATE_DIR, TRAINER_FILE, last_dir
+
+    last = last_dir(Path(args.out))
+    if last is None:
+        return "no checkpoint was completed yet: run the same command again (without --resume) to start over"
+    try:
+        done = int(read_json(last / STATE_DIR / TRAINER_FILE).get("epoch", 0))
+    except (OSError, ValueError):
+        done = None
+    after = f" from epoch {done + 1}" if done is not None else ""
+    if args.resume:
+        return f"run the same command again to continue{after}"
+    return f"run the same command with --resume added to continue{after} (without it, the run folder is refused)"
 
 
 def print_summary(s: TrainSummary) -> None:
@@ -186,8 +217,15 @@ def print_summary(s: TrainSummary) -> None:
     elif s.wise_error:
         c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
     c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")
-    c.print(f"--tune {s.tune}: {s.trainable_params:,} of {s.total_params:,} parameters trained "
-            f"({100 * s.trainable_share:.2f}%)")
+    if s.head_epochs and s.epochs_run <= s.head_epochs:  # --head-epochs covered every epoch: the head alone
+        c.print(f"--tune {s.tune} did not train: --head-epochs {s.head_epochs} covered all {s.epochs_run} epoch(s) "
+                f"run, so only the classifier head trained: {s.trainable_params:,} of {s.total_params:,} parameters "
+                f"({100 * s.trainable_share:.2f}%)")
+    else:
+        alone = (f"; the head alone in epoch{' 1' if s.head_epochs == 1 else f's 1-{s.head_epochs}'}"
+                 if s.head_epochs else "")
+        c.print(f"--tune {s.tune}: {s.trainable_params:,} of {s.total_params:,} parameters trained "
+                f"({100 * s.trainable_share:.2f}%){alone}")
     c.print(f"threads {s.threads} ({s.threads_from}), loader workers {s.workers} ({s.workers_from})")
     if s.skipped:
         c.print(f"[yellow]{len(s.skipped)} unreadable image(s) skipped; listed in "

@@ -21,6 +21,7 @@ RUN_DIR after a run::
                          --tune lora: the unmerged adapters)
     tensorboard/         scalars
     skipped.txt          images that could not be read (if any)
+    .lock                held while a training writes the folder: its host and pid (empty after)
 
 Resuming (``--resume``) continues the run with the settings it started with. Settings that would change
 its learning-rate schedule, data order or the maths of a step (batch size, accumulation, lr, schedule,
@@ -44,13 +45,23 @@ share are printed, stored in settings.yaml (``_tuning``) and the summary. ``--he
 the head alone for the first N epochs: the optimizer holds every parameter that ever trains, and the others
 keep ``requires_grad`` off (one process) or have their gradients dropped before each step (several
 processes, where DDP's parameter set is fixed); AdamW skips a parameter whose gradient is None.
-``--lr-decay D`` gives block i of L the learning rate ``lr * D**(L - i)`` (``trainable.param_groups``).
-``--ema DECAY`` keeps a moving average of the trainable weights (``dftune.training.ema``), updated after every
-optimizer step taken; validation and the saved models use it, training and the resume state the raw
-weights. ``--paired`` samples batches of real frames with the fakes made from them
+``--lr-decay D`` gives block i of L the learning rate ``lr * D**(L - i)`` (``trainable.param_groups``), the
+blocks counted in order over the whole encoder (across the stages of ConvNeXt, Swin, ResNet, ...;
+``trainable.depths``). ``--ema DECAY`` keeps a moving average of the trainable weights and of the batch-norm
+running statistics (``dftune.training.ema``), updated after every optimizer step taken; validation and the
+saved models use it, training and the resume state the raw weights. ``--paired`` samples batches of real
+frames with the fakes made from them
 (``data.PairedSampler``). None of these may change on ``--resume``. ``--wise A`` writes ``RUN_DIR/wise`` when the
-run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge``). ``--recipe generalise`` lays
+run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge``); a hub model merges from its
+snapshot in the Hugging Face cache, and a run without a local folder of its starting model is refused at its
+start. ``--recipe generalise`` lays
 ``--ema 0.999 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice).
+
+One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.folder_lock``, the lock prepare
+takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
+holder's host and pid; a lock left by a killed run on this host is taken over. ``--resume`` refuses another
+``--model`` than the run started from. A val split of one class is refused at the start (the best checkpoint
+is chosen on it) unless ``--monitor loss``.
 
 A checkpoint that cannot be written (a full disk) stops the run with an error naming the file and the
 free space; the previous ``last/`` stays complete, history.json lists the epochs done, and ``--resume``
@@ -79,7 +90,7 @@ from dftune.training import TrainError, data, machine, schedule, stats, trainabl
 from dftune.training import checkpoint as ckpt
 from dftune.training.checkpoint import STATE_DIR, TRAINER_FILE
 from dftune.training.config import TrainConfig, save_yaml
-from dftune.training.resume import Previous, check_processes, continues_from, stretches
+from dftune.training.resume import Previous, check_processes, continues_from, run_lock, stretches
 from dftune.training.state import TrainState, TrainSummary
 from dftune.training.step import ForwardBackward
 from dftune.training.writer import ModelWriter
@@ -108,7 +119,9 @@ def run(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLi
 
     threads_before = torch.get_num_threads()
     try:
-        return _train(Path(data_dir), model_source, Path(out_dir), cfg, resume, progress, on_epoch_end, say)
+        # one training per run folder: a second one on the same --out is refused while this one holds it
+        with run_lock(Path(out_dir), resume, lambda line: (say or print)(line)):
+            return _train(Path(data_dir), model_source, Path(out_dir), cfg, resume, progress, on_epoch_end, say)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -118,14 +131,18 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
     from accelerate.utils import set_seed
 
     # ---- setup: what the run continues from, devices and precision, threads and workers, the model
-    prev = continues_from(run_dir, cfg, resume)
+    prev = continues_from(run_dir, cfg, resume, model_source)
     accelerator, use_tb = _accelerator(cfg, run_dir)
     say = say or accelerator.print
+    if accelerator.is_main_process:
+        for line in ckpt.remove_leftovers(run_dir):  # what a run killed while writing left (e.g. .wise.tmp-*)
+            say(line)
     facts = machine.settle(cfg, accelerator)
     set_seed(cfg.seed)
-    model, processor, lm, plan = _model(model_source, cfg, say)
+    model, processor, lm, plan, folder = _model(model_source, cfg, say)
+    wise_base = _wise_base(folder, model_source, cfg)  # --wise's starting model as a local folder: now, not at the end
     # ---- data, and the loss's class weights
-    d = _data(data_dir, cfg, Preprocess.from_processor(processor), facts.workers)
+    d = _data(data_dir, cfg, Preprocess.from_processor(processor), facts.workers, say)
     w, class_w, to_model = _class_weights(cfg, d.counts, lm)
     # ---- optimizer and schedule
     model, optimizer, groups, body, ema = _optimizer(accelerator, model, plan, cfg, d)
@@ -168,7 +185,7 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
             on_epoch_end(epoch, record)
     if use_tb:
         accelerator.end_training()
-    return _summary(r, model_source, lm, facts)
+    return _summary(r, wise_base or model_source, lm, facts)
 
 
 @dataclass
@@ -251,45 +268,102 @@ def _has_tensorboard() -> bool:
 
 
 def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
-    """``(model, processor, LabelMap, Plan)``: labels by name (never assumed), which parameters train
-    (:mod:`dftune.training.trainable`)."""
+    """``(model, processor, LabelMap, Plan, folder)``: labels by name (never assumed), which parameters train
+    (:mod:`dftune.training.trainable`), the folder the model was read from (a hub id's snapshot)."""
     if cfg.wise_alpha > 0 and cfg.reinit_head:
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
-    model, processor, lm = load_model(model_source, cfg)
+    folder = _hub_folder(model_source)
+    model, processor, lm = load_model(folder, cfg, where=model_source)
     try:
         model, plan = trainable.setup(model, cfg)
     except trainable.TuningError as e:
         raise TrainError(str(e)) from None
     say(plan.line())
-    return model, processor, lm, plan
+    if cfg.head_epochs >= cfg.epochs:
+        say(f"--head-epochs {cfg.head_epochs} covers all {cfg.epochs} epoch(s): only the classifier head trains "
+            f"({plan.n_head:,} of {plan.total:,} parameters), never the --tune {cfg.tune} set")
+    return model, processor, lm, plan, folder
 
 
-def load_model(source: str, cfg: TrainConfig):
-    """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head."""
+def _wise_base(folder: str, model_source: str, cfg: TrainConfig) -> str | None:
+    """``--wise``: the starting model as a local folder for the merge at the end (``folder``, where it was
+    loaded from: a hub id's snapshot in the Hugging Face cache); refused now when it is not one, rather than
+    after the training. None without --wise."""
+    if cfg.wise_alpha <= 0:
+        return None
+    if not (Path(folder) / "config.json").is_file():
+        from huggingface_hub import constants
+
+        raise TrainError(
+            f"--wise {cfg.wise_alpha:g}: WiSE-FT merges the starting model with best/ when the run ends and needs "
+            f"it as a local folder; {model_source} has no local copy in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}). Download it first (e.g. `hf download {model_source} --local-dir DIR`) and "
+            f"pass --model DIR, or train without --wise (`dftune merge {model_source} RUN/best --alpha A` makes the "
+            f"WiSE-FT model later)")
+    return str(folder)
+
+
+def local_snapshot(repo_id: str) -> str | None:
+    """The local folder of hub model ``repo_id`` in the Hugging Face cache (``HF_HUB_CACHE``), the one
+    ``from_pretrained`` reads; None when there is none (or ``repo_id`` is not a hub id)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id=str(repo_id), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, not a hub id: no local folder
+        return None
+    return folder if (Path(folder) / "config.json").exists() else None
+
+
+def load_model(source: str, cfg: TrainConfig, where: str | None = None):
+    """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head.
+    ``where``: the name messages give the model (the hub id ``source``'s snapshot was found for)."""
     from transformers import AutoConfig
 
     from dftune.model.load import load_classifier
 
+    where = str(where or source)
     try:
         mcfg = AutoConfig.from_pretrained(source)
     except OSError as e:
-        raise OSError(f"{source}: could not read the model's config ({e})") from e
+        raise OSError(f"{where}: could not read the model's config ({e})") from e
     try:
-        lm = _labels.resolve(mcfg.id2label, cfg.fake_label, where=str(source))
+        lm = _labels.resolve(mcfg.id2label, cfg.fake_label, where=where)
         model, proc = load_classifier(source)
     except _labels.LabelMappingError:
         if not (cfg.reinit_head and mcfg.num_labels != 2):
             raise
         id2label = _labels.dftune_id2label()
-        log.warning("%s: %d-class head replaced by a new 2-class head %s (--reinit-head)", source,
+        log.warning("%s: %d-class head replaced by a new 2-class head %s (--reinit-head)", where,
                     mcfg.num_labels, id2label)
         model, proc = load_classifier(source, num_labels=2, id2label=id2label,
                                       label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
         lm = _labels.resolve(model.config.id2label)
     if cfg.reinit_head and mcfg.num_labels == 2:
-        log.warning("%s: --reinit-head ignored, the head already has 2 outputs", source)
+        log.warning("%s: --reinit-head ignored, the head already has 2 outputs", where)
     return model, proc, lm
+
+
+def _hub_folder(source: str) -> str:
+    """Where to load ``source`` from: a local folder as it is; a hub id (``org/name``) from its snapshot in the
+    Hugging Face cache, fetched into it first by transformers' own loaders when it is not there yet
+    (``load_classifier`` takes a name with a ``/`` for a folder)."""
+    import re
+
+    if Path(source).exists() or not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", str(source)):
+        return str(source)  # a folder, or not a hub id: loaded (or refused) as it is
+    folder = local_snapshot(source)
+    if folder is None:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        try:  # the files from_pretrained reads, into the cache (a hub id needs network access for this)
+            AutoModelForImageClassification.from_pretrained(source)
+            AutoImageProcessor.from_pretrained(source)
+        except Exception:  # noqa: BLE001 - offline, no such model: load_model says so, as for any source
+            return str(source)
+        folder = local_snapshot(source)
+    return folder or str(source)
 
 
 def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
@@ -304,8 +378,10 @@ def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
 # ---------------------------------------------------------------- data
 
 
-def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int) -> RunData:
-    """The train and val splits' readable rows, datasets and loaders."""
+def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
+          say: Callable[[str], None] = print) -> RunData:
+    """The train and val splits' readable rows, datasets and loaders. A val split of one class is refused
+    (the best checkpoint and early stopping are chosen on it) unless --monitor loss."""
     import torch
 
     rows = read_manifest(data_dir, splits=("train", "val"))
@@ -321,9 +397,14 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int) -> R
     counts = train_ds.class_counts()
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
+    _check_val_classes(data_dir, val_ds.class_counts(), cfg, say)
     pin = torch.cuda.is_available()
     if cfg.paired:
         sampler = data.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
+        paired = [g for g in sampler.groups if len(g) > 1]
+        say(f"--paired: {len(paired)} real frame(s) with the fakes made from them ({sum(len(g) - 1 for g in paired)} "
+            f"fakes), {sum(len(g) == 1 for g in sampler.groups)} of {len(train_rows)} train rows without a partner "
+            f"(sampled alone)")
     else:
         sampler = data.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
                                     sbi=cfg.sbi)
@@ -331,6 +412,26 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int) -> R
     val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, workers, pin)
     return RunData(train_rows, val_rows, train_ds, val_ds, train_dl, val_dl, data.Normalize(spec), spec, counts,
                    skipped)
+
+
+def _check_val_classes(data_dir: Path, val_counts: np.ndarray, cfg: TrainConfig, say: Callable[[str], None]) -> None:
+    """Refuse a val split of one class: the best checkpoint and early stopping would be chosen on a macro F1 of
+    1.0 for calling everything that class, or an undefined AUC. --monitor loss, asked for, is let through with
+    a warning."""
+    if not (val_counts == 0).any():
+        return
+    have = "real" if val_counts[1] == 0 else "fake"
+    counts = f"{int(val_counts[0])} real, {int(val_counts[1])} fake"
+    if cfg.monitor == "loss":
+        say(f"warning: {data_dir}: the val split holds {have} crops only ({counts}): --monitor loss selects on it, "
+            f"which favours a model that leans to calling crops {have}; its F1 and AUC mean nothing")
+        return
+    raise TrainError(
+        f"{data_dir}: the val split holds {have} crops only ({counts}): train chooses its best checkpoint and stops "
+        f"early on val {cfg.monitor}, which one class cannot rank (macro F1 is 1.0 for a model that calls "
+        f"everything {have}, AUC is undefined). Re-deal the splits (dftune prepare --split random, other --ratios "
+        f"or --seed) or add the missing class to val; or pass --monitor loss to select on the val loss (which, "
+        f"with one class, favours a model leaning to it)")
 
 
 def _class_weights(cfg: TrainConfig, counts: np.ndarray, lm):
@@ -356,9 +457,10 @@ def _optimizer(accelerator, model, plan: trainable.Plan, cfg: TrainConfig, d: Ru
 
     train_names = set(plan.trainable)
     named = [(n, p) for n, p in model.named_parameters() if n in train_names]
-    try:
+    try:  # depths over the whole model (frozen blocks included), in its order; the head at the full lr
         groups = trainable.param_groups(named, cfg.lr, cfg.weight_decay, cfg.lr_decay,
-                                        n_layers=trainable.count_layers(n for n, _ in model.named_parameters()))
+                                        names=[n for n, _ in model.named_parameters()], head=plan.head,
+                                        family=_family(model))
     except trainable.TuningError as e:
         raise TrainError(str(e)) from None
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
@@ -367,11 +469,20 @@ def _optimizer(accelerator, model, plan: trainable.Plan, cfg: TrainConfig, d: Ru
             if n in train_names and n not in set(plan.head)]  # what the head-only epochs keep still
     ema = None
     if cfg.ema > 0:  # after prepare: the average lives where the weights do
-        from dftune.training.ema import EMA
+        from dftune.training.ema import EMA, norm_buffers
 
-        ema = EMA([(n, p) for n, p in accelerator.unwrap_model(model).named_parameters() if n in train_names],
-                  cfg.ema)
+        m = accelerator.unwrap_model(model)
+        ema = EMA([(n, p) for n, p in m.named_parameters() if n in train_names], cfg.ema,
+                  norm_buffers(m))  # and the batch-norm running statistics, which every training forward changes
     return model, optimizer, groups, body, ema
+
+
+def _family(model) -> str:
+    """The model's family for messages: its class and ``model_type`` (``ConvNextForImageClassification
+    (convnext)``)."""
+    m = model.get_base_model() if trainable.is_peft(model) else model
+    mtype = getattr(getattr(m, "config", None), "model_type", None)
+    return f"{type(m).__name__} ({mtype})" if mtype else type(m).__name__
 
 
 # ---------------------------------------------------------------- state
@@ -406,7 +517,9 @@ def _run_meta(data_dir: Path, model_source: str, cfg: TrainConfig, accelerator, 
     schedule's layout, what trains."""
     spec = d.spec
     meta = {
-        "data": str(data_dir.resolve()), "model": str(model_source), "label_map": lm.to_dict(),
+        "data": str(data_dir.resolve()), "model": str(model_source),
+        **({"model_dir": str(Path(model_source).resolve())} if Path(model_source).is_dir() else {}),
+        "label_map": lm.to_dict(),
         "id2label": {int(k): v for k, v in accelerator.unwrap_model(model).config.id2label.items()},
         "train_counts": {"real": int(d.counts[0]), "fake": int(d.counts[1])},
         "class_weights": {"real": float(w[0]), "fake": float(w[1])},
@@ -569,8 +682,16 @@ def _summary(r: Run, model_source: str, lm, facts: machine.Machine) -> TrainSumm
         micro_batch=state.micro_batch, mixed_precision=accelerator.mixed_precision,
         processes=accelerator.num_processes, device=str(accelerator.device), threads=facts.threads,
         threads_from=facts.threads_from, workers=facts.workers, workers_from=facts.workers_from, tune=cfg.tune,
-        trainable_params=r.plan.n_trainable, total_params=r.plan.total,
-        trainable_share=r.plan.meta()["trainable_share"], **wise)
+        **_trained(r.plan, cfg, state.epoch), **wise)
+
+
+def _trained(plan: trainable.Plan, cfg: TrainConfig, epochs_run: int) -> dict:
+    """The summary's count of what trained: the --tune set, or only the head where --head-epochs covered every
+    epoch run."""
+    n = plan.n_head if cfg.head_epochs and epochs_run <= cfg.head_epochs else plan.n_trainable
+    return {"trainable_params": n, "total_params": plan.total,
+            "trainable_share": round(n / max(1, plan.total), 6), "head_epochs": int(cfg.head_epochs),
+            "head_params": plan.n_head}
 
 
 def wise_ft(model_source: str, run_dir: Path, alpha: float) -> dict:

@@ -116,6 +116,25 @@ def as_write_error(folder: Path, e: BaseException) -> WriteError | None:
     return None
 
 
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Remove what a run killed while writing left in ``run_dir``: the staged folder of ``--wise``'s merge
+    (``.wise.tmp-*``, a full copy of the weights) and the temporary files of atomic writes (``.NAME.tmp-*``);
+    return a line for each. (``best.tmp``/``last.tmp`` go at the next checkpoint.)"""
+    lines = []
+    for p in sorted(Path(run_dir).glob(".*.tmp-*")):
+        what = "WiSE-FT model folder" if p.name.startswith(".wise.tmp-") else "file"
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError as e:
+            log.warning("%s: could not remove %s (%s)", run_dir, p.name, e)
+            continue
+        lines.append(f"{run_dir}: removed {p.name}, a half-written {what} left by a run killed while writing it")
+    return lines
+
+
 def link_files(src: Path, dst: Path) -> None:
     """Put every file of checkpoint folder ``src`` into ``dst`` without writing its bytes again: a hard link
     (checkpoint files are never changed in place, only replaced by :func:`dftune.atomic.replace_folder`), a copy

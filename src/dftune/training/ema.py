@@ -9,70 +9,109 @@ saves them, with the optimizer, in ``last/training_state/`` for ``--resume``); v
 ``best/`` and ``last/`` models use the average (:meth:`EMA.applied`). The average itself is saved in
 ``last/training_state/ema.safetensors`` so that a resumed run continues it exactly.
 
-Only the parameters that train are tracked (the frozen ones never change, so their average is themselves).
+Only the parameters that train are tracked (the frozen ones never change, so their average is themselves),
+and the running statistics of the batch-norm layers (``running_mean``/``running_var``, see
+:func:`norm_buffers`), which change in every training forward pass whatever trains: an averaged model with
+the raw model's statistics normalises its features with numbers that belong to other weights (as timm's
+``ModelEmaV2`` does, the buffers are averaged with the same decay). Their integer ``num_batches_tracked`` is
+not averaged: the model keeps the raw count. An ``ema.safetensors`` saved
+before the statistics were averaged still loads: their average restarts from the raw statistics.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
 EMA_FILE = "ema.safetensors"  # inside last/training_state/
 
+log = logging.getLogger(__name__)
+
+
+def norm_buffers(model) -> list:
+    """``(name, buffer)`` for the floating-point running statistics of every normalisation layer of ``model``
+    that tracks them (``torch.nn.BatchNorm1d/2d/3d``, ``SyncBatchNorm``, subclasses such as timm's
+    ``BatchNormAct2d``, an ``InstanceNorm`` with ``track_running_stats``): ``running_mean`` and
+    ``running_var``; not the integer ``num_batches_tracked``."""
+    out = []
+    for mn, m in model.named_modules():
+        if not getattr(m, "track_running_stats", False):
+            continue
+        for bn, b in m.named_buffers(recurse=False):
+            if b is not None and b.is_floating_point():
+                out.append((f"{mn}.{bn}" if mn else bn, b))
+    return out
+
 
 class EMA:
-    """The moving average of ``named_params`` (``(name, parameter)`` pairs), kept in the parameters' dtype
-    and on their device."""
+    """The moving average of ``named_params`` (``(name, parameter)`` pairs) and of ``named_buffers`` (the
+    running statistics to average alongside, :func:`norm_buffers`), kept in their dtype and on their
+    device."""
 
-    def __init__(self, named_params: Iterable, decay: float):
+    def __init__(self, named_params: Iterable, decay: float, named_buffers: Iterable = ()):
         import torch
 
         if not 0 < float(decay) < 1:
             raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
         self.decay = float(decay)
         self.params = dict(named_params)
+        self.buffers = {n: b for n, b in named_buffers if n not in self.params}
         with torch.no_grad():
-            self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+            self.shadow = {n: p.detach().clone() for n, p in self.tracked.items()}
         self.updates = 0
 
+    @property
+    def tracked(self) -> dict:
+        """Every averaged tensor of the model by name: the parameters, then the buffers."""
+        return {**self.params, **self.buffers}
+
     def update(self) -> None:
-        """One step: ``avg = decay * avg + (1 - decay) * weight`` for every tracked weight."""
+        """One step: ``avg = decay * avg + (1 - decay) * weight`` for every tracked weight and statistic."""
         import torch
 
         with torch.no_grad():
-            for n, p in self.params.items():
+            for n, p in self.tracked.items():
                 self.shadow[n].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
         self.updates += 1
 
     @contextlib.contextmanager
     def applied(self):
-        """Inside the block the model holds the averaged weights; the raw ones come back exactly after."""
+        """Inside the block the model holds the averaged weights and statistics; the raw ones come back exactly
+        after."""
         import torch
 
+        tracked = self.tracked
         with torch.no_grad():
-            raw = {n: p.detach().clone() for n, p in self.params.items()}
-            for n, p in self.params.items():
+            raw = {n: p.detach().clone() for n, p in tracked.items()}
+            for n, p in tracked.items():
                 p.copy_(self.shadow[n])
         try:
             yield self
         finally:
             with torch.no_grad():
-                for n, p in self.params.items():
+                for n, p in tracked.items():
                     p.copy_(raw[n])
 
     def state_dict(self) -> dict:
         return {n: t.detach().cpu().contiguous() for n, t in self.shadow.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take a saved average. Every parameter must be there; a statistic that is not (a state saved before
+        the statistics were averaged) restarts from the model's current, raw value."""
         import torch
 
-        missing = set(self.shadow) - set(state)
+        missing = set(self.params) - set(state)
         if missing:
             raise KeyError(f"EMA state lacks {len(missing)} weight(s), e.g. {sorted(missing)[:3]}")
+        absent = sorted(n for n in self.buffers if n not in state)
+        if absent:
+            log.info("EMA state holds no average of %d running statistic(s) (saved before they were averaged); "
+                     "their average restarts from the raw ones", len(absent))
         with torch.no_grad():
             for n, t in self.shadow.items():
-                t.copy_(state[n].to(t.device, t.dtype))
+                t.copy_((state[n] if n in state else self.buffers[n].detach()).to(t.device, t.dtype))
 
     def save(self, folder: str | Path) -> None:
         from safetensors.torch import save_file

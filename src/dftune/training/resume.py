@@ -8,13 +8,15 @@ schedule, data order or the maths of a step are refused with each change named; 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dftune.atomic import read_json
+from dftune.atomic import FolderBusy, folder_lock, read_json
 from dftune.training import TrainError
 from dftune.training import checkpoint as ckpt
 from dftune.training.checkpoint import STATE_DIR, TRAINER_FILE
@@ -37,9 +39,41 @@ class Previous:
     allowed: dict = field(default_factory=dict)
 
 
-def continues_from(run_dir: Path, cfg: TrainConfig, resume: bool) -> Previous:
+LOCK = "lock"  # RUN_DIR/.lock: held by the run writing the folder (dftune.atomic.folder_lock)
+BUSY_HINT = ("two trainings writing one run folder overwrite each other's checkpoints: wait for it to finish, or "
+             "give this one another --out (several processes of one run form one group only when started by "
+             "accelerate launch or torchrun; on CPU ACCELERATE_USE_CPU=1 torchrun --nproc_per_node N)")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, resume: bool, say: Callable[[str], None]):
+    """Hold ``RUN_DIR/.lock`` while the run writes the folder, so that a second training started on the same
+    ``--out`` (another shell, processes that did not form one Accelerate group) is refused, naming the
+    holder (host, pid), instead of racing this one. Only the main process of a group takes it; a lock left
+    by a killed run (its pid gone on this host) is taken over, and ``say`` is told."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # as the Accelerator will: several CPU processes form their group only with ACCELERATE_USE_CPU
+    main = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
+    if not main or (resume and not Path(run_dir).is_dir()):
+        yield  # the other processes of the group: the main one holds it; nothing to resume: refused next
+        return
+    try:
+        lock = folder_lock(run_dir, LOCK, "dftune train", hint=BUSY_HINT, on_stale=say)
+        lock.__enter__()
+    except FolderBusy as e:
+        raise TrainError(str(e)) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def continues_from(run_dir: Path, cfg: TrainConfig, resume: bool, model_source: str | None = None) -> Previous:
     """Check that ``run_dir`` can start (no run there) or be resumed (a complete checkpoint, settings that
-    keep its schedule, data order and step); return what the run continues from."""
+    keep its schedule, data order and step, the model it started from); return what the run continues
+    from."""
     resume_from = ckpt.last_dir(run_dir) if resume else None
     if resume and resume_from is None:
         left = " (a checkpoint was being written when the run stopped; none was completed)" \
@@ -50,7 +84,55 @@ def continues_from(run_dir: Path, cfg: TrainConfig, resume: bool) -> Previous:
         raise TrainError(f"{run_dir}: already holds a run; pass --resume to continue it or choose another --out")
     if resume_from is None:
         return Previous()
-    return Previous(resume_from, *check_resume(run_dir, cfg, resume_from))
+    prev = Previous(resume_from, *check_resume(run_dir, cfg, resume_from))
+    if model_source is not None:
+        check_model(run_dir, prev.meta, str(model_source))
+    return prev
+
+
+def _same_folder(a: str, b: str | None) -> bool:
+    try:
+        return b is not None and Path(a).is_dir() and Path(b).is_dir() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def check_model(run_dir: Path, meta: dict, model_source: str) -> None:
+    """Refuse to resume from another model than the run started from (its head was trained for that
+    model's label order, and ``--wise`` would interpolate with the other), and say so when the starting
+    model's folder is gone (rather than a hub look-up's network error)."""
+    started = meta.get("model")
+    if started is None:  # settings.yaml from before the model was recorded: nothing to check against
+        return
+    started = str(started)
+    folder = meta.get("model_dir")  # recorded when the run started from a local folder
+    same = model_source == started or _same_folder(model_source, started) or _same_folder(model_source, folder)
+    if not same:
+        raise TrainError(
+            f"{run_dir}: the run started from --model {started}"
+            + (f" ({folder})" if folder and folder != started else "")
+            + f" and is resumed with --model {model_source}: its checkpoint continues the first one (its head was "
+              f"trained for that model's labels, and --wise interpolates with the starting model); resume with "
+              f"--model {started}, or start a new run (another --out) from this one's weights with "
+              f"--model {run_dir / 'last'}")
+    if Path(model_source).is_dir() or not (folder is not None or _looks_like_a_path(started)):
+        return
+    if folder is not None and Path(folder).is_dir():
+        raise TrainError(f"{run_dir}: --model {model_source} is not a folder from here ({Path.cwd()}); the run "
+                         f"started from {folder}: resume with --model {folder}")
+    raise TrainError(
+        f"{run_dir}: the model folder the run started from, {model_source}"
+        + (f" ({folder})" if folder and folder != model_source else "")
+        + " is gone: --resume loads it again (the weights that do not train, the processor, --wise's starting "
+          "model); put it back at that path, or start a new run (another --out) from this one's weights with "
+          f"--model {run_dir / 'last'}")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """Whether a recorded ``--model`` was a folder rather than a hub id (``org/name``): an absolute or
+    explicitly relative path, or one with more parts than a hub id has."""
+    return (os.path.isabs(source) or source.startswith(("./", "../", "~", ".\\")) or source.count("/") > 1
+            or "\\" in source)
 
 
 def check_resume(run_dir: Path, cfg: TrainConfig, resume_from: Path) -> tuple[TrainConfig | None, dict, dict, dict]:

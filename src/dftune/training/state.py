@@ -43,7 +43,8 @@ _WISE = ("wise_dir", "wise_alpha", "wise_error")
 @dataclass
 class TrainSummary:
     """What a run did: where its models are, how far it went and why it stopped, its best validation, and
-    what it ran with. ``wise_*``: the ``--wise`` model (or why it was not written), None without ``--wise``."""
+    what it ran with. ``trainable_*``: what really trained (only the head where ``--head-epochs`` covered
+    every epoch run). ``wise_*``: the ``--wise`` model (or why it was not written), None without ``--wise``."""
 
     run_dir: str
     epochs_run: int
@@ -69,6 +70,8 @@ class TrainSummary:
     trainable_params: int
     total_params: int
     trainable_share: float
+    head_epochs: int = 0  # --head-epochs: the first epochs trained the head alone
+    head_params: int = 0  # the head's parameters
     wise_dir: str | None = None
     wise_alpha: float | None = None
     wise_error: str | None = None

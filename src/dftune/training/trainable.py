@@ -31,7 +31,10 @@ TUNE = ("full", "head", "layernorm", "lora", "bias")
 
 # the encoder's blocks: "layers.3." (transformers 5 ViT), "layer.3." (BERT-style ViT), "blocks.3." (timm)
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|blocks?|resblocks)\.(\d+)\.")
-_EMBED = re.compile(r"embed|cls_token|pos_|position|patch|mask_token|register", re.I)
+# blocks numbered inside stages: "stages.2.layers.0." (ConvNeXt, ResNet, RegNet), "layers.2.blocks.0." (Swin)
+_STAGE = re.compile(r"(?:^|\.)(?:stages?|layers?|blocks?|resblocks)\.(\d+)\.(?:layers?|blocks?|resblocks)\.(\d+)\.")
+_IN_STAGE = re.compile(r"(?:^|\.)(?:stages?|layers?|blocks?|resblocks)\.\d+\.")  # a stage's, in a block or not
+_EMBED = re.compile(r"embed|stem|cls_token|pos_|position|patch|mask_token|register", re.I)
 
 
 class TuningError(ValueError):
@@ -47,6 +50,7 @@ class Plan:
     head: list[str]
     total: int = 0
     n_trainable: int = 0
+    n_head: int = 0  # parameters of the head (what --head-epochs trains first)
     frozen_by_pattern: list[str] = field(default_factory=list)
     lora_targets: list[str] | None = None
 
@@ -162,6 +166,7 @@ def setup(model, cfg):
     params = dict(model.named_parameters())
     plan.total = sum(p.numel() for p in params.values())
     plan.n_trainable = sum(params[n].numel() for n in trainable)
+    plan.n_head = sum(params[n].numel() for n in head)
     return model, plan
 
 
@@ -172,9 +177,51 @@ def set_phase(model, plan: Plan, head_only: bool) -> None:
         p.requires_grad_(n in on)
 
 
+def depths(names, head=()) -> tuple[dict[str, int], int]:
+    """``({parameter: depth}, L)`` for the parameter names of a whole model, in the model's order: block i of
+    the encoder's L blocks (counted in order across the whole encoder) has depth i (1..L), what comes before
+    the first block (the embeddings, a stem) 0, what follows the last (the final norm, the head) L + 1.
+
+    Blocks are numbered ``layers.N.`` (ViT, CLIP, SigLIP, BEiT, DeiT, DINOv2), ``layer.N.`` (MobileNetV2),
+    ``blocks.N.`` (EfficientNet) or inside stages, ``stages.S.layers.N.`` (ConvNeXt, ResNet, RegNet) and
+    ``layers.S.blocks.N.`` (Swin): there the depth runs over the stages in order, so stage 3's first block is
+    deeper than every block of stages 0-2. A layer of a stage that is in none of its blocks (ConvNeXt's
+    ``stages.S.downsampling_layer``, Swin's ``layers.S.downsample``) goes with the block it feeds, the next
+    one in the model's order: ConvNeXt's with its own stage's first block, Swin's (which ends a stage) with
+    the next stage's first block. ``head`` (the classifier's parameter names) is always L + 1."""
+    names = list(names)
+    head = set(head)
+    staged = any(_STAGE.search(n) for n in names)
+
+    def key(n: str) -> tuple | None:
+        m = (_STAGE if staged else _LAYER).search(n)
+        return tuple(int(g) for g in m.groups()) if m else None
+
+    keys = {n: key(n) for n in names}
+    order = {k: i + 1 for i, k in enumerate(sorted({k for k in keys.values() if k is not None}))}
+    L = len(order)
+    first_block = next((i for i, n in enumerate(names) if keys[n] is not None), len(names))
+    out: dict[str, int] = {}
+    feeds = L + 1  # the depth of the next block in the model's order (walking backwards)
+    for i in range(len(names) - 1, -1, -1):
+        n, k = names[i], keys[names[i]]
+        if n in head:
+            out[n] = L + 1
+        elif k is not None:
+            feeds = out[n] = order[k]
+        elif staged and _IN_STAGE.search(n):  # a stage's layer outside its blocks: with the block it feeds
+            out[n] = feeds
+        elif (_EMBED.search(n) and ".modules_to_save." not in n) or i < first_block:
+            out[n] = 0
+        else:
+            out[n] = L + 1
+    return out, L
+
+
 def layer_id(name: str, n_layers: int) -> int:
     """0 for the embeddings, i + 1 for block i, ``n_layers + 1`` for what follows the blocks (the final norm,
-    the head)."""
+    the head), for one name of a model whose blocks are numbered ``layers.N.`` (not stages: see
+    :func:`depths`)."""
     m = _LAYER.search(name)
     if m:
         return int(m.group(1)) + 1
@@ -182,29 +229,37 @@ def layer_id(name: str, n_layers: int) -> int:
 
 
 def count_layers(names) -> int:
-    ids = [int(m.group(1)) for n in names if (m := _LAYER.search(n))]
-    return max(ids) + 1 if ids else 0
+    """The encoder's block count L over all its stages (see :func:`depths`)."""
+    return depths(names)[1]
 
 
 def param_groups(named_params, lr: float, weight_decay: float, lr_decay: float = 1.0,
-                 n_layers: int | None = None) -> list[dict]:
+                 n_layers: int | None = None, names=None, head=(), family: str | None = None) -> list[dict]:
     """AdamW parameter groups: weight decay on matrices only; with ``lr_decay`` < 1 also one learning rate per
-    layer, ``lr * lr_decay ** (n_layers + 1 - layer_id)``: block i of L gets ``lr * lr_decay ** (L - i)``,
-    the embeddings ``lr * lr_decay ** (L + 1)``, the final norm and head the full ``lr``. ``n_layers`` (L)
-    is the model's block count (pass it when ``named_params`` leaves frozen blocks out); by default the
-    deepest block in ``named_params``."""
+    depth (:func:`depths`), ``lr * lr_decay ** (L + 1 - depth)``: block i of L gets ``lr * lr_decay ** (L - i)``,
+    the embeddings ``lr * lr_decay ** (L + 1)``, the final norm and head the full ``lr``.
+
+    ``names`` are the parameter names of the whole model in its order (pass them when ``named_params`` leaves
+    frozen ones out: depths are counted over the whole encoder); by default those of ``named_params``.
+    ``n_layers`` overrides L. ``head``: the classifier's names (full ``lr`` wherever the model puts them).
+    ``family`` (e.g. the model's class name) names the model when it has no blocks to order."""
     named_params = list(named_params)
     if lr_decay == 1.0:
         decay = [p for _, p in named_params if p.ndim >= 2]
         no_decay = [p for _, p in named_params if p.ndim < 2]
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    n_layers = count_layers(n for n, _ in named_params) if n_layers is None else int(n_layers)
+    names = [n for n, _ in named_params] if names is None else list(names)
+    depth, L = depths(names, head)
+    n_layers = L if n_layers is None else int(n_layers)
     if n_layers == 0:
-        raise TuningError("--lr-decay needs a ViT-style encoder with numbered blocks (parameter names with "
-                          "'layers.N.', 'layer.N.' or 'blocks.N.'); this model has none")
+        raise TuningError(f"--lr-decay needs an encoder with numbered blocks (parameter names with 'layers.N.', "
+                          f"'layer.N.', 'blocks.N.' or stages of them, 'stages.S.layers.N.'); "
+                          f"{family or 'this model'} has none, so its layers cannot be ordered by depth: "
+                          f"train it without --lr-decay")
     groups: dict[tuple, dict] = {}
     for n, p in named_params:
-        lid = layer_id(n, n_layers)
+        lid = depth[n] if n in depth else layer_id(n, n_layers)
+        lid = min(lid, n_layers + 1)
         wd = weight_decay if p.ndim >= 2 else 0.0
         g = groups.setdefault((lid, wd > 0), {"params": [], "weight_decay": wd,
                                               "lr": lr * lr_decay ** (n_layers + 1 - lid), "layer": lid})
