@@ -21,6 +21,15 @@ Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=V
 """
 
 # flag -> (TrainConfig field, type, help); defaults come from TrainConfig and are shown in --help
+def _wise(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}") from None
+
+
 _FLAGS = [
     ("--epochs", "epochs", int, "epochs to train"),
     ("--batch-size", "batch_size", int, "images per optimizer step per process (before --grad-accum)"),
@@ -62,8 +71,11 @@ _FLAGS = [
                                       "the head lr (1 = off)"),
     ("--ema", "ema", float, "decay of an exponential moving average of the trainable weights, updated every "
                             "optimizer step; validation and the saved models use it, e.g. 0.999 (0 = off)"),
-    ("--wise", "wise_alpha", float, "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * "
-                                    "best/, e.g. 0.75 (0 = off; tune its threshold with evaluate --write-threshold)"),
+    ("--wise", "wise_alpha", _wise, "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * "
+                                    "best/, e.g. 0.75 (0 = off; tune its threshold with evaluate --write-threshold); "
+                                    "auto: the alpha of 0, 0.1, ..., 1 that scores best on the --check sets"),
+    ("--select-on", "select_on", str, "what decides best/ and early stopping: val (the training data's own val) "
+                                      "or check (the mean of the --check sets)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema 0.999 --wise 0.75: what kept most of the starting "
                                 "model's knowledge in the proxy benchmark, docs/benchmarks.md)"),
@@ -78,7 +90,16 @@ def register(sub) -> None:
     d = TrainConfig()
     p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION.format(
         d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)))
-    p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
+    p.add_argument("--data", required=True, action="append",
+                   help="prepared folder (holds manifest.csv) from `dftune prepare`; repeat to train on several in "
+                        "one run (mixed into RUN_DIR/data through links: each dataset's val is reported on its own "
+                        "row, and pooled)")
+    p.add_argument("--data-weight", dest="data_weights", action="append", type=float, metavar="W",
+                   default=argparse.SUPPRESS,
+                   help="each --data's share of every epoch's samples, in order (default: by size)")
+    p.add_argument("--check", dest="checks", action="append", metavar="PATH", default=argparse.SUPPRESS,
+                   help="check set: a prepared folder from outside the training data (its val+test, or PATH:SPLIT), "
+                        "scored at every validation beside val; repeat to average several (default: none)")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
@@ -86,6 +107,7 @@ def register(sub) -> None:
     from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
+               "select_on": ("val", "check"),
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
@@ -139,8 +161,12 @@ def _overrides(args) -> dict:
     from dftune.training.config import FIELDS, parse_sets
 
     out = {k: v for k, v in vars(args).items() if k in FIELDS}
+    if out.get("wise_alpha") == "auto":  # --wise auto: the alpha is chosen on the check sets when the run ends
+        out.pop("wise_alpha")
+        out["wise_auto"] = True
     out.update(parse_sets(args.sets))
     return out
+
 
 
 def run(args) -> int:
@@ -154,7 +180,8 @@ def run(args) -> int:
     else:
         cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
     try:
-        summary = train.run(args.data, args.model, args.out, cfg, resume=args.resume, progress=args.progress)
+        summary = train.run(args.data if len(args.data) > 1 else args.data[0], args.model, args.out, cfg,
+                            resume=args.resume, progress=args.progress)
     except KeyboardInterrupt:
         args.interrupted_hint = _interrupted_hint(args)  # what dftune's Ctrl-C line says to do
         raise
@@ -207,6 +234,18 @@ def print_summary(s: TrainSummary) -> None:
         t.add_row(name, f(fr.get(key)), f(vi.get(key)))
     c = console()
     c.print(t)
+    sets = {**({"check sets (mean)": s.best_check["mean"]} if s.best_check else {}),
+            **{f"check {n}": m for n, m in ((s.best_check or {}).get("sets") or {}).items()
+               if len(s.best_check["sets"]) > 1},
+            **{f"val {n}": m for n, m in (s.best_datasets or {}).items()}}
+    if sets:  # the sets validated beside val, at the best epoch: one row each
+        x = Table(title="beside val, at the best epoch", show_header=True, header_style="bold")
+        for col in ("", "frame F1 @0.5", "frame AUC", "video F1 @0.5", "video AUC"):
+            x.add_column(col)
+        for n, m in sets.items():
+            x.add_row(n, f(m["frame"].get("macro_f1")), f(m["frame"].get("auc")), f(m["video"].get("macro_f1")),
+                      f(m["video"].get("auc")))
+        c.print(x)
     c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
             f"by {s.monitor} = {f(s.best_value)}")
     c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")

@@ -121,6 +121,7 @@ def run(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLi
     try:
         # one training per run folder: a second one on the same --out is refused while this one holds it
         with run_lock(Path(out_dir), resume, lambda line: (say or print)(line)):
+            data_dir = _mixed(data_dir, Path(out_dir), cfg)
             return _train(Path(data_dir), model_source, Path(out_dir), cfg, resume, progress, on_epoch_end, say)
     finally:
         torch.set_num_threads(threads_before)
@@ -164,8 +165,11 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
         accelerator.init_trackers("tensorboard")
     crop = crop_settings(data_dir)
     crop.aggregate = cfg.video_aggregate
+    mixed = (read_json(data_dir / "settings.json").get("mix") or {}).get("folders") \
+        if (data_dir / "settings.json").exists() else None
     writer = ModelWriter(accelerator, model, processor, set(plan.trainable), ema, crop, lm.fake_index,
-                         lm.real_index, cfg.monitor, cfg.monitor_level, str(model_source), str(data_dir.resolve()))
+                         lm.real_index, cfg.monitor, cfg.monitor_level, str(model_source), str(data_dir.resolve()),
+                         datasets=mixed, select_on=cfg.select_on)
     r = Run(cfg, run_dir, accelerator, say, progress, use_tb, model, optimizer, scheduler, ema, plan, body, d,
             class_w, to_model, lm.fake_index, n_batches, state, history, meta, writer)
     # one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.training.step); its
@@ -203,6 +207,7 @@ class RunData:
     spec: Preprocess
     counts: np.ndarray
     skipped: set
+    extras: object = None  # dftune.training.extra.Extras: check sets, a mix's per-dataset val
 
 
 @dataclass
@@ -267,10 +272,52 @@ def _has_tensorboard() -> bool:
         return False
 
 
+def _mixed(data_dir, run_dir: Path, cfg: TrainConfig) -> Path:
+    """``--data A --data B ...``: one manifest over them in ``RUN_DIR/data`` (:mod:`dftune.mix`: links, a dataset
+    column, cross-folder identity leaks dropped), written once and reused by --resume; one folder as it is."""
+    if isinstance(data_dir, (str, os.PathLike)):
+        if cfg.data_weights and len(cfg.data_weights) != 1:
+            raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for 1 --data")
+        return Path(data_dir)
+    folders = [Path(d) for d in data_dir]
+    if len(folders) == 1:
+        return _mixed(folders[0], run_dir, cfg)
+    if cfg.data_weights and len(cfg.data_weights) != len(folders):
+        raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for {len(folders)} --data; give one per "
+                         f"--data, in the same order")
+    from dftune import mix
+
+    out = run_dir / "data"
+    if (out / "settings.json").exists():
+        had = list((read_json(out / "settings.json").get("mix") or {}).get("folders", {}).values())
+        if had == [str(f.resolve()) for f in folders]:
+            return out
+        raise TrainError(f"{out}: this run mixed {', '.join(had)}; --data names {', '.join(map(str, folders))}. "
+                         f"Resume with the same --data, or start a new run (another --out)")
+    try:
+        mix.write_mix(folders, out)
+    except mix.MixError as e:
+        raise TrainError(str(e)) from None
+    return out
+
+
+def _sample_weights(data_dir: Path, train_rows: list, cfg: TrainConfig):
+    """Per-row draw weights giving each dataset of a mix its ``--data-weight`` share of an epoch, or None."""
+    if not cfg.data_weights:
+        return None
+    names = list((read_json(data_dir / "settings.json").get("mix") or {}).get("folders", {})) \
+        if (data_dir / "settings.json").exists() else []
+    if len(names) != len(cfg.data_weights):
+        return None  # one dataset: its weight says nothing
+    share = dict(zip(names, cfg.data_weights, strict=True))
+    n = {nm: sum(1 for r in train_rows if r.dataset.split("/")[0] == nm) for nm in names}
+    return np.array([share[r.dataset.split("/")[0]] / max(1, n[r.dataset.split("/")[0]]) for r in train_rows])
+
+
 def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
     """``(model, processor, LabelMap, Plan, folder)``: labels by name (never assumed), which parameters train
     (:mod:`dftune.training.trainable`), the folder the model was read from (a hub id's snapshot)."""
-    if cfg.wise_alpha > 0 and cfg.reinit_head:
+    if (cfg.wise_alpha > 0 or cfg.wise_auto) and cfg.reinit_head:
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
     folder = _hub_folder(model_source)
@@ -290,13 +337,14 @@ def _wise_base(folder: str, model_source: str, cfg: TrainConfig) -> str | None:
     """``--wise``: the starting model as a local folder for the merge at the end (``folder``, where it was
     loaded from: a hub id's snapshot in the Hugging Face cache); refused now when it is not one, rather than
     after the training. None without --wise."""
-    if cfg.wise_alpha <= 0:
+    if cfg.wise_alpha <= 0 and not cfg.wise_auto:
         return None
     if not (Path(folder) / "config.json").is_file():
         from huggingface_hub import constants
 
         raise TrainError(
-            f"--wise {cfg.wise_alpha:g}: WiSE-FT merges the starting model with best/ when the run ends and needs "
+            f"--wise {'auto' if cfg.wise_auto else f'{cfg.wise_alpha:g}'}: WiSE-FT merges the starting model "
+            f"with best/ when the run ends and needs "
             f"it as a local folder; {model_source} has no local copy in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}). Download it first (e.g. `hf download {model_source} --local-dir DIR`) and "
             f"pass --model DIR, or train without --wise (`dftune merge {model_source} RUN/best --alpha A` makes the "
@@ -406,12 +454,21 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
             f"fakes), {sum(len(g) == 1 for g in sampler.groups)} of {len(train_rows)} train rows without a partner "
             f"(sampled alone)")
     else:
+        weights = _sample_weights(data_dir, train_rows, cfg)
         sampler = data.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
-                                    sbi=cfg.sbi)
+                                    sbi=cfg.sbi, weights=weights)
+        if weights is not None:  # the loss's class balance over the epoch as drawn
+            counts = np.array([weights[train_ds.labels == c].sum() for c in (0, 1)]) * len(train_rows) / weights.sum()
     train_dl = data.make_loader(train_ds, cfg.batch_size, sampler, workers, pin)
     val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, workers, pin)
+    from dftune.training import extra
+
+    extras = extra.build(cfg.checks, data_dir, train_rows, val_rows, spec, cfg.seed, cfg.batch_size * 2, workers, pin)
+    for s in extras.checks:
+        say(f"check set {s.name}: {len(s.rows)} crops ({sum(r.label == 0 for r in s.rows)} real), scored at every "
+            f"validation" + ("; it decides best/ (--select-on check)" if cfg.select_on == "check" else ""))
     return RunData(train_rows, val_rows, train_ds, val_ds, train_dl, val_dl, data.Normalize(spec), spec, counts,
-                   skipped)
+                   skipped, extras)
 
 
 def _check_val_classes(data_dir: Path, val_counts: np.ndarray, cfg: TrainConfig, say: Callable[[str], None]) -> None:
@@ -464,7 +521,9 @@ def _optimizer(accelerator, model, plan: trainable.Plan, cfg: TrainConfig, d: Ru
     except trainable.TuningError as e:
         raise TrainError(str(e)) from None
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    model, optimizer, d.train_dl, d.val_dl = accelerator.prepare(model, optimizer, d.train_dl, d.val_dl)
+    model, optimizer, d.train_dl, d.val_dl, *more = accelerator.prepare(model, optimizer, d.train_dl, d.val_dl,
+                                                                       *d.extras.loaders())
+    d.extras.set_loaders(more)
     body = [p for n, p in accelerator.unwrap_model(model).named_parameters()
             if n in train_names and n not in set(plan.head)]  # what the head-only epochs keep still
     ema = None
@@ -611,8 +670,13 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
     validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs  # --val-every, and always the last epoch
     val = validate.validate(r.accelerator, r.model, d.val_dl, d.normalize, d.val_ds, d.val_rows, r.fake_index,
                             cfg.video_aggregate, d.skipped, r.ema) if validated else None
-    v = validate.monitor_value(val, cfg) if validated else float("nan")
-    record = {"epoch": epoch, "train": train_stats, "val": val, "monitor": None if math.isnan(v) else v,
+    from dftune.training import extra
+
+    more = extra.run_all(d.extras, r.accelerator, r.model, d.normalize, r.fake_index, cfg.video_aggregate,
+                         d.skipped, r.ema) if validated else {}
+    selected = more["check"]["mean"] if cfg.select_on == "check" and validated else val
+    v = validate.monitor_value(selected, cfg) if validated else float("nan")
+    record = {"epoch": epoch, "train": train_stats, "val": val, **more, "monitor": None if math.isnan(v) else v,
               "time_s": round(time.perf_counter() - t0, 3)}
     state.epoch = epoch
     record["best"] = validated and validate.improved(v, state.best, cfg.higher_is_better)
@@ -637,6 +701,8 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
     if r.use_tb:
         r.accelerator.log(stats.scalars(record), step=epoch)
     r.say(stats.epoch_line(record, cfg))
+    for line in stats.extra_lines(record):
+        r.say(line)
     return record
 
 
@@ -671,12 +737,15 @@ def _summary(r: Run, model_source: str, lm, facts: machine.Machine) -> TrainSumm
     cfg, state, run_dir, accelerator = r.cfg, r.state, r.run_dir, r.accelerator
     stop_reason = "completed all epochs"
     if state.bad_epochs >= cfg.patience > 0 and state.epoch < cfg.epochs:
-        stop_reason = f"early stopping: no val {cfg.monitor} improvement for {cfg.patience} epochs"
+        stop_reason = f"early stopping: no {cfg.select_on} {cfg.monitor} improvement for {cfg.patience} epochs"
     best_rec = next((h for h in r.history if h["epoch"] == state.best_epoch), None)
-    wise = wise_ft(model_source, run_dir, cfg.wise_alpha) if cfg.wise_alpha > 0 and r.main else {}
+    alpha = "auto" if cfg.wise_auto else cfg.wise_alpha
+    wise = wise_ft(model_source, run_dir, alpha, cfg.checks) if (cfg.wise_auto or cfg.wise_alpha > 0) and r.main else {}
     return TrainSummary(
         run_dir=str(run_dir), epochs_run=state.epoch, epochs_planned=cfg.epochs, best_epoch=state.best_epoch,
-        monitor=f"val {cfg.monitor_level} {cfg.monitor}", best_value=state.best,
+        monitor=f"{cfg.select_on} {cfg.monitor_level} {cfg.monitor}", best_value=state.best,
+        best_check=best_rec.get("check") if best_rec else None,
+        best_datasets=best_rec.get("datasets") if best_rec else None,
         best_val=best_rec["val"] if best_rec else None, best_dir=str(run_dir / "best"),
         last_dir=str(run_dir / "last"), stopped=stop_reason, skipped=sorted(r.data.skipped), label_map=lm.to_dict(),
         micro_batch=state.micro_batch, mixed_precision=accelerator.mixed_precision,
@@ -694,7 +763,7 @@ def _trained(plan: trainable.Plan, cfg: TrainConfig, epochs_run: int) -> dict:
             "head_params": plan.n_head}
 
 
-def wise_ft(model_source: str, run_dir: Path, alpha: float) -> dict:
+def wise_ft(model_source: str, run_dir: Path, alpha: float | str, checks=()) -> dict:
     """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge).
     A failure is reported, never raised: the run's own models are complete by then."""
     from dftune.stages import merge
@@ -703,7 +772,8 @@ def wise_ft(model_source: str, run_dir: Path, alpha: float) -> dict:
     if not best.exists():
         return {"wise_error": f"{best} does not exist (no epoch was validated)"}
     try:
-        merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True)
+        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=checks)
+        alpha = r.get("alpha", alpha)
     except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
         log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
         return {"wise_error": f"{type(e).__name__}: {e}"}

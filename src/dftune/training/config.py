@@ -24,7 +24,8 @@ LEVELS = ("frame", "video")
 SCHEDULES = ("constant", "cosine")
 PRECISION = ("auto", "bf16", "fp16", "no")
 TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.training.trainable
-_STR_TUPLES = ("freeze",)  # tuple settings of strings (the other tuples hold ints)
+_STR_TUPLES = ("freeze", "checks")  # tuple settings of strings
+_FLOAT_TUPLES = ("data_weights",)  # ... of numbers (the other tuples hold ints)
 
 
 @dataclass
@@ -84,6 +85,11 @@ class TrainConfig:
     paired: bool = False  # batches of whole groups: a real frame with the fakes made from it (data.PairedSampler)
     # WiSE-FT at the end: RUN_DIR/wise = (1 - a) * the starting model + a * best/ (stages.merge); 0 = off
     wise_alpha: float = 0.0
+    wise_auto: bool = False  # --wise auto: the alpha chosen on the check sets (dftune.stages.merge.choose_alpha)
+    # check sets from outside the training data (dftune.checks): validated beside val every validation
+    checks: tuple = ()
+    select_on: str = "val"  # val | check: which decides best/ and early stopping
+    data_weights: tuple = ()  # --data A --data B: each dataset's share of an epoch's samples (default: by size)
     # a named set of defaults under the settings file and flags (RECIPES): guide (the guide's) or generalise
     recipe: str = "guide"
 
@@ -136,6 +142,20 @@ class TrainConfig:
             raise ValueError(f"wise_alpha is the fine-tuned model's share in [0, 1] (0 = off, e.g. 0.75); "
                              f"got {self.wise_alpha}")
         one_of("recipe", tuple(RECIPES))
+        one_of("select_on", ("val", "check"))
+        if isinstance(self.checks, str):
+            self.checks = (self.checks,)
+        self.checks = tuple(str(c) for c in self.checks or ())
+        self.data_weights = tuple(float(w) for w in self.data_weights or ())
+        if any(w < 0 for w in self.data_weights) or (self.data_weights and sum(self.data_weights) <= 0):
+            raise ValueError(f"data_weights: one non-negative share per --data, not all zero; got {self.data_weights}")
+        if self.select_on == "check" and not self.checks:
+            raise ValueError("--select-on check needs check sets: --check PATH (prepared data from outside the "
+                             "training data)")
+        if self.wise_auto and not self.checks:
+            raise ValueError("--wise auto chooses the WiSE-FT alpha on check sets: give --check PATH (prepared data "
+                             "from outside the training data); on the training data's own val it picks 1.0, the "
+                             "fine-tuned model itself")
         if self.paired and self.balance == "sampler":
             raise ValueError("--paired orders each batch as real frames with their fakes; it cannot be combined "
                              "with --balance sampler (use --balance loss)")
@@ -227,6 +247,10 @@ def _coerce(name: str, value: Any) -> Any:
         return bool(value)
     if name in _STR_TUPLES:  # a --set value is one pattern (a regex may hold commas)
         return (value,) if isinstance(value, str) else tuple(str(x) for x in value)
+    if name in _FLOAT_TUPLES:
+        if isinstance(value, str):
+            value = [x for x in value.split(",") if x.strip()]
+        return tuple(float(x) for x in value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             value = [x for x in value.replace("-", ",").split(",") if x.strip()]

@@ -212,8 +212,10 @@ class EpochSampler:
     """
 
     def __init__(self, labels: np.ndarray, seed: int = 0, shuffle: bool = True, balanced: bool = False,
-                 sbi: float = 0.0):
+                 sbi: float = 0.0, weights=None):
         self.labels = np.asarray(labels)
+        # per-row draw weights (``train --data-weight``: each dataset's share of an epoch): drawn with replacement
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.seed, self.shuffle, self.balanced = int(seed), shuffle, balanced
         self.sbi = float(sbi)  # share of drawn reals that become pseudo-fakes; the balance accounts for it
         self.epoch = 0
@@ -227,9 +229,12 @@ class EpochSampler:
     def indices(self) -> np.ndarray:
         n = len(self.labels)
         rng = np.random.default_rng((self.seed, self.epoch, 7919))
-        if self.balanced:
-            counts = np.bincount(self.labels, minlength=2).astype(float)
-            w = 1.0 / counts[self.labels]
+        if self.balanced or self.weights is not None:
+            base = self.weights if self.weights is not None else np.ones(n)
+            if not self.balanced:
+                return rng.choice(n, size=n, replace=True, p=base / base.sum())
+            counts = np.array([base[self.labels == c].sum() for c in (0, 1)])
+            w = base / counts[self.labels]
             if self.sbi:
                 # draw reals more often so that, after a share sbi of them turns fake, each class is half
                 w[self.labels == 0] /= 1 - 2 * self.sbi
@@ -246,7 +251,7 @@ def pair_key(row) -> tuple | None:
     target (FF++ names fakes TARGET_SOURCE: the target's face and frames with the source's identity swapped
     in), with the frame index. A fake and the real frame with the same key come from the same source frame."""
     ident = (row.target_id or (row.video_id if int(row.label) == 0 else "")).strip()
-    return (ident, int(row.frame_index)) if ident else None
+    return (row.dataset, ident, int(row.frame_index)) if ident else None  # a mix's datasets never pair across
 
 
 def pair_groups(rows) -> list[list[int]]:

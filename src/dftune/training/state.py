@@ -75,7 +75,10 @@ class TrainSummary:
     wise_dir: str | None = None
     wise_alpha: float | None = None
     wise_error: str | None = None
+    best_check: dict | None = None  # the best epoch's check sets (--check): {"sets": {...}, "mean": {...}}
+    best_datasets: dict | None = None  # a mix's val, dataset by dataset, at the best epoch
 
     def to_dict(self) -> dict:
         """The summary as a dict; the ``wise_*`` keys only where they are set."""
-        return {k: v for k, v in asdict(self).items() if not (k in _WISE and v is None)}
+        return {k: v for k, v in asdict(self).items()
+                if not (k in (*_WISE, "best_check", "best_datasets") and v is None)}

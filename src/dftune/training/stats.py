@@ -45,11 +45,37 @@ def scalars(rec: dict) -> dict:
         for k, v in rec["val"][level].items():
             if isinstance(v, (int, float)) and v is not None:
                 out[f"val_{level}/{k}"] = v
+    sets = {"check_mean": (rec.get("check") or {}).get("mean"),
+            **{f"check_{n}": m for n, m in ((rec.get("check") or {}).get("sets") or {}).items()},
+            **{f"val_{n}": m for n, m in (rec.get("datasets") or {}).items()}}
+    for name, m in sets.items():
+        for level in ("frame", "video") if m else ():
+            for k, v in m[level].items():
+                if isinstance(v, (int, float)) and v is not None:
+                    out[f"{name.replace('/', '_')}_{level}/{k}"] = v
     return out
 
 
 def _fmt(v) -> str:
     return "n/a" if v is None else f"{v:.4f}"
+
+
+def extra_lines(rec: dict) -> list[str]:
+    """The lines after an epoch's for the sets validated beside val: the check sets' mean (and each set), a
+    mix's val by dataset."""
+    out = []
+    chk = rec.get("check")
+    if chk:
+        fr, vi = chk["mean"]["frame"], chk["mean"]["video"]
+        out.append(f"  check sets (mean of {len(chk['sets'])}): frame f1 {_fmt(fr.get('macro_f1'))} auc "
+                   f"{_fmt(fr.get('auc'))} | video f1 {_fmt(vi.get('macro_f1'))} auc {_fmt(vi.get('auc'))}")
+        if len(chk["sets"]) > 1:
+            out += [f"    {n}: frame auc {_fmt(m['frame'].get('auc'))} video auc {_fmt(m['video'].get('auc'))}"
+                    for n, m in chk["sets"].items()]
+    for n, m in (rec.get("datasets") or {}).items():
+        out.append(f"  val {n}: frame f1 {_fmt(m['frame'].get('macro_f1'))} auc {_fmt(m['frame'].get('auc'))} | "
+                   f"video f1 {_fmt(m['video'].get('macro_f1'))} auc {_fmt(m['video'].get('auc'))}")
+    return out
 
 
 def epoch_line(rec: dict, cfg: TrainConfig) -> str:

@@ -41,6 +41,8 @@ class ModelWriter:
     monitor_level: str
     trained_from: str
     data: str
+    datasets: dict | None = None  # a mix's folders (train --data A --data B): name -> path
+    select_on: str = "val"
 
     @property
     def raw_apart(self) -> bool:
@@ -82,6 +84,13 @@ class ModelWriter:
         extra = {"epoch": record["epoch"], "best_epoch": best_epoch, "monitor": self.monitor,
                  "monitor_level": self.monitor_level, "metrics": val, "trained_from": self.trained_from,
                  "data": self.data}
+        if self.datasets:
+            extra["datasets"] = self.datasets
+        for key in ("check", "datasets"):
+            if record.get(key):
+                extra[f"{key}_metrics"] = record[key]
+        if self.select_on != "val":
+            extra["selected_on"] = self.select_on
         if val is not None:
             # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
             # `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val optimum seen
