@@ -47,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="keep data and models here (a re-run reuses finished runs)")
     ap.add_argument("--videos", type=int, default=20, help="train identities per domain A/B/C")
     ap.add_argument("--check-videos", type=int, default=4, help="train identities of D (its val+test is used)")
+    ap.add_argument("--check-methods", default=",".join(CHECK[0]),
+                    help="D's fake methods (FaceSwap is kin to A, FaceEdit to B, LipSync to C)")
     ap.add_argument("--frames", type=int, default=6)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--base-epochs", type=int, default=25)
@@ -73,9 +75,10 @@ def main(argv=None) -> int:
 
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_select_"))
     domains = G.make_domains(work, a.videos, a.frames, a.size, say)
-    dpath = work / f"check_v{a.check_videos}_f{a.frames}_s{a.size}"
+    methods = tuple(m for m in a.check_methods.split(",") if m)
+    dpath = work / f"check_v{a.check_videos}_f{a.frames}_s{a.size}_{'-'.join(methods)}"
     if not (dpath / "manifest.csv").exists():
-        make_crops(dpath, n_videos=a.check_videos, frames=a.frames, size=a.size, methods=CHECK[0], look=CHECK[1],
+        make_crops(dpath, n_videos=a.check_videos, frames=a.frames, size=a.size, methods=methods, look=CHECK[1],
                    first_id=CHECK[2])
     scorer = G.Scorer(domains, work / "scoring.log")
     common = {"num_workers": 0, "tensorboard": False, "threads": a.threads, "patience": 0, "batch_size": 16}
