@@ -16,11 +16,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from dftune.stages import export  # noqa: E402
-from dftune import scoring
-from dftune.model import meta as modelmeta  # noqa: E402
+from dftune import scoring  # noqa: E402
 from dftune.cli import main  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
+from dftune.stages import export  # noqa: E402
 
 # runs a script with `import dftune` made impossible
 NO_DFTUNE = "import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; " \

@@ -10,8 +10,8 @@ from dftune import portable
 
 
 def _face_frames(n=6, w=200, h=160):
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     face = np.asarray(Image.fromarray(data.astronaut()[30:250, 130:330]).resize((120, 132)))
     out = []
@@ -94,7 +94,6 @@ def test_image_formats_gif_tiff_16bit(tmp_path):
 
 
 def test_an_image_that_already_is_a_face_crop_is_used_whole():
-    from PIL import Image
     from skimage import data
 
     det = portable.get_detector("dlib")

@@ -11,11 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from dftune import scoring
-from dftune.model import meta as modelmeta  # noqa: E402
-from dftune.stages import predict  # noqa: E402
+from dftune import scoring  # noqa: E402
 from dftune.cli import main  # noqa: E402
+from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
+from dftune.stages import predict  # noqa: E402
 
 
 def swapped_copy(src: Path, dst: Path) -> Path:
@@ -94,7 +94,8 @@ def test_cli_one_row_per_input_errors_and_faces(env, capsys):
     by = {r["filename"]: r for r in rows}
     assert len(rows) == 8 and len(by) == 8  # exactly one row per input, none for notes.txt
     for bad in ("corrupt.jpg", "missing.png"):
-        assert by[bad]["error"] and by[bad]["label"] == "0" and by[bad]["prob_fake"] == "0.000000"  # never a label beside an empty prob
+        assert by[bad]["error"] and by[bad]["label"] == "0"
+        assert by[bad]["prob_fake"] == "0.000000"  # never a label beside an empty prob
     for name in ("face.png", "sub/gray.jpg", "sub/cmyk.jpg", "sub/alpha.png"):
         assert by[name]["faces_found"] == "1" and not by[name]["error"], name
         assert 0.0 <= float(by[name]["prob_fake"]) <= 1.0
@@ -141,7 +142,8 @@ def test_parity_with_transformers_pipeline(env):
     clf = pipeline("image-classification", model=str(env["a"]), device="cpu")
     scores = {d["label"]: d["score"] for d in clf(Image.open(img).convert("RGB"), top_k=2)}
     models = scoring.load_models([str(env["a"])], device="cpu")
-    r = predict.score_files(models, predict.collect_inputs([img]), predict.PredictSettings(tta=(), detector="none", progress=False))
+    r = predict.score_files(models, predict.collect_inputs([img]),
+                            predict.PredictSettings(tta=(), detector="none", progress=False))
     assert r[0].prob_fake == pytest.approx(scores["Deepfake"], abs=1e-6)
 
 
@@ -182,6 +184,6 @@ def test_results_do_not_depend_on_batching(env):
     r1 = predict.score_files(models, items, predict.PredictSettings(batch_size=1, progress=False))
     r7 = predict.score_files(models, items, predict.PredictSettings(batch_size=7, progress=False))
     assert [r.name for r in r1] == [r.name for r in r7] == [i.name for i in items]
-    for x, y in zip(r1, r7):
+    for x, y in zip(r1, r7, strict=False):
         assert (np.isnan(x.prob_fake) and np.isnan(y.prob_fake)) or abs(x.prob_fake - y.prob_fake) < 1e-5
         assert len(x.per_model) == (0 if x.error else 2)

@@ -40,7 +40,7 @@ class CropSettings:
     first_min_face: int = DETECT_DEFAULTS["first_min_face"]
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "CropSettings":
+    def from_dict(cls, d: dict | None) -> CropSettings:
         """From prepare's ``settings.json`` or a ``dftune.json``; keys it does not know are ignored.
         ``detect_width: auto`` (settings.json) becomes the widths it means for the detector; none at
         all: one pass at 640, what every earlier version ran."""
@@ -79,7 +79,7 @@ class ModelMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelMeta":
+    def from_dict(cls, d: dict) -> ModelMeta:
         return cls(
             fake_index=int(d["fake_index"]),
             real_index=int(d["real_index"]),

@@ -1,9 +1,11 @@
-"""The rules that turn scores into labels: crop settings and their overrides, thresholds and their provenance, ensembles."""
+"""The rules that turn scores into labels: crop settings and their overrides, thresholds and their provenance,
+ensembles.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -93,7 +95,8 @@ def ensemble_members(data: Mapping, folder) -> list[tuple[str, float]]:
     out = []
     for m in data["members"]:
         p = str(m["path"])
-        out.append((p if os.path.isabs(p) else os.path.normpath(os.path.join(str(folder), p)), float(m.get("weight", 1.0))))
+        path = p if os.path.isabs(p) else os.path.normpath(os.path.join(str(folder), p))
+        out.append((path, float(m.get("weight", 1.0))))
     return out
 
 

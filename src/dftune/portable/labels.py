@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 FAKE_WORDS = frozenset({
     "fake", "deepfake", "deep_fake", "deepfakes", "manipulated", "forged", "forgery", "synthetic",

@@ -1,11 +1,13 @@
-"""The model's image processor as numbers: resize rule, centre crop, rescale and normalise (exact, uint8 until the last step)."""
+"""The model's image processor as numbers: resize rule, centre crop, rescale and normalise (exact, uint8 until
+the last step).
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
 
 import numpy as np
 
@@ -77,7 +79,7 @@ class Preprocess:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_processor(cls, processor) -> "Preprocess":
+    def from_processor(cls, processor) -> Preprocess:
         base = _base_name(processor)
         if base not in SUPPORTED:  # the plain resize -> crop -> rescale -> normalise chain, unchecked
             _log.warning("%s: not one of the image processors dftune checks for parity (%s); reading it as the "
@@ -114,7 +116,8 @@ class Preprocess:
         eff = base == _EFFICIENTNET
         return cls(
             out_height=int(out[0]), out_width=int(out[1]), resample=resample, crops=tuple(crops),
-            do_rescale=bool(g("do_rescale")), rescale_factor=float(g("rescale_factor") if g("rescale_factor") is not None else 1 / 255),
+            do_rescale=bool(g("do_rescale")),
+            rescale_factor=float(g("rescale_factor") if g("rescale_factor") is not None else 1 / 255),
             rescale_offset=bool(eff and g("rescale_offset")),
             do_normalize=bool(g("do_normalize")),
             mean=_three(g("image_mean") if g("image_mean") is not None else 0.5),
@@ -129,7 +132,7 @@ class Preprocess:
         return d
 
     @classmethod
-    def from_dict(cls, d) -> "Preprocess":
+    def from_dict(cls, d) -> Preprocess:
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -171,11 +174,11 @@ def centre_crop(img: np.ndarray, ch: int, cw: int) -> np.ndarray:
     padding with ceil((c - n) / 2) before and the rest after (per axis)."""
     h, w = img.shape[:2]
     if h >= ch and w >= cw:
-        t, l = (h - ch) // 2, (w - cw) // 2
-        return img[t:t + ch, l:l + cw]
+        t, left = (h - ch) // 2, (w - cw) // 2
+        return img[t:t + ch, left:left + cw]
     out = np.zeros((ch, cw) + img.shape[2:], dtype=img.dtype)
-    t, l = max((h - ch) // 2, 0), max((w - cw) // 2, 0)
-    src = img[t:t + ch, l:l + cw]
+    t, left = max((h - ch) // 2, 0), max((w - cw) // 2, 0)
+    src = img[t:t + ch, left:left + cw]
     dt, dl = max((ch - h + 1) // 2, 0), max((cw - w + 1) // 2, 0)
     out[dt:dt + src.shape[0], dl:dl + src.shape[1]] = src
     return out

@@ -1,4 +1,6 @@
-"""Reading videos with PyAV: the guide's frame sampling, display rotation, lazy YUV frames, decoding that skips segments nothing wants."""
+"""Reading videos with PyAV: the guide's frame sampling, display rotation, lazy YUV frames, decoding that skips
+segments nothing wants.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import itertools
 import logging
 import os
 import threading
-from typing import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -142,7 +144,7 @@ def _rgb_region(frame, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
     bx0, by0 = max(0, (x0 - 16) & ~15), max(0, (y0 - 16) & ~15)
     bx1, by1 = min(w, (x1 + 31) & ~15), min(h, (y1 + 31) & ~15)
     sub = av.VideoFrame(bx1 - bx0, by1 - by0, frame.format.name)
-    for k, (src, dst) in enumerate(zip(frame.planes, sub.planes)):
+    for k, (src, dst) in enumerate(zip(frame.planes, sub.planes, strict=False)):
         s = 1 if k else 0
         a = np.frombuffer(src, np.uint8).reshape(-1, src.line_size)
         b = np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)
@@ -321,7 +323,7 @@ def _needed_packets(stream, packets: list, rank: Callable) -> list[bool]:
     extra = stream.codec_context.extradata or b""
     nal_length = (extra[4] & 3) + 1 if len(extra) > 4 and extra[0] == 1 else 0
     starts = [0] + [k for k, p in enumerate(packets) if k and p.is_keyframe and _h264_idr(bytes(p), nal_length)]
-    for a, b in zip(starts, [*starts[1:], len(packets)]):
+    for a, b in zip(starts, [*starts[1:], len(packets)], strict=False):
         last = max((k for k in range(a, b) if rank(packets[k].pts) is not None), default=a - 1)
         for k in range(last + 1, b):
             keep[k] = False
@@ -371,7 +373,7 @@ def decode_frames_skipping(path, indices: Sequence[int], pts: list, *, lazy: boo
         ctx.thread_count = 1
         try:
             fed = False  # packets sent since the decoder was last drained
-            for packet, needed in zip(packets, keep):
+            for packet, needed in zip(packets, keep, strict=False):
                 if needed:
                     if packet.pts is not None:
                         ctx.skip_frame = "DEFAULT" if rank(packet.pts) is not None else "NONREF"

@@ -16,12 +16,12 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
 
-from dftune.geometry import points_to_crop
 from dftune.atomic import FolderBusy, WriteError, folder_lock, read_json, write_bytes, write_json
+from dftune.geometry import points_to_crop
 from dftune.portable.decision import AUTO_FIRST_MIN_FACE as FIRST_MIN_FACE
 from dftune.portable.decision import AUTO_FIRST_WIDTH as FIRST_WIDTH
 from dftune.prepared import PARTS, Row, counts, load_parts, write_manifest
@@ -188,10 +188,21 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
     """Crops for one video or image; never raises for bad input (errors go in the part)."""
     import cv2
 
-    from dftune.portable import VideoError, crop_square, detect_faces, follow, frame_face, load_image, sample_frames
-    from dftune.portable import Face, FaceCrop, whole_image_box
+    from dftune.portable import (
+        Face,
+        FaceCrop,
+        VideoError,
+        crop_square,
+        detect_faces,
+        follow,
+        frame_face,
+        load_image,
+        sample_frames,
+        whole_image_box,
+    )
     from dftune.sources.deepfakebench import landmarks_of
-    from dftune.sources.frames import KIND as FRAMES, read_frames
+    from dftune.sources.frames import KIND as FRAMES
+    from dftune.sources.frames import read_frames
 
     rows: list[dict] = []
     sampled = no_face = 0
