@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,46 +221,12 @@ def batched(items: Sequence, size: int):
         yield items[i:i + size]
 
 
-@dataclass
-class _Raised:
-    error: BaseException
-
-
 def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
     """``map(fn, items)`` computed ahead in a background thread (decode/detect overlaps the
-    model's forward pass); an exception in ``fn`` is raised in the consumer."""
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-    done = object()
+    model's forward pass); an exception in ``fn`` is raised in the consumer (``portable.workers.ahead``)."""
+    from dftune.portable.workers import ahead
 
-    def work():
-        try:
-            for it in items:
-                if stop.is_set():
-                    return
-                q.put(fn(it))
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(_Raised(e))
-        finally:
-            q.put(done)
-
-    t = threading.Thread(target=work, daemon=True)
-    t.start()
-    try:
-        while True:
-            r = q.get()
-            if r is done:
-                break
-            if isinstance(r, _Raised):
-                raise r.error
-            yield r
-    finally:
-        stop.set()
-        while t.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                t.join(0.05)
+    return ahead(fn, items, depth, "dftune-prefetch")
 
 
 def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable | None, tta: Sequence[str] = (),

@@ -215,25 +215,27 @@ class FramePool:
 # ---------------------------------------------------------------- either way
 
 
-def _ahead(fn, jobs: Sequence) -> Iterator:
-    """``fn(*job)`` for each job computed one step ahead in a background thread."""
+def ahead(fn, items: Sequence, depth: int = 2, name: str = "dftune-ahead") -> Iterator:
+    """``map(fn, items)`` computed up to ``depth`` items ahead in a background thread (decoding and detection
+    overlap the model's forward pass); an exception in ``fn`` is raised in the consumer; stopping early stops
+    the thread."""
     import queue
 
-    q: queue.Queue = queue.Queue(maxsize=2)
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop, done = threading.Event(), object()
 
     def work():
         try:
-            for job in jobs:
+            for it in items:
                 if stop.is_set():
                     return
-                q.put(fn(*job))
+                q.put(fn(it))
         except BaseException as e:  # raised in the consumer
             q.put(_Raised(e))
         finally:
             q.put(done)
 
-    t = threading.Thread(target=work, daemon=True, name="dftune-frames")
+    t = threading.Thread(target=work, daemon=True, name=name)
     t.start()
     try:
         while True:
@@ -250,6 +252,11 @@ def _ahead(fn, jobs: Sequence) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 t.join(0.05)
+
+
+def _ahead(fn, jobs: Sequence) -> Iterator:
+    """``fn(*job)`` for each job computed one step ahead in a background thread."""
+    return ahead(lambda job: fn(*job), jobs, 2, "dftune-frames")
 
 
 @dataclass
