@@ -28,19 +28,13 @@ SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
 
 
 @pytest.fixture(scope="module")
-def crops(tmp_path_factory) -> Path:
-    from dftune.synthetic import make_crops
-
-    out = tmp_path_factory.mktemp("crops")
-    make_crops(out, n_videos=4, frames=2, size=32, methods=("Deepfakes",))
-    return out
+def crops(make_crops) -> Path:
+    return make_crops(n_videos=4, frames=2, size=32, methods=("Deepfakes",))
 
 
 @pytest.fixture(scope="module")
-def vit(tmp_path_factory) -> str:
-    from dftune.model.load import build_tiny_vit
-
-    return str(build_tiny_vit(tmp_path_factory.mktemp("vit"), {0: "Realism", 1: "Deepfake"}, image_size=32))
+def vit(tiny_vit) -> str:
+    return tiny_vit({0: "Realism", 1: "Deepfake"}, image_size=32)
 
 
 def _settings(**kw) -> tune.TuneSettings:
