@@ -16,15 +16,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from conftest import NO_DFTUNE  # noqa: E402  (runs a script with `import dftune` made impossible)
 from dftune import scoring  # noqa: E402
 from dftune.cli import main  # noqa: E402
 from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
 from dftune.stages import export  # noqa: E402
-
-# runs a script with `import dftune` made impossible
-NO_DFTUNE = "import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; " \
-            "runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 def make_inputs(root: Path) -> Path:

@@ -118,3 +118,26 @@ def test_training_modes_and_wise_under_two_processes(setup, tmp_path):
     assert not list(out.glob(".wise*")) and not list(out.glob("*.tmp"))  # written once, by the main process
     meta = json.loads((out / "wise" / "dftune.json").read_text())
     assert meta["extra"]["merge"]["alpha"] == 0.5
+
+
+def test_predict_under_two_processes_writes_one_csv_equal_to_a_single_process(setup, tmp_path):
+    """predict under torchrun scores and writes in the main process alone: one writer, one CSV."""
+    from PIL import Image
+
+    from dftune.synthetic import identity
+
+    crops, vit = setup
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        Image.fromarray(identity(i).rgb).resize((96, 96)).save(inputs / f"{i}.png")
+    args = ["predict", str(inputs), "--model", str(vit), "--no-progress", "--device", "cpu", "--workers", "0"]
+    one = subprocess.run([sys.executable, "-m", "dftune", *args, "--out", str(tmp_path / "one.csv")], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                          "-m", "dftune", *args, "--out", str(tmp_path / "two.csv")], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert (two.stdout + two.stderr).count("dftune predict ->") == 1
+    assert (tmp_path / "one.csv").read_bytes() == (tmp_path / "two.csv").read_bytes()

@@ -228,3 +228,48 @@ def test_dfdc_preview_says_when_a_label_disagrees_with_its_folder(tmp_path):
     dfdc.index_preview(root, warnings=warnings)
     said = [w for w in warnings if "labels it real but it is in method_A/" in w["error"]]
     assert len(said) == 1 and said[0]["file"] == str(root / "method_A/1/a.mp4")
+
+
+# ---------------------------------------------------------------- ensembles edited by hand, the script's errors
+
+
+@pytest.mark.parametrize("edit, field", [
+    ({"weights": [1, -1]}, r"members\[1\]\.weight is -1"),
+    ({"weights": [0, 0]}, "every member's weight is 0"),
+    ({"weights": [float("nan"), 1]}, r"members\[0\]\.weight is nan"),
+    ({"threshold": 1.7}, "threshold is 1.7"),
+])
+def test_a_hand_edited_ensemble_file_is_refused_naming_the_field(models, tmp_path, edit, field):
+    from dftune import scoring
+
+    a, b = models
+    path = tmp_path / "ensemble.json"
+    scoring.write_ensemble(path, [(a, 1.0), (b, 1.0)], 0.5, {"by": "default"})
+    d = json.loads(path.read_text())
+    for i, w in enumerate(edit.get("weights", [])):
+        d["members"][i]["weight"] = w
+    if "threshold" in edit:
+        d["threshold"] = edit["threshold"]
+    path.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + field):
+        scoring.read_ensemble(path)
+    with pytest.raises(ValueError, match=field):  # predict, evaluate and export read it the same way
+        scoring.load_ensemble([str(path)], device="cpu")
+
+
+def test_the_script_with_a_missing_onnx_model_says_so_in_one_line(models, tmp_path, without_dftune):
+    import subprocess
+
+    from dftune.stages import export
+
+    sub = tmp_path / "sub"
+    export.run(models[0], sub, export.ExportSettings(bench_seconds=0))
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (120, 110, 100)).save(img)
+    r = subprocess.run([*without_dftune, str(sub / "predict_submission.py"), str(img), "--backend", "onnx",
+                        "--out", str(tmp_path / "o.csv"), "--workers", "0"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "model.onnx: no ONNX model here" in r.stderr

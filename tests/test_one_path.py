@@ -16,12 +16,10 @@ import pytest
 
 pytest.importorskip("torch")
 
+from conftest import NO_DFTUNE  # noqa: E402  (runs a script with `import dftune` made impossible)
 from dftune.cli import main  # noqa: E402
 from dftune.model import meta as modelmeta  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
-
-NO_DFTUNE = "import sys, runpy; sys.modules['dftune'] = None; sys.argv = sys.argv[1:]; " \
-            "runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 @pytest.fixture(scope="module")

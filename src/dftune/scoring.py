@@ -137,7 +137,12 @@ def read_ensemble(path: str | os.PathLike) -> dict:
     try:
         d = read_json(path)
         members = [(str(Path(p).resolve()), w) for p, w in portable.ensemble_members(d, path.parent)]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except ValueError as e:
+        if "members[" in str(e) or "threshold is" in str(e) or "every member's weight" in str(e):
+            raise ValueError(f"{path}: {e}") from None  # a number that would make every score inf or empty
+        raise ValueError(f"{path}: not a dftune ensemble file (ValueError: {e}); it needs "
+                         '{"members": [{"path": ..., "weight": ...}], "threshold": ...}') from None
+    except (OSError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a dftune ensemble file ({type(e).__name__}: {e}); it needs "
                          '{"members": [{"path": ..., "weight": ...}], "threshold": ...}') from None
     if not members:

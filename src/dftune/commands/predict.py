@@ -97,6 +97,10 @@ def run(args) -> int:
     from dftune.progress import console
     from dftune.stages import predict
 
+    from dftune.stages.evaluate import is_main_process
+
+    if not is_main_process():  # under torchrun / accelerate launch: one process scores and writes the CSV
+        return 0
     words = [w.strip() for w in args.label_words.split(",")]
     if len(words) != 2 or not all(words):
         raise ValueError(f"--label-words {args.label_words!r}: give two words, REAL,FAKE (e.g. 0,1 or real,fake)")

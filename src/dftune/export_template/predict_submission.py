@@ -123,8 +123,12 @@ class Predictor:
         ensemble = None
         if len(model_dirs) == 1 and (model_dirs[0] / "ensemble.json").exists() \
                 and not (model_dirs[0] / "config.json").exists():
-            e = json.loads((model_dirs[0] / "ensemble.json").read_text(encoding="utf-8"))
-            members = portable.ensemble_members(e, model_dirs[0])
+            ens_file = model_dirs[0] / "ensemble.json"
+            e = json.loads(ens_file.read_text(encoding="utf-8"))
+            try:
+                members = portable.ensemble_members(e, model_dirs[0])
+            except ValueError as err:
+                raise ValueError(f"{ens_file}: {err}") from None
             model_dirs, weights = [Path(p) for p, _ in members], [w for _, w in members]
             ensemble = (float(e["threshold"]), e.get("threshold_source"))
         self.models = [self._load(d, backend, fake_label) for d in model_dirs]
@@ -273,4 +277,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ValueError, OSError) as e:  # bad input: one line naming the file, no traceback
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -32,6 +32,7 @@ from .decision import (
     DEFAULT_CROP,
     DETECT_DEFAULTS,
     UNTUNED_ENSEMBLE,
+    check_ensemble,
     crop_settings,
     decide_threshold,
     describe_threshold,
@@ -145,6 +146,7 @@ from .video import (
 )
 
 __all__ = [
+    "check_ensemble",
     "CROP_KEYS",
     "crop_settings",
     "decide_threshold",

@@ -89,9 +89,29 @@ def crop_settings(model_crop: Mapping | None, overrides: Mapping | None = None) 
     return c
 
 
+def check_ensemble(data: Mapping) -> None:
+    """Refuse an ``ensemble.json`` (edited by hand, say) whose numbers would give infinite or empty scores: every
+    weight finite and non-negative, not all zero; the threshold a number in [0, 1]. Names the field."""
+    import math
+
+    ws = []
+    for i, m in enumerate(data["members"]):
+        w = m.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"members[{i}].weight is {w!r}: weights must be finite numbers, 0 or more")
+        ws.append(float(w))
+    if ws and sum(ws) <= 0:
+        raise ValueError("every member's weight is 0: at least one must be above 0")
+    t = data.get("threshold", 0.5)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0 <= t <= 1:
+        raise ValueError(f"threshold is {t!r}: it must be a number in [0, 1]")
+
+
 def ensemble_members(data: Mapping, folder) -> list[tuple[str, float]]:
     """An ``ensemble.json``'s members as ``(path, weight)``, relative paths resolved against ``folder`` (the
-    file's own, so an ensemble folder can move); raises KeyError/TypeError/ValueError on a malformed file."""
+    file's own, so an ensemble folder can move); raises KeyError/TypeError/ValueError on a malformed file
+    (:func:`check_ensemble` first)."""
+    check_ensemble(data)
     out = []
     for m in data["members"]:
         p = str(m["path"])
