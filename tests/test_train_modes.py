@@ -78,7 +78,7 @@ def test_mode_trains_exactly_its_parameters(crops, vit, tmp_path, mode, freeze):
 def test_lora_saves_a_plain_merged_model_equal_to_the_adapted_one(crops, vit, tmp_path):
     from transformers import AutoModelForImageClassification
 
-    from dftune.stages.train import load_model
+    from dftune.training.starting import load_model
 
     cfg = TrainConfig(**{**FAST, "tune": "lora", "lora_rank": 4, "max_train_batches": 3})
     summary = train.run(crops, vit, tmp_path / "run", cfg, progress=False)

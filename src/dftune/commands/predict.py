@@ -96,7 +96,6 @@ def run(args) -> int:
     from dftune.portable.workers import csv_format_fields
     from dftune.progress import console
     from dftune.stages import predict
-
     from dftune.stages.evaluate import is_main_process
 
     if not is_main_process():  # under torchrun / accelerate launch: one process scores and writes the CSV

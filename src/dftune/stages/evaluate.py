@@ -24,6 +24,7 @@ import numpy as np
 
 from dftune import metrics, pooling, prepared, scoring
 from dftune.atomic import write_json, write_text
+from dftune.labelfile import read_labels, read_labels_counted  # noqa: F401  (evaluate.read_labels)
 from dftune.model import meta as modelmeta
 from dftune.pooling import format_aggregate
 
@@ -555,55 +556,6 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
 # ---------------------------------------------------------------- a labelled folder, exactly as predict sees it
 
 
-def read_labels(path: str | os.PathLike) -> dict[str, int]:
-    """``filename,label`` CSV (label 0/1 or real/fake words) -> {filename: 0/1}; errors name the line."""
-    return _read_labels(path)[0]
-
-
-def _read_labels(path: str | os.PathLike) -> tuple[dict[str, int], int]:
-    """``(labels, rows repeating an earlier row exactly)``. A UTF-8 byte-order mark is read past (as prepare
-    does); a file separated by ';' is named as such; one file given two different labels is an error naming
-    the file and every line that labels it."""
-    from dftune.portable import label_from_word
-
-    out: dict[str, int] = {}
-    lines: dict[str, list[tuple[int, str]]] = {}
-    dupes = 0
-    hint = "separated by ';'? use commas (filename,label)"
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "filename" not in cols or "label" not in cols:
-            semi = len(cols) == 1 and ";" in cols[0]
-            raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}"
-                             + (f"; {hint}" if semi else ""))
-        for rec in reader:
-            lineno = reader.line_num
-            raw = rec
-            rec = {k.strip().lower(): (v or "").strip() for k, v in rec.items() if k}
-            label = label_from_word(rec["label"])
-            if label is None:
-                semi = ";" in (raw.get(None) and ",".join(raw[None]) or "") or ";" in rec["filename"]
-                raise ValueError(f"{path}, line {lineno}: label {rec['label']!r} is neither 0/1 nor a real/fake word"
-                                 + (f"; {hint}" if semi else ""))
-            name = rec["filename"]
-            seen = lines.setdefault(name, [])
-            if seen and out[name] == label:
-                dupes += 1
-            seen.append((lineno, rec["label"]))
-            if name not in out or out[name] == label:
-                out[name] = label
-            else:
-                out[name] = -1  # conflicting: reported below with every line
-    bad = {n: ls for n, ls in lines.items() if out[n] == -1}
-    if bad:
-        said = "; ".join(f"{n!r} on lines " + ", ".join(f"{ln} ({w})" for ln, w in ls)
-                         for n, ls in list(bad.items())[:10])
-        raise ValueError(f"{path}: {len(bad)} file(s) given different labels: {said}"
-                         + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else "")
-                         + "; keep one label per file")
-    return out, dupes
-
 
 def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
                    out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> FilesResult:
@@ -611,7 +563,7 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
     threshold), measured against ``labels``: the rehearsal of a hidden test set."""
     from dftune.stages import predict
 
-    truth, dupes = _read_labels(labels)
+    truth, dupes = read_labels_counted(labels)
     found = predict.collect(inputs, filename_style)
     ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
     ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)

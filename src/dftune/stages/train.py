@@ -82,20 +82,18 @@ import numpy as np
 
 from dftune import progress as _progress
 from dftune.atomic import WriteError, read_json, write_json, write_text
-from dftune.model import labels as _labels
-from dftune.model import meta as modelmeta
 from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
-from dftune.training import TrainError, data, machine, schedule, stats, trainable, validate
+from dftune.training import TrainError, data, extra, machine, schedule, starting, stats, trainable, validate
 from dftune.training import checkpoint as ckpt
-from dftune.training.checkpoint import STATE_DIR, TRAINER_FILE
+from dftune.training.checkpoint import STATE_DIR
 from dftune.training.config import TrainConfig, save_yaml
 from dftune.training.resume import Previous, check_processes, continues_from, run_lock, stretches
 from dftune.training.state import TrainState, TrainSummary
 from dftune.training.step import ForwardBackward
 from dftune.training.writer import ModelWriter
 
-__all__ = ["TrainError", "TrainSummary", "run", "load_model", "crop_settings", "wise_ft"]
+__all__ = ["TrainError", "TrainSummary", "run", "wise_ft"]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,7 @@ def run(data_dir: str | os.PathLike, model_source: str, out_dir: str | os.PathLi
     try:
         # one training per run folder: a second one on the same --out is refused while this one holds it
         with run_lock(Path(out_dir), resume, lambda line: (say or print)(line)):
-            data_dir = _mixed(data_dir, Path(out_dir), cfg)
+            data_dir = extra.mixed_data(data_dir, Path(out_dir), cfg)
             return _train(Path(data_dir), model_source, Path(out_dir), cfg, resume, progress, on_epoch_end, say)
     finally:
         torch.set_num_threads(threads_before)
@@ -141,7 +139,7 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
     facts = machine.settle(cfg, accelerator)
     set_seed(cfg.seed)
     model, processor, lm, plan, folder = _model(model_source, cfg, say)
-    wise_base = _wise_base(folder, model_source, cfg)  # --wise's starting model as a local folder: now, not at the end
+    wise_base = starting.wise_base(folder, model_source, cfg)  # --wise: the starting model as a folder, checked now
     # ---- data, and the loss's class weights
     d = _data(data_dir, cfg, Preprocess.from_processor(processor), facts.workers, say)
     w, class_w, to_model = _class_weights(cfg, d.counts, lm)
@@ -163,7 +161,7 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
         save_yaml(run_dir / "settings.yaml", cfg, meta)
     if use_tb:
         accelerator.init_trackers("tensorboard")
-    crop = crop_settings(data_dir)
+    crop = starting.crop_settings(data_dir)
     crop.aggregate = cfg.video_aggregate
     mixed = (read_json(data_dir / "settings.json").get("mix") or {}).get("folders") \
         if (data_dir / "settings.json").exists() else None
@@ -272,48 +270,6 @@ def _has_tensorboard() -> bool:
         return False
 
 
-def _mixed(data_dir, run_dir: Path, cfg: TrainConfig) -> Path:
-    """``--data A --data B ...``: one manifest over them in ``RUN_DIR/data`` (:mod:`dftune.mix`: links, a dataset
-    column, cross-folder identity leaks dropped), written once and reused by --resume; one folder as it is."""
-    if isinstance(data_dir, (str, os.PathLike)):
-        if cfg.data_weights and len(cfg.data_weights) != 1:
-            raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for 1 --data")
-        return Path(data_dir)
-    folders = [Path(d) for d in data_dir]
-    if len(folders) == 1:
-        return _mixed(folders[0], run_dir, cfg)
-    if cfg.data_weights and len(cfg.data_weights) != len(folders):
-        raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for {len(folders)} --data; give one per "
-                         f"--data, in the same order")
-    from dftune import mix
-
-    out = run_dir / "data"
-    if (out / "settings.json").exists():
-        had = list((read_json(out / "settings.json").get("mix") or {}).get("folders", {}).values())
-        if had == [str(f.resolve()) for f in folders]:
-            return out
-        raise TrainError(f"{out}: this run mixed {', '.join(had)}; --data names {', '.join(map(str, folders))}. "
-                         f"Resume with the same --data, or start a new run (another --out)")
-    try:
-        mix.write_mix(folders, out)
-    except mix.MixError as e:
-        raise TrainError(str(e)) from None
-    return out
-
-
-def _sample_weights(data_dir: Path, train_rows: list, cfg: TrainConfig):
-    """Per-row draw weights giving each dataset of a mix its ``--data-weight`` share of an epoch, or None."""
-    if not cfg.data_weights:
-        return None
-    names = list((read_json(data_dir / "settings.json").get("mix") or {}).get("folders", {})) \
-        if (data_dir / "settings.json").exists() else []
-    if len(names) != len(cfg.data_weights):
-        return None  # one dataset: its weight says nothing
-    share = dict(zip(names, cfg.data_weights, strict=True))
-    n = {nm: sum(1 for r in train_rows if r.dataset.split("/")[0] == nm) for nm in names}
-    return np.array([share[r.dataset.split("/")[0]] / max(1, n[r.dataset.split("/")[0]]) for r in train_rows])
-
-
 def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
     """``(model, processor, LabelMap, Plan, folder)``: labels by name (never assumed), which parameters train
     (:mod:`dftune.training.trainable`), the folder the model was read from (a hub id's snapshot)."""
@@ -321,7 +277,7 @@ def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
     folder = _hub_folder(model_source)
-    model, processor, lm = load_model(folder, cfg, where=model_source)
+    model, processor, lm = starting.load_model(folder, cfg, where=model_source)
     try:
         model, plan = trainable.setup(model, cfg)
     except trainable.TuningError as e:
@@ -333,66 +289,6 @@ def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
     return model, processor, lm, plan, folder
 
 
-def _wise_base(folder: str, model_source: str, cfg: TrainConfig) -> str | None:
-    """``--wise``: the starting model as a local folder for the merge at the end (``folder``, where it was
-    loaded from: a hub id's snapshot in the Hugging Face cache); refused now when it is not one, rather than
-    after the training. None without --wise."""
-    if cfg.wise_alpha <= 0 and not cfg.wise_auto:
-        return None
-    if not (Path(folder) / "config.json").is_file():
-        from huggingface_hub import constants
-
-        raise TrainError(
-            f"--wise {'auto' if cfg.wise_auto else f'{cfg.wise_alpha:g}'}: WiSE-FT merges the starting model "
-            f"with best/ when the run ends and needs "
-            f"it as a local folder; {model_source} has no local copy in the Hugging Face cache "
-            f"({constants.HF_HUB_CACHE}). Download it first (e.g. `hf download {model_source} --local-dir DIR`) and "
-            f"pass --model DIR, or train without --wise (`dftune merge {model_source} RUN/best --alpha A` makes the "
-            f"WiSE-FT model later)")
-    return str(folder)
-
-
-def local_snapshot(repo_id: str) -> str | None:
-    """The local folder of hub model ``repo_id`` in the Hugging Face cache (``HF_HUB_CACHE``), the one
-    ``from_pretrained`` reads; None when there is none (or ``repo_id`` is not a hub id)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(repo_id=str(repo_id), local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached, not a hub id: no local folder
-        return None
-    return folder if (Path(folder) / "config.json").exists() else None
-
-
-def load_model(source: str, cfg: TrainConfig, where: str | None = None):
-    """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head.
-    ``where``: the name messages give the model (the hub id ``source``'s snapshot was found for)."""
-    from transformers import AutoConfig
-
-    from dftune.model.load import load_classifier
-
-    where = str(where or source)
-    try:
-        mcfg = AutoConfig.from_pretrained(source)
-    except OSError as e:
-        raise OSError(f"{where}: could not read the model's config ({e})") from e
-    try:
-        lm = _labels.resolve(mcfg.id2label, cfg.fake_label, where=where)
-        model, proc = load_classifier(source)
-    except _labels.LabelMappingError:
-        if not (cfg.reinit_head and mcfg.num_labels != 2):
-            raise
-        id2label = _labels.dftune_id2label()
-        log.warning("%s: %d-class head replaced by a new 2-class head %s (--reinit-head)", where,
-                    mcfg.num_labels, id2label)
-        model, proc = load_classifier(source, num_labels=2, id2label=id2label,
-                                      label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
-        lm = _labels.resolve(model.config.id2label)
-    if cfg.reinit_head and mcfg.num_labels == 2:
-        log.warning("%s: --reinit-head ignored, the head already has 2 outputs", where)
-    return model, proc, lm
-
-
 def _hub_folder(source: str) -> str:
     """Where to load ``source`` from: a local folder as it is; a hub id (``org/name``) from its snapshot in the
     Hugging Face cache, fetched into it first by transformers' own loaders when it is not there yet
@@ -401,7 +297,7 @@ def _hub_folder(source: str) -> str:
 
     if Path(source).exists() or not re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", str(source)):
         return str(source)  # a folder, or not a hub id: loaded (or refused) as it is
-    folder = local_snapshot(source)
+    folder = starting.local_snapshot(source)
     if folder is None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -410,17 +306,8 @@ def _hub_folder(source: str) -> str:
             AutoImageProcessor.from_pretrained(source)
         except Exception:  # noqa: BLE001 - offline, no such model: load_model says so, as for any source
             return str(source)
-        folder = local_snapshot(source)
+        folder = starting.local_snapshot(source)
     return folder or str(source)
-
-
-def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
-    """The prepared data's crop settings (``settings.json`` written by prepare), or the guide's defaults."""
-    p = Path(data_dir) / "settings.json"
-    if not p.exists():
-        log.info("%s: no settings.json; recording the guide's crop settings in the model", data_dir)
-        return modelmeta.CropSettings()
-    return modelmeta.CropSettings.from_dict(read_json(p))
 
 
 # ---------------------------------------------------------------- data
@@ -445,7 +332,7 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
     counts = train_ds.class_counts()
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
-    _check_val_classes(data_dir, val_ds.class_counts(), cfg, say)
+    validate.check_val_classes(data_dir, val_ds.class_counts(), cfg, say)
     pin = torch.cuda.is_available()
     if cfg.paired:
         sampler = data.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
@@ -454,41 +341,19 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
             f"fakes), {sum(len(g) == 1 for g in sampler.groups)} of {len(train_rows)} train rows without a partner "
             f"(sampled alone)")
     else:
-        weights = _sample_weights(data_dir, train_rows, cfg)
+        weights = extra.sample_weights(data_dir, train_rows, cfg)
         sampler = data.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
                                     sbi=cfg.sbi, weights=weights)
         if weights is not None:  # the loss's class balance over the epoch as drawn
             counts = np.array([weights[train_ds.labels == c].sum() for c in (0, 1)]) * len(train_rows) / weights.sum()
     train_dl = data.make_loader(train_ds, cfg.batch_size, sampler, workers, pin)
     val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, workers, pin)
-    from dftune.training import extra
-
     extras = extra.build(cfg.checks, data_dir, train_rows, val_rows, spec, cfg.seed, cfg.batch_size * 2, workers, pin)
     for s in extras.checks:
         say(f"check set {s.name}: {len(s.rows)} crops ({sum(r.label == 0 for r in s.rows)} real), scored at every "
             f"validation" + ("; it decides best/ (--select-on check)" if cfg.select_on == "check" else ""))
     return RunData(train_rows, val_rows, train_ds, val_ds, train_dl, val_dl, data.Normalize(spec), spec, counts,
                    skipped, extras)
-
-
-def _check_val_classes(data_dir: Path, val_counts: np.ndarray, cfg: TrainConfig, say: Callable[[str], None]) -> None:
-    """Refuse a val split of one class: the best checkpoint and early stopping would be chosen on a macro F1 of
-    1.0 for calling everything that class, or an undefined AUC. --monitor loss, asked for, is let through with
-    a warning."""
-    if not (val_counts == 0).any():
-        return
-    have = "real" if val_counts[1] == 0 else "fake"
-    counts = f"{int(val_counts[0])} real, {int(val_counts[1])} fake"
-    if cfg.monitor == "loss":
-        say(f"warning: {data_dir}: the val split holds {have} crops only ({counts}): --monitor loss selects on it, "
-            f"which favours a model that leans to calling crops {have}; its F1 and AUC mean nothing")
-        return
-    raise TrainError(
-        f"{data_dir}: the val split holds {have} crops only ({counts}): train chooses its best checkpoint and stops "
-        f"early on val {cfg.monitor}, which one class cannot rank (macro F1 is 1.0 for a model that calls "
-        f"everything {have}, AUC is undefined). Re-deal the splits (dftune prepare --split random, other --ratios "
-        f"or --seed) or add the missing class to val; or pass --monitor loss to select on the val loss (which, "
-        f"with one class, favours a model leaning to it)")
 
 
 def _class_weights(cfg: TrainConfig, counts: np.ndarray, lm):
@@ -670,8 +535,6 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
     validated = epoch % cfg.val_every == 0 or epoch == cfg.epochs  # --val-every, and always the last epoch
     val = validate.validate(r.accelerator, r.model, d.val_dl, d.normalize, d.val_ds, d.val_rows, r.fake_index,
                             cfg.video_aggregate, d.skipped, r.ema) if validated else None
-    from dftune.training import extra
-
     more = extra.run_all(d.extras, r.accelerator, r.model, d.normalize, r.fake_index, cfg.video_aggregate,
                          d.skipped, r.ema) if validated else {}
     selected = more["check"]["mean"] if cfg.select_on == "check" and validated else val
@@ -691,7 +554,7 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
         r.writer.save(run_dir / "last", record, state.best_epoch, trainer_state=state.to_json(d.skipped),
                       same_as=run_dir / "best" if record["best"] else None)
     except WriteError as e:
-        raise _checkpoint_failed(e, run_dir, epoch, r.history, d.skipped, r.main) from e
+        raise ckpt.checkpoint_failed(e, run_dir, epoch, r.history, d.skipped, r.main) from e
     if r.main:
         write_json(run_dir / "history.json", r.history)
         if d.skipped:
@@ -704,29 +567,6 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
     for line in stats.extra_lines(record):
         r.say(line)
     return record
-
-
-def _checkpoint_failed(e: WriteError, run_dir: Path, epoch: int, history: list[dict], skipped: set,
-                       main: bool) -> WriteError:
-    """Epoch ``epoch``'s checkpoint could not be written: keep the history of what was done, and say what the
-    run can do now."""
-    history[-1]["checkpoint"] = f"not saved: {e}"
-    if main:
-        try:
-            write_json(run_dir / "history.json", history)
-            if skipped:
-                write_text(run_dir / "skipped.txt", "\n".join(sorted(skipped)) + "\n")
-        except WriteError as e2:
-            log.error("%s", e2)
-    last = ckpt.last_dir(run_dir)
-    if last is not None:
-        done = int(read_json(last / STATE_DIR / TRAINER_FILE).get("epoch", 0))
-        then = (f"{last} still holds the complete checkpoint of epoch {done}: free some space, then run the same "
-                f"command with --resume to continue from epoch {done + 1}")
-    else:
-        then = "no checkpoint was completed yet: free some space and start the run again (without --resume)"
-    return WriteError(e.errno, f"{e}\nepoch {epoch}'s checkpoint was not written; {then} "
-                               f"(history.json lists the epochs trained)")
 
 
 # ---------------------------------------------------------------- summary

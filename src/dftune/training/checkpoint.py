@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from dftune.atomic import WriteError, read_json, replace_folder, write_error, write_json
+from dftune.atomic import WriteError, read_json, replace_folder, write_error, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -208,3 +208,26 @@ def upgrade_state(state_dir: Path) -> None:
     if old.exists() and not new.exists() and not (state_dir / "custom_checkpoint_1.pkl").exists():
         os.replace(old, new)
         log.info("%s: scheduler state renamed to the current layout (%s)", state_dir, new.name)
+
+
+def checkpoint_failed(e: WriteError, run_dir: Path, epoch: int, history: list[dict], skipped: set,
+                       main: bool) -> WriteError:
+    """Epoch ``epoch``'s checkpoint could not be written: keep the history of what was done, and say what the
+    run can do now."""
+    history[-1]["checkpoint"] = f"not saved: {e}"
+    if main:
+        try:
+            write_json(run_dir / "history.json", history)
+            if skipped:
+                write_text(run_dir / "skipped.txt", "\n".join(sorted(skipped)) + "\n")
+        except WriteError as e2:
+            log.error("%s", e2)
+    last = last_dir(run_dir)
+    if last is not None:
+        done = int(read_json(last / STATE_DIR / TRAINER_FILE).get("epoch", 0))
+        then = (f"{last} still holds the complete checkpoint of epoch {done}: free some space, then run the same "
+                f"command with --resume to continue from epoch {done + 1}")
+    else:
+        then = "no checkpoint was completed yet: free some space and start the run again (without --resume)"
+    return WriteError(e.errno, f"{e}\nepoch {epoch}'s checkpoint was not written; {then} "
+                               f"(history.json lists the epochs trained)")

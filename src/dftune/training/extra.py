@@ -8,11 +8,16 @@ the check sets' mean (``dftune.checks.mean_of``) decide ``best/`` and early stop
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from dftune import checks
+from dftune.atomic import read_json
 from dftune.training import TrainError, data, validate
+from dftune.training.config import TrainConfig
 
 
 @dataclass
@@ -76,3 +81,48 @@ def run_all(extras: Extras, accelerator, model, normalize, fake_index: int, aggr
         out["datasets"] = {s.name: validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index,
                                                      aggregate, skipped, ema) for s in extras.datasets}
     return out
+
+
+# ---------------------------------------------------------------- several --data
+
+
+def mixed_data(data_dir, run_dir: Path, cfg: TrainConfig) -> Path:
+    """``--data A --data B ...``: one manifest over them in ``RUN_DIR/data`` (:mod:`dftune.mix`: links, a dataset
+    column, cross-folder identity leaks dropped), written once and reused by --resume; one folder as it is."""
+    if isinstance(data_dir, (str, os.PathLike)):
+        if cfg.data_weights and len(cfg.data_weights) != 1:
+            raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for 1 --data")
+        return Path(data_dir)
+    folders = [Path(d) for d in data_dir]
+    if len(folders) == 1:
+        return mixed_data(folders[0], run_dir, cfg)
+    if cfg.data_weights and len(cfg.data_weights) != len(folders):
+        raise TrainError(f"--data-weight: {len(cfg.data_weights)} weights for {len(folders)} --data; give one per "
+                         f"--data, in the same order")
+    from dftune import mix
+
+    out = run_dir / "data"
+    if (out / "settings.json").exists():
+        had = list((read_json(out / "settings.json").get("mix") or {}).get("folders", {}).values())
+        if had == [str(f.resolve()) for f in folders]:
+            return out
+        raise TrainError(f"{out}: this run mixed {', '.join(had)}; --data names {', '.join(map(str, folders))}. "
+                         f"Resume with the same --data, or start a new run (another --out)")
+    try:
+        mix.write_mix(folders, out)
+    except mix.MixError as e:
+        raise TrainError(str(e)) from None
+    return out
+
+
+def sample_weights(data_dir: Path, train_rows: list, cfg: TrainConfig):
+    """Per-row draw weights giving each dataset of a mix its ``--data-weight`` share of an epoch, or None."""
+    if not cfg.data_weights:
+        return None
+    names = list((read_json(data_dir / "settings.json").get("mix") or {}).get("folders", {})) \
+        if (data_dir / "settings.json").exists() else []
+    if len(names) != len(cfg.data_weights):
+        return None  # one dataset: its weight says nothing
+    share = dict(zip(names, cfg.data_weights, strict=True))
+    n = {nm: sum(1 for r in train_rows if r.dataset.split("/")[0] == nm) for nm in names}
+    return np.array([share[r.dataset.split("/")[0]] / max(1, n[r.dataset.split("/")[0]]) for r in train_rows])

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from dftune import metrics
 from dftune.pooling import video_aggregate
+from dftune.training import TrainError
 from dftune.training.config import TrainConfig
 
 # what a validation record keeps of binary_metrics' output, per level
@@ -79,3 +82,23 @@ def improved(v: float, best: float | None, higher_is_better: bool) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(v)
     return v > best if higher_is_better else v < best
+
+
+def check_val_classes(data_dir: Path, val_counts: np.ndarray, cfg: TrainConfig, say: Callable[[str], None]) -> None:
+    """Refuse a val split of one class: the best checkpoint and early stopping would be chosen on a macro F1 of
+    1.0 for calling everything that class, or an undefined AUC. --monitor loss, asked for, is let through with
+    a warning."""
+    if not (val_counts == 0).any():
+        return
+    have = "real" if val_counts[1] == 0 else "fake"
+    counts = f"{int(val_counts[0])} real, {int(val_counts[1])} fake"
+    if cfg.monitor == "loss":
+        say(f"warning: {data_dir}: the val split holds {have} crops only ({counts}): --monitor loss selects on it, "
+            f"which favours a model that leans to calling crops {have}; its F1 and AUC mean nothing")
+        return
+    raise TrainError(
+        f"{data_dir}: the val split holds {have} crops only ({counts}): train chooses its best checkpoint and stops "
+        f"early on val {cfg.monitor}, which one class cannot rank (macro F1 is 1.0 for a model that calls "
+        f"everything {have}, AUC is undefined). Re-deal the splits (dftune prepare --split random, other --ratios "
+        f"or --seed) or add the missing class to val; or pass --monitor loss to select on the val loss (which, "
+        f"with one class, favours a model leaning to it)")

@@ -1,0 +1,84 @@
+"""The starting model of a run: loaded by label names from a folder or a hub id's cache snapshot, the folder
+``--wise`` merges with (refused at the start when there is none), and the crop settings its data records."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from dftune.atomic import read_json
+from dftune.model import labels as _labels
+from dftune.model import meta as modelmeta
+from dftune.training import TrainError
+from dftune.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def wise_base(folder: str, model_source: str, cfg: TrainConfig) -> str | None:
+    """``--wise``: the starting model as a local folder for the merge at the end (``folder``, where it was
+    loaded from: a hub id's snapshot in the Hugging Face cache); refused now when it is not one, rather than
+    after the training. None without --wise."""
+    if cfg.wise_alpha <= 0 and not cfg.wise_auto:
+        return None
+    if not (Path(folder) / "config.json").is_file():
+        from huggingface_hub import constants
+
+        raise TrainError(
+            f"--wise {'auto' if cfg.wise_auto else f'{cfg.wise_alpha:g}'}: WiSE-FT merges the starting model "
+            f"with best/ when the run ends and needs "
+            f"it as a local folder; {model_source} has no local copy in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}). Download it first (e.g. `hf download {model_source} --local-dir DIR`) and "
+            f"pass --model DIR, or train without --wise (`dftune merge {model_source} RUN/best --alpha A` makes the "
+            f"WiSE-FT model later)")
+    return str(folder)
+
+
+def local_snapshot(repo_id: str) -> str | None:
+    """The local folder of hub model ``repo_id`` in the Hugging Face cache (``HF_HUB_CACHE``), the one
+    ``from_pretrained`` reads; None when there is none (or ``repo_id`` is not a hub id)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(repo_id=str(repo_id), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, not a hub id: no local folder
+        return None
+    return folder if (Path(folder) / "config.json").exists() else None
+
+
+def load_model(source: str, cfg: TrainConfig, where: str | None = None):
+    """(model, processor, LabelMap). Labels by name; a head of another size only with --reinit-head.
+    ``where``: the name messages give the model (the hub id ``source``'s snapshot was found for)."""
+    from transformers import AutoConfig
+
+    from dftune.model.load import load_classifier
+
+    where = str(where or source)
+    try:
+        mcfg = AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise OSError(f"{where}: could not read the model's config ({e})") from e
+    try:
+        lm = _labels.resolve(mcfg.id2label, cfg.fake_label, where=where)
+        model, proc = load_classifier(source)
+    except _labels.LabelMappingError:
+        if not (cfg.reinit_head and mcfg.num_labels != 2):
+            raise
+        id2label = _labels.dftune_id2label()
+        log.warning("%s: %d-class head replaced by a new 2-class head %s (--reinit-head)", where,
+                    mcfg.num_labels, id2label)
+        model, proc = load_classifier(source, num_labels=2, id2label=id2label,
+                                      label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
+        lm = _labels.resolve(model.config.id2label)
+    if cfg.reinit_head and mcfg.num_labels == 2:
+        log.warning("%s: --reinit-head ignored, the head already has 2 outputs", where)
+    return model, proc, lm
+
+
+def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
+    """The prepared data's crop settings (``settings.json`` written by prepare), or the guide's defaults."""
+    p = Path(data_dir) / "settings.json"
+    if not p.exists():
+        log.info("%s: no settings.json; recording the guide's crop settings in the model", data_dir)
+        return modelmeta.CropSettings()
+    return modelmeta.CropSettings.from_dict(read_json(p))
