@@ -24,3 +24,13 @@ def defaults(settings_class) -> dict:
         elif f.default_factory is not dataclasses.MISSING:
             out[f.name] = f.default_factory()
     return out
+
+
+def alpha_or_auto(text: str):
+    """An option value that is a WiSE-FT alpha in [0, 1] or ``auto`` (chosen on check sets)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, alpha_or_auto
 from dftune.stages.merge import ALPHA_GRID
 
 
@@ -20,7 +20,7 @@ def register(sub) -> None:
     )
     p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="model folders (HF format), two or more")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
-    p.add_argument("--alpha", type=_alpha, default=None,
+    p.add_argument("--alpha", type=alpha_or_auto, default=None,
                    help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B; "
                         "auto: the alpha of --alpha-grid that scores best on the --check sets (default: a uniform "
                         "soup)")
@@ -42,15 +42,6 @@ def register(sub) -> None:
                         "fine-tune's update (the command says how much survives, measured from the first model)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=run)
-
-
-def _alpha(text: str):
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 or auto, got {text!r}") from None
 
 
 def _grid(text) -> tuple:

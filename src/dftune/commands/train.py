@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, alpha_or_auto
 
 if TYPE_CHECKING:
     from dftune.training.state import TrainSummary
@@ -21,15 +21,6 @@ Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=V
 """
 
 # flag -> (TrainConfig field, type, help); defaults come from TrainConfig and are shown in --help
-def _wise(text: str):
-    if text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}") from None
-
-
 _FLAGS = [
     ("--epochs", "epochs", int, "epochs to train"),
     ("--batch-size", "batch_size", int, "images per optimizer step per process (before --grad-accum)"),
@@ -71,9 +62,10 @@ _FLAGS = [
                                       "the head lr (1 = off)"),
     ("--ema", "ema", float, "decay of an exponential moving average of the trainable weights, updated every "
                             "optimizer step; validation and the saved models use it, e.g. 0.999 (0 = off)"),
-    ("--wise", "wise_alpha", _wise, "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * "
-                                    "best/, e.g. 0.75 (0 = off; tune its threshold with evaluate --write-threshold); "
-                                    "auto: the alpha of 0, 0.1, ..., 1 that scores best on the --check sets"),
+    ("--wise", "wise_alpha", alpha_or_auto,
+     "WiSE-FT when training ends: RUN_DIR/wise = (1 - A) * the starting model + A * best/, e.g. 0.75 (0 = off; "
+     "tune its threshold with evaluate --write-threshold); auto: the alpha of 0, 0.1, ..., 1 that scores best on "
+     "the --check sets"),
     ("--select-on", "select_on", str, "what decides best/ and early stopping: val (the training data's own val) "
                                       "or check (the mean of the --check sets)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
