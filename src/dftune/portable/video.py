@@ -206,11 +206,13 @@ def _packet_pts(path) -> tuple[int, list | None]:
         declared = int(stream.frames or 0)
         pts: list | None = _Packets()
         packets: list | None = []
-        held = 0
+        held = discarded = 0
         try:
             for p in container.demux(stream):
                 if p.size:
-                    if p.pts is None:
+                    if getattr(p, "is_discard", False):
+                        discarded += 1  # decoded as a reference, never shown: not numbered
+                    elif p.pts is None:
                         pts = packets = None
                     elif pts is not None:
                         pts.append(p.pts)
@@ -221,12 +223,24 @@ def _packet_pts(path) -> tuple[int, list | None]:
                             packets = None
         except Exception as e:
             raise VideoError(f"{path}: unreadable while reading its packets ({type(e).__name__}: {e})") from None
+        if discarded:  # an edit list trims the start: the container's count includes frames never shown
+            declared = len(pts) if pts is not None else 0
+        if pts is not None and not _pts_are_presentation(stream, pts):
+            pts = packets = None  # the pts cannot number frames: decode sequentially
         if pts is not None and packets is not None:
             pts.container, pts.packets, keep = container, packets, True
         return declared, pts
     finally:
         if not keep:
             container.close()
+
+
+def _pts_are_presentation(stream, pts: Sequence[int]) -> bool:
+    """Whether the packets' pts give each frame's place in presentation order. Not so when they rise in decode
+    order while the codec reorders frames (B-frames): AVI stores H.264 that way, and its pts number the packets
+    as stored, so a frame's rank among them is not where a player (or the guide's OpenCV reader) shows it."""
+    reorders = bool(getattr(stream.codec_context, "has_b_frames", 0))
+    return not (reorders and len(pts) > 1 and all(a < b for a, b in zip(pts, pts[1:], strict=False)))
 
 
 def _count_decoded(path) -> int:
