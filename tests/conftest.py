@@ -80,3 +80,45 @@ def without_dftune() -> list[str]:
     import sys
 
     return [sys.executable, "-c", NO_DFTUNE]
+
+
+def encode_h264(path, frames, fmt=None, bframes: int = 2, gop: int = 12, fps: int = 25, qp: int = 10):
+    """Frames (RGB arrays, even sides) as H.264 with B-frames in any container PyAV writes (``fmt="avi"``...)."""
+    import av
+    import numpy as np
+
+    c = av.open(str(path), "w", format=fmt)
+    s = c.add_stream("libx264", rate=fps)
+    s.height, s.width = frames[0].shape[:2]
+    s.pix_fmt = "yuv420p"
+    s.options = {"bf": str(bframes), "g": str(gop), "keyint_min": str(gop), "qp": str(qp)}
+    for i, a in enumerate(frames):
+        f = av.VideoFrame.from_ndarray(np.ascontiguousarray(a), format="rgb24")
+        f.pts = i
+        for p in s.encode(f):
+            c.mux(p)
+    for p in s.encode():
+        c.mux(p)
+    c.close()
+    return Path(path)
+
+
+def trim_mp4(src, out, cut: int, fps: int = 25):
+    """``src`` with its first ``cut`` frames trimmed by an edit list, as ``ffmpeg -ss ... -c copy`` leaves a
+    file: their packets stay (later frames reference them) with negative pts, which the demuxer marks discard."""
+    import av
+
+    i, o = av.open(str(src)), av.open(str(out), "w")
+    ist = i.streams.video[0]
+    ost = o.add_stream_from_template(ist)
+    shift = int(round(cut / fps / ist.time_base))
+    for p in i.demux(ist):
+        if p.dts is None:
+            continue
+        p.pts -= shift
+        p.dts -= shift
+        p.stream = ost
+        o.mux(p)
+    o.close()
+    i.close()
+    return Path(out)

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from conftest import NO_DFTUNE  # noqa: E402  (runs a script with `import dftune` made impossible)
+from conftest import NO_DFTUNE, encode_h264, trim_mp4  # noqa: E402  (NO_DFTUNE: runs a script where `import dftune` fails)
 from dftune import scoring  # noqa: E402
 from dftune.cli import main  # noqa: E402
 from dftune.model import meta as modelmeta  # noqa: E402
@@ -40,6 +40,11 @@ def make_inputs(root: Path) -> Path:
     frames = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 9, motion_seed=1)[0] for k in range(10)]
     synthetic.write_video(root / "clip.mp4", frames)
     synthetic.write_video(root / "phone.mp4", frames, rotate=-90)  # a portrait phone clip: stored sideways, tagged
+    # frame numbers as a sequential decode's: an mp4 trimmed by an edit list, H.264 with B-frames in AVI
+    more = [synthetic.render_frame(ph.rgb, ph.face, bg, k / 14, motion_seed=2)[0] for k in range(15)]
+    trim_mp4(encode_h264(root / "untrimmed.mp4.src", more, fmt="mp4"), root / "trimmed.mp4", 5)
+    (root / "untrimmed.mp4.src").unlink()
+    encode_h264(root / "bframes.avi", more, fmt="avi")
     return root
 
 
@@ -114,7 +119,8 @@ def read_probs(path):
 
 
 def compare_csv(a, b):
-    assert list(a) == list(b) == ["broken.mp4", "clip.mp4", "face.png", "face_cmyk.jpg", "noface.png", "phone.mp4"]
+    assert list(a) == list(b) == ["bframes.avi", "broken.mp4", "clip.mp4", "face.png", "face_cmyk.jpg", "noface.png",
+                                  "phone.mp4", "trimmed.mp4"]
     for name in a:
         assert a[name]["label"] == b[name]["label"], name
         assert a[name]["faces_found"] == b[name]["faces_found"] and a[name]["frames"] == b[name]["frames"], name
@@ -126,6 +132,7 @@ def compare_csv(a, b):
     # the rotated clip is read upright by both: the same faces as its upright twin
     assert a["phone.mp4"]["faces_found"] == a["clip.mp4"]["faces_found"] != "0"
     assert float(a["phone.mp4"]["prob_fake"]) == pytest.approx(float(a["clip.mp4"]["prob_fake"]), abs=0.05)
+    assert a["trimmed.mp4"]["frames"] == a["bframes.avi"]["frames"] == "3" and not a["bframes.avi"]["error"]
 
 
 def test_standalone_script_matches_predict_without_dftune(env, tmp_path):

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from conftest import encode_h264, trim_mp4
 from dftune import portable
 from dftune.portable import video
 
@@ -23,43 +24,6 @@ def _frames(n: int, w: int = 96, h: int = 64):
         yield i, a
 
 
-def _encode(path, fmt=None):
-    c = av.open(str(path), "w", format=fmt)
-    s = c.add_stream("libx264", rate=25)
-    s.width, s.height, s.pix_fmt = 96, 64, "yuv420p"
-    s.options = {"bf": "2", "g": "12", "keyint_min": "12", "qp": "10"}
-    for i, a in _frames(N):
-        f = av.VideoFrame.from_ndarray(a, format="rgb24")
-        f.pts = i
-        for p in s.encode(f):
-            c.mux(p)
-    for p in s.encode():
-        c.mux(p)
-    c.close()
-    return path
-
-
-def _trimmed(tmp_path):
-    """The first TRIM frames cut by an edit list, as ``ffmpeg -ss ... -c copy`` leaves a file: their packets
-    stay (the later frames reference them) with negative pts, which the demuxer marks discard."""
-    src = _encode(tmp_path / "src.mp4")
-    out = tmp_path / "trimmed.mp4"
-    i, o = av.open(str(src)), av.open(str(out), "w")
-    ist = i.streams.video[0]
-    ost = o.add_stream_from_template(ist)
-    shift = int(round(TRIM / 25 / ist.time_base))
-    for p in i.demux(ist):
-        if p.dts is None:
-            continue
-        p.pts -= shift
-        p.dts -= shift
-        p.stream = ost
-        o.mux(p)
-    o.close()
-    i.close()
-    return out
-
-
 def _sequential(path) -> list[np.ndarray]:
     c = av.open(str(path))
     try:
@@ -71,7 +35,9 @@ def _sequential(path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     d = tmp_path_factory.mktemp("numbers")
-    return {"trimmed": _trimmed(d), "avi": _encode(d / "bframes.avi", fmt="avi")}
+    frames = [a for _, a in _frames(N)]
+    return {"trimmed": trim_mp4(encode_h264(d / "src.mp4", frames), d / "trimmed.mp4", TRIM),
+            "avi": encode_h264(d / "bframes.avi", frames, fmt="avi")}
 
 
 def test_the_media_are_what_they_claim(media):
