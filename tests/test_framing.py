@@ -133,12 +133,35 @@ def test_one_person_is_followed_across_a_video_and_all_faces_can_be_scored(tmp_p
     largest = portable.frame_file(v, "video", det, 1.3, 32, frames=8, faces="largest")
     sides = {bool(c.mean() > 100) for c in largest.crops}
     assert sides == {True, False}  # the per-frame rule alternates between the two people
-    one = portable.frame_file(v, "video", det, 1.3, 32, frames=8)
+    one = portable.frame_file(v, "video", det, 1.3, 32, frames=8, faces="follow")
     assert len(one.crops) == 8 and len({bool(c.mean() > 100) for c in one.crops}) == 1
     both = portable.frame_file(v, "video", det, 1.3, 32, frames=8, faces="all")
     assert len(both.groups) == 2 and sorted(map(len, both.groups)) == [8, 8]
     probs = np.array([0.9 if c.mean() > 100 else 0.1 for c in both.crops])
     assert portable.pool_faces(probs, both.groups) == pytest.approx(0.9)  # one fake face: a fake video
+
+
+class _TwoPeopleAndAStrayBox(_TwoPeople):
+    """The two people, and on frame 3 only a third box (a false detection) somewhere else."""
+
+    def detect(self, rgb):
+        faces = super().detect(rgb)
+        if int(round(float(np.asarray(rgb)[2, 2, 0]) / 20)) == 3:
+            faces.append(portable.Face(80, 110, 120, 150, 0.6))
+        return faces
+
+
+def test_all_faces_is_predicts_default_and_ignores_a_stray_box(tmp_path):
+    """--faces all (the measured default, benchmarks/bench_faces.py) pools each person apart; a box seen in
+    one frame of eight is not a person (its one crop would otherwise decide the max)."""
+    from dftune.portable.workers import FrameSpec
+    from dftune.stages.predict import PredictSettings
+
+    assert portable.FACES == "all" == PredictSettings().faces == FrameSpec("none", 1.3, 32, 8, 0).faces
+    v = tmp_path / "two.mp4"
+    _two_people_video(v)
+    ff = portable.frame_file(v, "video", _TwoPeopleAndAStrayBox(), 1.3, 32, frames=8)
+    assert sorted(map(len, ff.groups)) == [8, 8] and len(ff.crops) == 16
 
 
 def test_tracks_link_by_overlap_then_by_nearest_centre():

@@ -64,8 +64,10 @@ def register(sub) -> None:
                    help="an image whose guide square would leave it: whole (the centred square) or pad (the square, "
                         "edge pixels outside)")
     g.add_argument("--faces", default=FACES, choices=list(FACE_RULES),
-                   help="a video's faces: follow one person (largest mean box) across the frames; all: each person "
-                        "pooled apart, the highest; largest: each frame's largest face")
+                   help="a video's faces: all (each person seen in a third of the frames or more pooled apart, the "
+                        "highest: one fake face makes a fake video; measured best, benchmarks/bench_faces.py); follow "
+                        "(one person, the largest mean box, as prepare's crops); largest: each frame's largest face "
+                        "(default: %(default)s)")
     d = p.add_argument_group("decision and CSV format")
     d.add_argument("--threshold", type=float, default=None,
                    help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "

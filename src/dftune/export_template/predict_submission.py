@@ -238,7 +238,8 @@ def main(argv=None):
     ap.add_argument("--clipped", default=portable.CLIPPED, choices=list(portable.CLIPPED_RULES),
                     help="an image whose guide square would leave it: whole, or pad")
     ap.add_argument("--faces", default=portable.FACES, choices=list(portable.FACE_RULES),
-                    help="a video's faces: follow one person, all (each pooled apart, the highest), largest")
+                    help="a video's faces: all (each person pooled apart, the highest), follow (one person), "
+                         "largest (each frame's) (default: %(default)s)")
     ap.add_argument("--threshold", type=float, help="default: dftune.json's / ensemble.json's")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=None,

@@ -419,11 +419,14 @@ def follow(faces_per_frame: Sequence[Sequence[Face]]) -> list[Face | None]:
     return [best.get(t) for t in range(len(faces_per_frame))]
 
 
-# Which faces of a video reach the model: ``follow`` (one person, :func:`follow`), ``all`` (every
-# person's track scored and pooled on its own, the file's score the highest, as DFDC's winners did),
-# ``largest`` (each frame's largest face, the guide's per-frame rule).
+# Which faces of a video reach the model: ``all`` (every person's track scored and pooled on its own,
+# the file's score the highest, as DFDC's winners did), ``follow`` (one person, :func:`follow`: the
+# largest mean box), ``largest`` (each frame's largest face, the guide's per-frame rule). ``all`` is
+# predict's default because it measured best on two-person videos (benchmarks/bench_faces.py: AUC 0.91
+# vs follow's 0.65, the same on one-person videos); prepare's crops follow one person.
 FACE_RULES = ("follow", "all", "largest")
-FACES = "follow"
+FACES = "all"
+PERSON_SHARE = 1 / 3  # faces="all": a track seen in fewer frames than this share of the most-seen one is ignored
 
 
 @dataclass
@@ -473,9 +476,11 @@ def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SI
         people = [[largest(f) for f in found]]
     elif faces == "follow":
         people = [follow(found)]
-    else:
+    else:  # every person seen in at least PERSON_SHARE as many frames as the most-seen one (not a stray box)
         tracks = sorted(face_tracks(found), key=lambda tr: -track_weight(tr, len(found)))
-        people = [[tr.get(t) for t in range(len(found))] for tr in tracks]
+        most = max((len(tr) for tr in tracks), default=0)
+        people = [[tr.get(t) for t in range(len(found))] for k, tr in enumerate(tracks)
+                  if k == 0 or len(tr) >= PERSON_SHARE * most]
     for person in people:
         group = []
         for rgb, face in zip(rgbs, person, strict=True):

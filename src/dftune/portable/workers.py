@@ -46,7 +46,7 @@ class FrameSpec:
     already_cropped: float = 0.0
     threads: int = 0  # FFmpeg decoding threads (0: FFmpeg's choice); workers use 1
     detector_kwargs: tuple = ()  # (name, value) pairs for get_detector: the widths the training data used
-    faces: str = "follow"  # which faces of a video (faces.FACE_RULES)
+    faces: str = "all"  # which faces of a video (faces.FACE_RULES); faces.FACES (not imported: stdlib only here)
     clipped: str = "whole"  # a still image whose guide square would leave it (faces.CLIPPED_RULES)
 
 
