@@ -65,7 +65,7 @@ def test_a_labels_csv_is_framed_as_predict_frames_it_and_cached(env, tmp_path, m
     assert "broken.mp4" in caplog.text and "broken.mp4" in lines[0]
     assert sum(r.video == "vids/clip.mp4" for r in cs.rows) == 3  # the data's 3 frames a video
     assert {r.split for r in cs.rows} == {"test"} and cs.n_real and cs.n_fake
-    assert "5 files (3 images, 1 videos; 2 real, 2 fake) -> 6 crops" in lines[0] and "no face in 1" in lines[0]
+    assert "5 files (3 images, 1 video; 2 real, 2 fake) -> 6 crops" in lines[0] and "no face in 1" in lines[0]
     # the crops are predict's, pixel for pixel: frame_file with the same settings
     det = portable.get_detector("dlib", **portable.detector_kwargs({"detector": "dlib"}))
     for name in ("face.png", "vids/clip.mp4"):
@@ -135,12 +135,19 @@ def test_a_check_file_that_the_training_data_was_made_from_is_refused(env, tmp_p
     checks.refuse_leaks([cs], read_manifest(env["data"], ("train", "val")), env["data"])  # no parts: nothing shared
 
 
-def test_train_validates_on_a_labels_csv_every_epoch_and_a_resume_reuses_its_crops(env, tmp_path, capsys):
+def test_train_validates_on_a_labels_csv_every_epoch_and_a_resume_reuses_its_crops(env, tmp_path, capsys, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="dftune.checkfiles")
     run = tmp_path / "run"
     assert main(["train", "--data", str(env["data"]), "--model", env["vit"], "--out", str(run), "--check",
-                 str(env["labels"]), *ARGS]) == 0
+                 str(env["labels"]), "--wise", "auto", *ARGS]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert f"check set {env['labels']}: 5 files" in out and "framed as predict frames them" in out
+    # --wise auto chose its alpha on the same crops: RUN_DIR/checks, read from the cache, not framed again
+    assert "from its cache" in caplog.text and len(list((run / "checks").iterdir())) == 1
+    curve = json.loads((run / "wise" / "dftune.json").read_text())["extra"]["merge"]["alpha_auto"]
+    assert curve["checks"] == [str(env["labels"])]
     hist = json.loads((run / "history.json").read_text())
     got = hist[0]["check"]["sets"][str(env["labels"])]
     assert got["frame"]["n"] == 6 and got["video"]["n"] == 4  # a video's frames pooled: one number per file

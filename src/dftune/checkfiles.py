@@ -193,6 +193,10 @@ def _frame(labels: Path, files, truth: dict, crop: CropSettings, folder: Path, r
     return out
 
 
+def _n(k: int, unit: str) -> str:
+    return f"{k} {unit}{'' if k == 1 else 's'}"
+
+
 def _say_what(fr: Framed, labels: Path, crop: CropSettings, say: Callable[[str], None]) -> None:
     real = sum(1 for r in fr.rows if r.label == 0)
     n_real_files = len({r.video for r in fr.rows if r.label == 0})
@@ -200,8 +204,8 @@ def _say_what(fr: Framed, labels: Path, crop: CropSettings, say: Callable[[str],
     how = (f"from its cache {fr.folder}" if fr.cached else
            f"framed as predict frames them ({crop.detector or 'dlib'}, margin {crop.margin:g}, {crop.size} px, "
            f"{crop.every and f'every {crop.every}th frame' or f'{crop.frames} frames'} a video) into {fr.folder}")
-    line = (f"check set {labels}: {fr.files} files ({fr.images} images, {fr.videos} videos; {n_real_files} real, "
-            f"{n_fake_files} fake) -> {len(fr.rows)} crops ({real} real), {how}")
+    line = (f"check set {labels}: {_n(fr.files, 'file')} ({_n(fr.images, 'image')}, {_n(fr.videos, 'video')}; "
+            f"{n_real_files} real, {n_fake_files} fake) -> {_n(len(fr.rows), 'crop')} ({real} real), {how}")
     if fr.no_face:
         line += f"; no face in {len(fr.no_face)} (the centred square: {', '.join(fr.no_face[:3])})"
     if fr.skipped:
