@@ -99,13 +99,13 @@ def test_a_changed_labels_file_rebuilds_the_cache(env, tmp_path):
     assert "framed as predict" in lines[-1] and len({r.video for r in cs.rows}) == 3
 
 
-def test_a_missing_file_is_an_error_naming_it(env, tmp_path):
+def test_a_missing_file_is_an_error_naming_it(env, tmp_path, capsys):
     labels = _write_labels(env["files"], [("face.png", 0), ("hopper.jpg", 1), ("gone/fake9.mp4", 1)], "typo.csv")
     with pytest.raises(checks.CheckError, match=r"1 of the 3 files it labels are not there .*gone/fake9\.mp4"):
         checks.load(labels, cache=tmp_path, crop=CROP, workers=0, progress=False)
     rc = main(["merge", str(env["vit"]), str(env["vit"]), "--alpha", "auto", "--check", str(labels), "--out",
                str(tmp_path / "m")])
-    assert rc == 2
+    assert rc == 2 and "gone/fake9.mp4" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
 
 def test_ambiguous_specs_are_refused_saying_what_to_give(env, tmp_path):
