@@ -2,21 +2,27 @@
 
 A choice made on the training data's own val split (which epoch becomes ``best/``, the WiSE-FT alpha, the
 threshold, what ``tune`` optimises) picks what fits that data; a hidden test set of other generators
-rewards what a model keeps. ``--check PATH`` names a prepared folder whose ``val`` and ``test`` splits
-(or ``PATH:SPLIT[+SPLIT]``) are such a set. Several check sets are averaged (each reported too).
+rewards what a model keeps. ``--check PATH`` names such a set:
 
-A check set that shares an identity or a video with the training data would measure memory, not
-transfer: it is refused, naming it and what it shares.
+- a prepared folder (or its manifest.csv): its ``val`` and ``test`` splits, or ``PATH:SPLIT[+SPLIT]``;
+- a labels CSV (``filename,label``, as ``evaluate --files --labels`` reads; file paths relative to the CSV's
+  folder): its images and videos framed once as ``predict`` frames them and cached as a small prepared folder
+  (:mod:`dftune.checkfiles`; ``cache`` and ``crop`` say where and with which crop settings).
+
+Several check sets are averaged (each reported too). A check set that shares an identity, a video, a crop or
+(a labels CSV) a source file with the training data would measure memory, not transfer: it is refused, naming
+it and what it shares.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dftune import checkfiles
 from dftune.prepared import SPLITS, ManifestError, Row, manifest_file, read_manifest
 
 DEFAULT_SPLITS = ("val", "test")
@@ -32,6 +38,8 @@ class CheckSet:
     folder: Path  # the prepared folder (the manifest's)
     splits: tuple[str, ...]
     rows: list[Row] = field(default_factory=list)
+    labels: str = ""  # a labels CSV's path (its files framed into ``folder``); "" for a prepared folder
+    sources: list[str] = field(default_factory=list)  # a labels CSV's files, resolved
 
     @property
     def n_real(self) -> int:
@@ -51,20 +59,84 @@ def parse_spec(spec: str) -> tuple[Path, tuple[str, ...]]:
     return Path(text), DEFAULT_SPLITS
 
 
-def load(spec: str | os.PathLike) -> CheckSet:
-    """The rows of a check set; refused when it is empty or holds one class (its AUC and F1 say nothing)."""
+def is_labels(spec: str | os.PathLike) -> bool:
+    """Whether ``--check spec`` names a labels CSV (raw files) rather than a prepared folder; a CSV that reads as
+    both, or a labels CSV given a split, is refused as ambiguous."""
+    path, splits = parse_spec(str(spec))
+    if not path.is_file() or not checkfiles.is_labels_csv(path):
+        return False
+    cols = checkfiles.header_of(path)
+    if {"path", "video", "split"} <= set(cols):
+        raise CheckError(f"--check {spec}: {path} has both a labels CSV's columns (filename, label) and a "
+                         f"manifest's (path, video, split); keep one kind of table per file")
+    if str(spec) != str(path):
+        raise CheckError(f"--check {spec}: {path} is a labels CSV (filename,label): its files are one check set, "
+                         f"with no splits; give --check {path}")
+    return True
+
+
+def _labels_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.csv") if checkfiles.is_labels_csv(p)) if folder.is_dir() else []
+
+
+def load(spec: str | os.PathLike, *, cache: str | os.PathLike | None = None, crop=None, workers: int | None = None,
+         progress: bool = True, say: Callable[[str], None] | None = None) -> CheckSet:
+    """The rows of a check set; refused when it is empty or holds one class (its AUC and F1 say nothing).
+
+    A labels CSV's files are framed into ``cache/<name>`` (a temporary folder when None) with ``crop`` (a
+    :class:`dftune.model.meta.CropSettings`: the training data's or the model's; None: the guide's), reused
+    from there when nothing changed (:func:`dftune.checkfiles.frame_labelled`)."""
+    if is_labels(spec):
+        return _load_labels(spec, cache, crop, workers, progress, say)
     folder, splits = parse_spec(str(spec))
     try:
         folder = manifest_file(folder).parent
     except ManifestError as e:
-        raise CheckError(f"--check {spec}: {e}") from None
+        found = _labels_in(folder)
+        hint = (f"; it holds the labels CSV {found[0]}: give --check {folder / found[0]} to frame its files as "
+                f"predict does" if len(found) == 1 else f"; it holds the labels CSVs {', '.join(found)}: name "
+                f"one, --check {folder / found[0]}" if found else "")
+        raise CheckError(f"--check {spec}: {e}{hint}") from None
     rows = read_manifest(folder, splits)
     cs = CheckSet(str(spec), folder, splits, rows)
     if not rows:
         raise CheckError(f"--check {spec}: no {'/'.join(splits)} rows in {folder / 'manifest.csv'}")
+    _refuse_one_class(cs, '/'.join(splits))
+    return cs
+
+
+def _refuse_one_class(cs: CheckSet, where: str) -> None:
     if cs.n_real == 0 or cs.n_fake == 0:
-        raise CheckError(f"--check {spec}: one class only ({cs.n_real} real, {cs.n_fake} fake crops in "
-                         f"{'/'.join(splits)}); a check set needs both to rank models")
+        raise CheckError(f"--check {cs.name}: one class only ({cs.n_real} real, {cs.n_fake} fake crops in "
+                         f"{where}); a check set needs both to rank models")
+
+
+_TEMP: list = []
+
+
+def _temporary_cache() -> Path:
+    """One folder per process for check sets framed without a cache folder; removed when the process ends."""
+    if not _TEMP:
+        import atexit
+        import shutil
+        import tempfile
+
+        _TEMP.append(Path(tempfile.mkdtemp(prefix="dftune-checks-")))
+        atexit.register(shutil.rmtree, _TEMP[0], True)
+    return _TEMP[0]
+
+
+def _load_labels(spec, cache, crop, workers, progress, say) -> CheckSet:
+    try:
+        fr = checkfiles.frame_labelled(spec, cache if cache is not None else _temporary_cache(), crop, workers,
+                                       progress, say)
+    except checkfiles.CheckFilesError as e:
+        raise CheckError(f"--check {spec}: {e}") from None
+    cs = CheckSet(str(spec), fr.folder, ("test",), fr.rows, labels=str(spec), sources=fr.sources)
+    if not fr.rows:
+        raise CheckError(f"--check {spec}: none of its {fr.files} files could be framed ("
+                         + "; ".join(s["error"] for s in fr.skipped[:3]) + ")")
+    _refuse_one_class(cs, f"the files {spec} labels")
     return cs
 
 
@@ -72,17 +144,35 @@ def _ids(rows: Sequence[Row]) -> set[str]:
     return {i for r in rows for i in (r.target_id, r.source_id) if i}
 
 
+def source_files(data: str | os.PathLike, splits) -> set[str]:
+    """The source files (resolved) prepare read for ``splits`` of a prepared folder, and of each folder a mix
+    (``train --data A --data B``) was made of: what a labels CSV's files are compared with."""
+    from dftune.prepared import load_parts, read_settings
+
+    folders = [Path(data)]
+    try:
+        folders += [Path(f) for f in ((read_settings(data) or {}).get("mix") or {}).get("folders", {}).values()]
+    except (ManifestError, OSError, ValueError, AttributeError):
+        pass
+    return {os.path.realpath(p["file"]) for f in folders for p in load_parts(f).values()
+            if p.get("split") in splits and p.get("file")}
+
+
 def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: str | os.PathLike) -> None:
     """Refuse a check set sharing an identity, a video or a crop file with the training data ``train_rows``
-    (the rows a run trains or validates on), naming the check set and the first shared items."""
+    (the rows a run trains or validates on), or (a labels CSV) a file prepare made training data from, naming
+    the check set and the first shared items."""
     train_ids, train_videos = _ids(train_rows), {r.video for r in train_rows}
     data_dir = Path(data).resolve()
     train_files = {(data_dir / r.path).resolve() for r in train_rows}
+    sources = source_files(data, {r.split for r in train_rows}) if any(cs.labels for cs in checks) else set()
     for cs in checks:
         shared_ids = sorted(_ids(cs.rows) & train_ids)
-        shared_videos = sorted({r.video for r in cs.rows} & train_videos)
+        # a labels CSV's video keys are its file names, not dataset keys: its files are compared instead
+        shared_videos = [] if cs.labels else sorted({r.video for r in cs.rows} & train_videos)
         shared_files = [] if shared_videos else sorted(
             str(p) for p in {(cs.folder / r.path).resolve() for r in cs.rows} & train_files)
+        shared_sources = sorted({os.path.realpath(f) for f in cs.sources} & sources)
         what = []
         if shared_ids:
             what.append(f"{len(shared_ids)} identities ({', '.join(shared_ids[:5])})")
@@ -90,6 +180,8 @@ def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: st
             what.append(f"{len(shared_videos)} videos ({', '.join(shared_videos[:3])})")
         if shared_files:
             what.append(f"{len(shared_files)} crop files ({', '.join(shared_files[:2])})")
+        if shared_sources:
+            what.append(f"{len(shared_sources)} source files ({', '.join(shared_sources[:3])})")
         if what:
             raise CheckError(f"--check {cs.name}: shares {' and '.join(what)} with the training data {data}; a check "
                              f"set must come from outside it (another dataset, or identities the run never sees)")

@@ -25,8 +25,10 @@ def register(sub) -> None:
                         "auto: the alpha of --alpha-grid that scores best on the --check sets (default: a uniform "
                         "soup)")
     p.add_argument("--check", action="append", default=[], metavar="PATH",
-                   help="check set for --alpha auto: a prepared folder from outside the fine-tuned model's data (its "
-                        "val+test, or PATH:SPLIT); repeat to average several (default: none)")
+                   help="check set for --alpha auto, from outside the fine-tuned model's data: a prepared folder (its "
+                        "val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose "
+                        "images and videos are framed as predict frames them, once, into checks/ beside --out; "
+                        "repeat to average several (default: none)")
     p.add_argument("--alpha-grid", type=_grid, default=",".join(f"{a:g}" for a in ALPHA_GRID), metavar="A,B,...",
                    help="the alphas --alpha auto tries")
     p.add_argument("--weight", action="append", type=float, metavar="W",
@@ -68,7 +70,8 @@ def run(args) -> int:
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
     r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype,
-                  checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level)
+                  checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level,
+                  say=console().print)
     if "alpha_auto" in r:
         c = r["alpha_auto"]
         for p in c["points"]:

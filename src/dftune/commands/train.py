@@ -90,8 +90,10 @@ def register(sub) -> None:
                    default=argparse.SUPPRESS,
                    help="each --data's share of every epoch's samples, in order (default: by size)")
     p.add_argument("--check", dest="checks", action="append", metavar="PATH", default=argparse.SUPPRESS,
-                   help="check set: a prepared folder from outside the training data (its val+test, or PATH:SPLIT), "
-                        "scored at every validation beside val; repeat to average several (default: none)")
+                   help="check set from outside the training data, scored at every validation beside val: a prepared "
+                        "folder (its val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths relative to the "
+                        "CSV) whose images and videos are framed as predict frames them, with the data's crop "
+                        "settings, once, into RUN_DIR/checks; repeat to average several (default: none)")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")

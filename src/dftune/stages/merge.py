@@ -140,12 +140,17 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
         model.save_pretrained(tmp)
         AutoImageProcessor.from_pretrained(src).save_pretrained(tmp)
         base = modelmeta.load(src, {int(k): v for k, v in model.config.id2label.items()})
-        with_meta = [m for m in recipe["models"] if modelmeta.meta_path(m).exists()]
-        crop = modelmeta.load(with_meta[-1]).crop if with_meta else base.crop
+        crop = crop_of(recipe["models"]) or base.crop
         meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=crop,
                                    extra={"merge": recipe})
         modelmeta.save(tmp, meta)
     return out
+
+
+def crop_of(paths: Sequence[str]) -> modelmeta.CropSettings | None:
+    """The crop settings a merge keeps: those of the last model with a ``dftune.json`` (None: none has one)."""
+    with_meta = [m for m in paths if modelmeta.meta_path(m).exists()]
+    return modelmeta.load(with_meta[-1]).crop if with_meta else None
 
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -185,7 +190,7 @@ ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None = None,
         weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32",
         checks: Sequence[str] = (), grid: Sequence[float] = ALPHA_GRID, metric: str = "auc",
-        level: str = "frame") -> dict:
+        level: str = "frame", say=None) -> dict:
     """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out`` in ``dtype``
     (float32 by default: a fine-tune's update is smaller than bf16's resolution, so a cast rounds much of it
     away; the returned ``cast`` says how much survives, measured from the first model).
@@ -193,7 +198,8 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
     ``alpha="auto"``: each alpha of ``grid`` is scored on the check sets ``checks`` (``dftune.checks``: data from
     outside the fine-tune's) by ``metric`` at ``level``, and the best is kept; the curve (alpha -> check metric,
     and the fine-tuned data's val metric where its ``dftune.json`` names that data) is returned, kept in
-    ``dftune.json`` and drawn in ``OUT/alpha_curve.png``."""
+    ``dftune.json`` and drawn in ``OUT/alpha_curve.png``. A check set given as a labels CSV is framed with the
+    merged model's crop settings into ``checks/`` beside ``out`` (train's ``RUN_DIR/checks`` for ``--wise``)."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
     _refuse_overwriting_an_input(paths, out)
@@ -201,7 +207,8 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
     if alpha == "auto":
         if len(paths) != 2:
             raise MergeError("--alpha auto interpolates two models: the starting one and the fine-tuned one")
-        alpha, curve = choose_alpha(paths, checks, grid, metric, level)
+        alpha, curve = choose_alpha(paths, checks, grid, metric, level, cache=Path(out).parent / "checks",
+                                     say=say)
     if alpha is not None:
         if len(paths) != 2:
             raise MergeError("--alpha interpolates two models: (1 - alpha) * A + alpha * B")
@@ -249,20 +256,22 @@ def _trained_on(path: str) -> str | None:
 
 
 def choose_alpha(paths: Sequence[str], checks: Sequence[str], grid: Sequence[float], metric: str = "auc",
-                 level: str = "frame") -> tuple[float, dict]:
-    """The WiSE-FT alpha that scores best on the check sets, and the curve it was chosen from."""
+                 level: str = "frame", cache: str | os.PathLike | None = None, say=None) -> tuple[float, dict]:
+    """The WiSE-FT alpha that scores best on the check sets, and the curve it was chosen from. A labels CSV's
+    files are framed once (into ``cache``) with the crop settings the merged model keeps (:func:`crop_of`); ``say``
+    gets the line saying what such a check set holds (default: the log)."""
     from dftune import checks as C
     from dftune import scoring
     from dftune.prepared import read_manifest
 
     if not checks:
-        raise MergeError("--alpha auto chooses alpha on check sets: give --check PATH (a prepared folder from "
-                         "outside the fine-tuned model's data); on that data's own val it picks 1.0, the fine-tuned "
-                         "model itself, whatever the starting model knew")
+        raise MergeError("--alpha auto chooses alpha on check sets: give --check PATH (a prepared folder or a "
+                         "labels CSV from outside the fine-tuned model's data); on that data's own val it picks 1.0, "
+                         "the fine-tuned model itself, whatever the starting model knew")
     grid = sorted({float(a) for a in grid})
     if not grid or grid[0] < 0 or grid[-1] > 1:
         raise MergeError(f"--alpha-grid {grid}: alphas between 0 and 1")
-    sets = [C.load(c) for c in checks]
+    sets = [C.load(c, cache=cache, crop=crop_of(paths), say=say) for c in checks]
     data = _trained_on(str(paths[1]))
     val = None
     if data:

@@ -141,7 +141,7 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
     model, processor, lm, plan, folder = _model(model_source, cfg, say)
     wise_base = starting.wise_base(folder, model_source, cfg)  # --wise: the starting model as a folder, checked now
     # ---- data, and the loss's class weights
-    d = _data(data_dir, cfg, Preprocess.from_processor(processor), facts.workers, say)
+    d = _data(data_dir, run_dir, cfg, Preprocess.from_processor(processor), facts.workers, say, progress)
     w, class_w, to_model = _class_weights(cfg, d.counts, lm)
     # ---- optimizer and schedule
     model, optimizer, groups, body, ema = _optimizer(accelerator, model, plan, cfg, d)
@@ -313,8 +313,8 @@ def _hub_folder(source: str) -> str:
 # ---------------------------------------------------------------- data
 
 
-def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
-          say: Callable[[str], None] = print) -> RunData:
+def _data(data_dir: Path, run_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
+          say: Callable[[str], None] = print, progress: bool = True) -> RunData:
     """The train and val splits' readable rows, datasets and loaders. A val split of one class is refused
     (the best checkpoint and early stopping are chosen on it) unless --monitor loss."""
     import torch
@@ -348,7 +348,7 @@ def _data(data_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
             counts = np.array([weights[train_ds.labels == c].sum() for c in (0, 1)]) * len(train_rows) / weights.sum()
     train_dl = data.make_loader(train_ds, cfg.batch_size, sampler, workers, pin)
     val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, workers, pin)
-    extras = extra.build(cfg.checks, data_dir, train_rows, val_rows, spec, cfg.seed, cfg.batch_size * 2, workers, pin)
+    extras = extra.build(cfg, data_dir, run_dir, train_rows, val_rows, spec, workers, pin, say, progress)
     for s in extras.checks:
         say(f"check set {s.name}: {len(s.rows)} crops ({sum(r.label == 0 for r in s.rows)} real), scored at every "
             f"validation" + ("; it decides best/ (--select-on check)" if cfg.select_on == "check" else ""))

@@ -44,13 +44,24 @@ class Extras:
             s.dl = dl
 
 
-def build(specs, data_dir: Path, train_rows: list, val_rows: list, spec, seed: int, batch: int, workers: int,
-          pin: bool) -> Extras:
-    """The check sets named by ``specs`` (refused when one-class or sharing an identity, a video or a crop with
-    the training data) and, when the val rows come from several datasets (a mix), one set per dataset."""
+def build(cfg: TrainConfig, data_dir: Path, run_dir: Path, train_rows: list, val_rows: list, spec, workers: int,
+          pin: bool, say=print, progress: bool = True) -> Extras:
+    """The check sets ``cfg.checks`` names (refused when one-class or sharing an identity, a video, a crop or a
+    source file with the training data) and, when the val rows come from several datasets (a mix), one set per
+    dataset. A labels CSV's files are framed with the data's crop settings into ``RUN_DIR/checks`` (kept for a
+    resume; the main process frames, the others then read its folder); ``workers`` framing processes."""
+    from accelerate import PartialState
+
+    from dftune.training import starting
+
     out = Extras()
+    seed, batch = cfg.seed, cfg.batch_size * 2
+    state = PartialState()
     try:
-        sets = [checks.load(c) for c in specs]
+        crop = starting.crop_settings(data_dir) if any(checks.is_labels(c) for c in cfg.checks) else None
+        with state.main_process_first():
+            sets = [checks.load(c, cache=run_dir / "checks", crop=crop, workers=workers, say=say,
+                                progress=progress and state.is_main_process) for c in cfg.checks]
         checks.refuse_leaks(sets, train_rows + val_rows, data_dir)
     except checks.CheckError as e:
         raise TrainError(str(e)) from None
