@@ -68,6 +68,10 @@ _FLAGS = [
      "the --check sets"),
     ("--select-on", "select_on", str, "what decides best/ and early stopping: val (the training data's own val) "
                                       "or check (the mean of the --check sets)"),
+    ("--threshold-on", "threshold_on", str, "the threshold best/ (and wise/) store in dftune.json: val (0.5 until "
+                                            "`dftune evaluate --write-threshold` tunes it on val; the val optimum is "
+                                            "noted as information) or check (the macro-F1-optimal threshold on every "
+                                            "--check set's rows pooled, at --monitor-level, no TTA)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema 0.999 --wise 0.75: what kept most of the starting "
                                 "model's knowledge in the proxy benchmark, docs/benchmarks.md)"),
@@ -99,7 +103,7 @@ def register(sub) -> None:
     from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
-               "select_on": ("val", "check"),
+               "select_on": ("val", "check"), "threshold_on": ("val", "check"),
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
@@ -184,6 +188,15 @@ def run(args) -> int:
     return 0
 
 
+def _threshold(stored: dict | None) -> str:
+    """A stored threshold (``{"value", "source"}``) in words; the untuned default says how to tune it."""
+    from dftune.portable import describe_threshold
+
+    if not stored:
+        return "0.5 until `dftune evaluate --write-threshold` tunes it"
+    return describe_threshold(stored["value"], stored["source"])
+
+
 def _interrupted_hint(args) -> str:
     """After Ctrl-C: what continues the run. The same command again only where it was a --resume already;
     else it needs --resume added (or, with no checkpoint completed yet, starts over)."""
@@ -241,10 +254,11 @@ def print_summary(s: TrainSummary) -> None:
     c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
             f"by {s.monitor} = {f(s.best_value)}")
     c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    if s.threshold:
+        c.print(f"best/ threshold: {_threshold(s.threshold)}")
     if s.wise_dir:
         c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
-                f"best/; threshold 0.5 until `dftune evaluate --model {s.wise_dir} --data DATA --split val "
-                f"--write-threshold`)")
+                f"best/; threshold {_threshold(s.wise_threshold)})")
     elif s.wise_error:
         c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
     c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")
