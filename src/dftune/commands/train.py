@@ -95,7 +95,8 @@ def register(sub) -> None:
                    help="each --data's share of every epoch's samples, in order (default: by size)")
     p.add_argument("--check", dest="checks", action="append", metavar="PATH", default=argparse.SUPPRESS,
                    help="check set: a prepared folder from outside the training data (its val+test, or PATH:SPLIT), "
-                        "scored at every validation beside val; repeat to average several (default: none)")
+                        "scored at every validation beside val (what --select-on, --threshold-on and --wise auto can "
+                        "use); repeat to average several (default: none)")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
