@@ -92,3 +92,18 @@ def test_a_check_set_leaking_identities_with_the_tuning_data_is_refused_before_a
     rc, _, err = _cli(env, out, "--check", str(env["c1"]), "--check", str(env["data"]))
     assert rc == 2 and f"--check {env['data']}: shares" in err and "identities" in err
     assert not out.exists()  # no study, no trial
+
+
+def test_trials_select_on_the_check_sets_unless_set_otherwise(env):
+    from dftune.search.metric import parse_metric
+    from dftune.stages import tune
+
+    metric = parse_metric("frame_auc", [str(env["c1"])])
+    space = {"lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}}
+    base, _, fixed = tune._base_and_space(tune.TuneSettings(space=space, checks=(str(env["c1"]),)), metric)
+    assert base.checks == (str(env["c1"]),) and base.select_on == "check" and fixed["select_on"] == "check"
+    base, _, _ = tune._base_and_space(tune.TuneSettings(space=space, checks=(str(env["c1"]),),
+                                                        sets={"select_on": "val"}), metric)
+    assert base.checks == (str(env["c1"]),) and base.select_on == "val"  # --set wins; the objective stays check
+    assert metric.of({"val": {"frame": {"auc": 0.9}}}) is None  # no check record: undefined, never val's
+    assert metric.val_of({"val": {"frame": {"auc": 0.9}}}) == 0.9
