@@ -220,18 +220,24 @@ def images_of(cs: CheckSet) -> list:
     return cached
 
 
-def score(model, cs: CheckSet, tta: Sequence[str] = (), aggregate: str = "mean", batch: int = 64) -> dict:
-    """``{"frame": metrics, "video": metrics}`` of a loaded model (:class:`dftune.scoring.LoadedModel`) on a
-    check set, each with its val-optimal threshold: the same numbers a validation records."""
+def probs(model, cs: CheckSet, tta: Sequence[str] = (), batch: int = 64) -> tuple:
+    """``(labels, fake probabilities, video keys)`` of a loaded model on a check set's rows, in their order."""
     import numpy as np
 
-    from dftune import metrics
-    from dftune.pooling import parse_aggregate, video_aggregate
     from dftune.scoring import model_prob_fake
 
     imgs = images_of(cs)
     p = np.concatenate([model_prob_fake(model, imgs[i:i + batch], tta) for i in range(0, len(imgs), batch)])
-    y = np.array([r.label for r in cs.rows])
+    return np.array([r.label for r in cs.rows]), p, [r.video for r in cs.rows]
+
+
+def score(model, cs: CheckSet, tta: Sequence[str] = (), aggregate: str = "mean", batch: int = 64) -> dict:
+    """``{"frame": metrics, "video": metrics}`` of a loaded model (:class:`dftune.scoring.LoadedModel`) on a
+    check set, each with its val-optimal threshold: the same numbers a validation records."""
+    from dftune import metrics
+    from dftune.pooling import parse_aggregate, video_aggregate
+
+    y, p, _ = probs(model, cs, tta, batch)
     how, k = parse_aggregate(aggregate)
     _, vp, vy = video_aggregate([r.video for r in cs.rows], p, y, how=how, k=k)
     out = {}
@@ -258,3 +264,43 @@ def value(result: dict, metric: str = "auc", level: str = "frame") -> float:
     if v is None:
         return float("nan")
     return -float(v) if metric == "loss" else float(v)
+
+
+# ---------------------------------------------------------------- a threshold chosen on the check sets
+
+
+def pooled_threshold(scored: Sequence[tuple], aggregate: str = "mean") -> dict:
+    """The macro-F1-optimal threshold over every check set's rows pooled into one set, at each level:
+    ``{"frame": {"threshold", "macro_f1", "n"}, "video": {...}}``.
+
+    ``scored`` holds ``(name, labels, fake probabilities, video keys)`` per check set. Several sets combine by
+    pooling their rows (a video stays within its set: keys are prefixed with the set's name), not by averaging
+    per-set thresholds: the threshold is the one that labels all the check data best, so a larger set weighs
+    more, as it does in a macro F1 over the sets' union."""
+    import numpy as np
+
+    from dftune import metrics
+    from dftune.pooling import parse_aggregate, video_aggregate
+
+    ys = np.concatenate([np.asarray(s[1]) for s in scored]) if scored else np.zeros(0)
+    ps = np.concatenate([np.asarray(s[2], dtype=np.float64) for s in scored]) if scored else np.zeros(0)
+    keys = [f"{s[0]}\x00{v}" for s in scored for v in s[3]]
+    how, k = parse_aggregate(aggregate)
+    _, vp, vy = video_aggregate(keys, ps, ys, how=how, k=k)
+    out = {}
+    for level, (yy, pp) in (("frame", (ys, ps)), ("video", (vy, vp))):
+        t, f1 = metrics.best_threshold(yy, pp)
+        out[level] = {"threshold": float(t), "macro_f1": None if f1 != f1 else float(f1), "n": int(len(yy))}
+    return out
+
+
+def threshold_source(names: Sequence[str], level: str, aggregate: str, by: str, **more) -> dict:
+    """A threshold's provenance when it was tuned on check sets ``names`` (pooled) at ``level``, without TTA:
+    what dftune.json keeps and predict prints."""
+    return {"by": by, "data": "check sets " + ", ".join(names) + " (rows pooled)", "checks": list(names),
+            "level": level, "tta": [], "aggregate": aggregate, **more}
+
+
+def model_threshold(model, checks: Sequence[CheckSet], aggregate: str = "mean") -> dict:
+    """:func:`pooled_threshold` of a loaded model (:class:`dftune.scoring.LoadedModel`) on ``checks``, no TTA."""
+    return pooled_threshold([(cs.name, *probs(model, cs)) for cs in checks], aggregate)

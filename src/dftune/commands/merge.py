@@ -16,7 +16,8 @@ def register(sub) -> None:
         "  dftune merge runs/s0/best runs/s1/best runs/s2/best --out runs/soup  # uniform soup\n"
         "  dftune merge runs/*/best --greedy --data data/ffpp --out runs/greedy  # greedy soup on val\n"
         "Labels are matched by name (label orders may differ); other architectures or label sets are refused.\n"
-        "The merged folder gets threshold 0.5: tune one with `dftune evaluate --write-threshold`.",
+        "The merged folder gets threshold 0.5 (tune one with `dftune evaluate --write-threshold`), or with\n"
+        "--threshold-on check --check PATH the threshold that is best on the check sets.",
     )
     p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="model folders (HF format), two or more")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
@@ -25,10 +26,14 @@ def register(sub) -> None:
                         "auto: the alpha of --alpha-grid that scores best on the --check sets (default: a uniform "
                         "soup)")
     p.add_argument("--check", action="append", default=[], metavar="PATH",
-                   help="check set for --alpha auto, from outside the fine-tuned model's data: a prepared folder (its "
-                        "val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose "
-                        "images and videos are framed as predict frames them, once, into checks/ beside --out; "
-                        "repeat to average several (default: none)")
+                   help="check set for --alpha auto and --threshold-on check, from outside the fine-tuned model's "
+                        "data: a prepared folder (its val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths "
+                        "relative to the CSV) whose images and videos are framed as predict frames them, once, into "
+                        "checks/ beside --out; repeat to average several (default: none)")
+    p.add_argument("--threshold-on", default="val", choices=["val", "check"],
+                   help="the threshold the merged folder stores: val (0.5 until `dftune evaluate --write-threshold` "
+                        "tunes it on val) or check (the macro-F1-optimal threshold on every --check set's rows "
+                        "pooled, at --level, no TTA)")
     p.add_argument("--alpha-grid", type=_grid, default=",".join(f"{a:g}" for a in ALPHA_GRID), metavar="A,B,...",
                    help="the alphas --alpha auto tries")
     p.add_argument("--weight", action="append", type=float, metavar="W",
@@ -56,6 +61,7 @@ def _grid(text) -> tuple:
 
 
 def run(args) -> int:
+    from dftune.portable import describe_threshold
     from dftune.progress import console
     from dftune.stages import merge
 
@@ -71,7 +77,7 @@ def run(args) -> int:
         return 0
     r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype,
                   checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level,
-                  say=console().print)
+                  say=console().print, threshold_on=args.threshold_on)
     if "alpha_auto" in r:
         c = r["alpha_auto"]
         for p in c["points"]:
@@ -81,7 +87,7 @@ def run(args) -> int:
         console().print(f"--alpha auto: {c['chosen']:g}, best on {', '.join(c['checks'])} "
                         f"(curve: {r['out']}/alpha_curve.png)")
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
-                    f"-> {r['out']}; threshold 0.5 until `dftune evaluate --write-threshold`")
+                    f"-> {r['out']}; threshold {describe_threshold(r['threshold']['value'], r['threshold']['source'])}")
     if "cast" in r:
         c = r["cast"]
         console().print(f"saved in {c['dtype']}: {100 * c['moved_kept']:.1f}% of the weights that differ from "

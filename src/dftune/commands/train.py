@@ -68,6 +68,10 @@ _FLAGS = [
      "the --check sets"),
     ("--select-on", "select_on", str, "what decides best/ and early stopping: val (the training data's own val) "
                                       "or check (the mean of the --check sets)"),
+    ("--threshold-on", "threshold_on", str, "the threshold best/ (and wise/) store in dftune.json: val (0.5 until "
+                                            "`dftune evaluate --write-threshold` tunes it on val; the val optimum is "
+                                            "noted as information) or check (the macro-F1-optimal threshold on every "
+                                            "--check set's rows pooled, at --monitor-level, no TTA)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema 0.999 --wise 0.75: what kept most of the starting "
                                 "model's knowledge in the proxy benchmark, docs/benchmarks.md)"),
@@ -90,10 +94,11 @@ def register(sub) -> None:
                    default=argparse.SUPPRESS,
                    help="each --data's share of every epoch's samples, in order (default: by size)")
     p.add_argument("--check", dest="checks", action="append", metavar="PATH", default=argparse.SUPPRESS,
-                   help="check set from outside the training data, scored at every validation beside val: a prepared "
-                        "folder (its val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths relative to the "
-                        "CSV) whose images and videos are framed as predict frames them, with the data's crop "
-                        "settings, once, into RUN_DIR/checks; repeat to average several (default: none)")
+                   help="check set from outside the training data, scored at every validation beside val (what "
+                        "--select-on, --threshold-on and --wise auto can use): a prepared folder (its val+test, or "
+                        "PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose images and "
+                        "videos are framed as predict frames them, with the data's crop settings, once, into "
+                        "RUN_DIR/checks; repeat to average several (default: none)")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
@@ -101,7 +106,7 @@ def register(sub) -> None:
     from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
-               "select_on": ("val", "check"),
+               "select_on": ("val", "check"), "threshold_on": ("val", "check"),
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
@@ -186,6 +191,15 @@ def run(args) -> int:
     return 0
 
 
+def _threshold(stored: dict | None) -> str:
+    """A stored threshold (``{"value", "source"}``) in words; the untuned default says how to tune it."""
+    from dftune.portable import describe_threshold
+
+    if not stored:
+        return "0.5 until `dftune evaluate --write-threshold` tunes it"
+    return describe_threshold(stored["value"], stored["source"])
+
+
 def _interrupted_hint(args) -> str:
     """After Ctrl-C: what continues the run. The same command again only where it was a --resume already;
     else it needs --resume added (or, with no checkpoint completed yet, starts over)."""
@@ -243,10 +257,11 @@ def print_summary(s: TrainSummary) -> None:
     c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
             f"by {s.monitor} = {f(s.best_value)}")
     c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    if s.threshold:
+        c.print(f"best/ threshold: {_threshold(s.threshold)}")
     if s.wise_dir:
         c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
-                f"best/; threshold 0.5 until `dftune evaluate --model {s.wise_dir} --data DATA --split val "
-                f"--write-threshold`)")
+                f"best/; threshold {_threshold(s.wise_threshold)})")
     elif s.wise_error:
         c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
     c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")

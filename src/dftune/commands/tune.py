@@ -8,8 +8,9 @@ DESCRIPTION = """\
 Hyper-parameter search on Optuna: every trial is a real `dftune train` run on --data with
 the defaults, your --set values and the trial's sampled settings; the objective is one val
 metric (read at the epoch the run keeps as best/), reported each epoch so a pruner can stop
-weak trials early. Failed trials (out of memory, NaN, bad settings) are recorded with their
-reason and the study goes on.
+weak trials early. With --check PATH the objective is that metric's mean over the check sets
+(data from outside --data), and every trial selects its best/ epoch on them. Failed trials
+(out of memory, NaN, bad settings) are recorded with their reason and the study goes on.
 
 The study lives in STUDY_DIR/study.journal (or --storage): run the same command again to
 continue it (only the missing trials run), or start it in several processes / on several
@@ -46,6 +47,11 @@ def register(sub) -> None:
                    help="val metric to optimise: LEVEL_NAME with LEVEL frame or video and NAME f1 (macro F1 at the "
                         "val-optimal threshold), f1_05 (macro F1 at 0.5), auc, loss (minimised), accuracy or "
                         "balanced_accuracy")
+    p.add_argument("--check", dest="checks", action="append", default=list(d.checks), metavar="PATH",
+                   help="check set: a prepared folder from outside --data (its val+test, or PATH:SPLIT); repeat for "
+                        "several. The study then optimises --metric's mean over the check sets (the val metric is "
+                        "still recorded per trial), and each trial selects its best/ epoch on them "
+                        "(select_on=check, unless --set select_on=val) (default: none: the val metric)")
     p.add_argument("--space", default=d.space,
                    help="YAML search-space file; its entries replace or add to the default space (default: the "
                         "built-in space, see above)")
@@ -79,9 +85,10 @@ def run(args) -> int:
     from dftune.stages.tune import TuneSettings
     from dftune.training.config import parse_sets
 
-    # every TuneSettings field but sets has a flag of its name
-    s = TuneSettings(**{f.name: getattr(args, f.name) for f in fields(TuneSettings) if f.name != "sets"},
-                     sets=parse_sets(args.sets))
+    # every TuneSettings field but sets has a flag of its name (checks: --check, repeatable)
+    s = TuneSettings(**{f.name: getattr(args, f.name) for f in fields(TuneSettings)
+                        if f.name not in ("sets", "checks")},
+                     checks=tuple(args.checks), sets=parse_sets(args.sets))
     summary = tune.run(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
     print_summary(summary)
     return 0 if summary.best else 1  # no trial completed: nothing usable (no best.yaml, no model)
@@ -99,7 +106,8 @@ def print_summary(sm) -> None:
     comp = sorted((r for r in rows if r["value"] is not None), key=lambda r: r["value"], reverse=maximize)
     t = Table(title=f"dftune tune: {sm.study} — {sm.metric} ({sm.metric_description})",
               show_header=True, header_style="bold")
-    for c in ["#", "state", sm.metric, "epochs"] + params + ["note"]:
+    on_check = any("val_value" in r for r in rows)  # --check: the objective is theirs, val's beside it
+    for c in ["#", "state", sm.metric, *([f"val {sm.metric}"] if on_check else []), "epochs"] + params + ["note"]:
         t.add_column(c)
 
     def f(v):
@@ -108,7 +116,8 @@ def print_summary(sm) -> None:
     best = (sm.best or {}).get("number")
     for r in comp + [r for r in rows if r["value"] is None]:
         t.add_row(f"{r['number']}{' *' if r['number'] == best else ''}", r["state"],
-                  "" if r["value"] is None else f"{r['value']:.4f}", f(r["epochs_run"]),
+                  "" if r["value"] is None else f"{r['value']:.4f}",
+                  *([f(r.get("val_value"))] if on_check else []), f(r["epochs_run"]),
                   *[f(r["params"].get(p)) for p in params], (r["reason"] or "")[:60])
     c = console()
     c.print(t)

@@ -1,4 +1,5 @@
-"""The objective: one val metric read from a train run's ``history.json`` record."""
+"""The objective: one metric read from a train run's ``history.json`` record: the val split's (``record["val"]``),
+or with ``tune --check`` the check sets' mean (``record["check"]["mean"]``: each set's number, averaged)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ class Metric:
     name: str
     level: str
     key: str
+    on: str = "val"  # val: the training data's val split; check: the mean of the check sets ``checks``
+    checks: tuple = ()
 
     @property
     def direction(self) -> str:
@@ -33,6 +36,10 @@ class Metric:
         what = {"best_threshold_f1": "macro F1 at the val-optimal threshold", "macro_f1": "macro F1 at 0.5",
                 "auc": "ROC AUC", "loss": "cross-entropy loss", "accuracy": "accuracy at 0.5",
                 "balanced_accuracy": "balanced accuracy at 0.5"}[self.key]
+        if self.on == "check":
+            what = what.replace("the val-optimal threshold", "each set's optimal threshold")
+            return (f"the mean over the check sets {', '.join(self.checks)} of the {self.level}-level {what} "
+                    f"({self.direction}d)")
         return f"val {self.level}-level {what} ({self.direction}d)"
 
     @property
@@ -41,14 +48,28 @@ class Metric:
         return MONITOR.get(self.key, "f1")
 
     def of(self, record: dict) -> float | None:
+        """The objective's value in an epoch's record; None where it was not validated or is undefined."""
         if record["val"] is None:  # an epoch --val-every skipped
             return None
-        v = record["val"][self.level].get(self.key)
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+        if self.on == "check":
+            return _number((((record.get("check") or {}).get("mean") or {}).get(self.level) or {}).get(self.key))
+        return self.val_of(record)
+
+    def val_of(self, record: dict) -> float | None:
+        """The same metric on the training data's val split (recorded beside a check-set objective)."""
+        if record["val"] is None:
+            return None
+        return _number(record["val"][self.level].get(self.key))
 
 
-def parse_metric(name: str) -> Metric:
+def _number(v) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def parse_metric(name: str, checks=()) -> Metric:
+    """``LEVEL_NAME`` as a :class:`Metric`; with check sets (``tune --check``), their mean is the objective."""
     if name not in METRICS:
         raise ValueError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}")
     level, suffix = name.split("_", 1)
-    return Metric(name, level, METRIC_KEYS[suffix])
+    checks = tuple(str(c) for c in checks or ())
+    return Metric(name, level, METRIC_KEYS[suffix], "check" if checks else "val", checks)

@@ -134,7 +134,8 @@ def write_outputs(study, study_dir: Path, metric: Metric, data: Path, model_sour
         data=str(data), retrain_data=str(source_data if source_data is not None else data),
         rows=[{"number": t.number, "state": state_name(t),
                "value": t.value if t.state == TrialState.COMPLETE else None, "params": t.params,
-               "epochs_run": t.user_attrs.get("epochs_run"), "reason": t.user_attrs.get(COUNTED, "")}
+               "epochs_run": t.user_attrs.get("epochs_run"), "reason": t.user_attrs.get(COUNTED, ""),
+               **({"val_value": t.user_attrs.get("val_value")} if metric.on == "check" else {})}
               for t in trials],
     )
     write_report(study_dir, summary, metric, fraction, data, model_source, source_data)
@@ -154,15 +155,18 @@ def write_trials_csv(path: Path, trials: list, metric: Metric, params: list[str]
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["number", "state", "value", f"{metric.name}_per_epoch", "epochs_run", "duration_s", "seed",
-                "fail_reason", "params"] + params)
+    on_check = metric.on == "check"  # value: the check sets' mean; val_value: the same metric on val
+    w.writerow(["number", "state", "value", *(["val_value"] if on_check else []), f"{metric.name}_per_epoch",
+                "epochs_run", "duration_s", "seed", "fail_reason", "params"] + params)
     for t in trials:
         dur = t.user_attrs.get("duration_s")
         if dur is None and t.datetime_start and t.datetime_complete:
             dur = round((t.datetime_complete - t.datetime_start).total_seconds(), 2)
         reason = t.user_attrs.get(COUNTED) or t.user_attrs.get("interrupted") or ""
         value = t.value if t.state == TrialState.COMPLETE else None  # a pruned trial's is its last epoch's
-        w.writerow([t.number, state_name(t), "" if value is None else value, json.dumps(t.user_attrs.get("curve", [])),
+        val = t.user_attrs.get("val_value")
+        w.writerow([t.number, state_name(t), "" if value is None else value,
+                    *(["" if val is None else val] if on_check else []), json.dumps(t.user_attrs.get("curve", [])),
                     t.user_attrs.get("epochs_run", ""), "" if dur is None else dur, t.user_attrs.get("seed", ""),
                     reason, json.dumps(t.params, default=str)] + [t.params.get(p, "") for p in params])
     write_text(path, buf.getvalue())
@@ -171,7 +175,9 @@ def write_trials_csv(path: Path, trials: list, metric: Metric, params: list[str]
 def write_best_yaml(path: Path, study_name: str, best, best_dir: Path, metric: Metric, data: Path,
                     model_source: str, source_data: Path | str | None = None) -> str:
     """The best trial's full TrainConfig (from its ``config`` attribute: any machine can write it) in
-    settings.yaml's format, with a ``_tune`` section naming where it came from; returns the retrain command.
+    settings.yaml's format, with a ``_tune`` section naming where it came from (with ``tune --check``: that the
+    check sets' mean was optimised, which ones, and the trial's val value; the settings keep ``checks`` and
+    ``select_on``, so the retrain command scores and selects on them as the trial did); returns the retrain command.
 
     ``_tune.data`` is the data the trial trained on and was scored on (with --fraction < 1, the subset in
     STUDY_DIR/data); ``_tune.retrain_data`` and the command name the original --data: retrain on all of it."""
@@ -179,6 +185,9 @@ def write_best_yaml(path: Path, study_name: str, best, best_dir: Path, metric: M
     full = Path(source_data if source_data is not None else data)
     save_yaml(path, cfg, {
         "tune": {"study": study_name, "trial": best.number, "metric": metric.name,
+                 "optimised": metric.describe, "optimised_on": metric.on,
+                 **({"checks": list(metric.checks), "val_value": best.user_attrs.get("val_value")}
+                    if metric.on == "check" else {}),
                  "value": best.value, "params": best.params, "data": str(Path(data).resolve()),
                  "model": str(model_source), "run_dir": str(best_dir), "host": best.user_attrs.get("host"),
                  "retrain_data": str(full.resolve())}})
@@ -242,10 +251,14 @@ def write_report(study_dir: Path, sm: TuneSummary, metric: Metric, fraction: flo
     rows = sm.rows
     comp = sorted((r for r in rows if r["value"] is not None), key=lambda r: r["value"],
                   reverse=metric.direction == "maximize")
-    L += ["## Trials (complete ones best first, then the rest)", "", "| # | state | value | epochs | params | note |",
-          "|---|---|---|---|---|---|"]
+    on_check = metric.on == "check"
+    L += ["## Trials (complete ones best first, then the rest)", "",
+          f"| # | state | value |{' val |' if on_check else ''} epochs | params | note |",
+          f"|---|---|---|{'---|' if on_check else ''}---|---|---|"]
     for r in comp + [r for r in rows if r["value"] is None]:
         val = "" if r["value"] is None else f"{r['value']:.4f}"
+        if on_check:
+            val += " | " + ("" if r.get("val_value") is None else f"{r['val_value']:.4f}")
         L.append(f"| {r['number']} | {r['state']} | {val} | "
                  f"{r['epochs_run'] or ''} | {', '.join(f'{k}={fmt(v)}' for k, v in r['params'].items())} | "
                  f"{(r['reason'] or '').replace('|', '/')[:120]} |")

@@ -13,7 +13,8 @@ rows swapped before averaging, so ``Realism/Deepfake`` and ``Deepfake/Real`` mod
 correctly; a model whose classes are not the same two (real and fake) is refused. The
 output is a plain Hugging Face folder (config and processor of the first model) with its
 ``dftune.json`` (labels, the first model's crop settings, threshold 0.5 until evaluate
-tunes one, and the recipe in ``extra.merge``).
+tunes one — or, with ``--threshold-on check``, the check sets' pooled optimum — and the recipe in
+``extra.merge``).
 """
 
 from __future__ import annotations
@@ -190,7 +191,8 @@ ALPHA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None = None,
         weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32",
         checks: Sequence[str] = (), grid: Sequence[float] = ALPHA_GRID, metric: str = "auc",
-        level: str = "frame", say=None) -> dict:
+        level: str = "frame", say=None, threshold_on: str = "val", threshold_level: str | None = None,
+        aggregate: str = "mean") -> dict:
     """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out`` in ``dtype``
     (float32 by default: a fine-tune's update is smaller than bf16's resolution, so a cast rounds much of it
     away; the returned ``cast`` says how much survives, measured from the first model).
@@ -199,10 +201,21 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
     outside the fine-tune's) by ``metric`` at ``level``, and the best is kept; the curve (alpha -> check metric,
     and the fine-tuned data's val metric where its ``dftune.json`` names that data) is returned, kept in
     ``dftune.json`` and drawn in ``OUT/alpha_curve.png``. A check set given as a labels CSV is framed with the
-    merged model's crop settings into ``checks/`` beside ``out`` (train's ``RUN_DIR/checks`` for ``--wise``)."""
+    merged model's crop settings into ``checks/`` beside ``out`` (train's ``RUN_DIR/checks`` for ``--wise``).
+
+    ``threshold_on="check"``: the merged model's threshold is the macro-F1-optimal one on every row of the check
+    sets pooled (``dftune.checks.pooled_threshold``) at ``threshold_level`` (default ``level``), no TTA, videos
+    pooled by ``aggregate``; ``"val"`` leaves 0.5 (untuned) for ``evaluate --write-threshold``. The returned
+    ``threshold`` says which was stored."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
     _refuse_overwriting_an_input(paths, out)
+    if threshold_on not in ("val", "check"):
+        raise MergeError(f"--threshold-on {threshold_on}: choose val or check")
+    if threshold_on == "check" and not checks:
+        raise MergeError("--threshold-on check tunes the merged model's threshold on check sets: give --check PATH "
+                         "(a prepared folder from outside the merged models' data); without them the threshold "
+                         "stays 0.5 until `dftune evaluate --write-threshold` tunes it")
     curve = None
     if alpha == "auto":
         if len(paths) != 2:
@@ -241,7 +254,31 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
         from dftune.plots import alpha_curve_figure
 
         alpha_curve_figure(curve, Path(out) / "alpha_curve.png")
-    return {"out": str(out), **recipe}
+    stored = {"value": 0.5, "source": dict(modelmeta.DEFAULT_SOURCE)}
+    if threshold_on == "check":
+        stored = _check_threshold(paths, out, checks, threshold_level or level, aggregate)
+    return {"out": str(out), **recipe, "threshold": stored}
+
+
+def _check_threshold(paths: Sequence[str], out, checks: Sequence[str], level: str, aggregate: str) -> dict:
+    """Store in ``out``'s dftune.json the threshold that is macro-F1-optimal on the check sets' rows pooled
+    (refused when a check set shares an identity with a merged model's training data); ``{"value", "source"}``."""
+    from dftune import checks as C
+    from dftune import scoring
+    from dftune.prepared import read_manifest
+
+    sets = [C.load(c, cache=Path(out).parent / "checks", crop=crop_of(paths)) for c in checks]
+    for p in paths:
+        data = _trained_on(str(p))
+        if data:
+            C.refuse_leaks(sets, read_manifest(data, ("train", "val")), data)
+    t = C.model_threshold(scoring.load_model(str(out), device="cpu"), sets, aggregate)[level]
+    meta = modelmeta.load(out)
+    meta.threshold = t["threshold"]
+    meta.threshold_source = C.threshold_source([c.name for c in sets], level, aggregate, "merge",
+                                               macro_f1=t["macro_f1"])
+    modelmeta.save(out, meta)
+    return {"value": meta.threshold, "source": meta.threshold_source}
 
 
 def _trained_on(path: str) -> str | None:

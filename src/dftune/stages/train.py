@@ -89,7 +89,7 @@ from dftune.training import checkpoint as ckpt
 from dftune.training.checkpoint import STATE_DIR
 from dftune.training.config import TrainConfig, save_yaml
 from dftune.training.resume import Previous, check_processes, continues_from, run_lock, stretches
-from dftune.training.state import TrainState, TrainSummary
+from dftune.training.state import TrainState, TrainSummary, trained_counts
 from dftune.training.step import ForwardBackward
 from dftune.training.writer import ModelWriter
 
@@ -541,6 +541,7 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
     v = validate.monitor_value(selected, cfg) if validated else float("nan")
     record = {"epoch": epoch, "train": train_stats, "val": val, **more, "monitor": None if math.isnan(v) else v,
               "time_s": round(time.perf_counter() - t0, 3)}
+    record["threshold"] = extra.stored_threshold(record, cfg)  # what best/ and last/ store (--threshold-on)
     state.epoch = epoch
     record["best"] = validated and validate.improved(v, state.best, cfg.higher_is_better)
     if record["best"]:
@@ -580,41 +581,36 @@ def _summary(r: Run, model_source: str, lm, facts: machine.Machine) -> TrainSumm
         stop_reason = f"early stopping: no {cfg.select_on} {cfg.monitor} improvement for {cfg.patience} epochs"
     best_rec = next((h for h in r.history if h["epoch"] == state.best_epoch), None)
     alpha = "auto" if cfg.wise_auto else cfg.wise_alpha
-    wise = wise_ft(model_source, run_dir, alpha, cfg.checks) if (cfg.wise_auto or cfg.wise_alpha > 0) and r.main else {}
+    wise = wise_ft(model_source, run_dir, alpha, cfg) if (cfg.wise_auto or cfg.wise_alpha > 0) and r.main else {}
     return TrainSummary(
         run_dir=str(run_dir), epochs_run=state.epoch, epochs_planned=cfg.epochs, best_epoch=state.best_epoch,
         monitor=f"{cfg.select_on} {cfg.monitor_level} {cfg.monitor}", best_value=state.best,
         best_check=best_rec.get("check") if best_rec else None,
         best_datasets=best_rec.get("datasets") if best_rec else None,
         best_val=best_rec["val"] if best_rec else None, best_dir=str(run_dir / "best"),
+        threshold=best_rec.get("threshold") if best_rec else None,
         last_dir=str(run_dir / "last"), stopped=stop_reason, skipped=sorted(r.data.skipped), label_map=lm.to_dict(),
         micro_batch=state.micro_batch, mixed_precision=accelerator.mixed_precision,
         processes=accelerator.num_processes, device=str(accelerator.device), threads=facts.threads,
         threads_from=facts.threads_from, workers=facts.workers, workers_from=facts.workers_from, tune=cfg.tune,
-        **_trained(r.plan, cfg, state.epoch), **wise)
+        **trained_counts(r.plan, cfg, state.epoch), **wise)
 
 
-def _trained(plan: trainable.Plan, cfg: TrainConfig, epochs_run: int) -> dict:
-    """The summary's count of what trained: the --tune set, or only the head where --head-epochs covered every
-    epoch run."""
-    n = plan.n_head if cfg.head_epochs and epochs_run <= cfg.head_epochs else plan.n_trainable
-    return {"trainable_params": n, "total_params": plan.total,
-            "trainable_share": round(n / max(1, plan.total), 6), "head_epochs": int(cfg.head_epochs),
-            "head_params": plan.n_head}
-
-
-def wise_ft(model_source: str, run_dir: Path, alpha: float | str, checks=()) -> dict:
-    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge).
-    A failure is reported, never raised: the run's own models are complete by then."""
+def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConfig) -> dict:
+    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge), with
+    ``--threshold-on check`` the check sets' pooled optimum as its threshold. A failure is reported, never
+    raised: the run's own models are complete by then."""
     from dftune.stages import merge
 
     best = run_dir / "best"
     if not best.exists():
         return {"wise_error": f"{best} does not exist (no epoch was validated)"}
     try:
-        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=checks)
+        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=cfg.checks,
+                      threshold_on=cfg.threshold_on, threshold_level=cfg.monitor_level,
+                      aggregate=cfg.video_aggregate)
         alpha = r.get("alpha", alpha)
     except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
         log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
         return {"wise_error": f"{type(e).__name__}: {e}"}
-    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha}
+    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha, "wise_threshold": r.get("threshold")}

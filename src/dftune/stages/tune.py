@@ -4,6 +4,12 @@ settings -> study -> data -> trials -> outputs -> summary; the parts live in :mo
 Each trial is ``dftune.stages.train.run`` on the same data with a TrainConfig built from the
 defaults, the user's ``--set`` values and the trial's sampled values; its objective is one val
 metric read from the run's ``history.json`` records (at the epoch the run keeps as ``best/``).
+With ``--check PATH`` (repeatable) the objective is that metric's mean over the check sets
+(``record["check"]["mean"]``): every trial gets the check sets and, unless ``--set select_on=val``,
+selects its ``best/`` epoch on them too (the trial is judged on them, so its kept epoch is the one they
+like); the val metric is still recorded per trial (``val_value``). A check set sharing an identity, a
+video or a crop with the tuning data is refused before any trial runs, and a continued study with other
+check sets is refused.
 Every epoch reports that metric to Optuna, and a pruner may stop the run there (the
 ``TrialPruned`` raised from ``on_epoch_end`` leaves ``train`` after that epoch's checkpoint and
 history were written).
@@ -73,6 +79,7 @@ class TuneSettings:
     storage: str | None = None  # RDB URL; None = journal file in STUDY_DIR
     study_name: str | None = None
     keep_all: bool = False
+    checks: tuple = ()  # --check: prepared folders from outside --data; their mean metric is the objective
     sets: dict = field(default_factory=dict)  # --set values: fixed, and taken out of the search
 
 
@@ -84,13 +91,14 @@ def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.Path
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_dir = Path(study_dir)
-    metric = parse_metric(s.metric)
+    metric = parse_metric(s.metric, s.checks)
     if s.trials < 1:
         raise ValueError(f"--trials must be at least 1; got {s.trials}")
     if not 0 < s.fraction <= 1:
         raise ValueError(f"--fraction must be in (0, 1]; got {s.fraction}")
     _check_data(data_dir)  # before any trial: a bad --data or --model fails every trial alike
     _check_model(model_source)
+    _check_checks(s.checks, data_dir, study_dir)  # a check set from the tuning data would reward memory: refused now
     study_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- settings: the base config (defaults + --recipe's + --set + --epochs) and the space
@@ -171,6 +179,10 @@ def _base_and_space(s: TuneSettings, metric: Metric) -> tuple[TrainConfig, dict,
         align["monitor"] = metric.monitor
     if "monitor_level" not in fixed_user:
         align["monitor_level"] = metric.level
+    if metric.on == "check":  # every trial scores the check sets; judged on them, it selects its epoch on them
+        base = build(base, {"checks": metric.checks})
+        if "select_on" not in fixed_user:
+            align["select_on"] = "check"
     base = build(base, align)
     space = {k: v for k, v in space.items() if k.replace("-", "_") not in fixed_user}  # --set wins
     searched, fixed_space = check_space(space, base, where)
@@ -267,7 +279,37 @@ def _setup(s: TuneSettings, base: TrainConfig, data_dir, model_source: str) -> d
     sets = {k: v for k, v in build(None, s.sets).to_dict().items() if k in s.sets and k not in _SETUP_FREE}
     return {"epochs": base.epochs, "sets": json.loads(json.dumps(sets, default=str)),
             "data_manifest_sha256": _sha256(manifest_file(data_dir)),
-            "model_resolved": _model_key(model_source), "model_fingerprint": _model_fingerprint(model_source)}
+            "model_resolved": _model_key(model_source), "model_fingerprint": _model_fingerprint(model_source),
+            "checks": _check_keys(s.checks)}
+
+
+def _check_keys(specs) -> list[str]:
+    """Check sets as a study records them: each folder's absolute path and its splits (``PATH:val+test``)."""
+    from dftune.checks import parse_spec
+
+    out = []
+    for spec in specs or ():
+        folder, splits = parse_spec(str(spec))
+        out.append(f"{folder.resolve()}:{'+'.join(splits)}")
+    return out
+
+
+def _check_checks(specs, data_dir, study_dir) -> None:
+    """Load the check sets and refuse one of one class, or sharing an identity, a video or a crop with ``data_dir``'s
+    train and val rows (what the trials train and validate on), before any trial runs. A labels CSV is framed
+    here with the data's crop settings into ``STUDY_DIR/checks`` (each trial frames it again into its own run)."""
+    if not specs:
+        return
+    from dftune import checks
+    from dftune.prepared import read_manifest
+    from dftune.training import starting
+
+    try:
+        crop = starting.crop_settings(data_dir) if any(checks.is_labels(c) for c in specs) else None
+        sets = [checks.load(c, cache=Path(study_dir) / "checks", crop=crop) for c in specs]
+        checks.refuse_leaks(sets, read_manifest(data_dir, ("train", "val")), data_dir)
+    except checks.CheckError as e:
+        raise ValueError(str(e)) from None
 
 
 def _refuse_other_setup(name: str, meta: dict, setup: dict, data_dir, model_source: str) -> None:
@@ -283,6 +325,9 @@ def _refuse_other_setup(name: str, meta: dict, setup: dict, data_dir, model_sour
             diffs.append(f"--model {meta.get('model')} -> {model_source}")
     elif meta.get("model") not in (None, str(model_source)):
         diffs.append(f"--model {meta.get('model')} -> {model_source}")
+    if meta.get("checks", []) != setup["checks"]:  # a study made before --check optimised val
+        diffs.append(f"--check {', '.join(meta.get('checks') or []) or '(none: val)'} -> "
+                     f"{', '.join(setup['checks']) or '(none: val)'}")
     if "epochs" in meta and meta["epochs"] != setup["epochs"]:
         diffs.append(f"--epochs {meta['epochs']} -> {setup['epochs']}")
     if "sets" in meta and meta["sets"] != setup["sets"]:
@@ -380,9 +425,12 @@ def _run_trial(study, trial, data, model_source, study_dir, base, searched, metr
         trial.set_user_attr("epochs_run", summary.epochs_run)
         trial.set_user_attr("best_epoch", summary.best_epoch)
         trial.set_user_attr("duration_s", round(time.time() - t0, 2))
+        if metric.on == "check" and best:  # the objective is the check sets': the val metric is kept beside it
+            trial.set_user_attr("val_value", metric.val_of(best))
         if value is None:
-            raise FloatingPointError(f"{metric.name} is undefined for this run (NaN or missing: one class in val, "
-                                     f"or a diverged model)")
+            where = "the check sets" if metric.on == "check" else "val"
+            raise FloatingPointError(f"{metric.name} is undefined for this run (NaN or missing: one class in "
+                                     f"{where}, or a diverged model)")
         study.tell(trial, value)
         state, extra = TrialState.COMPLETE, f"{metric.name} {value:.4f}"
     except optuna.TrialPruned as e:

@@ -89,6 +89,9 @@ class TrainConfig:
     # check sets from outside the training data (dftune.checks): validated beside val every validation
     checks: tuple = ()
     select_on: str = "val"  # val | check: which decides best/ and early stopping
+    # val: dftune.json keeps 0.5 (untuned; `evaluate --write-threshold` tunes it on val), the val optimum noted;
+    # check: best/ (and wise/) store the macro-F1-optimal threshold on the check rows pooled, at monitor_level
+    threshold_on: str = "val"
     data_weights: tuple = ()  # --data A --data B: each dataset's share of an epoch's samples (default: by size)
     # a named set of defaults under the settings file and flags (RECIPES): guide (the guide's) or generalise
     recipe: str = "guide"
@@ -143,6 +146,7 @@ class TrainConfig:
                              f"got {self.wise_alpha}")
         one_of("recipe", tuple(RECIPES))
         one_of("select_on", ("val", "check"))
+        one_of("threshold_on", ("val", "check"))
         if isinstance(self.checks, str):
             self.checks = (self.checks,)
         self.checks = tuple(str(c) for c in self.checks or ())
@@ -152,6 +156,10 @@ class TrainConfig:
         if self.select_on == "check" and not self.checks:
             raise ValueError("--select-on check needs check sets: --check PATH (prepared data from outside the "
                              "training data)")
+        if self.threshold_on == "check" and not self.checks:
+            raise ValueError("--threshold-on check tunes the stored threshold on check sets: give --check PATH "
+                             "(prepared data from outside the training data); without them the threshold stays "
+                             "0.5 until `dftune evaluate --write-threshold` tunes it on val")
         if self.wise_auto and not self.checks:
             raise ValueError("--wise auto chooses the WiSE-FT alpha on check sets: give --check PATH (prepared data "
                              "from outside the training data); on the training data's own val it picks 1.0, the "

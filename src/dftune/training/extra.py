@@ -3,7 +3,9 @@ each dataset's share of a mixed val split (``--data A --data B``: one row per da
 
 Every validation scores them with the same :func:`dftune.training.validate.validate` as val (gathered over
 processes, the EMA weights with ``--ema``), so their numbers mean what val's mean. ``--select-on check`` makes
-the check sets' mean (``dftune.checks.mean_of``) decide ``best/`` and early stopping.
+the check sets' mean (``dftune.checks.mean_of``) decide ``best/`` and early stopping; each validation also records
+the threshold that is macro-F1-optimal on every check row pooled (``record["check"]["threshold"]``), which
+``--threshold-on check`` stores in the model folders (:func:`stored_threshold`).
 """
 
 from __future__ import annotations
@@ -85,13 +87,33 @@ def run_all(extras: Extras, accelerator, model, normalize, fake_index: int, aggr
     the run has)."""
     out: dict = {}
     if extras.checks:
-        per = {s.name: validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index, aggregate,
-                                         skipped, ema) for s in extras.checks}
-        out["check"] = {"sets": per, "mean": checks.mean_of(per)}
+        per, scored = {}, []
+        for s in extras.checks:
+            got: list = []
+            per[s.name] = validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index, aggregate,
+                                            skipped, ema, scores=got)
+            scored.append((s.name, *got[0]))
+        # the macro-F1-optimal threshold on every check row pooled (train --threshold-on check stores it)
+        out["check"] = {"sets": per, "mean": checks.mean_of(per), "threshold": checks.pooled_threshold(scored,
+                                                                                                      aggregate)}
     if extras.datasets:
         out["datasets"] = {s.name: validate.validate(accelerator, model, s.dl, normalize, s.ds, s.rows, fake_index,
                                                      aggregate, skipped, ema) for s in extras.datasets}
     return out
+
+
+def stored_threshold(record: dict, cfg: TrainConfig) -> dict | None:
+    """The threshold a validated epoch's model folders store, as history.json records it: ``{"value", "source"}``,
+    0.5 untuned (``{"by": "default"}``), or with ``--threshold-on check`` the check sets' pooled optimum at
+    ``--monitor-level`` (no TTA, the run's video pooling) and its provenance naming them. None: not validated."""
+    if record.get("val") is None:
+        return None
+    if cfg.threshold_on != "check" or not (record.get("check") or {}).get("threshold"):
+        return {"value": 0.5, "source": {"by": "default"}}
+    t = record["check"]["threshold"][cfg.monitor_level]
+    return {"value": t["threshold"], "source": checks.threshold_source(
+        list(record["check"]["sets"]), cfg.monitor_level, cfg.video_aggregate, "train", epoch=record["epoch"],
+        macro_f1=t["macro_f1"])}
 
 
 # ---------------------------------------------------------------- several --data

@@ -37,7 +37,7 @@ class TrainState:
         return {**asdict(self), "skipped": sorted(skipped)}
 
 
-_WISE = ("wise_dir", "wise_alpha", "wise_error")
+_WISE = ("wise_dir", "wise_alpha", "wise_error", "wise_threshold")
 
 
 @dataclass
@@ -75,6 +75,8 @@ class TrainSummary:
     wise_dir: str | None = None
     wise_alpha: float | None = None
     wise_error: str | None = None
+    wise_threshold: dict | None = None  # wise/'s stored threshold: {"value", "source"}
+    threshold: dict | None = None  # best/'s stored threshold, as history.json records it: {"value", "source"}
     best_check: dict | None = None  # the best epoch's check sets (--check): {"sets": {...}, "mean": {...}}
     best_datasets: dict | None = None  # a mix's val, dataset by dataset, at the best epoch
 
@@ -82,3 +84,12 @@ class TrainSummary:
         """The summary as a dict; the ``wise_*`` keys only where they are set."""
         return {k: v for k, v in asdict(self).items()
                 if not (k in (*_WISE, "best_check", "best_datasets") and v is None)}
+
+
+def trained_counts(plan, cfg, epochs_run: int) -> dict:
+    """The summary's count of what trained (``plan`` a :class:`dftune.training.trainable.Plan`): the --tune set,
+    or only the head where --head-epochs covered every epoch run."""
+    n = plan.n_head if cfg.head_epochs and epochs_run <= cfg.head_epochs else plan.n_trainable
+    return {"trainable_params": n, "total_params": plan.total,
+            "trainable_share": round(n / max(1, plan.total), 6), "head_epochs": int(cfg.head_epochs),
+            "head_params": plan.n_head}

@@ -31,11 +31,12 @@ def averaged(ema):
 
 
 def validate(accelerator, model, val_dl, normalize, val_ds, val_rows, fake_index: int, aggregate: str,
-             skipped: set, ema=None) -> dict:
+             skipped: set, ema=None, scores: list | None = None) -> dict:
     """``{"frame": metrics, "video": metrics}`` of ``model`` (the EMA weights with ``ema``) on ``val_dl``.
 
     ``val_ds``/``val_rows`` are the loader's dataset and manifest rows (labels, paths, videos); an image that
-    cannot be decoded is added to ``skipped`` and left out. ``aggregate`` pools frames into videos."""
+    cannot be decoded is added to ``skipped`` and left out. ``aggregate`` pools frames into videos. ``scores``,
+    a list, gets ``(labels, fake probabilities, video keys)`` of the rows scored appended."""
     import torch
 
     with averaged(ema):
@@ -55,6 +56,8 @@ def validate(accelerator, model, val_dl, normalize, val_ds, val_rows, fake_index
     p, idx = p[ok].astype(np.float64), idx[ok]
     y = val_ds.labels[idx]
     keys = [val_rows[i].video for i in idx]
+    if scores is not None:
+        scores.append((y, p, keys))
     frame = metrics.binary_metrics(y, p)
     _, vp, vy = video_aggregate(keys, p, y, how=aggregate)
     video = metrics.binary_metrics(vy, vp)

@@ -92,12 +92,16 @@ class ModelWriter:
         if self.select_on != "val":
             extra["selected_on"] = self.select_on
         if val is not None:
-            # threshold and its source stay the defaults (0.5, "default"): the one predict applies comes from
-            # `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val optimum seen
-            # here (frame or video level, no TTA) is kept as information only.
+            # --threshold-on val: threshold and its source stay the defaults (0.5, "default"): the one predict
+            # applies comes from `dftune evaluate --write-threshold`, tuned with its TTA and video pooling. The val
+            # optimum seen here (frame or video level, no TTA) is kept as information only.
             extra["train_val_threshold"] = {
                 "frame": val["frame"]["best_threshold"], "video": val["video"]["best_threshold"],
                 "tta": [], "note": "frame/video level, no TTA; not applied: run `dftune evaluate "
                                    "--write-threshold` to tune the threshold predict uses"}
-        modelmeta.save(folder, modelmeta.ModelMeta(fake_index=self.fake_index, real_index=self.real_index,
-                                                   crop=self.crop, extra=extra))
+        meta = modelmeta.ModelMeta(fake_index=self.fake_index, real_index=self.real_index, crop=self.crop,
+                                   extra=extra)
+        stored = record.get("threshold") or {}
+        if stored.get("source", {}).get("by", "default") != "default":  # --threshold-on check: the check sets'
+            meta.threshold, meta.threshold_source = float(stored["value"]), dict(stored["source"])
+        modelmeta.save(folder, meta)
