@@ -14,6 +14,8 @@ SPLITS = ["train", "val", "test"]
 
 
 def register(sub) -> None:
+    from dftune.commands.predict import NO_FACE_HELP
+    from dftune.portable import NO_FACE_RULES
     from dftune.stages.evaluate import EvalSettings
 
     d = EvalSettings()  # every default below is read from here, so it lives once
@@ -39,13 +41,19 @@ def register(sub) -> None:
                    help="instead of --data: image/video files or folders scored as predict scores them")
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="with --files: filename,label CSV (label 0/1 or real/fake; filename as predict's CSV names it)")
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="with --files: frames sampled evenly from each video, as predict's --frames (default: the "
+                        "model's dftune.json)")
+    p.add_argument("--no-face", default=d.no_face, choices=list(NO_FACE_RULES),
+                   help="with --files, as predict's --no-face: " + NO_FACE_HELP)
     p.add_argument("--split", default=d.split, choices=SPLITS, help="split to measure")
     p.add_argument("--threshold-split", default=d.threshold_split, choices=SPLITS,
                    help="split the macro-F1-optimal threshold is tuned on")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
     p.add_argument("--tta", default=",".join(d.tta) or "none",
-                   help="TTA views as in predict: flip, cropF, comma separated, or none")
+                   help="TTA views as in predict: flip, cropF, comma separated, or none (with --files: the views "
+                        "predict scores each file with)")
     p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
     p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
     p.add_argument("--ensemble", action="store_true",
@@ -99,7 +107,12 @@ def run(args) -> int:
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
-        return _files(con, evaluate.evaluate_files(args.model, args.files, args.labels, args.out, s))
+        from dftune.stages.evaluate_files import evaluate_files
+
+        return _files(con, evaluate_files(args.model, args.files, args.labels, args.out, s))
+    if args.frames is not None or args.no_face != evaluate.EvalSettings.no_face:
+        raise ValueError("--frames and --no-face choose how --files are scored (predict's path); with --data the "
+                         "crops prepare wrote are scored")
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
     if len(args.data) > 1 or args.threshold_data:
@@ -168,6 +181,13 @@ def _files(con, r: FilesResult) -> int:
     for row in report.files_rows(r):
         t.add_row(*row)
     con.print(t)
+    ft = Table(title="per framing (the CSV's framing column; at the threshold; one class: no AUC, F1, EER)")
+    for c in report.FRAMING_HEADER:
+        ft.add_column(c, justify="left" if c == "framing" else "right")
+    for row in report.framing_rows(r):
+        ft.add_row(*row)
+    con.print(ft)
+    con.print(f"scored with {report.files_settings(r)}")
     con.print(f"threshold {r.threshold_source}")
     if r.duplicate_label_rows:
         con.print(f"{r.duplicate_label_rows} label row(s) repeat an earlier row exactly: counted once")

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from dftune import metrics, pooling, prepared, scoring
+from dftune import metrics, pooling, portable, prepared, scoring
 from dftune.atomic import write_json, write_text
-from dftune.labelfile import read_labels, read_labels_counted  # noqa: F401  (evaluate.read_labels)
+from dftune.labelfile import read_labels  # noqa: F401  (evaluate.read_labels)
 from dftune.model import meta as modelmeta
 from dftune.pooling import format_aggregate
 
@@ -54,6 +54,9 @@ class EvalSettings:
     plots: bool = True
     progress: bool = True
     tuning_only: bool = False  # cross_dataset's pass over the training data's val: only its thresholds are used
+    # --files only (scored through predict's path, as predict's options): None = the model's dftune.json
+    frames: int | None = None
+    no_face: str = portable.NO_FACE  # a file with no face found: score, real, fake (portable.no_face_decision)
 
 
 def is_main_process() -> bool:
@@ -139,6 +142,11 @@ class FilesResult(_Result):
     at_05: dict  # metrics at 0.5 ("at_0.5" in metrics.json)
     at_threshold: dict
     per_kind: dict[str, dict]  # image / video -> metrics at the threshold
+    # the CSV's framing (portable.FRAMED_*) -> metrics at the threshold; one class: counts and accuracy only
+    per_framing: dict[str, dict]
+    frames: int  # frames sampled per video (the model's, or --frames)
+    no_face_rule: str  # --no-face: score, real or fake
+    decided_no_face: int  # files labelled by --no-face real/fake, not by their score
     # --labels rows repeating an earlier row exactly (collapsed into it); absent when none
     duplicate_label_rows: int | None = field(default=None, metadata={"omit_none": True})
     out: str | None = _written_to()
@@ -551,61 +559,3 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
             row["left_out"] = sorted(single)
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------- a labelled folder, exactly as predict sees it
-
-
-
-def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
-                   out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> FilesResult:
-    """Raw images and videos scored exactly as ``predict`` scores them (face crop, TTA, ensemble,
-    threshold), measured against ``labels``: the rehearsal of a hidden test set."""
-    from dftune.stages import predict
-
-    truth, dupes = read_labels_counted(labels)
-    found = predict.collect(inputs, filename_style)
-    ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
-    ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
-    thr, thr_text = predict.decision(ens, ps)
-    # a label's filename as predict's CSV names the file, or the file's absolute path
-    absolute = {os.path.normpath(k): k for k in truth if os.path.isabs(k)}
-    key = {}
-    for f in found.files:
-        k = f.name if f.name in truth else absolute.get(os.path.normpath(os.path.abspath(f.path)))
-        if k is not None:
-            key[f.name] = k
-    labelled = [f for f in found.files if f.name in key]
-    res = predict.score_files(ens, labelled, ps, threshold=thr)
-    ok = [r for r in res if not r.error]
-    y = np.array([truth[key[r.name]] for r in ok], dtype=np.int64)
-    p = np.array([r.prob_fake for r in ok])
-    kinds = sorted({r.kind for r in ok})
-    result = FilesResult(
-        inputs=[str(i) for i in inputs], labels=str(labels), tta=list(s.tta), threshold=thr,
-        threshold_source=thr_text, files=len(labelled), scored=len(ok),
-        errors=[{"file": r.name, "error": r.error} for r in res if r.error],
-        no_face=[r.name for r in ok if r.faces_found == 0],
-        unlabelled=[f.name for f in found.files if f.name not in key],
-        missing=sorted(set(truth) - set(key.values())),
-        skipped=found.skipped,
-        at_05=metrics.full_metrics(y, p, 0.5), at_threshold=metrics.full_metrics(y, p, thr),
-        per_kind={k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
-                  for k in kinds},
-        duplicate_label_rows=dupes or None,
-    )
-    if dupes:
-        log.warning("%s: %d row(s) repeat an earlier row exactly; each file is counted once", labels, dupes)
-    if out_dir is not None:
-        from dftune import report
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", _clean(result.to_dict()))
-        predict.write_csv(out / "predictions.csv", res, predict.CsvFormat())
-        write_text(out / "report.md", report.files_md(result))
-        if s.plots:
-            kinds_of = [r.kind for r in ok]
-            report.write_files_html(out / "report.html", result, y, p, kinds_of)
-        result.out = str(out)
-    return result
