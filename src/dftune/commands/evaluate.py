@@ -64,6 +64,13 @@ def register(sub) -> None:
                    help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
                         "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
+    p.add_argument("--check", dest="checks", action="append", default=None, metavar="PATH",
+                   help="a check set from outside the training data (a prepared folder: its val+test splits, or "
+                        "PATH:SPLIT[+SPLIT]); repeat for several. The threshold is then tuned on the check sets' "
+                        "scores pooled (one macro-F1 optimum over all their crops or videos together), not on "
+                        "--threshold-split, the --data split is measured at it, and --write-threshold writes it "
+                        "naming the check sets; a check set sharing identities or videos with the data a model's "
+                        "dftune.json names is refused (default: none, --threshold-split of --data tunes it)")
     p.add_argument("--ensemble-out", default=d.ensemble_out, metavar="FILE",
                    help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
                         "for predict/export --model FILE (default: OUT/ensemble.json)")
@@ -90,7 +97,8 @@ def settings(args) -> EvalSettings:
     from dftune.stages.evaluate import EvalSettings
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if hasattr(args, f.name)}
-    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta)})
+    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta),
+                           "checks": tuple(args.checks or EvalSettings.checks)})
 
 
 def run(args) -> int:
@@ -107,6 +115,8 @@ def run(args) -> int:
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
+        if s.checks:
+            raise ValueError("--check tunes a threshold on prepared check sets; --files measures at the model's")
         from dftune.stages.evaluate_files import evaluate_files
 
         return _files(con, evaluate_files(args.model, args.files, args.labels, args.out, s))
@@ -115,9 +125,17 @@ def run(args) -> int:
                          "crops prepare wrote are scored")
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
+    if s.checks and (len(args.data) > 1 or args.threshold_data):
+        raise ValueError("--check tunes the threshold for one --data; with several --data (or --threshold-data) the "
+                         "threshold comes from the training data's val split")
     if len(args.data) > 1 or args.threshold_data:
         return _cross(con, evaluate.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
-    res = evaluate.run(args.model, args.data[0], args.out, s)
+    if s.checks:
+        from dftune.stages.evaluate_checks import run_with_checks
+
+        res = run_with_checks(args.model, args.data[0], args.out, s)
+    else:
+        res = evaluate.run(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
     for c in report.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
@@ -136,7 +154,7 @@ def run(args) -> int:
         if "threshold_written" in e:
             where = e["path"] if nm == evaluate.ENSEMBLE else f"{e['path']}/dftune.json"
             con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
-                      f"{args.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
+                      f"{res.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
         elif "model_threshold" in e:
             con.print(f"{nm}: its stored threshold {e['model_threshold_text']}")
     fv = res.from_videos

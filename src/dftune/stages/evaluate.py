@@ -51,6 +51,8 @@ class EvalSettings:
     ensemble_out: str | None = None  # where --ensemble --write-threshold writes ensemble.json (default OUT/)
     from_videos: bool = False  # also score the split's source videos through predict's path
     fixed_thresholds: dict | None = None  # {model name: {"frame": t, "video": t}}: tuned elsewhere (cross-dataset)
+    checks: tuple = ()  # --check PATH...: check sets that tune the thresholds instead of threshold_split (pooled)
+    threshold_from: dict | None = None  # the fixed thresholds' provenance, written with them (evaluate --check)
     plots: bool = True
     progress: bool = True
     tuning_only: bool = False  # cross_dataset's pass over the training data's val: only its thresholds are used
@@ -227,7 +229,9 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
 
     result = EvalResult(
         data=str(data), split=s.split,
-        threshold_split=s.threshold_split if val_rows else ("training data's val" if s.fixed_thresholds else None),
+        threshold_split=s.threshold_split if val_rows else (
+            ("check sets " + ", ".join(s.threshold_from["checks"])) if s.threshold_from
+            else "training data's val" if s.fixed_thresholds else None),
         tta=list(s.tta), aggregate=how if how != "topk" else f"topk:{k}", backend=s.backend,
         skipped_crops=int((~ok).sum()))
     curves: dict = {"frame": {}, "video": {}}
@@ -246,9 +250,9 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
     _say_one_class_val(result, va, data, s)
 
     if s.write_threshold:
-        if not len(va.rows):
+        if not len(va.rows) and not s.threshold_from:
             raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
-        _write_thresholds(result, ensemble, names, threshold_source(data, s, how, k), s, out_dir)
+        _write_thresholds(result, ensemble, names, s.threshold_from or threshold_source(data, s, how, k), s, out_dir)
 
     if s.from_videos:
         crop_video = {nm: dict(zip(*_video_rows(ev.rows, ev.of(v), how, k)[:2], strict=True))
@@ -322,7 +326,7 @@ def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _S
     thr_f = thr_v = None
     if s.fixed_thresholds is not None and nm in s.fixed_thresholds:
         thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
-        entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
+        entry["val_threshold"] = {"from": None, **s.fixed_thresholds[nm]}  # with what tuned them (check-set F1s)
     elif len(va.rows):
         thr_f, f1_f = metrics.best_threshold(va.y, pv)
         _, vpv, vyv, _ = _video_rows(va.rows, pv, how, k)
