@@ -61,8 +61,9 @@ def register(sub) -> None:
     p.add_argument("--weight", dest="weights", action="append", type=float, metavar="W",
                    help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
-                   help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
-                        "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
+                   help="store the val threshold (with --check: the check sets'; tuned at --threshold-level with "
+                        "this --tta and --aggregate) in each model's dftune.json, and with --ensemble the "
+                        "ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
     p.add_argument("--check", dest="checks", action="append", default=None, metavar="PATH",
                    help="a check set from outside the training data (a prepared folder: its val+test splits, or "
