@@ -71,8 +71,6 @@ def describe_threshold(threshold: float, source) -> str:
         if how == "default":
             return f"{threshold:.4f} (default: not tuned; `dftune evaluate --write-threshold` tunes it)"
         bits = [f"{k} {source[k]}" for k in ("data", "split", "level") if source.get(k)]
-        if source.get("checks"):  # evaluate --check: tuned on check sets' pooled scores
-            bits.insert(0, f"check sets {', '.join(source['checks'])} (pooled)")
         if "tta" in source:
             bits.append(f"TTA {','.join(source['tta']) or 'none'}")
         if source.get("aggregate"):

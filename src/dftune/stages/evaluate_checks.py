@@ -6,9 +6,10 @@ cameras does not share it. ``--check`` names prepared folders from outside the t
 ensemble) is scored on them as evaluate scores any crop (:func:`dftune.stages.evaluate.score_rows`: its TTA and
 batching), and the threshold is the macro-F1 optimum of the **pooled** scores: all check sets' crops (frame level)
 or videos (video level, each set's videos kept apart) together, so each set weighs by its size, as one larger
-check set would. The ``--data`` split is then measured at that threshold, and ``--write-threshold`` writes it with
-its provenance: ``{"by": "evaluate", "checks": [...], "pooled": ...}``. A check set sharing identities, videos or
-crop files with the data a model's ``dftune.json`` says it was trained on is refused (:func:`checks.refuse_leaks`).
+check set would. The ``--data`` split is then measured at that threshold, and ``--write-threshold`` writes it
+with its provenance (``data``: "check sets ... (rows pooled)", ``checks``: the sets). A check set sharing
+identities, videos or crop files with the data a model's ``dftune.json`` says it was trained on is refused
+(:func:`checks.refuse_leaks`).
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ from dftune.stages.evaluate import ENSEMBLE, EvalResult, EvalSettings, _unique_n
 
 log = logging.getLogger(__name__)
 
-POOLED = "the check sets' scores pooled (frame: all their crops; video: all their videos), one optimum"
-
-
 def trained_on(model: scoring.LoadedModel) -> list[str]:
     """The prepared folders a model's ``dftune.json`` says it was trained on (``extra.data``, a mix's
     ``extra.datasets``) that still hold a manifest."""
@@ -46,39 +44,64 @@ def refuse_leaks(models: Sequence[scoring.LoadedModel], sets: Sequence[checks.Ch
             checks.refuse_leaks(sets, read_manifest(data, ("train", "val")), data)
 
 
+def pooled_threshold(scored: Sequence[tuple], aggregate: str = "mean") -> dict:
+    """The macro-F1-optimal threshold over every check set's rows pooled into one set, at each level:
+    ``{"frame": {"threshold", "macro_f1", "n"}, "video": {...}}``; ``scored``: ``(name, labels, probabilities,
+    video keys)`` per set (a video stays within its set). The rule train/merge ``--threshold-on check`` apply
+    (``checks.pooled_threshold`` on that branch, issue 23 item 4): once both are in, this is that function."""
+    from dftune.pooling import parse_aggregate
+
+    ys = np.concatenate([np.asarray(x[1]) for x in scored]) if scored else np.zeros(0)
+    ps = np.concatenate([np.asarray(x[2], dtype=np.float64) for x in scored]) if scored else np.zeros(0)
+    keys = [f"{x[0]}\x00{v}" for x in scored for v in x[3]]
+    how, k = parse_aggregate(aggregate)
+    _, vp, vy = pooling.video_aggregate(keys, ps, ys, how=how, k=k)
+    out = {}
+    for level, (yy, pp) in (("frame", (ys, ps)), ("video", (vy, vp))):
+        t, f1 = metrics.best_threshold(yy, pp)
+        out[level] = {"threshold": float(t), "macro_f1": None if f1 != f1 else float(f1), "n": int(len(yy))}
+    return out
+
+
+def named(sets: Sequence[checks.CheckSet]) -> list[str]:
+    """How the provenance names each check set: as given, with its splits."""
+    return [f"{cs.name} ({'+'.join(cs.splits)})" for cs in sets]
+
+
 def check_thresholds(ensemble: scoring.Ensemble, sets: Sequence[checks.CheckSet], s: EvalSettings,
                      how: str, k: int) -> dict:
     """``{model name (or "ensemble"): {"frame", "video", "from", "n_check_crops", ...}}``: each one's macro-F1
     optimal thresholds on the pooled check sets, in the form ``EvalSettings.fixed_thresholds`` takes."""
     models = ensemble.models
     names = _unique_names([m.path for m in models])
-    ys, keys, ens_p, per_p = [], [], [], []
+    scored: dict[str, list] = {nm: [] for nm in names}
+    with_ensemble = (s.ensemble or ensemble.path) and len(models) > 1
+    if with_ensemble:
+        scored[ENSEMBLE] = []
     for cs in sets:
-        ok, ens, per = score_rows(models, cs.folder, cs.rows, s)
-        rows = [r for r, good in zip(cs.rows, ok, strict=True) if good]
-        ys.append(np.array([r.label for r in rows], dtype=np.int64))
-        keys += [f"{cs.name}\x00{r.video}" for r in rows]  # one video key per set: sets never merge videos
-        ens_p.append(ens[ok])
-        per_p.append(per[:, ok])
-    y = np.concatenate(ys)
-    scored = {nm: np.concatenate([p[i] for p in per_p]) for i, nm in enumerate(names)}
-    if (s.ensemble or ensemble.path) and len(models) > 1:
-        scored[ENSEMBLE] = np.concatenate(ens_p)
-    said = ", ".join(f"{cs.name} ({'+'.join(cs.splits)})" for cs in sets)
+        ok, ens, per = score_rows(models, cs.folder, cs.rows, s)  # evaluate's own scoring: its TTA, batches
+        y = np.array([r.label for r, good in zip(cs.rows, ok, strict=True) if good], dtype=np.int64)
+        videos = [r.video for r, good in zip(cs.rows, ok, strict=True) if good]
+        for i, nm in enumerate(names):
+            scored[nm].append((cs.name, y, per[i][ok], videos))
+        if with_ensemble:
+            scored[ENSEMBLE].append((cs.name, y, ens[ok], videos))
+    said = ", ".join(named(sets))
     out = {}
-    for nm, p in scored.items():
-        thr_f, f1_f = metrics.best_threshold(y, p)
-        _, vp, vy = pooling.video_aggregate(keys, p, y, how=how, k=k)
-        thr_v, f1_v = metrics.best_threshold(vy, vp)
-        out[nm] = {"frame": thr_f, "video": thr_v, "from": f"check sets {said}, pooled",
-                   "frame_check_macro_f1": f1_f, "video_check_macro_f1": f1_v, "n_check_crops": int(len(y)),
-                   "n_check_videos": int(len(vy))}
+    for nm, per_set in scored.items():
+        t = pooled_threshold(per_set, format_aggregate(how, k))
+        out[nm] = {"frame": t["frame"]["threshold"], "video": t["video"]["threshold"],
+                   "from": f"check sets {said}, pooled", "frame_check_macro_f1": t["frame"]["macro_f1"],
+                   "video_check_macro_f1": t["video"]["macro_f1"], "n_check_crops": t["frame"]["n"],
+                   "n_check_videos": t["video"]["n"]}
     return out
 
 
 def source(sets: Sequence[checks.CheckSet], s: EvalSettings, how: str, k: int) -> dict:
-    """The provenance written with a check-set threshold: which sets (and splits), how they were pooled."""
-    return {"by": "evaluate", "checks": [f"{cs.name} ({'+'.join(cs.splits)})" for cs in sets], "pooled": POOLED,
+    """The provenance written with a check-set threshold (the form train/merge ``--threshold-on check`` write):
+    which sets (and splits), pooled, and how they were scored."""
+    names = named(sets)
+    return {"by": "evaluate", "data": "check sets " + ", ".join(names) + " (rows pooled)", "checks": names,
             "level": s.threshold_level, "tta": list(s.tta), "aggregate": format_aggregate(how, k),
             "backend": s.backend}
 
