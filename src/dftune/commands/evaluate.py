@@ -210,7 +210,9 @@ def _files(con, r: FilesResult) -> int:
     con.print(f"threshold {r.threshold_source}")
     if r.duplicate_label_rows:
         con.print(f"{r.duplicate_label_rows} label row(s) repeat an earlier row exactly: counted once")
-    for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
+    no_face = "no face found" + (f" (--no-face {r.no_face_rule}: labelled {r.no_face_rule})"
+                                 if r.no_face_rule != "score" else "")
+    for key, what in (("errors", "unreadable"), ("no_face", no_face), ("unlabelled", "not in the labels"),
                       ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
         listed = getattr(r, key)
         if listed:

@@ -6,7 +6,8 @@ Frame-level metrics use the crops; video-level metrics pool a video's crops (mea
 default; median, max, top-k mean). Both are reported at 0.5 and at the macro-F1-optimal
 threshold found on val, overall and per manipulation method (each method's fakes
 against all reals). ``--write-threshold`` stores the val threshold in the model's
-``dftune.json`` so ``predict`` uses it.
+``dftune.json`` so ``predict`` uses it (``--check``: the check sets' instead, see
+:mod:`dftune.stages.evaluate_checks`; ``--files``: :mod:`dftune.stages.evaluate_files`).
 """
 
 from __future__ import annotations
