@@ -80,8 +80,8 @@ def test_check_is_refused_where_it_cannot_apply(env, tmp_path, capsys):
     assert "--check tunes the threshold for one --data" in capsys.readouterr().err
 
 
-def test_an_ensembles_threshold_is_tuned_on_the_check_sets_too(env, tiny_vit, tmp_path):
-    other = tiny_vit({0: "Deepfake", 1: "Real"}, image_size=32, seed=4)
+def test_an_ensembles_threshold_is_tuned_on_the_check_sets_too(env, tiny_vit, tmp_path, caplog):
+    other = tiny_vit({0: "Deepfake", 1: "Real"}, image_size=32, seed=4)  # no training data named: said, not refused
     out = tmp_path / "ens"
     assert main(["evaluate", "--model", env["model"], "--model", other, "--data", str(env["data"]), "--ensemble",
                  "--check", str(env["two"]), "--write-threshold", "--out", str(out), "--no-plots",
@@ -91,3 +91,4 @@ def test_an_ensembles_threshold_is_tuned_on_the_check_sets_too(env, tiny_vit, tm
     m = json.loads((out / "metrics.json").read_text())
     assert ens["threshold"] == pytest.approx(m["models"]["ensemble"]["val_threshold"]["frame"])
     assert m["models"]["ensemble"]["val_threshold"]["from"] == f"check sets {env['two']} (val+test), pooled"
+    assert f"{other}: its dftune.json names no prepared training data" in caplog.text

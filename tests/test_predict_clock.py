@@ -181,6 +181,8 @@ def test_no_face_rule_predict_and_script_agree(env, tmp_path):
                                                                     if n != "noface.png"}
     rows = mod["Predictor"](env["submit"], no_face="fake").predict_paths([env["inputs"] / "noface.png"], workers=0)
     assert (rows[0].prob_fake, rows[0].label, rows[0].framing) == (1.0, 1, FRAMED_NO_FACE)
+    one = mod["Predictor"](env["submit"], no_face="real").predict_file(env["inputs"] / "noface.png")
+    assert (one["prob_fake"], one["label"], one["framing"]) == (0.0, 0, FRAMED_NO_FACE)
     sm = stage.run([str(env["inputs"])], [str(env["submit"])], stage.PredictSettings(no_face="real", progress=False,
                                                                                       workers=0),
                    tmp_path / "x.csv", stage.CsvFormat())

@@ -40,7 +40,11 @@ def trained_on(model: scoring.LoadedModel) -> list[str]:
 def refuse_leaks(models: Sequence[scoring.LoadedModel], sets: Sequence[checks.CheckSet]) -> None:
     """Refuse a check set sharing identities/videos/crops with the train or val split of any model's training data."""
     for m in models:
-        for data in trained_on(m):
+        found = trained_on(m)
+        if not found:
+            log.warning("%s: its dftune.json names no prepared training data (here), so the check sets cannot be "
+                        "checked for identities or videos shared with it", m.path)
+        for data in found:
             checks.refuse_leaks(sets, read_manifest(data, ("train", "val")), data)
 
 
