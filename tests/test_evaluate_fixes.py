@@ -23,6 +23,7 @@ from dftune.cli import main  # noqa: E402
 from dftune.model.load import build_tiny_vit  # noqa: E402
 from dftune.prepared import read_manifest, write_manifest  # noqa: E402
 from dftune.stages import evaluate  # noqa: E402
+from dftune.stages.evaluate_files import evaluate_files  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -102,7 +103,7 @@ def test_files_duplicates_collapse_absolute_paths_match_and_report_html_is_writt
         Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(d / n)
     labels = _csv(tmp_path / "l.csv", "filename,label\nreal_1.png,0\nreal_1.png,0\n"
                   f"{(d / 'real_2.png').resolve()},0\nfake_1.png,1\n{(d / 'fake_2.png').resolve()},fake\n")
-    res = evaluate.evaluate_files([str(env["m"])], [str(d)], labels, tmp_path / "ev",
+    res = evaluate_files([str(env["m"])], [str(d)], labels, tmp_path / "ev",
                                   evaluate.EvalSettings(progress=False))
     assert res.files == 4 and res.missing == [] and res.unlabelled == []  # absolute paths matched
     assert res.duplicate_label_rows == 1

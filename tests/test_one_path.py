@@ -139,7 +139,8 @@ def test_cross_dataset_table_uses_the_training_datas_threshold(env, tmp_path):
     assert (tmp_path / "x" / "report.md").read_text().count("| a |") == 3
 
 
-def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, capsys):
+def _check_folder(env, tmp_path):
+    """2 fake and 2 real videos, 2 real face crops, a blank image (no face), a broken video, and their labels."""
     import shutil
 
     import numpy as np
@@ -159,6 +160,11 @@ def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, 
     labels = tmp_path / "labels.csv"
     rows = [f"{f.name},{'fake' if f.name.startswith('fake_') else 'real'}" for f in sorted(d.iterdir())]
     labels.write_text("filename,label\n" + "\n".join(rows) + "\n")
+    return d, labels
+
+
+def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, capsys):
+    d, labels = _check_folder(env, tmp_path)
     assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels),
                  "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -170,6 +176,41 @@ def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, 
     ours = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     theirs = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(out))}
     assert ours == theirs
+
+
+def test_evaluate_files_takes_predicts_options_and_reports_each_framing(env, tmp_path, capsys):
+    """--tta, --frames and --no-face reach the files path (the probabilities predict writes with the same options),
+    and each framing kind is measured apart: a kind of one class gets its counts and accuracy, no AUC."""
+    from dftune import portable
+
+    d, labels = _check_folder(env, tmp_path)
+    opts = ["--tta", "none", "--frames", "2", "--no-face", "real"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels), *opts,
+                 "--out", str(tmp_path / "ev"), "--no-progress", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(d), "--model", str(env["a"]), "--out", str(out), "--no-progress", *opts]) == 0
+    ours = {r["filename"]: r for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
+    theirs = {r["filename"]: r for r in csv.DictReader(open(out))}
+    assert {n: r["prob_fake"] for n, r in ours.items()} == {n: r["prob_fake"] for n, r in theirs.items()}
+    assert ours["blank.png"]["prob_fake"] == "0.000000" and ours["blank.png"]["label"] == "0"
+    assert {r["frames"] for n, r in ours.items() if n.endswith(".mp4") and not r["error"]} == {"2"}
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["tta"] == [] and m["frames"] == 2 and m["no_face_rule"] == "real" and m["decided_no_face"] == 1
+    fr = m["per_framing"]
+    assert list(fr) == [portable.FRAMED_FACE, portable.FRAMED_CROPPED, portable.FRAMED_NO_FACE]
+    assert fr[portable.FRAMED_FACE]["n"] == 4 and fr[portable.FRAMED_FACE]["auc"] is not None  # both classes
+    no_face = fr[portable.FRAMED_NO_FACE]
+    assert no_face == {"n": 1, "n_real": 1, "n_fake": 0, "threshold": m["threshold"], "accuracy": 1.0,
+                       "one_class": "real"}
+    assert "auc" not in fr[portable.FRAMED_CROPPED] and fr[portable.FRAMED_CROPPED]["n_real"] == 2
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "## Per framing" in report and "| whole:no-face | 1 | 1 | 0 | 1.000 | - | - | - |" in report
+    assert "--no-face real): labelled real (1 files)" in report and "2 frames per video" in report
+    assert "per framing" in printed and "whole:no-face" in printed
+    assert main(["evaluate", "--model", str(env["a"]), "--data", str(env["data"]), "--no-face", "real"]) == 2
+    assert "--frames and --no-face choose how --files are scored" in capsys.readouterr().err
 
 
 def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_path):

@@ -153,3 +153,49 @@ def test_rehearsal_fresh_environment_two_workers(env, tmp_path):
     ours = predict(env, tmp_path / "ours.csv", "--workers", "2", "--format", "filename,label").decode()
     check_contest_csv(out.read_text())
     assert out.read_text() == ours
+
+
+def test_no_face_rule_predict_and_script_agree(env, tmp_path):
+    """--no-face real/fake: a file with no face found (the flat grey image) gets that label and its value as
+    prob_fake, decided once (portable.no_face_decision) for predict and the script alike; other rows unchanged."""
+    import runpy
+
+    from dftune.portable import FRAMED_NO_FACE
+    from dftune.stages import predict as stage
+
+    mod = runpy.run_path(str(env["submit"] / "predict_submission.py"))
+    contest = ("--format", "filename,label", "--workers", "0")
+    for rule, word in (("real", "0"), ("fake", "1")):
+        ours = predict(env, tmp_path / f"p_{rule}.csv", "--no-face", rule, *contest).decode()
+        assert check_contest_csv(ours)["noface.png"] == word
+        assert mod["main"]([str(env["inputs"]), "--out", str(tmp_path / f"s_{rule}.csv"), "--no-face", rule,
+                            *contest]) == 0
+        assert (tmp_path / f"s_{rule}.csv").read_text() == ours
+    full = {r["filename"]: r for r in csv.DictReader(
+        predict(env, tmp_path / "fake.csv", "--no-face", "fake", "--workers", "0").decode().splitlines())}
+    scored = {r["filename"]: r for r in csv.DictReader(
+        predict(env, tmp_path / "score.csv", "--workers", "0").decode().splitlines())}
+    assert full["noface.png"]["framing"] == FRAMED_NO_FACE and full["noface.png"]["prob_fake"] == "1.000000"
+    assert scored["noface.png"]["prob_fake"] != "1.000000"  # the default still scores the centred square
+    assert {n: r for n, r in full.items() if n != "noface.png"} == {n: r for n, r in scored.items()
+                                                                    if n != "noface.png"}
+    rows = mod["Predictor"](env["submit"], no_face="fake").predict_paths([env["inputs"] / "noface.png"], workers=0)
+    assert (rows[0].prob_fake, rows[0].label, rows[0].framing) == (1.0, 1, FRAMED_NO_FACE)
+    one = mod["Predictor"](env["submit"], no_face="real").predict_file(env["inputs"] / "noface.png")
+    assert (one["prob_fake"], one["label"], one["framing"]) == (0.0, 0, FRAMED_NO_FACE)
+    sm = stage.run([str(env["inputs"])], [str(env["submit"])], stage.PredictSettings(no_face="real", progress=False,
+                                                                                      workers=0),
+                   tmp_path / "x.csv", stage.CsvFormat())
+    assert sm.decided_no_face == 1 and sm.no_face == 1 and sm.no_face_rule == "real"
+
+
+def test_no_face_decision_is_one_rule():
+    from dftune import portable
+
+    assert portable.no_face_decision(0.7, 1, portable.FRAMED_NO_FACE, "score") == (0.7, 1)
+    assert portable.no_face_decision(0.7, 1, portable.FRAMED_NO_FACE, "real") == (0.0, 0)
+    assert portable.no_face_decision(0.2, 0, portable.FRAMED_NO_FACE, "fake") == (1.0, 1)
+    for framing in (portable.FRAMED_FACE, portable.FRAMED_AS_IS, portable.FRAMED_CROPPED):  # a face, or no detector
+        assert portable.no_face_decision(0.7, 1, framing, "real") == (0.7, 1)
+    with pytest.raises(ValueError, match="unknown no-face rule 'maybe'"):
+        portable.no_face_decision(0.7, 1, portable.FRAMED_NO_FACE, "maybe")

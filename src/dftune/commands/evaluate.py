@@ -14,6 +14,8 @@ SPLITS = ["train", "val", "test"]
 
 
 def register(sub) -> None:
+    from dftune.commands.predict import NO_FACE_HELP
+    from dftune.portable import NO_FACE_RULES
     from dftune.stages.evaluate import EvalSettings
 
     d = EvalSettings()  # every default below is read from here, so it lives once
@@ -39,13 +41,19 @@ def register(sub) -> None:
                    help="instead of --data: image/video files or folders scored as predict scores them")
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="with --files: filename,label CSV (label 0/1 or real/fake; filename as predict's CSV names it)")
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="with --files: frames sampled evenly from each video, as predict's --frames (default: the "
+                        "model's dftune.json)")
+    p.add_argument("--no-face", default=d.no_face, choices=list(NO_FACE_RULES),
+                   help="with --files, as predict's --no-face: " + NO_FACE_HELP)
     p.add_argument("--split", default=d.split, choices=SPLITS, help="split to measure")
     p.add_argument("--threshold-split", default=d.threshold_split, choices=SPLITS,
                    help="split the macro-F1-optimal threshold is tuned on")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
     p.add_argument("--tta", default=",".join(d.tta) or "none",
-                   help="TTA views as in predict: flip, cropF, comma separated, or none")
+                   help="TTA views as in predict: flip, cropF, comma separated, or none (with --files: the views "
+                        "predict scores each file with)")
     p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
     p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
     p.add_argument("--ensemble", action="store_true",
@@ -53,9 +61,18 @@ def register(sub) -> None:
     p.add_argument("--weight", dest="weights", action="append", type=float, metavar="W",
                    help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
-                   help="store the val threshold (tuned at --threshold-level with this --tta and --aggregate) in each "
-                        "model's dftune.json, and with --ensemble the ensemble's own in an ensemble.json; predict "
+                   help="store the val threshold (with --check: the check sets'; tuned at --threshold-level with "
+                        "this --tta and --aggregate) in each model's dftune.json, and with --ensemble the "
+                        "ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
+    p.add_argument("--check", dest="checks", action="append", default=None, metavar="PATH",
+                   help="a check set from outside the training data (a prepared folder: its val+test splits, or "
+                        "PATH:SPLIT[+SPLIT]; or a labels CSV of raw images and videos, framed as predict frames "
+                        "them with the model's crop settings); repeat for several. The threshold is then tuned on the check sets' "
+                        "scores pooled (one macro-F1 optimum over all their crops or videos together), not on "
+                        "--threshold-split, the --data split is measured at it, and --write-threshold writes it "
+                        "naming the check sets; a check set sharing identities or videos with the data a model's "
+                        "dftune.json names is refused (default: none, --threshold-split of --data tunes it)")
     p.add_argument("--ensemble-out", default=d.ensemble_out, metavar="FILE",
                    help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
                         "for predict/export --model FILE (default: OUT/ensemble.json)")
@@ -82,7 +99,8 @@ def settings(args) -> EvalSettings:
     from dftune.stages.evaluate import EvalSettings
 
     given = {f.name: getattr(args, f.name) for f in fields(EvalSettings) if hasattr(args, f.name)}
-    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta)})
+    return EvalSettings(**{**given, "tta": scoring.parse_tta(args.tta),
+                           "checks": tuple(args.checks or EvalSettings.checks)})
 
 
 def run(args) -> int:
@@ -99,12 +117,27 @@ def run(args) -> int:
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
-        return _files(con, evaluate.evaluate_files(args.model, args.files, args.labels, args.out, s))
+        if s.checks:
+            raise ValueError("--check tunes a threshold on prepared check sets; --files measures at the model's")
+        from dftune.stages.evaluate_files import evaluate_files
+
+        return _files(con, evaluate_files(args.model, args.files, args.labels, args.out, s))
+    if args.frames is not None or args.no_face != evaluate.EvalSettings.no_face:
+        raise ValueError("--frames and --no-face choose how --files are scored (predict's path); with --data the "
+                         "crops prepare wrote are scored")
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")
+    if s.checks and (len(args.data) > 1 or args.threshold_data):
+        raise ValueError("--check tunes the threshold for one --data; with several --data (or --threshold-data) the "
+                         "threshold comes from the training data's val split")
     if len(args.data) > 1 or args.threshold_data:
         return _cross(con, evaluate.cross_dataset(args.model, args.data, args.out, s, args.threshold_data))
-    res = evaluate.run(args.model, args.data[0], args.out, s)
+    if s.checks:
+        from dftune.stages.evaluate_checks import run_with_checks
+
+        res = run_with_checks(args.model, args.data[0], args.out, s)
+    else:
+        res = evaluate.run(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
     for c in report.SUMMARY_HEADER:
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
@@ -123,7 +156,7 @@ def run(args) -> int:
         if "threshold_written" in e:
             where = e["path"] if nm == evaluate.ENSEMBLE else f"{e['path']}/dftune.json"
             con.print(f"threshold {e['threshold_written']:.4f} ({args.threshold_level} level, tuned on "
-                      f"{args.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
+                      f"{res.threshold_split}, TTA {','.join(s.tta) or 'none'}) written to {where}")
         elif "model_threshold" in e:
             con.print(f"{nm}: its stored threshold {e['model_threshold_text']}")
     fv = res.from_videos
@@ -168,10 +201,19 @@ def _files(con, r: FilesResult) -> int:
     for row in report.files_rows(r):
         t.add_row(*row)
     con.print(t)
+    ft = Table(title="per framing (the CSV's framing column; at the threshold; one class: no AUC, F1, EER)")
+    for c in report.FRAMING_HEADER:
+        ft.add_column(c, justify="left" if c == "framing" else "right")
+    for row in report.framing_rows(r):
+        ft.add_row(*row)
+    con.print(ft)
+    con.print(f"scored with {report.files_settings(r)}")
     con.print(f"threshold {r.threshold_source}")
     if r.duplicate_label_rows:
         con.print(f"{r.duplicate_label_rows} label row(s) repeat an earlier row exactly: counted once")
-    for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
+    no_face = "no face found" + (f" (--no-face {r.no_face_rule}: labelled {r.no_face_rule})"
+                                 if r.no_face_rule != "score" else "")
+    for key, what in (("errors", "unreadable"), ("no_face", no_face), ("unlabelled", "not in the labels"),
                       ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
         listed = getattr(r, key)
         if listed:

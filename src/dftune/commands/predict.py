@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dftune.commands import add_parser
 
+# predict's and evaluate --files' --no-face (one text: they score files alike)
+NO_FACE_HELP = ("a file in which no face is found (framing whole:no-face): score its centred square, or call it "
+                "real / fake (the contest baseline's rule) with that label's value, 0.0 / 1.0, as its prob_fake; "
+                "never applies with --detector none")
+
 
 def register(sub) -> None:
     from dftune.portable import (
@@ -14,6 +19,7 @@ def register(sub) -> None:
         FACE_RULES,
         FACES,
         NAME_STYLES,
+        NO_FACE_RULES,
         CsvFormat,
     )
     from dftune.portable.workers import FORMATS
@@ -72,6 +78,8 @@ def register(sub) -> None:
     d.add_argument("--threshold", type=float, default=None,
                    help="fake when prob_fake >= this (default: the model's dftune.json or ensemble.json, "
                         "0.5 until `dftune evaluate --write-threshold` tunes one; the summary says which)")
+    d.add_argument("--no-face", default=d0.no_face, choices=list(NO_FACE_RULES),
+                   help=NO_FACE_HELP)
     d.add_argument("--format", default="full", choices=list(FORMATS),
                    help="filename,label: exactly those two columns, labels 0/1 (what contests read; overrides the "
                         "column, word and extra-column options); full: the columns the options below choose")
@@ -111,6 +119,7 @@ def run(args) -> int:
         tta=scoring.parse_tta(args.tta), batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
         threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
         every=args.every, already_cropped=args.already_cropped, faces=args.faces, clipped=args.clipped,
+        no_face=args.no_face,
         error_label=1 if args.error_label == "fake" else 0,
         progress=not args.no_progress, workers=args.workers,
     )
@@ -131,7 +140,11 @@ def run(args) -> int:
     t.add_row("files", f"{sm.files} ({sm.images} images, {sm.videos} videos)")
     t.add_row("predicted", f"{sm.predicted_fake} fake, {sm.predicted_real} real")
     if crop.detector != "none":
-        t.add_row("no face found (centre square used)", str(sm.no_face))
+        if sm.no_face_rule == "score":
+            t.add_row("no face found (centre square scored)", str(sm.no_face))
+        else:
+            t.add_row(f"no face found (--no-face {sm.no_face_rule}: labelled {sm.no_face_rule})",
+                      str(sm.decided_no_face))
         t.add_row("already a face crop (used whole)", str(sm.already_cropped))
     t.add_row("errors (default label)", f"{sm.errors}" + (f" -> {args.error_label}" if sm.errors else ""))
     if sm.skipped:

@@ -113,7 +113,7 @@ class Predictor:
     def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="flip", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
                  weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
-                 faces=portable.FACES, clipped=portable.CLIPPED, workers=None):
+                 faces=portable.FACES, clipped=portable.CLIPPED, workers=None, no_face=portable.NO_FACE):
         import torch
 
         if isinstance(model_dirs, (str, os.PathLike)):
@@ -144,6 +144,8 @@ class Predictor:
         self.threshold_text = portable.describe_threshold(self.threshold, source)
         self.batch_size = batch_size
         self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
+        portable.decided_by_no_face("", no_face)  # an unknown rule is refused here, before any file
+        self.no_face = no_face  # a file with no face found: score, real or fake (portable.no_face_decision)
         # the widths the training data was detected at (dftune.json's crop), as dftune predict does
         self.detect = portable.get_detector(c["detector"], **portable.detector_kwargs(c))
         self.workers = workers  # processes framing files ahead of the model; None: one per core; 0/1: none
@@ -180,7 +182,8 @@ class Predictor:
                                  int(c["frames"]), int(c["every"] or 0), self.already_cropped, clipped=self.clipped,
                                  faces=self.faces)
         prob = portable.pool_faces(self.prob_fake_crops(ff.crops), ff.groups, self.how, self.k)
-        return {"prob_fake": prob, "label": int(prob >= self.threshold), "faces_found": ff.faces_found,
+        prob, label = portable.no_face_decision(prob, int(prob >= self.threshold), ff.framing, self.no_face)
+        return {"prob_fake": prob, "label": label, "faces_found": ff.faces_found,
                 "frames": ff.frames, "framing": ff.framing}
 
     def frame_spec(self):
@@ -208,7 +211,8 @@ class Predictor:
                 if info["error"]:
                     raise RuntimeError(info["error"])
                 prob = portable.pool_faces(self.prob_fake_crops(crops), info.get("groups"), self.how, self.k)
-                r.prob_fake, r.label = prob, int(prob >= self.threshold)
+                r.prob_fake, r.label = portable.no_face_decision(prob, int(prob >= self.threshold), info["framing"],
+                                                                 self.no_face)
                 r.faces_found, r.frames, r.framing = info["faces_found"], info["frames"], info["framing"]
             except Exception as e:  # one bad file never stops the run
                 r.error = portable.workers.error_text(p, e)
@@ -241,6 +245,9 @@ def main(argv=None):
                     help="a video's faces: all (each person pooled apart, the highest), follow (one person), "
                          "largest (each frame's) (default: %(default)s)")
     ap.add_argument("--threshold", type=float, help="default: dftune.json's / ensemble.json's")
+    ap.add_argument("--no-face", default=portable.NO_FACE, choices=list(portable.NO_FACE_RULES),
+                    help="a file with no face found (framing whole:no-face): score its centred square, or call it "
+                         "real / fake with prob_fake 0.0 / 1.0 (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=None,
                     help="processes decoding, detecting and cropping ahead of the model (default: one per core; "
@@ -258,7 +265,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     pr = Predictor(a.model or [HERE], a.backend, a.device, a.tta, a.detector, a.margin, a.size, a.frames, a.every,
                    a.aggregate, a.top_k, a.threshold, a.weight, a.batch_size, a.already_cropped, a.fake_label,
-                   faces=a.faces, clipped=a.clipped, workers=a.workers)
+                   faces=a.faces, clipped=a.clipped, workers=a.workers, no_face=a.no_face)
     found = portable.collect(a.inputs, a.filename_style)
     rows = pr.predict_paths([f.path for f in found.files], 1 if a.error_label == "fake" else 0,
                             [f.name for f in found.files])
@@ -270,8 +277,10 @@ def main(argv=None):
     os.replace(tmp, a.out)
     errors = sum(1 for r in rows if r.error)
     fakes = sum(1 for r in rows if not r.error and r.label == 1)
+    ruled = sum(1 for r in rows if not r.error and portable.decided_by_no_face(r.framing, a.no_face))
     print(f"{len(rows)} files -> {a.out}: {fakes} fake, {len(rows) - fakes - errors} real, {errors} errors; "
           f"threshold {pr.threshold_text}; TTA {','.join(pr.tta) or 'none'}; detector {pr.crop['detector']}"
+          + (f"; no face found: {ruled} labelled {a.no_face} (--no-face {a.no_face})" if a.no_face != "score" else "")
           + (f"; skipped (not an image or video): {', '.join(found.skipped)}" if found.skipped else ""),
           file=sys.stderr)
     return 0

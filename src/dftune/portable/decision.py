@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .faces import MARGIN, SIZE
+from .faces import FRAMED_NO_FACE, MARGIN, SIZE
 from .video import FRAMES
 
 # the guide's settings: what a model folder without dftune.json is assumed to want
@@ -139,3 +139,27 @@ def decide_threshold(explicit=None, ensemble=None, models=(), weights=()) -> tup
     if len(models) == 1:
         return float(models[0][0]), models[0][1]
     return mean_threshold(weights, [t for t, _ in models]), dict(UNTUNED_ENSEMBLE)
+
+
+# A file in which no face was found (framing ``whole:no-face``): ``score`` its centred square as any other file
+# (the default), or call it ``real`` / ``fake`` as a contest's baseline does. A file read with ``--detector none``
+# looked for no face, so the rule never applies to it.
+NO_FACE_RULES = ("score", "real", "fake")
+NO_FACE = "score"
+
+
+def decided_by_no_face(framing: str, rule: str = NO_FACE) -> bool:
+    """Whether ``rule`` (:data:`NO_FACE_RULES`) decides a file framed ``framing``, not its score."""
+    if rule not in NO_FACE_RULES:
+        raise ValueError(f"unknown no-face rule {rule!r}; use {', '.join(NO_FACE_RULES)}")
+    return rule != "score" and framing == FRAMED_NO_FACE
+
+
+def no_face_decision(prob: float, label: int, framing: str, rule: str = NO_FACE) -> tuple[float, int]:
+    """The ``(prob_fake, label)`` a file gets: its pooled score and thresholded label, unless no face was found in
+    it and ``rule`` is ``real`` / ``fake``; then that label, and its value (0.0 / 1.0) as the probability, as an
+    error row gets, so that a written label and probability never disagree."""
+    if not decided_by_no_face(framing, rule):
+        return prob, label
+    decided = 1 if rule == "fake" else 0
+    return float(decided), decided

@@ -28,6 +28,7 @@ from dftune.report.html import (
 from dftune.report.markdown import (
     CROSS_HEADER,
     FILES_HEADER,
+    FRAMING_HEADER,
     FROM_VIDEOS_HEADER,
     METHOD_HEADER,
     SUMMARY_HEADER,
@@ -36,7 +37,9 @@ from dftune.report.markdown import (
     cross_notes,
     files_md,
     files_rows,
+    files_settings,
     fmt,
+    framing_rows,
     from_videos_rows,
     md_table,
     method_rows,
@@ -49,5 +52,6 @@ __all__ = [
     "auc_bars_figure", "calibration_figure", "confusion_figure", "cross_cells", "cross_md", "curves_figure",
     "files_md", "files_rows", "fmt", "from_videos_rows", "heat_map", "histogram_figure", "md_table", "method_rows",
     "overlay", "report_md", "summary_rows", "write_cross_html", "write_html",
+    "FRAMING_HEADER", "files_settings", "framing_rows",
     "cross_notes", "one_class_note", "roc_only_figure", "worst_per_video", "write_files_html",
 ]

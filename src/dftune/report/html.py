@@ -27,11 +27,14 @@ from dftune.plots import _plt, draw_confusion, draw_histogram, draw_roc
 from dftune.report.markdown import (
     CROSS_HEADER,
     FILES_HEADER,
+    FRAMING_HEADER,
     METHOD_HEADER,
     SUMMARY_HEADER,
     cross_cells,
     cross_notes,
     files_rows,
+    files_settings,
+    framing_rows,
     method_rows,
     summary_rows,
 )
@@ -352,9 +355,11 @@ def write_files_html(path, result: FilesResult, y, p, kinds: Sequence[str]) -> N
     p = np.asarray(p, dtype=float)
     parts = [_page_head(f"dftune evaluate --files — {', '.join(result.inputs)}"),
              f"<h1>dftune evaluate --files: <code>{html.escape(', '.join(result.inputs))}</code></h1>",
-             _note(f"Scored exactly as dftune predict does (face crop, TTA {', '.join(result.tta) or 'none'}, "
-                   f"pooling); threshold {result.threshold_source}. Labels: {result.labels}. F1 = macro F1."),
-             "<h2>Summary</h2>", _table(FILES_HEADER, files_rows(result))]
+             _note(f"Scored exactly as dftune predict does (face crop, pooling; {files_settings(result)}); "
+                   f"threshold {result.threshold_source}. Labels: {result.labels}. F1 = macro F1."),
+             "<h2>Summary</h2>", _table(FILES_HEADER, files_rows(result)),
+             "<h2>Per framing</h2>", _note("the CSV's framing column, at the threshold; a kind of one class has "
+                                           "no AUC, F1 or EER"), _table(FRAMING_HEADER, framing_rows(result))]
     for key, what in (("errors", "unreadable"), ("no_face", "no face found"), ("unlabelled", "not in the labels"),
                       ("missing", "in the labels, not found")):
         listed = getattr(result, key)

@@ -20,6 +20,7 @@ SUMMARY_HEADER = ["model", "level", "n", "acc@.5", "F1@.5", "val thr", "F1@thr",
 METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
 CROSS_HEADER = ["model", "dataset", "videos", "frame AUC", "video AUC", "AP", "EER", "F1@.5", "F1@thr"]
 FILES_HEADER = ["files", "n", "AUC", "F1@.5", "F1@thr", "EER"]
+FRAMING_HEADER = ["framing", "n", "real", "fake", "acc@thr", "AUC", "F1@thr", "EER"]
 FROM_VIDEOS_HEADER = ["model", "videos", "AUC", "F1@.5", "also in crops", "only here", "mean |Δp|", "max |Δp|",
                       "agree@.5"]
 
@@ -171,12 +172,37 @@ def files_rows(result: FilesResult) -> list[list[str]]:
     return rows
 
 
+def framing_rows(result: FilesResult) -> list[list[str]]:
+    """One row per framing kind (the CSV's ``framing``) at the threshold; a kind of one class shows its counts
+    and accuracy, ``-`` for the AUC, F1 and EER it cannot have."""
+    rows = []
+    for k, m in result.per_framing.items():
+        both = "one_class" not in m
+        rows.append([k or "-", str(m["n"]), str(m["n_real"]), str(m["n_fake"]), fmt(m["accuracy"]),
+                     fmt(m["auc"]) if both else "-", fmt(m["macro_f1"]) if both else "-",
+                     fmt(m["eer"]) if both else "-"])
+    return rows
+
+
+def files_settings(result: FilesResult) -> str:
+    """The predict options the files were scored with, in words."""
+    rule = ("scored on the centred square" if result.no_face_rule == "score"
+            else f"labelled {result.no_face_rule} ({result.decided_no_face} files)")
+    return (f"TTA {', '.join(result.tta) or 'none'}; {result.frames} frames per video; no face found "
+            f"(--no-face {result.no_face_rule}): {rule}")
+
+
 def files_md(result: FilesResult) -> str:
     """``report.md`` of ``evaluate --files``."""
     lines = [f"# dftune evaluate --files: {', '.join(result.inputs)}", "",
-             f"Scored exactly as `dftune predict` does (face crop, TTA {', '.join(result.tta) or 'none'}, pooling); "
+             f"Scored exactly as `dftune predict` does (face crop, pooling; {files_settings(result)}); "
              f"threshold {result.threshold_source}.", "",
-             md_table(FILES_HEADER, files_rows(result)), ""]
+             md_table(FILES_HEADER, files_rows(result)), "",
+             "## Per framing", "",
+             "The CSV's `framing` column: `face` (the guide's square), `face:padded`, `whole:face-crop` (used "
+             "whole), `whole:no-face` (no face found), `whole:no-detector`. At the threshold; a kind of one class "
+             "has no AUC, F1 or EER.", "",
+             md_table(FRAMING_HEADER, framing_rows(result)), ""]
     if result.duplicate_label_rows:
         lines += [f"{result.duplicate_label_rows} row(s) of the labels repeat an earlier row exactly; each file is "
                   "counted once.", ""]

@@ -6,7 +6,8 @@ Frame-level metrics use the crops; video-level metrics pool a video's crops (mea
 default; median, max, top-k mean). Both are reported at 0.5 and at the macro-F1-optimal
 threshold found on val, overall and per manipulation method (each method's fakes
 against all reals). ``--write-threshold`` stores the val threshold in the model's
-``dftune.json`` so ``predict`` uses it.
+``dftune.json`` so ``predict`` uses it (``--check``: the check sets' instead, see
+:mod:`dftune.stages.evaluate_checks`; ``--files``: :mod:`dftune.stages.evaluate_files`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from dftune import metrics, pooling, prepared, scoring
+from dftune import metrics, pooling, portable, prepared, scoring
 from dftune.atomic import write_json, write_text
-from dftune.labelfile import read_labels, read_labels_counted  # noqa: F401  (evaluate.read_labels)
+from dftune.labelfile import read_labels  # noqa: F401  (evaluate.read_labels)
 from dftune.model import meta as modelmeta
 from dftune.pooling import format_aggregate
 
@@ -51,9 +52,14 @@ class EvalSettings:
     ensemble_out: str | None = None  # where --ensemble --write-threshold writes ensemble.json (default OUT/)
     from_videos: bool = False  # also score the split's source videos through predict's path
     fixed_thresholds: dict | None = None  # {model name: {"frame": t, "video": t}}: tuned elsewhere (cross-dataset)
+    checks: tuple = ()  # --check PATH...: check sets that tune the thresholds instead of threshold_split (pooled)
+    threshold_from: dict | None = None  # the fixed thresholds' provenance, written with them (evaluate --check)
     plots: bool = True
     progress: bool = True
     tuning_only: bool = False  # cross_dataset's pass over the training data's val: only its thresholds are used
+    # --files only (scored through predict's path, as predict's options): None = the model's dftune.json
+    frames: int | None = None
+    no_face: str = portable.NO_FACE  # a file with no face found: score, real, fake (portable.no_face_decision)
 
 
 def is_main_process() -> bool:
@@ -139,6 +145,11 @@ class FilesResult(_Result):
     at_05: dict  # metrics at 0.5 ("at_0.5" in metrics.json)
     at_threshold: dict
     per_kind: dict[str, dict]  # image / video -> metrics at the threshold
+    # the CSV's framing (portable.FRAMED_*) -> metrics at the threshold; one class: counts and accuracy only
+    per_framing: dict[str, dict]
+    frames: int  # frames sampled per video (the model's, or --frames)
+    no_face_rule: str  # --no-face: score, real or fake
+    decided_no_face: int  # files labelled by --no-face real/fake, not by their score
     # --labels rows repeating an earlier row exactly (collapsed into it); absent when none
     duplicate_label_rows: int | None = field(default=None, metadata={"omit_none": True})
     out: str | None = _written_to()
@@ -219,7 +230,9 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
 
     result = EvalResult(
         data=str(data), split=s.split,
-        threshold_split=s.threshold_split if val_rows else ("training data's val" if s.fixed_thresholds else None),
+        threshold_split=s.threshold_split if val_rows else (
+            ("check sets " + ", ".join(s.threshold_from["checks"])) if s.threshold_from
+            else "training data's val" if s.fixed_thresholds else None),
         tta=list(s.tta), aggregate=how if how != "topk" else f"topk:{k}", backend=s.backend,
         skipped_crops=int((~ok).sum()))
     curves: dict = {"frame": {}, "video": {}}
@@ -238,9 +251,9 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
     _say_one_class_val(result, va, data, s)
 
     if s.write_threshold:
-        if not len(va.rows):
+        if not len(va.rows) and not s.threshold_from:
             raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
-        _write_thresholds(result, ensemble, names, threshold_source(data, s, how, k), s, out_dir)
+        _write_thresholds(result, ensemble, names, s.threshold_from or threshold_source(data, s, how, k), s, out_dir)
 
     if s.from_videos:
         crop_video = {nm: dict(zip(*_video_rows(ev.rows, ev.of(v), how, k)[:2], strict=True))
@@ -314,7 +327,7 @@ def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _S
     thr_f = thr_v = None
     if s.fixed_thresholds is not None and nm in s.fixed_thresholds:
         thr_f, thr_v = s.fixed_thresholds[nm]["frame"], s.fixed_thresholds[nm]["video"]
-        entry["val_threshold"] = {"frame": thr_f, "video": thr_v, "from": s.fixed_thresholds[nm].get("from")}
+        entry["val_threshold"] = {"from": None, **s.fixed_thresholds[nm]}  # with what tuned them (check-set F1s)
     elif len(va.rows):
         thr_f, f1_f = metrics.best_threshold(va.y, pv)
         _, vpv, vyv, _ = _video_rows(va.rows, pv, how, k)
@@ -551,61 +564,3 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
             row["left_out"] = sorted(single)
         rows.append(row)
     return rows
-
-
-# ---------------------------------------------------------------- a labelled folder, exactly as predict sees it
-
-
-
-def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str | os.PathLike,
-                   out_dir: str | os.PathLike | None, s: EvalSettings, filename_style: str = "relative") -> FilesResult:
-    """Raw images and videos scored exactly as ``predict`` scores them (face crop, TTA, ensemble,
-    threshold), measured against ``labels``: the rehearsal of a hidden test set."""
-    from dftune.stages import predict
-
-    truth, dupes = read_labels_counted(labels)
-    found = predict.collect(inputs, filename_style)
-    ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
-    ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress)
-    thr, thr_text = predict.decision(ens, ps)
-    # a label's filename as predict's CSV names the file, or the file's absolute path
-    absolute = {os.path.normpath(k): k for k in truth if os.path.isabs(k)}
-    key = {}
-    for f in found.files:
-        k = f.name if f.name in truth else absolute.get(os.path.normpath(os.path.abspath(f.path)))
-        if k is not None:
-            key[f.name] = k
-    labelled = [f for f in found.files if f.name in key]
-    res = predict.score_files(ens, labelled, ps, threshold=thr)
-    ok = [r for r in res if not r.error]
-    y = np.array([truth[key[r.name]] for r in ok], dtype=np.int64)
-    p = np.array([r.prob_fake for r in ok])
-    kinds = sorted({r.kind for r in ok})
-    result = FilesResult(
-        inputs=[str(i) for i in inputs], labels=str(labels), tta=list(s.tta), threshold=thr,
-        threshold_source=thr_text, files=len(labelled), scored=len(ok),
-        errors=[{"file": r.name, "error": r.error} for r in res if r.error],
-        no_face=[r.name for r in ok if r.faces_found == 0],
-        unlabelled=[f.name for f in found.files if f.name not in key],
-        missing=sorted(set(truth) - set(key.values())),
-        skipped=found.skipped,
-        at_05=metrics.full_metrics(y, p, 0.5), at_threshold=metrics.full_metrics(y, p, thr),
-        per_kind={k: metrics.full_metrics(y[[r.kind == k for r in ok]], p[[r.kind == k for r in ok]], thr)
-                  for k in kinds},
-        duplicate_label_rows=dupes or None,
-    )
-    if dupes:
-        log.warning("%s: %d row(s) repeat an earlier row exactly; each file is counted once", labels, dupes)
-    if out_dir is not None:
-        from dftune import report
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "metrics.json", _clean(result.to_dict()))
-        predict.write_csv(out / "predictions.csv", res, predict.CsvFormat())
-        write_text(out / "report.md", report.files_md(result))
-        if s.plots:
-            kinds_of = [r.kind for r in ok]
-            report.write_files_html(out / "report.html", result, y, p, kinds_of)
-        result.out = str(out)
-    return result

@@ -2,7 +2,7 @@
 
 Each file is framed by :func:`dftune.portable.frame_file` (the model's detector, margin,
 size and frame sampling from its ``dftune.json``; an image that already is a face crop is
-used whole; no face: the centred square), scored by :func:`dftune.scoring.score_items`
+used whole; no face: the centred square, or ``--no-face real|fake``), scored by :func:`dftune.scoring.score_items`
 (batched across files, TTA, ensemble), a video's frames pooled by
 :func:`dftune.portable.pool`, and labelled with the model's (or ensemble's) threshold.
 The submission script runs the same functions. A file that cannot be read gets a row
@@ -73,6 +73,7 @@ class PredictSettings:
     already_cropped: float = portable.ALREADY_CROPPED
     faces: str = portable.FACES  # follow (one person), all (each person pooled, the max), largest (per frame)
     clipped: str = portable.CLIPPED  # a still image whose guide square leaves it: pad, whole
+    no_face: str = portable.NO_FACE  # a file with no face found: score (its centred square), real, fake
     error_label: int = 0
     progress: bool = True
     workers: int | None = None  # processes decoding + detecting + cropping; None: cores - 1; 0/1: in-process
@@ -145,6 +146,9 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
             r.prob_fake = portable.pool_faces(e, groups, how, k)
             r.per_model = [portable.pool_faces(row, groups, how, k) for row in per]
             r.label = int(r.prob_fake >= threshold)
+            if portable.decided_by_no_face(r.framing, s.no_face):  # --no-face real/fake: every written prob agrees
+                r.prob_fake, r.label = portable.no_face_decision(r.prob_fake, r.label, r.framing, s.no_face)
+                r.per_model = [r.prob_fake] * len(r.per_model)
         results.append(r)
     return results
 
@@ -173,6 +177,8 @@ class PredictSummary:
     predicted_fake: int
     predicted_real: int
     no_face: int
+    no_face_rule: str  # --no-face: score, real or fake
+    decided_no_face: int  # files labelled by --no-face real/fake, not by their score
     already_cropped: int
     errors: int
     skipped: list = field(default_factory=list)  # found in the folders but neither an image nor a video
@@ -197,10 +203,10 @@ def run(inputs: Sequence[str], model_paths: Sequence[str], s: PredictSettings, o
     names = ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models)
     return PredictSummary(out=str(out), results=results, models=names, device=models[0].device,
                           crop=crop_settings(models, s), tta=tuple(s.tta), threshold=thr, threshold_text=thr_text,
-                          skipped=list(found.skipped), **summary(results))
+                          skipped=list(found.skipped), no_face_rule=s.no_face, **summary(results, s.no_face))
 
 
-def summary(results: Sequence[FileResult]) -> dict:
+def summary(results: Sequence[FileResult], no_face: str = portable.NO_FACE) -> dict:
     ok = [r for r in results if not r.error]
     return {
         "files": len(results),
@@ -209,6 +215,7 @@ def summary(results: Sequence[FileResult]) -> dict:
         "predicted_fake": sum(r.label == 1 for r in ok),
         "predicted_real": sum(r.label == 0 for r in ok),
         "no_face": sum(r.faces_found == 0 for r in ok),
+        "decided_no_face": sum(portable.decided_by_no_face(r.framing, no_face) for r in ok),
         "already_cropped": sum(r.framing == portable.FRAMED_CROPPED for r in ok),
         "errors": len(results) - len(ok),
     }
