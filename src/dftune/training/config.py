@@ -82,6 +82,8 @@ class TrainConfig:
     head_epochs: int = 0  # LP-FT: the first N epochs train the head alone, then the --tune set
     lr_decay: float = 1.0  # layer-wise LR decay: block i of L gets lr * lr_decay ** (L - i); 1 = off
     ema: float = 0.0  # EMA decay of the trainable weights; validation and saved models use the average; 0 = off
+    # the EMA's time constant as a share of the run's optimizer steps: decay = 1 - 1 / (share * steps); 0 = off
+    ema_horizon: float = 0.0
     paired: bool = False  # batches of whole groups: a real frame with the fakes made from it (data.PairedSampler)
     # WiSE-FT at the end: RUN_DIR/wise = (1 - a) * the starting model + a * best/ (stages.merge); 0 = off
     wise_alpha: float = 0.0
@@ -138,6 +140,12 @@ class TrainConfig:
             raise ValueError(f"lr_decay must be in (0, 1] (1 = off); got {self.lr_decay}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay in [0, 1) (0 = off, e.g. 0.999); got {self.ema}")
+        if not 0 <= self.ema_horizon <= 1:
+            raise ValueError(f"ema_horizon is the average's time constant as a share of the run's optimizer steps, "
+                             f"in [0, 1] (0 = off, e.g. 0.1); got {self.ema_horizon}")
+        if self.ema > 0 and self.ema_horizon > 0:
+            raise ValueError(f"give the EMA's decay one way: --ema {self.ema:g} (per step) or --ema-horizon "
+                             f"{self.ema_horizon:g} (a share of the run), not both")
         if not 0 <= self.wise_alpha <= 1:
             raise ValueError(f"wise_alpha is the fine-tuned model's share in [0, 1] (0 = off, e.g. 0.75); "
                              f"got {self.wise_alpha}")
@@ -204,15 +212,20 @@ def with_recipe(settings_file: Mapping | None, flags: Mapping) -> TrainConfig:
     name = flags.get("recipe") or (settings_file or {}).get("recipe") or "guide"
     if name not in RECIPES:
         raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {name!r}")
-    return build(None, RECIPES[name], settings_file or {}, flags, {"recipe": name})
+    recipe = dict(RECIPES[name])
+    given = {k.replace("-", "_") for k in (*(settings_file or {}), *flags)}
+    if given & {"ema", "ema_horizon"}:  # the user's EMA, either way, replaces the recipe's
+        recipe.pop("ema", None)
+        recipe.pop("ema_horizon", None)
+    return build(None, recipe, settings_file or {}, flags, {"recipe": name})
 
 # Settings that ``--resume`` may change: they touch neither the learning-rate schedule, nor the data order,
 # nor the maths of a step (micro_batch splits a step's batch without changing it). Every other setting is
 # refused on resume (see :func:`resume_changes`), so a new setting is safe-by-default only when listed here.
 # ``epochs`` may change, but the LR schedule keeps the total it was laid out with at the run's start; a
 # cosine schedule cannot be extended past it (it ends at lr 0), see ``dftune.stages.train``.
-# None of the parameter-choice settings (tune, freeze, lora_*, head_epochs, lr_decay, ema, paired) is safe: each
-# changes what a step trains, its learning rates, the averaged weights or the data order.
+# None of the parameter-choice settings (tune, freeze, lora_*, head_epochs, lr_decay, ema, ema_horizon, paired) is
+# safe: each changes what a step trains, its learning rates, the averaged weights or the data order.
 RESUME_SAFE = ("epochs", "patience", "val_every", "num_workers", "threads", "tensorboard", "micro_batch",
                "wise_alpha")
 
