@@ -56,7 +56,8 @@ frames with the fakes made from them
 run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge``); a hub model merges from its
 snapshot in the Hugging Face cache, and a run without a local folder of its starting model is refused at its
 start. ``--recipe generalise`` lays
-``--ema 0.999 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice).
+``--ema-horizon 0.4 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice; an
+``--ema`` or ``--ema-horizon`` given replaces its EMA).
 
 One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.folder_lock``, the lock prepare
 takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
