@@ -72,9 +72,9 @@ _FLAGS = [
     ("--select-on", "select_on", str, "what decides best/ and early stopping: val (the training data's own val) "
                                       "or check (the mean of the --check sets)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
-                                "averaging) or generalise (--ema-horizon 0.4 --wise 0.75: kept the starting model's "
-                                "knowledge and matched or beat the guide's on held-out data in the proxy "
-                                "benchmark, by a margin within its noise; docs/benchmarks.md)"),
+                                "averaging) or generalise (--ema-horizon 0.4 --wise 0.75: keeps the starting model's "
+                                "knowledge; in the proxy benchmark it matched the guide's on held-out data, beat "
+                                "it on no clear majority of seeds, and did least harm; docs/benchmarks.md)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]
