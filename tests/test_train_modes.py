@@ -291,9 +291,10 @@ def _weights_file(p):
 
 
 def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tmp_path, capsys):
-    """--recipe generalise = --ema 0.999 --wise 0.75 under the flags; RUN/wise = 0.25 * start + 0.75 * best/,
-    a plain model folder with best/'s crop settings."""
+    """--recipe generalise = --ema-horizon 0.4 --wise 0.75 under the flags (a given --ema replaces its EMA);
+    RUN/wise = 0.25 * start + 0.75 * best/, a plain model folder with best/'s crop settings."""
     from dftune.cli import main
+    from dftune.training.config import with_recipe
 
     run = tmp_path / "run"
     assert main(["train", "--data", str(crops), "--model", vit, "--out", str(run), "--recipe", "generalise",
@@ -301,7 +302,7 @@ def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tm
                  "--no-progress", "--ema", "0.5"]) == 0
     settings = yaml.safe_load((run / "settings.yaml").read_text())
     assert settings["recipe"] == "generalise" and settings["wise_alpha"] == 0.75
-    assert settings["ema"] == 0.5  # a flag beats the recipe
+    assert (settings["ema"], settings["ema_horizon"]) == (0.5, 0.0)  # a flag beats the recipe's EMA, either way
     assert "WiSE-FT model" in capsys.readouterr().out
     start, best, wise = _weights(vit), _weights(run / "best"), _weights(run / "wise")
     moved = [n for n in start if not torch.equal(start[n], best[n])]
@@ -310,11 +311,9 @@ def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tm
         assert torch.allclose(wise[n], 0.25 * start[n] + 0.75 * best[n], atol=1e-6), n
     meta = json.loads((run / "wise" / "dftune.json").read_text())
     assert meta["crop"]["size"] == 32 and meta["threshold"] == 0.5  # the data's crops, not the hub defaults
-    assert build(None, {"recipe": "generalise"}).ema == 0.0  # a recipe applies to new runs through with_recipe
-
-    from dftune.training.config import with_recipe
-
+    assert build(None, {"recipe": "generalise"}).ema_horizon == 0.0  # a recipe applies to new runs via with_recipe
+    assert with_recipe(None, {"recipe": "generalise"}).ema_horizon == 0.4
     cfg = with_recipe({"recipe": "generalise", "ema": 0.9}, {})
-    assert (cfg.ema, cfg.wise_alpha) == (0.9, 0.75)  # the settings file beats the recipe, too
+    assert (cfg.ema, cfg.ema_horizon, cfg.wise_alpha) == (0.9, 0.0, 0.75)  # the settings file beats the recipe
     with pytest.raises(ValueError, match="recipe must be one of"):
         with_recipe(None, {"recipe": "fast"})

@@ -17,7 +17,7 @@ import yaml
 
 from dftune.search.space import SpaceError, check_space, load_space
 from dftune.stages import tune
-from dftune.training.config import TrainConfig, parse_sets
+from dftune.training.config import RECIPES, TrainConfig, parse_sets
 
 torch.set_num_threads(1)
 
@@ -96,15 +96,24 @@ def test_recipe_is_expanded_for_trials_and_kept_in_best_yaml(crops, vit, tmp_pat
     sm = tune.run(crops, vit, out, _settings(sets=parse_sets(SETS + ["recipe=generalise"])), say=lines.append)
     assert sm.by_state == {"COMPLETE": 1}
     best = yaml.safe_load((out / "best.yaml").read_text())
-    assert (best["recipe"], best["ema"], best["wise_alpha"]) == ("generalise", 0.999, 0.75)
+    recipe = RECIPES["generalise"]
+    assert best["recipe"] == "generalise" and {k: best[k] for k in recipe} == recipe
     ran = yaml.safe_load((out / "trials" / "trial_0000" / "settings.yaml").read_text())
-    assert (ran["ema"], ran["wise_alpha"]) == (0.999, 0.75)
-    assert "ema=0.999" in lines[1] and "wise_alpha=0.75" in lines[1]  # the fixed settings line
+    assert {k: ran[k] for k in recipe} == recipe
+    assert all(f"{k}={v}" in lines[1] for k, v in recipe.items())  # the fixed settings line
     # --set still wins over the recipe, a sampled value over both
     space = dict(SPACE, wise_alpha={"type": "float", "low": 0.5, "high": 0.9})
     base, searched, _ = tune._base_and_space(_settings(sets={"recipe": "generalise", "ema": "0.9"}, space=space),
                                              tune.parse_metric("frame_f1"))
-    assert base.ema == 0.9 and "wise_alpha" in searched
+    assert base.ema == 0.9 and base.ema_horizon == 0.0 and "wise_alpha" in searched
+    # a searched EMA, either way, replaces the recipe's (whichever way the recipe gives it)
+    for key, spec in (("ema", {"type": "float", "low": 0.9, "high": 0.99}),
+                      ("ema_horizon", {"type": "float", "low": 0.1, "high": 0.5})):
+        base, searched, fixed = tune._base_and_space(_settings(sets={"recipe": "generalise"},
+                                                               space=dict(SPACE, **{key: spec})),
+                                                     tune.parse_metric("frame_f1"))
+        assert key in searched and (base.ema, base.ema_horizon) == (0.0, 0.0)
+        assert not {"ema", "ema_horizon"} & set(fixed) and fixed["wise_alpha"] == recipe["wise_alpha"]
     with pytest.raises(SpaceError, match="'recipe': cannot be searched"):
         tune._base_and_space(_settings(space=dict(SPACE, recipe={"type": "categorical",
                                                                  "choices": ["guide", "generalise"]})),

@@ -68,7 +68,8 @@ def register(sub) -> None:
     p.add_argument("--check", dest="checks", action="append", default=None, metavar="PATH",
                    help="a check set from outside the training data (a prepared folder: its val+test splits, or "
                         "PATH:SPLIT[+SPLIT]; or a labels CSV of raw images and videos, framed as predict frames "
-                        "them with the model's crop settings); repeat for several. The threshold is then tuned on the check sets' "
+                        "them with the model's crop settings); repeat for several. The threshold is then tuned on "
+                        "the check sets' "
                         "scores pooled (one macro-F1 optimum over all their crops or videos together), not on "
                         "--threshold-split, the --data split is measured at it, and --write-threshold writes it "
                         "naming the check sets; a check set sharing identities or videos with the data a model's "

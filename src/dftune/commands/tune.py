@@ -49,7 +49,8 @@ def register(sub) -> None:
                         "balanced_accuracy")
     p.add_argument("--check", dest="checks", action="append", default=list(d.checks), metavar="PATH",
                    help="check set from outside --data: a prepared folder (its val+test, or PATH:SPLIT) or a labels "
-                        "CSV of raw images and videos (framed as predict frames them); repeat for several. The study then optimises --metric's mean over the check sets (the val metric is "
+                        "CSV of raw images and videos (framed as predict frames them); repeat for several. The study "
+                        "then optimises --metric's mean over the check sets (the val metric is "
                         "still recorded per trial), and each trial selects its best/ epoch on them "
                         "(select_on=check, unless --set select_on=val) (default: none: the val metric)")
     p.add_argument("--space", default=d.space,

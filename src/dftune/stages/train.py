@@ -47,7 +47,8 @@ keep ``requires_grad`` off (one process) or have their gradients dropped before 
 processes, where DDP's parameter set is fixed); AdamW skips a parameter whose gradient is None.
 ``--lr-decay D`` gives block i of L the learning rate ``lr * D**(L - i)`` (``trainable.param_groups``), the
 blocks counted in order over the whole encoder (across the stages of ConvNeXt, Swin, ResNet, ...;
-``trainable.depths``). ``--ema DECAY`` keeps a moving average of the trainable weights and of the batch-norm
+``trainable.depths``). ``--ema DECAY`` (or ``--ema-horizon SHARE``: a time constant of SHARE x the schedule's
+optimizer steps, ``ema.run_decay``) keeps a moving average of the trainable weights and of the batch-norm
 running statistics (``dftune.training.ema``), updated after every optimizer step taken; validation and the
 saved models use it, training and the resume state the raw weights. ``--paired`` samples batches of real
 frames with the fakes made from them
@@ -55,7 +56,8 @@ frames with the fakes made from them
 run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge``); a hub model merges from its
 snapshot in the Hugging Face cache, and a run without a local folder of its starting model is refused at its
 start. ``--recipe generalise`` lays
-``--ema 0.999 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice).
+``--ema-horizon 0.4 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice; an
+``--ema`` or ``--ema-horizon`` given replaces its EMA).
 
 One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.folder_lock``, the lock prepare
 takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
@@ -86,6 +88,7 @@ from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
 from dftune.training import TrainError, data, extra, machine, schedule, starting, stats, trainable, validate
 from dftune.training import checkpoint as ckpt
+from dftune.training import ema as ema_mod
 from dftune.training.checkpoint import STATE_DIR
 from dftune.training.config import TrainConfig, save_yaml
 from dftune.training.resume import Previous, check_processes, continues_from, run_lock, stretches
@@ -144,16 +147,23 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
     d = _data(data_dir, run_dir, cfg, Preprocess.from_processor(processor), facts.workers, say, progress)
     w, class_w, to_model = _class_weights(cfg, d.counts, lm)
     # ---- optimizer and schedule
-    model, optimizer, groups, body, ema = _optimizer(accelerator, model, plan, cfg, d)
+    model, optimizer, groups, body = _optimizer(accelerator, model, plan, cfg, d)
     n_batches = len(d.train_dl) if not cfg.max_train_batches else min(len(d.train_dl), cfg.max_train_batches)
     steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
     sched = schedule.layout(cfg, steps_per_epoch, run_dir, prev.trainer, prev.meta, prev.cfg, say)
+    # --ema / --ema-horizon: the average (after prepare: it lives where the weights do), its decay from the
+    # schedule's steps (kept by a resume, so the same decay)
+    ema_decay = ema_mod.run_decay(cfg.ema, cfg.ema_horizon, sched["schedule_steps"])
+    ema = ema_mod.make(accelerator.unwrap_model(model), set(plan.trainable), ema_decay) \
+        if cfg.ema > 0 or cfg.ema_horizon > 0 else None
     scheduler = schedule.make_scheduler(accelerator, optimizer, sched, cfg.schedule)
     class_w, to_model = class_w.to(accelerator.device), to_model.to(accelerator.device)
     # ---- state: fresh or resumed, and what settings.yaml records
     state = TrainState(micro_batch=cfg.micro_batch or cfg.batch_size, **sched, steps_per_epoch=steps_per_epoch)
     history = _resume_state(accelerator, model, ema, plan, prev, cfg, run_dir, state, d.skipped, say)
     meta = _run_meta(data_dir, model_source, cfg, accelerator, model, lm, d, w, facts, state, plan, groups)
+    if ema is not None:
+        meta["ema"] = {"decay": ema_decay, "horizon": cfg.ema_horizon, "steps": state.schedule_steps}
     check_processes(run_dir, prev, accelerator.num_processes)
     # settings.yaml says what each stretch of the run (its start, then every --resume) used
     meta["stretches"] = stretches(prev, state.epoch, cfg, facts, accelerator)
@@ -372,7 +382,7 @@ def _class_weights(cfg: TrainConfig, counts: np.ndarray, lm):
 
 
 def _optimizer(accelerator, model, plan: trainable.Plan, cfg: TrainConfig, d: RunData):
-    """``(model, optimizer, param groups, body, EMA or None)``, model, optimizer and ``d``'s loaders prepared by
+    """``(model, optimizer, param groups, body)``, model, optimizer and ``d``'s loaders prepared by
     Accelerate. The optimizer holds every parameter that ever trains (the head-only epochs of --head-epochs
     leave the others' gradients None, which AdamW skips); one learning rate per layer with --lr-decay."""
     import torch
@@ -391,14 +401,7 @@ def _optimizer(accelerator, model, plan: trainable.Plan, cfg: TrainConfig, d: Ru
     d.extras.set_loaders(more)
     body = [p for n, p in accelerator.unwrap_model(model).named_parameters()
             if n in train_names and n not in set(plan.head)]  # what the head-only epochs keep still
-    ema = None
-    if cfg.ema > 0:  # after prepare: the average lives where the weights do
-        from dftune.training.ema import EMA, norm_buffers
-
-        m = accelerator.unwrap_model(model)
-        ema = EMA([(n, p) for n, p in m.named_parameters() if n in train_names], cfg.ema,
-                  norm_buffers(m))  # and the batch-norm running statistics, which every training forward changes
-    return model, optimizer, groups, body, ema
+    return model, optimizer, groups, body
 
 
 def _family(model) -> str:

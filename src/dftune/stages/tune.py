@@ -59,7 +59,7 @@ from dftune.search.study import (
     tally,
 )
 from dftune.search.subset import subset_data
-from dftune.training.config import RECIPES, TrainConfig, build, with_recipe
+from dftune.training.config import TrainConfig, build, recipe_layer, with_recipe
 
 log = logging.getLogger(__name__)
 
@@ -172,8 +172,8 @@ def _base_and_space(s: TuneSettings, metric: Metric) -> tuple[TrainConfig, dict,
     if "recipe" not in fixed_user and recipe_spec is not None:
         fixed_user["recipe"] = recipe_spec  # a plain value in the space file: fixed, like --set
     space = {k: v for k, v in space.items() if k != "recipe"}
-    base = with_recipe(None, fixed_user)  # defaults < the recipe's < --set (train's own order)
-    recipe = RECIPES.get(base.recipe, {})
+    base = with_recipe(None, fixed_user, space)  # defaults < the recipe's < --set (train's own order)
+    recipe = recipe_layer(base.recipe, (*fixed_user, *space))  # a searched ema replaces the recipe's, as --set
     align = {}  # keep as best/ the epoch the objective likes, unless the user chose the monitor
     if "monitor" not in fixed_user:
         align["monitor"] = metric.monitor

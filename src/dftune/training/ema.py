@@ -16,6 +16,12 @@ the raw model's statistics normalises its features with numbers that belong to o
 ``ModelEmaV2`` does, the buffers are averaged with the same decay). Their integer ``num_batches_tracked`` is
 not averaged: the model keeps the raw count. An ``ema.safetensors`` saved
 before the statistics were averaged still loads: their average restarts from the raw statistics.
+
+The decay is given per step (``--ema DECAY``) or as a share of the run (``--ema-horizon SHARE``,
+:func:`run_decay`): the average's time constant ``1 / (1 - decay)`` is SHARE x the run's optimizer steps, so a
+0.1 horizon means "about the last tenth of the run" on a 300-step proxy and on a 20,000-step FF++ run alike. The
+steps are the learning-rate schedule's (laid out once at the run's start and kept in the checkpoint), so a
+resumed run recomputes the same decay.
 """
 
 from __future__ import annotations
@@ -45,6 +51,21 @@ def norm_buffers(model) -> list:
     return out
 
 
+def run_decay(decay: float, horizon: float, steps: int) -> float:
+    """The per-step decay of a run of ``steps`` optimizer steps: ``decay`` when given (> 0), else
+    ``1 - 1 / (horizon * steps)`` (a time constant of ``horizon`` x the run). A time constant under one step (a
+    tiny run) is clamped to one step's: decay 0, the average is the weights."""
+    if decay > 0:
+        return float(decay)
+    return 1.0 - 1.0 / max(1.0, float(horizon) * max(1, int(steps)))
+
+
+def make(model, train_names: set, decay: float):
+    """The :class:`EMA` of ``model``'s parameters named in ``train_names`` and of its running statistics
+    (:func:`norm_buffers`, which every training forward changes)."""
+    return EMA([(n, p) for n, p in model.named_parameters() if n in train_names], decay, norm_buffers(model))
+
+
 class EMA:
     """The moving average of ``named_params`` (``(name, parameter)`` pairs) and of ``named_buffers`` (the
     running statistics to average alongside, :func:`norm_buffers`), kept in their dtype and on their
@@ -53,8 +74,8 @@ class EMA:
     def __init__(self, named_params: Iterable, decay: float, named_buffers: Iterable = ()):
         import torch
 
-        if not 0 < float(decay) < 1:
-            raise ValueError(f"EMA decay must be in (0, 1); got {decay}")
+        if not 0 <= float(decay) < 1:  # 0: the average is the weights (an --ema-horizon under one step)
+            raise ValueError(f"EMA decay must be in [0, 1); got {decay}")
         self.decay = float(decay)
         self.params = dict(named_params)
         self.buffers = {n: b for n, b in named_buffers if n not in self.params}
