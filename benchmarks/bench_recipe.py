@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -126,31 +123,9 @@ def main(argv=None) -> int:
         print(report(pooled(json.loads(Path(f).read_text())["per_seed"] for f in a.table_from)))
         return 0
     a.horizons = [float(x) for x in a.horizons.split(",") if x.strip()]
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.ERROR)
-    import torch
-
-    from dftune.model.load import build_tiny_vit
-    from dftune.progress import quiet_third_party
     from dftune.stages import merge
-    from dftune.synthetic import make_crops
 
-    quiet_third_party()
-    torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        el = time.perf_counter() - t0
-        print(f"[{int(el // 60):02d}:{int(el % 60):02d}] {msg}", flush=True)
-
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_recipe_"))
-    work.mkdir(parents=True, exist_ok=True)
-    domains = G.make_domains(work, a.videos, a.frames, a.size, say)
-    methods = tuple(m for m in a.check_methods.split(",") if m)
-    dpath = work / f"check_v{a.check_videos}_f{a.frames}_s{a.size}_{'-'.join(methods)}"
-    if not (dpath / "manifest.csv").exists():
-        make_crops(dpath, n_videos=a.check_videos, frames=a.frames, size=a.size, methods=methods, look=S.CHECK[1],
-                   first_id=S.CHECK[2])
+    say, work, domains, dpath = S.setup(a, "bench_recipe_")
     scorer = G.Scorer(domains, work / "scoring.log")
     _add_check(scorer, dpath)
     plan = rows(a)
@@ -158,21 +133,13 @@ def main(argv=None) -> int:
         want = {k.strip() for k in a.only.split(",")}
         need = want | {r["of"] for r in plan if r["key"] in want and "of" in r}
         plan = [r for r in plan if r["key"] in need or r["kind"] == "base"]
-    common = {"num_workers": 0, "tensorboard": False, "threads": a.threads, "patience": 0, "batch_size": 16}
+    common = S.COMMON | {"threads": a.threads}
     per_seed = []
     out = Path(a.out)
     for seed in range(a.first_seed, a.first_seed + a.seeds):
         t_seed = time.perf_counter()
         sd = work / f"seed{seed}"
-        init = sd / "init"
-        if not (init / "config.json").exists():
-            with G.logged(sd / "init.log"):
-                build_tiny_vit(init, image_size=a.size, patch_size=max(1, a.size // 8), hidden_size=64, layers=3,
-                               heads=4, seed=seed)
-        G.run_train(domains["A"], str(init), sd / "baseline",
-                    {**common, "seed": seed, "epochs": a.base_epochs, "lr": 1e-3, "schedule": "cosine",
-                     "warmup_ratio": 0.1, "aug": False})
-        base = sd / "baseline" / "best"
+        base = S.baseline(domains, sd, seed, a, common)
         res = {"seed": seed, "baseline": score(scorer, scorer.probs(base), None)}
         extra = {}
         for r in plan:

@@ -40,6 +40,54 @@ METRICS = (("C", "frame_f1"), ("C", "video_f1"), ("C", "frame_auc"), ("C", "vide
            ("A", "video_auc"), ("B", "frame_f1"))
 
 
+COMMON = {"num_workers": 0, "tensorboard": False, "patience": 0, "batch_size": 16}  # every fine-tune's settings
+
+
+def setup(a, prefix: str):
+    """What every proxy benchmark of check sets starts with: quiet libraries, ``a.threads`` torch threads, a
+    timed ``say``, the work folder (``a.work`` or a temporary one), the domains A/B/C and the check set D
+    (``a.check_methods``, ``a.check_videos`` identities): ``(say, work, domains, D's folder)``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=logging.ERROR)
+    import torch
+
+    from dftune.progress import quiet_third_party
+    from dftune.synthetic import make_crops
+
+    quiet_third_party()
+    torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+
+    def say(msg: str) -> None:
+        el = time.perf_counter() - t0
+        print(f"[{int(el // 60):02d}:{int(el % 60):02d}] {msg}", flush=True)
+
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    domains = G.make_domains(work, a.videos, a.frames, a.size, say)
+    methods = tuple(m for m in a.check_methods.split(",") if m)
+    dpath = work / f"check_v{a.check_videos}_f{a.frames}_s{a.size}_{'-'.join(methods)}"
+    if not (dpath / "manifest.csv").exists():
+        make_crops(dpath, n_videos=a.check_videos, frames=a.frames, size=a.size, methods=methods, look=CHECK[1],
+                   first_id=CHECK[2])
+    return say, work, domains, dpath
+
+
+def baseline(domains: dict, sd: Path, seed: int, a, common: dict) -> Path:
+    """The seed's baseline (a tiny ViT trained on A, ``a.base_epochs``): ``sd/baseline/best``, reused if done."""
+    from dftune.model.load import build_tiny_vit
+
+    init = sd / "init"
+    if not (init / "config.json").exists():
+        with G.logged(sd / "init.log"):
+            build_tiny_vit(init, image_size=a.size, patch_size=max(1, a.size // 8), hidden_size=64, layers=3,
+                           heads=4, seed=seed)
+    G.run_train(domains["A"], str(init), sd / "baseline",
+                {**common, "seed": seed, "epochs": a.base_epochs, "lr": 1e-3, "schedule": "cosine",
+                 "warmup_ratio": 0.1, "aug": False})
+    return sd / "baseline" / "best"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=3)
@@ -56,44 +104,15 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    logging.basicConfig(level=logging.ERROR)
-    import torch
-
-    from dftune.model.load import build_tiny_vit
-    from dftune.progress import quiet_third_party
     from dftune.stages import merge
-    from dftune.synthetic import make_crops
 
-    quiet_third_party()
-    torch.set_num_threads(a.threads)
-    t0 = time.perf_counter()
-
-    def say(msg: str) -> None:
-        el = time.perf_counter() - t0
-        print(f"[{int(el // 60):02d}:{int(el % 60):02d}] {msg}", flush=True)
-
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench_select_"))
-    domains = G.make_domains(work, a.videos, a.frames, a.size, say)
-    methods = tuple(m for m in a.check_methods.split(",") if m)
-    dpath = work / f"check_v{a.check_videos}_f{a.frames}_s{a.size}_{'-'.join(methods)}"
-    if not (dpath / "manifest.csv").exists():
-        make_crops(dpath, n_videos=a.check_videos, frames=a.frames, size=a.size, methods=methods, look=CHECK[1],
-                   first_id=CHECK[2])
+    say, work, domains, dpath = setup(a, "bench_select_")
     scorer = G.Scorer(domains, work / "scoring.log")
-    common = {"num_workers": 0, "tensorboard": False, "threads": a.threads, "patience": 0, "batch_size": 16}
+    common = COMMON | {"threads": a.threads}
     per_seed = []
     for seed in range(a.seeds):
         sd = work / f"seed{seed}"
-        init = sd / "init"
-        if not (init / "config.json").exists():
-            with G.logged(sd / "init.log"):
-                build_tiny_vit(init, image_size=a.size, patch_size=max(1, a.size // 8), hidden_size=64, layers=3,
-                               heads=4, seed=seed)
-        G.run_train(domains["A"], str(init), sd / "baseline",
-                    {**common, "seed": seed, "epochs": a.base_epochs, "lr": 1e-3, "schedule": "cosine",
-                     "warmup_ratio": 0.1, "aug": False})
-        base = sd / "baseline" / "best"
+        base = baseline(domains, sd, seed, a, common)
         for key, lr in (("guide", 1e-5), ("full", a.lr)):
             G.run_train(domains["B"], str(base), sd / key, {**common, "seed": seed, "epochs": a.epochs, "lr": lr})
         # the alpha curve on D (and on B's val: merge records it as "val" through the fine-tune's dftune.json)
