@@ -122,3 +122,31 @@ def trim_mp4(src, out, cut: int, fps: int = 25):
     o.close()
     i.close()
     return Path(out)
+
+
+class Killed(Exception):
+    """Raised from ``on_epoch_end`` to stand for a run killed after an epoch's checkpoint."""
+
+
+def train_killed_after(epoch: int, data, model, out, cfg, **kwargs) -> None:
+    """``train.run`` killed right after epoch ``epoch``'s checkpoint (what ``--resume`` then continues)."""
+    from dftune.stages import train
+
+    def kill(e, record):
+        if e == epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train.run(data, model, out, cfg, progress=False, on_epoch_end=kill, **kwargs)
+
+
+def assert_same_tensors(a_dir, b_dir, files) -> None:
+    """Each safetensors file of ``files`` holds bit-equal tensors under ``a_dir`` and ``b_dir``."""
+    import torch
+    from safetensors.torch import load_file
+
+    for f in files:
+        a, b = load_file(str(Path(a_dir) / f)), load_file(str(Path(b_dir) / f))
+        assert a.keys() == b.keys(), f
+        for k in a:
+            assert torch.equal(a[k], b[k]), (f, k)

@@ -11,6 +11,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from conftest import assert_same_tensors, train_killed_after
 from dftune.stages import train
 from dftune.training.config import TrainConfig, build, with_recipe
 from dftune.training.ema import run_decay
@@ -66,19 +67,10 @@ def test_resume_is_exact_and_keeps_the_decay_of_the_run_as_laid_out(crops, vit, 
     cfg = TrainConfig(**FAST, epochs=3, ema_horizon=0.3)
     train.run(crops, vit, tmp_path / "a", cfg, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.run(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    train_killed_after(2, crops, vit, tmp_path / "b", cfg)
     train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
-    for f in ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"):
-        a, b = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+    assert_same_tensors(tmp_path / "a" / "last", tmp_path / "b" / "last",
+                        ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"))
     ha, hb = (json.loads((tmp_path / r / "history.json").read_text()) for r in ("a", "b"))
     assert [h["val"] for h in ha] == [h["val"] for h in hb]
     train.run(crops, vit, tmp_path / "b", build(cfg, {"epochs": 4}), progress=False, resume=True)

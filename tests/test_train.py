@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import train_killed_after
 from dftune.model import labels
 from dftune.model import meta as modelmeta
 from dftune.portable import Preprocess
@@ -147,17 +148,9 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(crops, vit, tmp_pa
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "warmup_ratio": 0.2})
     train.run(crops, vit, tmp_path / "a", cfg, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 2:
-            raise Killed
-
     # the interrupted run also uses loader workers: results must not depend on them
     cfg_b = build(cfg, {"num_workers": 2})
-    with pytest.raises(Killed):
-        train.run(crops, vit, tmp_path / "b", cfg_b, progress=False, on_epoch_end=kill)
+    train_killed_after(2, crops, vit, tmp_path / "b", cfg_b)
     state_dir = tmp_path / "b" / "last" / "training_state"
     assert (state_dir / "scheduler.bin").exists() and not list(state_dir.glob("custom_checkpoint_*"))
     assert not (state_dir / "model.safetensors").exists()  # the weights are last/'s, not a second copy

@@ -19,6 +19,7 @@ import transformers
 import yaml
 from safetensors.torch import load_file
 
+from conftest import assert_same_tensors, train_killed_after
 from dftune.stages import train
 from dftune.stages.train import TrainError
 from dftune.training import trainable
@@ -155,21 +156,10 @@ def test_ema_run_saves_averaged_statistics_and_resumes_them_exactly(crops, resne
     counts = [n for n in saved if n.endswith("num_batches_tracked")]
     assert counts and all(torch.equal(saved[n], raw[n]) for n in counts)  # the count is the raw one
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 1:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.run(crops, resnet, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    train_killed_after(1, crops, resnet, tmp_path / "b", cfg)
     train.run(crops, resnet, tmp_path / "b", cfg, progress=False, resume=True)
-    for f in ("model.safetensors", "training_state/ema.safetensors", "training_state/weights.safetensors"):
-        a, b = load_file(str(tmp_path / "a" / "last" / f)), load_file(str(tmp_path / "b" / "last" / f))
-        assert a.keys() == b.keys(), f
-        for k in a:
-            assert torch.equal(a[k], b[k]), (f, k)
+    assert_same_tensors(tmp_path / "a" / "last", tmp_path / "b" / "last",
+                        ("model.safetensors", "training_state/ema.safetensors", "training_state/weights.safetensors"))
 
 
 # ------------------------------------------------------------------ 2. --lr-decay over the whole encoder

@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import train_killed_after
 from dftune.stages import train
 from dftune.stages.train import TrainError
 from dftune.training import data, trainable
@@ -262,15 +263,7 @@ def test_resume_gives_the_same_result_in_each_mode(crops, vit, tmp_path, extra):
     cfg = TrainConfig(**{**FAST, "epochs": 3, "aug": True, "schedule": "cosine", "max_train_batches": 3, **extra})
     train.run(crops, vit, tmp_path / "a", cfg, progress=False)
 
-    class Killed(Exception):
-        pass
-
-    def kill(epoch, record):
-        if epoch == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train.run(crops, vit, tmp_path / "b", cfg, progress=False, on_epoch_end=kill)
+    train_killed_after(2, crops, vit, tmp_path / "b", cfg)
     summary = train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True)
     assert summary.epochs_run == 3
     for f in ("model.safetensors", "training_state/weights.safetensors", "training_state/ema.safetensors"):
