@@ -67,6 +67,8 @@ def test_check_sets_are_scored_beside_val_and_can_decide_best_and_alpha(env, tmp
     curve = json.loads((run / "wise" / "dftune.json").read_text())["extra"]["merge"]["alpha_auto"]
     assert curve["checks"] == [str(env["check"])] and len(curve["points"]) == 11
     assert (run / "wise" / "alpha_curve.png").exists()
+    # the end summary shows the curve the alpha was chosen on, the chosen one marked
+    assert f"--wise auto: {curve['chosen']:g}, best on {env['check']}" in out and out.count("<- chosen") == 1
 
 
 def test_a_check_set_from_the_training_data_is_refused_naming_what_it_shares(env, tmp_path, capsys):

@@ -26,6 +26,16 @@ def defaults(settings_class) -> dict:
     return out
 
 
+def say_alpha_curve(print_, curve: dict, out, flag: str = "--alpha auto") -> None:
+    """``--alpha auto`` / ``--wise auto``'s curve, a line an alpha (check metric, the fine-tuned data's val
+    where known, the chosen one marked), then the choice and where the figure is."""
+    for p in curve["points"]:
+        print_(f"alpha {p['alpha']:.2f}: check {curve['metric']} {p['check']:.4f}"
+               + (f"  val {p['val']:.4f}" if p.get("val") is not None else "")
+               + ("  <- chosen" if p["alpha"] == curve["chosen"] else ""))
+    print_(f"{flag}: {curve['chosen']:g}, best on {', '.join(curve['checks'])} (curve: {out}/alpha_curve.png)")
+
+
 def alpha_or_auto(text: str):
     """An option value that is a WiSE-FT alpha in [0, 1] or ``auto`` (chosen on check sets)."""
     if text == "auto":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dftune.commands import add_parser, alpha_or_auto
+from dftune.commands import add_parser, alpha_or_auto, say_alpha_curve
 from dftune.stages.merge import ALPHA_GRID
 
 
@@ -79,13 +79,7 @@ def run(args) -> int:
                   checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level,
                   say=console().print, threshold_on=args.threshold_on)
     if "alpha_auto" in r:
-        c = r["alpha_auto"]
-        for p in c["points"]:
-            console().print(f"alpha {p['alpha']:.2f}: check {c['metric']} {p['check']:.4f}"
-                            + (f"  val {p['val']:.4f}" if p.get("val") is not None else "")
-                            + ("  <- chosen" if p["alpha"] == c["chosen"] else ""))
-        console().print(f"--alpha auto: {c['chosen']:g}, best on {', '.join(c['checks'])} "
-                        f"(curve: {r['out']}/alpha_curve.png)")
+        say_alpha_curve(console().print, r["alpha_auto"], r["out"])
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "
                     f"-> {r['out']}; threshold {describe_threshold(r['threshold']['value'], r['threshold']['source'])}")
     if "cast" in r:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser, alpha_or_auto
+from dftune.commands import add_parser, alpha_or_auto, say_alpha_curve
 
 if TYPE_CHECKING:
     from dftune.training.state import TrainSummary
@@ -263,6 +263,8 @@ def print_summary(s: TrainSummary) -> None:
     c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
     if s.threshold:
         c.print(f"best/ threshold: {_threshold(s.threshold)}")
+    if s.wise_dir and s.wise_curve:  # --wise auto: the curve the alpha was chosen on
+        say_alpha_curve(c.print, s.wise_curve, s.wise_dir, "--wise auto")
     if s.wise_dir:
         c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
                 f"best/; threshold {_threshold(s.wise_threshold)})")

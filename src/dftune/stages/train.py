@@ -616,4 +616,5 @@ def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConf
     except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
         log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
         return {"wise_error": f"{type(e).__name__}: {e}"}
-    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha, "wise_threshold": r.get("threshold")}
+    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha, "wise_threshold": r.get("threshold"),
+            "wise_curve": r.get("alpha_auto")}

@@ -37,7 +37,7 @@ class TrainState:
         return {**asdict(self), "skipped": sorted(skipped)}
 
 
-_WISE = ("wise_dir", "wise_alpha", "wise_error", "wise_threshold")
+_WISE = ("wise_dir", "wise_alpha", "wise_error", "wise_threshold", "wise_curve")
 
 
 @dataclass
@@ -76,6 +76,7 @@ class TrainSummary:
     wise_alpha: float | None = None
     wise_error: str | None = None
     wise_threshold: dict | None = None  # wise/'s stored threshold: {"value", "source"}
+    wise_curve: dict | None = None  # --wise auto: the alpha curve on the check sets (merge.choose_alpha's)
     threshold: dict | None = None  # best/'s stored threshold, as history.json records it: {"value", "source"}
     best_check: dict | None = None  # the best epoch's check sets (--check): {"sets": {...}, "mean": {...}}
     best_datasets: dict | None = None  # a mix's val, dataset by dataset, at the best epoch
