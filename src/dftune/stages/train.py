@@ -96,7 +96,7 @@ from dftune.training.state import TrainState, TrainSummary, trained_counts
 from dftune.training.step import ForwardBackward
 from dftune.training.writer import ModelWriter
 
-__all__ = ["TrainError", "TrainSummary", "run", "wise_ft"]
+__all__ = ["TrainError", "TrainSummary", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -584,7 +584,8 @@ def _summary(r: Run, model_source: str, lm, facts: machine.Machine) -> TrainSumm
         stop_reason = f"early stopping: no {cfg.select_on} {cfg.monitor} improvement for {cfg.patience} epochs"
     best_rec = next((h for h in r.history if h["epoch"] == state.best_epoch), None)
     alpha = "auto" if cfg.wise_auto else cfg.wise_alpha
-    wise = wise_ft(model_source, run_dir, alpha, cfg) if (cfg.wise_auto or cfg.wise_alpha > 0) and r.main else {}
+    wanted = (cfg.wise_auto or cfg.wise_alpha > 0) and r.main
+    wise = starting.wise_ft(model_source, run_dir, alpha, cfg) if wanted else {}
     return TrainSummary(
         run_dir=str(run_dir), epochs_run=state.epoch, epochs_planned=cfg.epochs, best_epoch=state.best_epoch,
         monitor=f"{cfg.select_on} {cfg.monitor_level} {cfg.monitor}", best_value=state.best,
@@ -597,24 +598,3 @@ def _summary(r: Run, model_source: str, lm, facts: machine.Machine) -> TrainSumm
         processes=accelerator.num_processes, device=str(accelerator.device), threads=facts.threads,
         threads_from=facts.threads_from, workers=facts.workers, workers_from=facts.workers_from, tune=cfg.tune,
         **trained_counts(r.plan, cfg, state.epoch), **wise)
-
-
-def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConfig) -> dict:
-    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge), with
-    ``--threshold-on check`` the check sets' pooled optimum as its threshold. A failure is reported, never
-    raised: the run's own models are complete by then."""
-    from dftune.stages import merge
-
-    best = run_dir / "best"
-    if not best.exists():
-        return {"wise_error": f"{best} does not exist (no epoch was validated)"}
-    try:
-        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=cfg.checks,
-                      threshold_on=cfg.threshold_on, threshold_level=cfg.monitor_level,
-                      aggregate=cfg.video_aggregate)
-        alpha = r.get("alpha", alpha)
-    except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
-        log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
-        return {"wise_error": f"{type(e).__name__}: {e}"}
-    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha, "wise_threshold": r.get("threshold"),
-            "wise_curve": r.get("alpha_auto")}

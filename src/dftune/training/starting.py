@@ -82,3 +82,24 @@ def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
         log.info("%s: no settings.json; recording the guide's crop settings in the model", data_dir)
         return modelmeta.CropSettings()
     return modelmeta.CropSettings.from_dict(read_json(p))
+
+
+def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConfig) -> dict:
+    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge), with
+    ``--threshold-on check`` the check sets' pooled optimum as its threshold. A failure is reported, never
+    raised: the run's own models are complete by then."""
+    from dftune.stages import merge
+
+    best = run_dir / "best"
+    if not best.exists():
+        return {"wise_error": f"{best} does not exist (no epoch was validated)"}
+    try:
+        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=cfg.checks,
+                      threshold_on=cfg.threshold_on, threshold_level=cfg.monitor_level,
+                      aggregate=cfg.video_aggregate)
+        alpha = r.get("alpha", alpha)
+    except Exception as e:  # noqa: BLE001 - the run is done; say why this extra did not happen
+        log.warning("%s: WiSE-FT model not written: %s", run_dir, e)
+        return {"wise_error": f"{type(e).__name__}: {e}"}
+    return {"wise_dir": str(run_dir / "wise"), "wise_alpha": alpha, "wise_threshold": r.get("threshold"),
+            "wise_curve": r.get("alpha_auto")}
