@@ -188,3 +188,16 @@ def test_merge_alpha_auto_chooses_on_a_labels_csv(env, tmp_path, capsys):
     assert all(p["check"] == p["check"] for p in curve["points"])  # defined: both classes were framed
     cache = next((tmp_path / "models" / "checks").iterdir())  # beside --out
     assert json.loads((cache / "check.json").read_text())["framing"]["size"] == 32
+
+
+def test_a_check_csv_that_is_not_a_labels_file_says_what_is_wrong_with_it(tmp_path):
+    """A semicolon CSV, a wrong header or a mistyped path: the labels reader's own message (not "no manifest
+    here")."""
+    from dftune import checks
+
+    (tmp_path / "semi.csv").write_text("filename;label\na.mp4;0\n")
+    (tmp_path / "wrong.csv").write_text("name,y\na.mp4,0\n")
+    for name, said in (("semi.csv", "separated by ';'"), ("wrong.csv", "needs a header with 'filename' and 'label'"),
+                       ("typo.csv", "typo.csv not found")):
+        with pytest.raises(checks.CheckError, match=said):
+            checks.load(tmp_path / name)

@@ -163,6 +163,28 @@ def _check_folder(env, tmp_path):
     return d, labels
 
 
+def test_a_labels_csv_inside_the_folder_serves_evaluate_files_and_check_alike(env, tmp_path, capsys):
+    """Names relative to the CSV's folder (as --check reads them), the CSV itself not an input; a CSV that names
+    none of the files found is an error, not an empty report with exit 0."""
+    from dftune import checks
+
+    d, labels = _check_folder(env, tmp_path)
+    inside = d / "labels.csv"
+    inside.write_text(labels.read_text())
+    assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(inside),
+                 "--out", str(tmp_path / "ev"), "--no-progress"]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["files"] == 8 and m["unlabelled"] == [] and "labels.csv" not in json.dumps(m["skipped"])
+    assert checks.is_labels(inside)  # the same file is a check set
+    far = tmp_path / "elsewhere" / "labels.csv"
+    far.parent.mkdir()
+    far.write_text("filename,label\nclips/fake_1.mp4,fake\nclips/real_1.mp4,real\n")  # none of them found
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(far),
+                 "--no-progress"]) == 2
+    assert "none of the 8 files found" in capsys.readouterr().err
+
+
 def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, capsys):
     d, labels = _check_folder(env, tmp_path)
     assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels),

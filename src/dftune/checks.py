@@ -63,9 +63,15 @@ def is_labels(spec: str | os.PathLike) -> bool:
     """Whether ``--check spec`` names a labels CSV (raw files) rather than a prepared folder; a CSV that reads as
     both, or a labels CSV given a split, is refused as ambiguous."""
     path, splits = parse_spec(str(spec))
-    if not path.is_file() or not checkfiles.is_labels_csv(path):
+    if path.suffix.lower() == ".csv" and not path.exists():
+        raise CheckError(f"--check {spec}: {path} not found (a check set is a labels CSV of raw files, or a "
+                         f"prepared folder)")
+    if not path.is_file():
         return False
     cols = checkfiles.header_of(path)
+    if not checkfiles.is_labels_csv(path) and ({"path", "video", "split"} <= set(cols) or path.name == "manifest.csv"):
+        return False  # a prepared folder's manifest named directly
+    # any other CSV is meant as a labels CSV: its reader says what is wrong with it (header, separator, labels)
     if {"path", "video", "split"} <= set(cols):
         raise CheckError(f"--check {spec}: {path} has both a labels CSV's columns (filename, label) and a "
                          f"manifest's (path, video, split); keep one kind of table per file")

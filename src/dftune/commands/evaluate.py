@@ -119,7 +119,8 @@ def run(args) -> int:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
         if s.checks:
-            raise ValueError("--check tunes a threshold on prepared check sets; --files measures at the model's")
+            raise ValueError("--check tunes a threshold on check sets, measured on --data; --files measures at the "
+                             "model's own threshold: give the files to --check instead, or drop --check")
         from dftune.stages.evaluate_files import evaluate_files
 
         return _files(con, evaluate_files(args.model, args.files, args.labels, args.out, s))

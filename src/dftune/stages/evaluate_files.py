@@ -55,18 +55,27 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
 
     truth, dupes = read_labels_counted(labels)
     found = predict.collect(inputs, filename_style)
+    csv_path = Path(labels).resolve()  # the CSV kept beside the files is not one of them
+    found.files = [f for f in found.files if Path(f.path).resolve() != csv_path]
+    found.skipped = [x for x in found.skipped if Path(str(x)).resolve() != csv_path]
     ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
     ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress, frames=s.frames,
                                  no_face=s.no_face)
     thr, thr_text = predict.decision(ens, ps)
-    # a label's filename as predict's CSV names the file, or the file's absolute path
-    absolute = {os.path.normpath(k): k for k in truth if os.path.isabs(k)}
+    # a label's filename as predict's CSV names the file, relative to the labels CSV's folder (as --check reads
+    # it), or absolute
+    here = Path(labels).resolve().parent
+    by_path = {os.path.normpath(k if os.path.isabs(k) else here / k): k for k in truth}
     key = {}
     for f in found.files:
-        k = f.name if f.name in truth else absolute.get(os.path.normpath(os.path.abspath(f.path)))
+        k = f.name if f.name in truth else by_path.get(os.path.normpath(os.path.abspath(f.path)))
         if k is not None:
             key[f.name] = k
     labelled = [f for f in found.files if f.name in key]
+    if not labelled:
+        raise ValueError(f"{labels}: none of the {len(found.files)} files found in {', '.join(map(str, inputs))} is "
+                         f"named in it (its {len(truth)} names, e.g. {next(iter(truth), '')!r}, are read as predict "
+                         f"names the files, relative to the CSV's folder, or absolute)")
     res = predict.score_files(ens, labelled, ps, threshold=thr)
     ok = [r for r in res if not r.error]
     y = np.array([truth[key[r.name]] for r in ok], dtype=np.int64)
