@@ -92,3 +92,17 @@ def test_an_ensembles_threshold_is_tuned_on_the_check_sets_too(env, tiny_vit, tm
     assert ens["threshold"] == pytest.approx(m["models"]["ensemble"]["val_threshold"]["frame"])
     assert m["models"]["ensemble"]["val_threshold"]["from"] == f"check sets {env['two']} (val+test), pooled"
     assert f"{other}: its dftune.json names no prepared training data" in caplog.text
+
+
+def test_a_merged_model_keeps_the_training_data_it_has_seen_so_leaks_are_still_refused(env, tiny_vit, tmp_path,
+                                                                                        capsys):
+    """WiSE-FT of a baseline (no data) and the fine-tuned model: the merged folder's dftune.json names the fine-tuned
+    model's data, so evaluate --check refuses a leaked check set for it as it does for the fine-tuned model."""
+    base = tiny_vit(image_size=32, seed=7)
+    wise = tmp_path / "wise"
+    assert main(["merge", base, env["model"], "--alpha", "0.5", "--out", str(wise)]) == 0
+    assert modelmeta.load(wise).extra["data"] == str(env["data"])
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(wise), "--data", str(env["data"]), "--check", str(env["data"]),
+                 "--write-threshold", "--no-plots", "--no-progress"]) == 2
+    assert f"--check {env['data']}: shares" in " ".join(capsys.readouterr().err.split())

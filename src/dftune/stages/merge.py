@@ -143,8 +143,28 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
         base = modelmeta.load(src, {int(k): v for k, v in model.config.id2label.items()})
         crop = crop_of(recipe["models"]) or base.crop
         meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=crop,
-                                   extra={"merge": recipe})
+                                   extra={"merge": recipe, **data_of(recipe["models"])})
         modelmeta.save(tmp, meta)
+    return out
+
+
+def data_of(paths: Sequence[str]) -> dict:
+    """The training data a merged model has seen, as its inputs' ``dftune.json`` name it: ``data`` (the last
+    model's that names one: export checks on its val crops) and ``datasets`` (every input's data and datasets, by
+    name), so a check set sharing identities with any of them is refused for the merged model too."""
+    out: dict = {}
+    seen: dict = {}
+    for m in paths:
+        if not modelmeta.meta_path(m).exists():
+            continue
+        extra = modelmeta.load(m).extra or {}
+        if extra.get("data"):
+            out["data"] = extra["data"]
+            seen.setdefault(Path(str(extra["data"])).name or str(extra["data"]), extra["data"])
+        for name, folder in (extra.get("datasets") or {}).items():
+            seen.setdefault(name, folder)
+    if len(seen) > 1:
+        out["datasets"] = seen
     return out
 
 
