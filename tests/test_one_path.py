@@ -201,12 +201,13 @@ def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, 
 
 
 def test_evaluate_files_takes_predicts_options_and_reports_each_framing(env, tmp_path, capsys):
-    """--tta, --frames and --no-face reach the files path (the probabilities predict writes with the same options),
+    """--tta, --frames, --no-face, --faces and --clipped reach the files path (the probabilities predict writes with
+    the same options),
     and each framing kind is measured apart: a kind of one class gets its counts and accuracy, no AUC."""
     from dftune import portable
 
     d, labels = _check_folder(env, tmp_path)
-    opts = ["--tta", "none", "--frames", "2", "--no-face", "real"]
+    opts = ["--tta", "none", "--frames", "2", "--no-face", "real", "--faces", "follow"]
     capsys.readouterr()
     assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels), *opts,
                  "--out", str(tmp_path / "ev"), "--no-progress", "--no-plots"]) == 0
@@ -231,8 +232,12 @@ def test_evaluate_files_takes_predicts_options_and_reports_each_framing(env, tmp
     assert "## Per framing" in report and "| whole:no-face | 1 | 1 | 0 | 1.000 | - | - | - |" in report
     assert "--no-face real): labelled real (1 files)" in report and "2 frames per video" in report
     assert "per framing" in printed and "whole:no-face" in printed
+    assert main(["evaluate", "--model", str(env["a"]), "--files", str(d), "--labels", str(labels), *opts,
+                 "--clipped", "pad", "--out", str(tmp_path / "ev2"), "--no-progress", "--no-plots"]) == 0
+    padded = json.loads((tmp_path / "ev2" / "metrics.json").read_text())["per_framing"]
+    assert padded[portable.FRAMED_PADDED]["n"] == 2 and portable.FRAMED_CROPPED not in padded  # as predict pads
     assert main(["evaluate", "--model", str(env["a"]), "--data", str(env["data"]), "--no-face", "real"]) == 2
-    assert "--frames and --no-face choose how --files are scored" in capsys.readouterr().err
+    assert "--frames, --no-face, --faces and --clipped choose how --files are scored" in capsys.readouterr().err
 
 
 def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_path):

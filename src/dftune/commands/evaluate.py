@@ -15,7 +15,7 @@ SPLITS = ["train", "val", "test"]
 
 def register(sub) -> None:
     from dftune.commands.predict import NO_FACE_HELP
-    from dftune.portable import NO_FACE_RULES
+    from dftune.portable import CLIPPED_RULES, FACE_RULES, NO_FACE_RULES
     from dftune.stages.evaluate import EvalSettings
 
     d = EvalSettings()  # every default below is read from here, so it lives once
@@ -46,6 +46,12 @@ def register(sub) -> None:
                         "model's dftune.json)")
     p.add_argument("--no-face", default=d.no_face, choices=list(NO_FACE_RULES),
                    help="with --files, as predict's --no-face: " + NO_FACE_HELP)
+    p.add_argument("--faces", default=d.faces, choices=list(FACE_RULES),
+                   help="with --files, as predict's --faces: a video's faces (all: each person pooled apart, the "
+                        "highest; follow: one person; largest: each frame's)")
+    p.add_argument("--clipped", default=d.clipped, choices=list(CLIPPED_RULES),
+                   help="with --files, as predict's --clipped: an image whose guide square would leave it, whole or "
+                        "pad")
     p.add_argument("--split", default=d.split, choices=SPLITS, help="split to measure")
     p.add_argument("--threshold-split", default=d.threshold_split, choices=SPLITS,
                    help="split the macro-F1-optimal threshold is tuned on")
@@ -124,8 +130,10 @@ def run(args) -> int:
         from dftune.stages.evaluate_files import evaluate_files
 
         return _files(con, evaluate_files(args.model, args.files, args.labels, args.out, s))
-    if args.frames is not None or args.no_face != evaluate.EvalSettings.no_face:
-        raise ValueError("--frames and --no-face choose how --files are scored (predict's path); with --data the "
+    d = evaluate.EvalSettings
+    if args.frames is not None or (args.no_face, args.faces, args.clipped) != (d.no_face, d.faces, d.clipped):
+        raise ValueError("--frames, --no-face, --faces and --clipped choose how --files are scored (predict's path); "
+                         "with --data the "
                          "crops prepare wrote are scored")
     if not args.data:
         raise ValueError("give --data PREPARED_DIR (or --files PATH --labels CSV)")

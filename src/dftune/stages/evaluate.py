@@ -60,6 +60,8 @@ class EvalSettings:
     # --files only (scored through predict's path, as predict's options): None = the model's dftune.json
     frames: int | None = None
     no_face: str = portable.NO_FACE  # a file with no face found: score, real, fake (portable.no_face_decision)
+    faces: str = portable.FACES  # --files: a video's faces, as predict's --faces (all, follow, largest)
+    clipped: str = portable.CLIPPED  # --files: a still whose guide square would leave it, as predict's --clipped
 
 
 def is_main_process() -> bool:
