@@ -63,9 +63,10 @@ def run(args) -> int:
     for name, c in rep["exports"].items():
         speed = c["images_per_s"]
         src = c["source_images_per_s"]
-        ratio = speed / src if src == src else float("nan")
+        ratio = speed / src if src == src and src else float("nan")
         t.add_row(name, f"{c['size_bytes'] / 1e6:.2f}", f"{c['label_agreement']:.1%}",
-                  f"{c['max_prob_diff']:.2e}", f"{c['tolerance']:g}", _f(speed), f"{ratio:.2f}x")
+                  f"{c['max_prob_diff']:.2e}", f"{c['tolerance']:g}", _f(speed),
+                  f"{ratio:.2f}x" if ratio == ratio else "not measured")
     con.print(t)
     if "pipeline" in rep:
         pl = rep["pipeline"]

@@ -162,15 +162,17 @@ class TrainConfig:
         if any(w < 0 for w in self.data_weights) or (self.data_weights and sum(self.data_weights) <= 0):
             raise ValueError(f"data_weights: one non-negative share per --data, not all zero; got {self.data_weights}")
         if self.select_on == "check" and not self.checks:
-            raise ValueError("--select-on check needs check sets: --check PATH (prepared data from outside the "
-                             "training data)")
+            raise ValueError("--select-on check needs check sets: --check PATH (a prepared folder or a labels CSV "
+                             "of raw files from outside the training data)")
         if self.threshold_on == "check" and not self.checks:
             raise ValueError("--threshold-on check tunes the stored threshold on check sets: give --check PATH "
-                             "(prepared data from outside the training data); without them the threshold stays "
+                             "(a prepared folder or a labels CSV from outside the training data); without them "
+                             "the threshold stays "
                              "0.5 until `dftune evaluate --write-threshold` tunes it on val")
         if self.wise_auto and not self.checks:
-            raise ValueError("--wise auto chooses the WiSE-FT alpha on check sets: give --check PATH (prepared data "
-                             "from outside the training data); on the training data's own val it picks 1.0, the "
+            raise ValueError("--wise auto chooses the WiSE-FT alpha on check sets: give --check PATH (a prepared "
+                             "folder or a labels CSV from outside the training data); on the training data's own "
+                             "val it picks 1.0, the "
                              "fine-tuned model itself")
         if self.paired and self.balance == "sampler":
             raise ValueError("--paired orders each batch as real frames with their fakes; it cannot be combined "
