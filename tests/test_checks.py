@@ -87,3 +87,14 @@ def test_merge_alpha_auto_picks_the_best_alpha_on_the_check_sets_and_keeps_the_c
 def test_alpha_auto_without_a_check_set_is_refused_with_the_reason(env, tmp_path, capsys):
     assert main(["merge", str(env["base"]), str(env["tuned"]), "--alpha", "auto", "--out", str(tmp_path / "x")]) == 2
     assert "on that data's own val it picks 1.0" in capsys.readouterr().err
+
+
+def test_a_relative_check_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """What dftune.json, history.json and tune's best.yaml name (and a printed retrain command) works from any
+    folder: --check values are made absolute as they are parsed, their split kept."""
+    from dftune.commands import check_path
+
+    monkeypatch.chdir(tmp_path)
+    assert check_path("data/celebdf") == str(tmp_path / "data" / "celebdf")
+    assert check_path("data/dfdc:val+test") == f"{tmp_path / 'data' / 'dfdc'}:val+test"
+    assert check_path("/abs/labels.csv") == "/abs/labels.csv"

@@ -36,6 +36,18 @@ def say_alpha_curve(print_, curve: dict, out, flag: str = "--alpha auto") -> Non
     print_(f"{flag}: {curve['chosen']:g}, best on {', '.join(curve['checks'])} (curve: {out}/alpha_curve.png)")
 
 
+def check_path(text: str) -> str:
+    """A ``--check`` value made absolute (``PATH`` or ``PATH:SPLIT[+SPLIT]``), so what dftune.json, history.json
+    and tune's best.yaml record (and a printed retrain command) works from any folder."""
+    import os
+
+    from dftune.checks import parse_spec
+
+    path, splits = parse_spec(text)
+    full = os.path.abspath(os.path.expanduser(str(path)))
+    return full if str(path) == text else f"{full}:{'+'.join(splits)}"
+
+
 def alpha_or_auto(text: str):
     """An option value that is a WiSE-FT alpha in [0, 1] or ``auto`` (chosen on check sets)."""
     if text == "auto":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, check_path
 
 if TYPE_CHECKING:
     from dftune.stages.evaluate import CrossResult, EvalSettings, FilesResult
@@ -71,7 +71,7 @@ def register(sub) -> None:
                         "this --tta and --aggregate) in each model's dftune.json, and with --ensemble the "
                         "ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
-    p.add_argument("--check", dest="checks", action="append", default=None, metavar="PATH",
+    p.add_argument("--check", dest="checks", action="append", type=check_path, default=None, metavar="PATH",
                    help="a check set from outside the training data (a prepared folder: its val+test splits, or "
                         "PATH:SPLIT[+SPLIT]; or a labels CSV of raw images and videos, framed as predict frames "
                         "them with the model's crop settings); repeat for several. The threshold is then tuned on "

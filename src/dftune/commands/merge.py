@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dftune.commands import add_parser, alpha_or_auto, say_alpha_curve
+from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
 from dftune.stages.merge import ALPHA_GRID
 
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
                    help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B; "
                         "auto: the alpha of --alpha-grid that scores best on the --check sets (default: a uniform "
                         "soup)")
-    p.add_argument("--check", action="append", default=[], metavar="PATH",
+    p.add_argument("--check", action="append", type=check_path, default=[], metavar="PATH",
                    help="check set for --alpha auto and --threshold-on check, from outside the fine-tuned model's "
                         "data: a prepared folder (its val+test, or PATH:SPLIT) or a labels CSV (filename,label; paths "
                         "relative to the CSV) whose images and videos are framed as predict frames them, once, into "

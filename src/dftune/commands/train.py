@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser, alpha_or_auto, say_alpha_curve
+from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
 
 if TYPE_CHECKING:
     from dftune.training.state import TrainSummary
@@ -97,7 +97,8 @@ def register(sub) -> None:
     p.add_argument("--data-weight", dest="data_weights", action="append", type=float, metavar="W",
                    default=argparse.SUPPRESS,
                    help="each --data's share of every epoch's samples, in order (default: by size)")
-    p.add_argument("--check", dest="checks", action="append", metavar="PATH", default=argparse.SUPPRESS,
+    p.add_argument("--check", dest="checks", action="append", type=check_path, metavar="PATH",
+                   default=argparse.SUPPRESS,
                    help="check set from outside the training data, scored at every validation beside val (what "
                         "--select-on, --threshold-on and --wise auto can use): a prepared folder (its val+test, or "
                         "PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose images and "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, check_path
 
 DESCRIPTION = """\
 Hyper-parameter search on Optuna: every trial is a real `dftune train` run on --data with
@@ -47,7 +47,7 @@ def register(sub) -> None:
                    help="val metric to optimise: LEVEL_NAME with LEVEL frame or video and NAME f1 (macro F1 at the "
                         "val-optimal threshold), f1_05 (macro F1 at 0.5), auc, loss (minimised), accuracy or "
                         "balanced_accuracy")
-    p.add_argument("--check", dest="checks", action="append", default=list(d.checks), metavar="PATH",
+    p.add_argument("--check", dest="checks", action="append", type=check_path, default=list(d.checks), metavar="PATH",
                    help="check set from outside --data: a prepared folder (its val+test, or PATH:SPLIT) or a labels "
                         "CSV of raw images and videos (framed as predict frames them); repeat for several. The study "
                         "then optimises --metric's mean over the check sets (the val metric is "
