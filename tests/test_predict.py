@@ -101,8 +101,10 @@ def test_cli_one_row_per_input_errors_and_faces(env, capsys):
         assert 0.0 <= float(by[name]["prob_fake"]) <= 1.0
     assert by["noface.bmp"]["faces_found"] == "0" and not by["noface.bmp"]["error"]  # whole image fallback
     assert by["sub/clip.mp4"]["frames"] == "4" and int(by["sub/clip.mp4"]["faces_found"]) >= 1
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "errors" in err and "missing.png" in err
+    assert "all: each person pooled apart, the highest" in " ".join((captured.out + err).split())  # --faces said
 
 
 def test_csv_format_options(env):

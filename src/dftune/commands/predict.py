@@ -135,6 +135,9 @@ def run(args) -> int:
     t.add_row("device / backend", f"{sm.device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
               f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
+    t.add_row("several people (--faces)", {"all": "all: each person pooled apart, the highest",
+                                           "follow": "follow: one person, the largest mean box",
+                                           "largest": "largest: each frame's largest face"}.get(args.faces, args.faces))
     t.add_row("TTA", ", ".join(sm.tta) or "none")
     t.add_row("threshold", sm.threshold_text)
     t.add_row("files", f"{sm.files} ({sm.images} images, {sm.videos} videos)")

@@ -76,6 +76,8 @@ def register(sub) -> None:
                    help="fix any training setting for all trials, repeatable; a key set here is not searched")
     p.add_argument("--progress", action="store_true",
                    help="show each trial's progress bars (default: one line a trial)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="one line a trial, no progress bars: the default, accepted as the other commands take it")
     p.set_defaults(func=run)
 
 
