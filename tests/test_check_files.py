@@ -133,6 +133,12 @@ def test_a_check_file_that_the_training_data_was_made_from_is_refused(env, tmp_p
     with pytest.raises(checks.CheckError, match=r"shares 1 source files \(.*hopper\.jpg\)"):
         checks.refuse_leaks([cs], read_manifest(data, ("train", "val")), data)
     checks.refuse_leaks([cs], read_manifest(env["data"], ("train", "val")), env["data"])  # no parts: nothing shared
+    # a copy of a training source under another name is the same file
+    (data / ".parts" / "a.json").write_text(json.dumps({"key": "a", "file": str(tmp_path / "renamed.jpg"),
+                                                        "split": "train", "label": 1, "method": "x", "rows": []}))
+    (tmp_path / "renamed.jpg").write_bytes((env["files"] / "hopper.jpg").read_bytes())
+    with pytest.raises(checks.CheckError, match=r"1 copies of source files under other names \(.*hopper\.jpg\)"):
+        checks.refuse_leaks([cs], read_manifest(data, ("train", "val")), data)
 
 
 def test_train_validates_on_a_labels_csv_every_epoch_and_a_resume_reuses_its_crops(env, tmp_path, capsys, caplog):

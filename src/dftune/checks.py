@@ -164,6 +164,43 @@ def source_files(data: str | os.PathLike, splits) -> set[str]:
             if p.get("split") in splits and p.get("file")}
 
 
+def copies_of(files, others) -> list[str]:
+    """The files of ``files`` whose bytes equal one of ``others``' under another name (a training video copied
+    into a check folder): sizes first (a stat each), a hash only where a size matches."""
+    import hashlib
+
+    def size(p):
+        try:
+            return os.path.getsize(p)
+        except OSError:
+            return None
+
+    memo: dict = {}
+
+    def digest(p):  # once per file
+        if p not in memo:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            memo[p] = h.hexdigest()
+        return memo[p]
+
+    by_size: dict = {}
+    for o in others:
+        by_size.setdefault(size(o), []).append(o)
+    by_size.pop(None, None)
+    out = []
+    for f in files:
+        same = by_size.get(size(f), [])
+        try:
+            if any(o != f and digest(o) == digest(f) for o in same):
+                out.append(str(f))
+        except OSError:
+            continue
+    return sorted(out)
+
+
 def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: str | os.PathLike) -> None:
     """Refuse a check set sharing an identity, a video or a crop file with the training data ``train_rows``
     (the rows a run trains or validates on), or (a labels CSV) a file prepare made training data from, naming
@@ -179,6 +216,7 @@ def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: st
         shared_files = [] if shared_videos else sorted(
             str(p) for p in {(cs.folder / r.path).resolve() for r in cs.rows} & train_files)
         shared_sources = sorted({os.path.realpath(f) for f in cs.sources} & sources)
+        copied = copies_of(sorted({os.path.realpath(f) for f in cs.sources} - set(shared_sources)), sources)
         what = []
         if shared_ids:
             what.append(f"{len(shared_ids)} identities ({', '.join(shared_ids[:5])})")
@@ -188,6 +226,8 @@ def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: st
             what.append(f"{len(shared_files)} crop files ({', '.join(shared_files[:2])})")
         if shared_sources:
             what.append(f"{len(shared_sources)} source files ({', '.join(shared_sources[:3])})")
+        if copied:
+            what.append(f"{len(copied)} copies of source files under other names ({', '.join(copied[:3])})")
         if what:
             raise CheckError(f"--check {cs.name}: shares {' and '.join(what)} with the training data {data}; a check "
                              f"set must come from outside it (another dataset, or identities the run never sees)")
