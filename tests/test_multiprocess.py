@@ -31,8 +31,9 @@ def setup(tmp_path_factory):
     return crops, build_tiny_vit(root / "vit", image_size=32)
 
 
-def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+def _env(*first: str) -> dict:
+    path = os.pathsep.join([*first, SRC, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     env.pop("ACCELERATE_USE_CPU", None)  # dftune must form the group by itself
     return env
 
@@ -47,10 +48,35 @@ def _train_args(crops, vit, out, *extra) -> list[str]:
             *extra]
 
 
-def _run(cmd, timeout=300) -> str:
-    p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+def _run(cmd, timeout=300, env=None) -> str:
+    p = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=timeout)
+    # each rank's own lines first: the rank that failed is rarely the one whose lines end the output
+    ranks = "\n".join(ln for ln in p.stderr.splitlines() if ln.startswith("[rank1]") or "Error" in ln)
+    assert p.returncode == 0, p.stdout[-2000:] + "\n--- rank lines ---\n" + ranks[-4000:] + p.stderr[-2000:]
     return p.stdout + p.stderr
+
+
+def test_a_slower_process_s_state_is_in_the_checkpoint_it_belongs_to(setup, tmp_path):
+    """Rank 1 slowed before it saves its training state (a loaded machine): its RNG file is still in last/ — the
+    main process waits for it before swapping the folder in (before, it went into a stray last.tmp and last/ had
+    rank 0's alone, so a 2-process --resume could not restore rank 1)."""
+    crops, vit = setup
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import os, time\n"
+        "if os.environ.get('LOCAL_RANK') == '1':\n"
+        "    import accelerate\n"
+        "    _save = accelerate.Accelerator.save_state\n"
+        "    def save_state(self, *a, **k):\n"
+        "        time.sleep(2)\n"
+        "        return _save(self, *a, **k)\n"
+        "    accelerate.Accelerator.save_state = save_state\n")
+    out = tmp_path / "run"
+    _run(_torchrun(*_train_args(crops, vit, out, "--epochs", "1")), env=_env(str(slow)))
+    state = out / "last" / "training_state"
+    assert (state / "random_states_0.pkl").exists() and (state / "random_states_1.pkl").exists()
+    assert not (out / "last.tmp").exists()
 
 
 def _weights(folder: Path) -> dict:

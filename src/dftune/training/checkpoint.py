@@ -75,6 +75,9 @@ def save(accelerator, dest: Path, write: Callable[[Path], None], trainer_state: 
         accelerator.wait_for_everyone()
         if trainer_state is not None:
             accelerator.save_state(str(tmp / STATE_DIR))
+            # every process's RNG file is in the folder before the main one completes and swaps it in: a
+            # process slower than the main one (a loaded machine) otherwise wrote into a folder already gone
+            accelerator.wait_for_everyone()
         if main:
             write(tmp)
             if trainer_state is not None:
