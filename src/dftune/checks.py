@@ -167,7 +167,7 @@ def source_files(data: str | os.PathLike, splits) -> set[str]:
 def copies_of(files, others) -> list[str]:
     """The files of ``files`` whose bytes equal one of ``others``' under another name (a training video copied
     into a check folder): sizes first (a stat each), a hash only where a size matches."""
-    import hashlib
+    from dftune.atomic import file_sha256
 
     def size(p):
         try:
@@ -179,11 +179,7 @@ def copies_of(files, others) -> list[str]:
 
     def digest(p):  # once per file
         if p not in memo:
-            h = hashlib.sha256()
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-            memo[p] = h.hexdigest()
+            memo[p] = file_sha256(p)
         return memo[p]
 
     by_size: dict = {}

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dftune.atomic import read_json, write_json
+from dftune.atomic import file_sha256, read_json, write_json
 from dftune.search.metric import Metric, parse_metric
 from dftune.search.outputs import TuneSummary, clean_weights, fmt, trial_dir, write_outputs
 from dftune.search.space import SpaceError, check_space, keep_effective_batch, load_space, sample, trial_seed
@@ -278,7 +278,7 @@ def _setup(s: TuneSettings, base: TrainConfig, data_dir, model_source: str) -> d
 
     sets = {k: v for k, v in build(None, s.sets).to_dict().items() if k in s.sets and k not in _SETUP_FREE}
     return {"epochs": base.epochs, "sets": json.loads(json.dumps(sets, default=str)),
-            "data_manifest_sha256": _sha256(manifest_file(data_dir)),
+            "data_manifest_sha256": file_sha256(manifest_file(data_dir)),
             "model_resolved": _model_key(model_source), "model_fingerprint": _model_fingerprint(model_source),
             "checks": _check_keys(s.checks)}
 
@@ -357,14 +357,6 @@ def _model_fingerprint(model_source: str) -> str | None:
         h.update((p / "config.json").read_bytes())
     for f in sorted(q for q in p.iterdir() if q.is_file()):
         h.update(f"{f.name}:{f.stat().st_size}\n".encode())
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 
