@@ -173,6 +173,80 @@ def test_tracks_link_by_overlap_then_by_nearest_centre():
     assert portable.follow(frames) == [F(100, 0, 148, 48), F(104, 2, 150, 50), F(60, 0, 110, 50)]
 
 
+class _Scripted:
+    """A detector that returns, for frame t (read from the top-left pixel), the boxes ``boxes[t]``."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detect(self, rgb):
+        return list(self.boxes[int(round(float(np.asarray(rgb)[2, 2, 0]) / 20))])
+
+
+def _numbered_video(path, n):
+    from dftune.synthetic import write_video
+
+    frames = []
+    for t in range(n):
+        f = np.full((400, 400, 3), 90, np.uint8)
+        f[:8, :8] = 20 * t
+        frames.append(f)
+    write_video(path, frames, crf=0)
+
+
+def _box(x, y, side):
+    return portable.Face(x, y, x + side, y + side, 0.9)
+
+
+@pytest.mark.parametrize("rule", ["all", "follow"])
+def test_a_large_stray_box_in_one_frame_is_not_a_person(tmp_path, rule):
+    """Issue 27 item 1: a 250 px false detection in 1 frame of 10 beside a 60 px face seen in all 10 was ranked
+    first (mean area) and exempt from the share rule: kept by --faces all, the only person under follow."""
+    v = tmp_path / "v.mp4"
+    _numbered_video(v, 10)
+    face = _box(300, 40, 60)
+    boxes = [[face] for _ in range(10)]
+    boxes[4] = [_box(10, 120, 250), face]
+    ff = portable.frame_file(v, "video", _Scripted(boxes), 1.3, 32, frames=10, faces=rule)
+    assert len(ff.crops) == 10  # the face's ten crops, never the stray box's one
+    if rule == "all":
+        assert [len(g) for g in ff.groups] == [10]
+    frames = [b for b in boxes]
+    assert portable.follow(frames) == [face] * 10
+
+
+def test_a_passer_by_is_dropped_and_a_face_in_every_frame_kept(tmp_path):
+    v = tmp_path / "v.mp4"
+    _numbered_video(v, 10)
+    face = _box(40, 40, 60)
+    passer = [_box(200 + 10 * t, 200, 120) for t in range(10)]
+    boxes = [[face] + ([passer[t]] if t in (3, 4) else []) for t in range(10)]  # 2 of 10 frames: under a third
+    ff = portable.frame_file(v, "video", _Scripted(boxes), 1.3, 32, frames=10, faces="all")
+    assert [len(g) for g in ff.groups] == [10]
+    boxes = [[face] + ([passer[t]] if t in (2, 3, 4, 5) else []) for t in range(10)]  # 4 of 10: a person
+    ff = portable.frame_file(v, "video", _Scripted(boxes), 1.3, 32, frames=10, faces="all")
+    assert sorted(len(g) for g in ff.groups) == [4, 10]
+    assert portable.follow(boxes) == [face] * 10  # the one seen most, though the other is larger
+
+
+def test_a_track_is_not_continued_by_another_person_after_a_gap():
+    """Issue 27 item 2: person A in frames 0-4, nobody in 5, person B 70 px away in 6-9 (80 px boxes) was one
+    track; the same person missed in one frame stays one track."""
+    a, b = _box(100, 100, 80), _box(170, 100, 80)
+    frames = [[a]] * 5 + [[]] + [[b]] * 4
+    assert [sorted(t) for t in portable.face_tracks(frames)] == [[0, 1, 2, 3, 4], [6, 7, 8, 9]]
+    near = _box(108, 104, 82)  # the same person, moved a little, after the gap
+    frames = [[a]] * 5 + [[]] + [[near]] * 4
+    assert [sorted(t) for t in portable.face_tracks(frames)] == [list(range(5)) + [6, 7, 8, 9]]
+    # a person seen again after more than TRACK_GAP sampled frames starts a new track, even in place
+    frames = [[a]] + [[]] * portable.TRACK_GAP + [[a]]
+    assert len(portable.face_tracks(frames)) == 2
+    frames = [[a]] + [[]] * (portable.TRACK_GAP - 1) + [[a]]
+    assert len(portable.face_tracks(frames)) == 1
+    frames = [[a]] + [None] * 10 + [[near]]  # frames no detection ran on do not count in the gap
+    assert len(portable.face_tracks(frames)) == 1
+
+
 # ---------------------------------------------------------------- 4. a row for every file
 
 def test_every_readable_file_gets_a_row_whatever_its_extension(tmp_path):
