@@ -273,6 +273,37 @@ def test_every_readable_file_gets_a_row_whatever_its_extension(tmp_path):
     assert ff.frames == 2
 
 
+def test_links_loops_pipes_and_a_folder_named_like_a_file_are_never_passed_over_in_silence(tmp_path):
+    """A dangling link, a link loop, a folder named x.jpg and a named pipe were dropped without a row or a word."""
+    import os
+
+    from PIL import Image
+
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(_astronaut()[:64, :64]).save(d / "ok.png")
+    (d / "gone.jpg").symlink_to(d / "nowhere.jpg")  # dangling
+    (d / "loop.mp4").symlink_to(d / "loop.mp4")  # a loop
+    (d / "x.jpg").mkdir()  # a folder named like an image, empty
+    os.mkfifo(d / "pipe.png")
+    os.mkfifo(d / "pipe")
+    found = portable.collect([str(d)])
+    assert sorted(f.name for f in found.files) == ["gone.jpg", "loop.mp4", "ok.png", "pipe.png"]
+    assert sorted(found.skipped) == sorted([f"{d / 'pipe'} (a named pipe (FIFO), not a file: reading it would "
+                                            "wait for a writer)", f"{d / 'x.jpg'} (a folder, not a file)"])
+    errors = {}
+    for f in found.files:
+        try:
+            portable.frame_file(f.path, f.kind, None)  # never opens the pipe (it would wait for ever)
+        except portable.VideoError as e:
+            errors[f.name] = str(e)
+    assert sorted(errors) == ["gone.jpg", "loop.mp4", "pipe.png"]
+    assert "does not exist" in errors["gone.jpg"] and "loop" in errors["loop.mp4"] and "pipe" in errors["pipe.png"]
+    assert all(str(d) in e for e in errors.values())  # each names the file
+    # given by name, too: a row with the error, never a hang
+    assert portable.collect([str(d / "pipe.png")]).files[0].kind == "image"
+
+
 def test_an_image_over_the_decompression_bomb_limit_is_read_downscaled(tmp_path, monkeypatch):
     from PIL import Image
 

@@ -104,6 +104,7 @@ from .files import (
     collect_inputs,
     kind_of,
     kind_of_file,
+    not_a_file,
     sniff_kind,
     to_csv,
 )
@@ -273,6 +274,7 @@ __all__ = [
     "follow",
     "frame_face",
     "kind_of_file",
+    "not_a_file",
     "sniff_kind",
     "pool_faces",
 ]

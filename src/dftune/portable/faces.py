@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import IMAGE_EXTS, VIDEO_EXTS, sniff_kind
+from .files import IMAGE_EXTS, VIDEO_EXTS, not_a_file, sniff_kind
 from .images import VideoError, load_image
 from .video import DETECT_WIDTH, FRAMES, _downscale, sample_frames
 
@@ -490,6 +490,9 @@ def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SI
     """
     if faces not in FACE_RULES:
         raise ValueError(f"unknown face rule {faces!r}; use {', '.join(FACE_RULES)}")
+    problem = not_a_file(path)  # a dangling link, a link loop, a folder, a named pipe: said, never read
+    if problem:
+        raise VideoError(f"{path}: {problem}")
     out = FileFrames()
     if kind == "unknown":
         kind = sniff_kind(path)
