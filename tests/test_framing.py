@@ -53,6 +53,40 @@ def test_a_photo_whose_face_fills_half_of_it_gets_the_guide_crop_as_training_did
     assert how == portable.FRAMED_PADDED and out.shape == (224, 224, 3)
 
 
+def _frame_of(photo, det, face_px):
+    """``photo`` scaled so that its face (as ``det`` finds it) is ``face_px`` wide: a video frame's face."""
+    from PIL import Image
+
+    f = portable.largest(portable.detect_faces(photo, det, still=True))
+    k = face_px / max(f.x2 - f.x1, f.y2 - f.y1)
+    h, w = photo.shape[:2]
+    return np.asarray(Image.fromarray(photo).resize((int(w * k), int(h * k)), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("name", ["dlib", "retinaface"])
+def test_a_crop_prepare_made_is_used_whole_and_a_face_still_still_gets_the_guide_crop(name):
+    """Issue 27 item 6: a 224 px crop from prepare whose re-detected guide square covers 0.897 of it (dlib's box
+    sizes come in steps) was cropped again (zoomed in), so predict scored it unlike evaluate; stills whose face
+    is 0.5-0.55 of their side keep the guide crop (the measured GUIDE_FILLS, docs/benchmarks.md)."""
+    from PIL import Image
+
+    from dftune.synthetic import identity
+
+    det = portable.get_detector(name, **portable.detector_kwargs({"detector": name}))
+    photo = np.asarray(Image.fromarray(identity(4).rgb).resize((576, 576)))
+    crop = portable.crop_face(_frame_of(photo, det, 140), det, 1.3, 224).crop  # what prepare writes
+    out, how = portable.frame_image(crop, det, 1.3, 224, still=True)
+    assert how == portable.FRAMED_CROPPED and np.array_equal(out, crop)
+    for q in (0.5, 0.55):
+        f = portable.largest(portable.detect_faces(photo, det, still=True))
+        c = int(max(f.x2 - f.x1, f.y2 - f.y1) / q)
+        cx, cy = (f.x1 + f.x2) // 2, (f.y1 + f.y2) // 2
+        pad = np.pad(photo, ((c, c), (c, c), (0, 0)), constant_values=128)
+        still = np.ascontiguousarray(pad[cy + c - c // 2:cy + c - c // 2 + c, cx + c - c // 2:cx + c - c // 2 + c])
+        _, how = portable.frame_image(still, det, 1.3, 224, still=True)
+        assert how == portable.FRAMED_FACE, q
+
+
 def test_prepare_frames_an_image_source_as_predict_does(tmp_path):
     from dftune.sources import Item
     from dftune.stages.prepare import PrepareConfig, process_item
@@ -374,5 +408,99 @@ def _measure_clipped() -> None:
         print(f"| {k:.2f} | {rule} | {len(v)} | {np.mean(v):.1f} |")
 
 
+def _photos():
+    from PIL import Image
+
+    from dftune.synthetic import identity
+
+    photos = [_astronaut(), _astronaut(2), np.asarray(Image.open(__import__("matplotlib").get_data_path()
+                                                                  + "/sample_data/grace_hopper.jpg").convert("RGB"))]
+    return photos + [np.asarray(Image.fromarray(identity(i).rgb).resize((576, 576))) for i in range(8)]
+
+
+def _measure_guide_crops() -> None:
+    """Where a still image is already a guide crop. For prepare's crops (each detector; faces of 80, 140 and
+    240 px in the frame; crops of 160-380 px, predicted at their own size) and for stills whose face is 0.5-0.7
+    of their side (cut around the face, grey beyond the photo; as they are, and scaled to exactly 224 px), as
+    predict re-detects them: how much of the shorter side the guide square covers (its fill), and, for each
+    rule, how many are framed right (crops: whole; stills: the guide square) and the mean abs pixel
+    difference (0-255, at 224 px) of what the model is shown from the crop itself or the true guide crop."""
+    from PIL import Image
+
+    from dftune.portable import faces
+
+    samples = []  # (detector, kind, fill, fits, diff if used whole, diff if the guide square is cropped, sized)
+    for name in ("dlib", "retinaface"):
+        det = portable.get_detector(name, **portable.detector_kwargs({"detector": name}))
+        for photo in _photos():
+            f0 = portable.largest(portable.detect_faces(photo, det, still=True))
+            if f0 is None:
+                continue
+            for face_px in (80, 140, 240):
+                k = face_px / max(f0.x2 - f0.x1, f0.y2 - f0.y1)
+                h, w = photo.shape[:2]
+                frame = np.asarray(Image.fromarray(photo).resize((int(w * k), int(h * k)), Image.BICUBIC))
+                fc = portable.crop_face(frame, det, 1.3, None)
+                if fc is None:
+                    continue
+                for size in (160, 224, 299, 380):
+                    crop = portable.crop_square(fc.crop, (0, 0, fc.crop.shape[0]), size)
+                    truth = portable.crop_square(crop, (0, 0, size), 224).astype(float)
+                    samples.append((name, "prepared crop", *_both(crop, det, truth, faces), True))
+            pad = np.pad(photo, ((400, 400), (400, 400), (0, 0)), constant_values=128)
+            f = portable.Face(f0.x1 + 400, f0.y1 + 400, f0.x2 + 400, f0.y2 + 400)
+            truth = portable.crop_square(pad, faces.guide_square_unclipped(f), 224).astype(float)
+            fs = max(f.x2 - f.x1, f.y2 - f.y1)
+            cx, cy = (f.x1 + f.x2) // 2, (f.y1 + f.y2) // 2
+            for q in (0.5, 0.55, 0.6, 0.65, 0.7):
+                c = int(fs / q)
+                x0, y0 = cx - c // 2, cy - c // 2
+                still = np.ascontiguousarray(pad[y0:y0 + c, x0:x0 + c])
+                samples.append((name, f"still, face {q:.2f}", *_both(still, det, truth, faces, (x0, y0), pad),
+                                c == 224))
+                small = np.asarray(Image.fromarray(still).resize((224, 224), Image.BICUBIC))
+                samples.append((name, f"still at 224 px, face {q:.2f}", *_both(small, det, truth, faces), True))
+    print("| detector | image | n | fill: min, mean, max | square fits |")
+    print("|---|---|---|---|---|")
+    for name in ("dlib", "retinaface"):
+        for kind in dict.fromkeys(s[1] for s in samples):
+            v = [s for s in samples if s[0] == name and s[1] == kind and s[2] is not None]
+            if v:
+                r = np.array([s[2] for s in v])
+                print(f"| {name} | {kind} | {len(v)} | {r.min():.2f}, {r.mean():.2f}, {r.max():.2f} | "
+                      f"{sum(s[3] for s in v)} |")
+    print()
+    print("| rule (used whole from this fill on) | prepared crops used whole; mean abs diff | stills guide-cropped; "
+          "mean abs diff | stills at 224 px guide-cropped; mean abs diff |")
+    print("|---|---|---|---|")
+    rules = [(f"{t:.2f}", lambda s, t=t: t) for t in (0.80, 0.85, 0.90)]
+    rules.append(("0.90, or 0.75 for a square of the crop size", lambda s: 0.75 if s[6] else 0.90))
+    for label, rule in rules:
+        out = []
+        for kind in ("prepared", "still, ", "still at"):
+            v = [s for s in samples if s[1].startswith(kind) and s[2] is not None]
+            whole = [s[2] >= rule(s) or not s[3] for s in v]
+            diffs = [s[4] if w else s[5] for s, w in zip(v, whole, strict=True)]
+            right = sum(whole) if kind == "prepared" else len(v) - sum(whole)
+            out.append(f"{right} of {len(v)}; {np.mean(diffs):.1f}")
+        print(f"| {label} | " + " | ".join(out) + " |")
+
+
+def _both(img, det, truth, faces, at=(0, 0), big=None):
+    """``(fill, fits, diff used whole, diff cropped)`` of ``img`` re-detected as predict does (None: no face)."""
+    g = portable.largest(portable.detect_faces(img, det, still=True))
+    if g is None:
+        return None, False, 0.0, 0.0
+    side = min(img.shape[:2])
+    box = faces.guide_square_unclipped(g)
+    fits = faces.square_fits(box, img.shape[1], img.shape[0])
+    whole = np.abs(portable.crop_square(img, portable.whole_image_box(img.shape[1], img.shape[0]), 224) - truth)
+    src, b = (img, box) if big is None else (big, (box[0] + at[0], box[1] + at[1], box[2]))
+    cropped = np.abs(faces.crop_padded(src, b, 224) - truth)
+    return box[2] / side, fits, float(whole.mean()), float(cropped.mean())
+
+
 if __name__ == "__main__":
-    _measure_clipped()
+    import sys
+
+    _measure_guide_crops() if sys.argv[1:] == ["crops"] else _measure_clipped()

@@ -279,9 +279,14 @@ CLIPPED_RULES = ("whole", "pad")
 CLIPPED = "whole"
 
 # A still image whose guide square is at least this share of its shorter side already is a guide
-# crop (its face at 0.69-0.77 of the side, within what re-detecting a crop moves a box): used whole,
-# as it was when it was cropped, so a crop from prepare scores in predict as in evaluate.
+# crop: used whole, as it was when it was cropped, so a crop from prepare scores in predict as in
+# evaluate. A square image of exactly the crop size (what prepare writes) already is one from
+# CROP_FILLS on. Measured (docs/benchmarks.md, "A crop prepare made, given to predict"): re-detecting
+# prepare's crops gives fills of 0.81-1.16 (dlib: its box sizes come in steps) and 0.93-1.09
+# (RetinaFace); stills whose face is 0.5-0.7 of their side give 0.62-0.98, so no one share tells
+# them apart; the crop's own size does.
 GUIDE_FILLS = 0.9
+CROP_FILLS = 0.75
 
 
 def guide_square_unclipped(face: Face, margin: float = MARGIN) -> tuple[int, int, int]:
@@ -320,10 +325,11 @@ def frame_face(rgb, face: Face | None, margin: float = MARGIN, size: int = SIZE,
     """What a frame with this ``face`` (None: none found) shows the model: ``(crop, FRAMED_*, box)``.
 
     A video frame: the guide's square, clamped to the frame as the guide does. A still image:
-    the guide's square whenever it fits inside the image; when it would leave it, ``clipped``
-    (:data:`CLIPPED_RULES`). ``already_cropped > 0``: the old rule instead (face at least that
-    share of the shorter side: the whole image; else the clamped guide square). No face: the
-    centred square, ``box`` its square.
+    the guide's square whenever it fits inside the image and covers less than :data:`GUIDE_FILLS` of
+    its shorter side (:data:`CROP_FILLS` for a square of exactly ``size`` px: prepare's crop), else the
+    whole image; when it would leave it, ``clipped`` (:data:`CLIPPED_RULES`). ``already_cropped > 0``:
+    the old rule instead (face at least that share of the shorter side: the whole image; else the
+    clamped guide square). No face: the centred square, ``box`` its square.
     """
     h, w = rgb.shape[:2]
     if face is None:
@@ -337,7 +343,8 @@ def frame_face(rgb, face: Face | None, margin: float = MARGIN, size: int = SIZE,
         if clipped not in CLIPPED_RULES:
             raise ValueError(f"unknown rule for a clipped guide square {clipped!r}; use {', '.join(CLIPPED_RULES)}")
         box = guide_square_unclipped(face, margin)
-        if box[2] > 1 and (not square_fits(box, w, h) or box[2] >= GUIDE_FILLS * min(w, h)):
+        fills = CROP_FILLS if w == h == size else GUIDE_FILLS
+        if box[2] > 1 and (not square_fits(box, w, h) or box[2] >= fills * min(w, h)):
             if clipped == "pad" and not square_fits(box, w, h):
                 return crop_padded(rgb, box, size), FRAMED_PADDED, box
             box = whole_image_box(w, h)
