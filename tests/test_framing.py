@@ -338,6 +338,22 @@ def test_links_loops_pipes_and_a_folder_named_like_a_file_are_never_passed_over_
     assert portable.collect([str(d / "pipe.png")]).files[0].kind == "image"
 
 
+def test_predict_gives_a_pipe_and_a_dangling_link_a_row_with_its_error(tmp_path, tiny_vit):
+    import os
+
+    from dftune.stages import predict
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "gone.jpg").symlink_to(d / "nowhere.jpg")
+    os.mkfifo(d / "pipe.mp4")
+    sm = predict.run([str(d)], [tiny_vit()], predict.PredictSettings(progress=False, workers=0),
+                     tmp_path / "p.csv", predict.CsvFormat())
+    rows = {r["filename"]: r["error"] for r in csv.DictReader(open(tmp_path / "p.csv"))}
+    assert sorted(rows) == ["gone.jpg", "pipe.mp4"] and sm.errors == 2
+    assert "does not exist" in rows["gone.jpg"] and "named pipe" in rows["pipe.mp4"]
+
+
 def test_an_image_over_the_decompression_bomb_limit_is_read_downscaled(tmp_path, monkeypatch):
     from PIL import Image
 
