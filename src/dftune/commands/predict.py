@@ -51,8 +51,10 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="worker processes decoding, detecting and cropping ahead of the model (default: the "
                         "cores less one, which the model and a framing thread use; 0 or 1: in this process)")
-    p.add_argument("--tta", default=",".join(d0.tta) or "none",
-                   help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none")
+    p.add_argument("--tta", default="auto",
+                   help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none; "
+                        "default auto: the views the model's threshold was tuned with (its provenance in "
+                        "dftune.json), flip when it does not say; other views than the threshold's are warned about")
     g = p.add_argument_group("face crop and video sampling (default: the model's dftune.json)")
     g.add_argument("--detector", default=None, choices=["dlib", "retinaface", "none"],
                    help="face detector; none = the whole image as it is (like transformers' pipeline)")
@@ -72,7 +74,7 @@ def register(sub) -> None:
     g.add_argument("--faces", default=FACES, choices=list(FACE_RULES),
                    help="a video's faces: all (each person seen in a third of the frames or more pooled apart, the "
                         "highest: one fake face makes a fake video; measured best, benchmarks/bench_faces.py); follow "
-                        "(one person, the largest mean box, as prepare's crops); largest: each frame's largest face "
+                        "(one person, the most often seen, as prepare's crops); largest: each frame's largest face "
                         "(default: %(default)s)")
     d = p.add_argument_group("decision and CSV format")
     d.add_argument("--threshold", type=float, default=None,
@@ -102,7 +104,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from rich.table import Table
 
-    from dftune import scoring
+    from dftune import portable, scoring
     from dftune.portable.workers import csv_format_fields
     from dftune.progress import console
     from dftune.stages import predict
@@ -116,7 +118,8 @@ def run(args) -> int:
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     s = predict.PredictSettings(
-        tta=scoring.parse_tta(args.tta), batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
+        tta=None if args.tta.strip().lower() == portable.TTA_AUTO else scoring.parse_tta(args.tta),
+        batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
         threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
         every=args.every, already_cropped=args.already_cropped, faces=args.faces, clipped=args.clipped,
         no_face=args.no_face,
@@ -136,9 +139,9 @@ def run(args) -> int:
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
               f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
     t.add_row("several people (--faces)", {"all": "all: each person pooled apart, the highest",
-                                           "follow": "follow: one person, the largest mean box",
+                                           "follow": "follow: one person, the most often seen",
                                            "largest": "largest: each frame's largest face"}.get(args.faces, args.faces))
-    t.add_row("TTA", ", ".join(sm.tta) or "none")
+    t.add_row("TTA", (", ".join(sm.tta) or "none") + (" (auto: the threshold's)" if args.tta == "auto" else ""))
     t.add_row("threshold", sm.threshold_text)
     t.add_row("files", f"{sm.files} ({sm.images} images, {sm.videos} videos)")
     t.add_row("predicted", f"{sm.predicted_fake} fake, {sm.predicted_real} real")

@@ -89,8 +89,12 @@ def check_requirements(argv) -> None:
     missing = missing_requirements(_option(argv, "--detector"), _option(argv, "--backend") or "torch")
     if missing:
         req = HERE / REQUIREMENTS_NAME
+        listed = req.exists() and any(m != "torch" for m, _ in missing)
         print(f"{Path(__file__).name}: missing " + ", ".join(f"{m} (pip install '{p.split()[0]}')" for m, p in missing)
-              + (f"; install them with: pip install -r {req}" if req.exists() else ""), file=sys.stderr)
+              + (f"; install them with: pip install -r {req}" if listed else "")
+              + ("; torch is not in requirements.txt (platforms ship their own build for their CUDA): install the "
+                 "build for this machine, https://pytorch.org/get-started/locally/"
+                 if any(m == "torch" for m, _ in missing) else ""), file=sys.stderr)
         sys.exit(2)
 
 
@@ -110,7 +114,7 @@ class Predictor:
     """The model(s) in MODEL_DIR(s) — or the ensemble an ensemble.json describes — with their
     dftune.json: face crop, TTA, pooling and threshold."""
 
-    def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="flip", detector=None,
+    def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="auto", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
                  weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
                  faces=portable.FACES, clipped=portable.CLIPPED, workers=None, no_face=portable.NO_FACE):
@@ -133,7 +137,6 @@ class Predictor:
             ensemble = (float(e["threshold"]), e.get("threshold_source"))
         self.models = [self._load(d, backend, fake_label) for d in model_dirs]
         self.weights = np.asarray(list(weights) if weights else [1.0] * len(self.models), dtype=np.float64)
-        self.tta = portable.parse_tta(tta)
         self.crop = c = portable.crop_settings(self.models[0]["meta"].get("crop"), {
             "detector": detector, "margin": margin, "size": size, "frames": frames, "every": every,
             "aggregate": aggregate})
@@ -142,6 +145,10 @@ class Predictor:
             threshold, ensemble, [(float(m["meta"].get("threshold", 0.5)), m["meta"].get("threshold_source"))
                                   for m in self.models], self.weights)
         self.threshold_text = portable.describe_threshold(self.threshold, source)
+        # TTA auto: the views the threshold was tuned with; others are applied as asked, with dftune predict's warning
+        self.tta, self.tta_warning = portable.decide_tta(tta, source, Path(__file__).name)
+        if self.tta_warning:
+            print(f"{Path(__file__).name}: warning: {self.tta_warning}", file=sys.stderr)
         self.batch_size = batch_size
         self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
         portable.decided_by_no_face("", no_face)  # an unknown rule is refused here, before any file
@@ -229,7 +236,9 @@ def main(argv=None):
     ap.add_argument("--out", default="submission.csv")
     ap.add_argument("--backend", default="torch", choices=list(portable.BACKENDS))
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--tta", default="flip", help="flip, cropF (e.g. crop0.9), comma separated, or none")
+    ap.add_argument("--tta", default=portable.TTA_AUTO,
+                    help="flip, cropF (e.g. crop0.9), comma separated, or none; default auto: the views the "
+                         "threshold was tuned with (dftune.json's provenance), flip when it does not say")
     ap.add_argument("--detector", choices=[*portable.DETECTORS, "none"], help="default: dftune.json's")
     ap.add_argument("--margin", type=float)
     ap.add_argument("--size", type=int)

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .faces import FRAMED_NO_FACE, MARGIN, SIZE
+from .scoring import parse_tta
 from .video import FRAMES
 
 # the guide's settings: what a model folder without dftune.json is assumed to want
@@ -139,6 +140,38 @@ def decide_threshold(explicit=None, ensemble=None, models=(), weights=()) -> tup
     if len(models) == 1:
         return float(models[0][0]), models[0][1]
     return mean_threshold(weights, [t for t, _ in models]), dict(UNTUNED_ENSEMBLE)
+
+
+# The views a prediction scores (``--tta``). ``auto`` (predict's and the script's default): the views the applied
+# threshold was tuned with when its provenance records them (a threshold is a point on the scale of those views'
+# scores, and flip TTA moves every probability), else DEFAULT_TTA. Views given explicitly are applied as given,
+# with a warning when they differ from the threshold's.
+TTA_AUTO = "auto"
+DEFAULT_TTA = ("flip",)
+
+
+def threshold_tta(source) -> tuple | None:
+    """The TTA views a threshold was tuned with, from its provenance (``threshold_source``); None when it does
+    not say (the default 0.5, ``--threshold``, an untuned ensemble)."""
+    if isinstance(source, Mapping) and isinstance(source.get("tta"), (list, tuple)):
+        return parse_tta(list(source["tta"]))
+    return None
+
+
+def decide_tta(requested, source, program: str = "predict") -> tuple[tuple, str | None]:
+    """The views a prediction applies and a warning (None: none): ``requested`` None or ``auto``: the
+    threshold's (:func:`threshold_tta`), else :data:`DEFAULT_TTA`; else ``requested`` (a spec or a tuple), with
+    a warning naming both when the threshold was tuned with other views."""
+    tuned = threshold_tta(source)
+    if requested is None or (isinstance(requested, str) and requested.strip().lower() == TTA_AUTO):
+        return (tuned if tuned is not None else DEFAULT_TTA), None
+    views = parse_tta(requested)
+    if tuned is None or tuple(tuned) == tuple(views):
+        return views, None
+    a, b = ",".join(tuned) or "none", ",".join(views) or "none"
+    return views, (f"the threshold was tuned with TTA {a} but {program} runs with TTA {b}: labels may shift; "
+                   f"use --tta {a} (or --tta auto, the default) or re-run `dftune evaluate --write-threshold "
+                   f"--tta {b}`")
 
 
 # A file in which no face was found (framing ``whole:no-face``): ``score`` its centred square as any other file

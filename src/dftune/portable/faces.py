@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .files import IMAGE_EXTS, VIDEO_EXTS, sniff_kind
+from .files import IMAGE_EXTS, VIDEO_EXTS, not_a_file, sniff_kind
 from .images import VideoError, load_image
 from .video import DETECT_WIDTH, FRAMES, _downscale, sample_frames
 
@@ -279,9 +279,14 @@ CLIPPED_RULES = ("whole", "pad")
 CLIPPED = "whole"
 
 # A still image whose guide square is at least this share of its shorter side already is a guide
-# crop (its face at 0.69-0.77 of the side, within what re-detecting a crop moves a box): used whole,
-# as it was when it was cropped, so a crop from prepare scores in predict as in evaluate.
+# crop: used whole, as it was when it was cropped, so a crop from prepare scores in predict as in
+# evaluate. A square image of exactly the crop size (what prepare writes) already is one from
+# CROP_FILLS on. Measured (docs/benchmarks.md, "A crop prepare made, given to predict"): re-detecting
+# prepare's crops gives fills of 0.81-1.16 (dlib: its box sizes come in steps) and 0.93-1.09
+# (RetinaFace); stills whose face is 0.5-0.7 of their side give 0.62-0.98, so no one share tells
+# them apart; the crop's own size does.
 GUIDE_FILLS = 0.9
+CROP_FILLS = 0.75
 
 
 def guide_square_unclipped(face: Face, margin: float = MARGIN) -> tuple[int, int, int]:
@@ -320,10 +325,11 @@ def frame_face(rgb, face: Face | None, margin: float = MARGIN, size: int = SIZE,
     """What a frame with this ``face`` (None: none found) shows the model: ``(crop, FRAMED_*, box)``.
 
     A video frame: the guide's square, clamped to the frame as the guide does. A still image:
-    the guide's square whenever it fits inside the image; when it would leave it, ``clipped``
-    (:data:`CLIPPED_RULES`). ``already_cropped > 0``: the old rule instead (face at least that
-    share of the shorter side: the whole image; else the clamped guide square). No face: the
-    centred square, ``box`` its square.
+    the guide's square whenever it fits inside the image and covers less than :data:`GUIDE_FILLS` of
+    its shorter side (:data:`CROP_FILLS` for a square of exactly ``size`` px: prepare's crop), else the
+    whole image; when it would leave it, ``clipped`` (:data:`CLIPPED_RULES`). ``already_cropped > 0``:
+    the old rule instead (face at least that share of the shorter side: the whole image; else the
+    clamped guide square). No face: the centred square, ``box`` its square.
     """
     h, w = rgb.shape[:2]
     if face is None:
@@ -337,7 +343,8 @@ def frame_face(rgb, face: Face | None, margin: float = MARGIN, size: int = SIZE,
         if clipped not in CLIPPED_RULES:
             raise ValueError(f"unknown rule for a clipped guide square {clipped!r}; use {', '.join(CLIPPED_RULES)}")
         box = guide_square_unclipped(face, margin)
-        if box[2] > 1 and (not square_fits(box, w, h) or box[2] >= GUIDE_FILLS * min(w, h)):
+        fills = CROP_FILLS if w == h == size else GUIDE_FILLS
+        if box[2] > 1 and (not square_fits(box, w, h) or box[2] >= fills * min(w, h)):
             if clipped == "pad" and not square_fits(box, w, h):
                 return crop_padded(rgb, box, size), FRAMED_PADDED, box
             box = whole_image_box(w, h)
@@ -368,27 +375,54 @@ def iou(a: Face, b: Face) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _near(a: Face, b: Face) -> float:
-    """How well ``b`` continues ``a``: their IoU, or (no overlap) up to 0.1 for a centre within
-    one box side of the other's."""
-    o = iou(a, b)
-    if o > 0:
-        return o
-    side = max(a.x2 - a.x1, a.y2 - a.y1, b.x2 - b.x1, b.y2 - b.y1, 1)
-    d = np.hypot((a.x1 + a.x2 - b.x1 - b.x2) / 2, (a.y1 + a.y2 - b.y1 - b.y2) / 2) / side
-    return 0.1 * (1 - d) if d < 1 else 0.0
+# How far a track may be continued (issue 27). A face continues a track seen in the previous sampled frame
+# when it overlaps its box or its centre is within one box side of it (a head moves between samples); after
+# a gap (sampled frames where the track was not seen) only when its centre is within TRACK_NEAR of a side
+# of the last box and the gap is at most TRACK_GAP sampled frames. Boxes more than TRACK_SCALE apart in
+# side never continue each other. Beyond these bounds the face starts a new track: a person missed for
+# longer, or who moved further while missed, becomes two tracks (pooled apart under --faces all), rather
+# than two people becoming one. No appearance check: two people who swap places within TRACK_NEAR of a
+# side across a gap are still joined.
+TRACK_GAP = 4
+TRACK_NEAR = 0.5
+TRACK_SCALE = 2.0
+PERSON_SHARE = 1 / 3  # a track seen in fewer frames than this share of the most-seen one is ignored
+
+
+def _side(f: Face) -> int:
+    return max(f.x2 - f.x1, f.y2 - f.y1, 1)
+
+
+def track_continues(last: Face, gap: int, face: Face) -> float:
+    """How well ``face`` continues a track whose last box ``last`` was ``gap`` sampled frames before it
+    (1: the previous frame): 0 when it does not (the bounds above); else its IoU with ``last``, or (no
+    overlap) up to 0.1 for a near centre, so that overlaps are paired first."""
+    if gap > TRACK_GAP or max(_side(last), _side(face)) > TRACK_SCALE * min(_side(last), _side(face)):
+        return 0.0
+    side = max(_side(last), _side(face))
+    d = np.hypot((last.x1 + last.x2 - face.x1 - face.x2) / 2, (last.y1 + last.y2 - face.y1 - face.y2) / 2) / side
+    reach = 1.0 if gap <= 1 else TRACK_NEAR
+    if d >= reach:
+        return 0.0
+    o = iou(last, face)
+    return o if o > 0 else 0.1 * (1 - d / reach)
 
 
 def face_tracks(faces_per_frame: Sequence[Sequence[Face]]) -> list[dict]:
     """The faces of a video's sampled frames linked into people: ``[{frame position: Face}, ...]``.
 
-    Frame by frame, each face continues the track whose last box it overlaps most (IoU, or the
-    nearest centre within a box side when none overlaps), greedily best pair first, one face per
-    track and frame; a face that continues none starts a track."""
+    Frame by frame, each face continues the track it continues best (:func:`track_continues`: overlap
+    first, then the nearest centre, within the time and space bounds), greedily best pair first, one face
+    per track and frame; a face that continues none starts a track. A frame given as None was not
+    looked at (no detection ran on it): it does not count in a gap, as a frame where nobody was found does."""
     tracks: list[dict] = []
+    looked: dict = {}  # frame position -> how many frames were looked at before it
     for t, faces in enumerate(faces_per_frame):
-        pairs = sorted(((_near(tr[max(tr)], f), i, j) for i, tr in enumerate(tracks) for j, f in enumerate(faces)),
-                       reverse=True)
+        if faces is None:
+            continue
+        looked[t] = len(looked)
+        pairs = sorted(((track_continues(tr[max(tr)], looked[t] - looked[max(tr)], f), i, j)
+                        for i, tr in enumerate(tracks) for j, f in enumerate(faces)), reverse=True)
         used_t: set = set()
         used_f: set = set()
         for score, i, j in pairs:
@@ -408,25 +442,37 @@ def track_weight(track: dict, n_frames: int) -> float:
     return sum(f.area for f in track.values()) / max(1, n_frames)
 
 
+def rank_tracks(tracks: Sequence[dict], n_frames: int) -> list[dict]:
+    """Tracks ranked as people: the most often seen first, then the larger mean box (a large box in one
+    frame never outranks a face seen in every frame)."""
+    return sorted(tracks, key=lambda tr: (-len(tr), -track_weight(tr, n_frames)))
+
+
+def persons(faces_per_frame: Sequence[Sequence[Face]]) -> list[list[Face | None]]:
+    """The people of a video (:func:`face_tracks`, ranked by :func:`rank_tracks`): every track seen in at
+    least :data:`PERSON_SHARE` as many frames as the most-seen one, each as its face per frame (None where
+    not found). The rule applies to every track alike, so a stray box is no person."""
+    n = len(faces_per_frame)
+    tracks = rank_tracks(face_tracks(faces_per_frame), n)
+    most = len(tracks[0]) if tracks else 0
+    return [[tr.get(t) for t in range(n)] for tr in tracks if len(tr) >= PERSON_SHARE * most]
+
+
 def follow(faces_per_frame: Sequence[Sequence[Face]]) -> list[Face | None]:
-    """One person across a video: the track (:func:`face_tracks`) with the largest mean box over
-    the sampled frames, its face in each frame (None where it was not found). A frame's other
-    faces are never used in its place, so the crops show one person."""
-    tracks = face_tracks(faces_per_frame)
-    if not tracks:
-        return [None] * len(faces_per_frame)
-    best = max(tracks, key=lambda tr: track_weight(tr, len(faces_per_frame)))
-    return [best.get(t) for t in range(len(faces_per_frame))]
+    """One person across a video: the first of :func:`persons` (the most often seen, then the largest),
+    its face in each frame (None where it was not found). A frame's other faces are never used in its
+    place, so the crops show one person."""
+    people = persons(faces_per_frame)
+    return people[0] if people else [None] * len(faces_per_frame)
 
 
 # Which faces of a video reach the model: ``all`` (every person's track scored and pooled on its own,
 # the file's score the highest, as DFDC's winners did), ``follow`` (one person, :func:`follow`: the
-# largest mean box), ``largest`` (each frame's largest face, the guide's per-frame rule). ``all`` is
+# most often seen, then the largest), ``largest`` (each frame's largest face, the guide's per-frame rule). ``all`` is
 # predict's default because it measured best on two-person videos (benchmarks/bench_faces.py: AUC 0.91
 # vs follow's 0.65, the same on one-person videos); prepare's crops follow one person.
 FACE_RULES = ("follow", "all", "largest")
 FACES = "all"
-PERSON_SHARE = 1 / 3  # faces="all": a track seen in fewer frames than this share of the most-seen one is ignored
 
 
 @dataclass
@@ -451,6 +497,9 @@ def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SI
     """
     if faces not in FACE_RULES:
         raise ValueError(f"unknown face rule {faces!r}; use {', '.join(FACE_RULES)}")
+    problem = not_a_file(path)  # a dangling link, a link loop, a folder, a named pipe: said, never read
+    if problem:
+        raise VideoError(f"{path}: {problem}")
     out = FileFrames()
     if kind == "unknown":
         kind = sniff_kind(path)
@@ -477,10 +526,7 @@ def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SI
     elif faces == "follow":
         people = [follow(found)]
     else:  # every person seen in at least PERSON_SHARE as many frames as the most-seen one (not a stray box)
-        tracks = sorted(face_tracks(found), key=lambda tr: -track_weight(tr, len(found)))
-        most = max((len(tr) for tr in tracks), default=0)
-        people = [[tr.get(t) for t in range(len(found))] for k, tr in enumerate(tracks)
-                  if k == 0 or len(tr) >= PERSON_SHARE * most]
+        people = persons(found)
     for person in people:
         group = []
         for rgb, face in zip(rgbs, person, strict=True):

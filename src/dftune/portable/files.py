@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -53,6 +55,28 @@ def kind_of_file(path) -> str:
     """:func:`kind_of`, and for an unknown extension the content's kind (:func:`sniff_kind`)."""
     k = kind_of(path)
     return sniff_kind(path) if k == "unknown" and os.path.isfile(path) else k
+
+
+def not_a_file(path) -> str:
+    """Why ``path`` cannot be read as a file, in words; '' for a regular file (or a link to one) and for a path
+    that does not exist at all (the reader says so). Checked without opening it: a named pipe would wait."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a symbolic link to {os.readlink(path)!r}, which does not exist"
+        return ""
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop (its links never reach a file)"
+        return f"cannot be read: {e.strerror}"
+    if stat.S_ISREG(st.st_mode):
+        return ""
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not a file"
+    if stat.S_ISFIFO(st.st_mode):
+        return "a named pipe (FIFO), not a file: reading it would wait for a writer"
+    return "not a regular file (a socket or a device)"
 
 
 @dataclass
@@ -108,12 +132,19 @@ def collect(inputs, name_style: str = "relative") -> Inputs:
     for inp in inputs:
         p = Path(inp)
         if p.is_dir():
-            found = sorted((f for f in p.rglob("*") if f.is_file()
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts)),
-                           key=lambda f: f.relative_to(p).as_posix())
+            entries = sorted((f for f in p.rglob("*")
+                              if not any(part.startswith(".") for part in f.relative_to(p).parts)),
+                             key=lambda f: f.relative_to(p).as_posix())
+            # a regular file (or a link to one); anything else that is not a folder searched (a dangling link, a
+            # link loop, a named pipe, a folder named like a file) is never passed over in silence: a row with its
+            # error when its name says image or video, else in `skipped`
+            found = [f for f in entries if f.is_file()]
+            odd = [f for f in entries if not f.is_file() and not (f.is_dir() and kind_of(f) == "unknown")]
             kinds = {f: kind_of_file(f) for f in found}  # an unknown extension: what the content is
-            files = [f for f in found if kinds[f] != "unknown"]
-            out.skipped += [str(f) for f in found if kinds[f] == "unknown"]
+            kinds.update({f: kind_of(f) for f in odd if not f.is_dir() and kind_of(f) != "unknown"})
+            files = [f for f in entries if kinds.get(f, "unknown") != "unknown"]
+            out.skipped += [str(f) if f in kinds else f"{f} ({not_a_file(f)})" for f in entries
+                            if (f in kinds or f in odd) and kinds.get(f, "unknown") == "unknown"]
             prefix = (p.resolve().name + "/") if several else ""
             pairs = [(f, prefix + f.relative_to(p).as_posix()) for f in files]
             if not files:

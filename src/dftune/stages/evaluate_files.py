@@ -61,7 +61,7 @@ def evaluate_files(model_dirs: Sequence[str], inputs: Sequence[str], labels: str
     ens = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)
     ps = predict.PredictSettings(tta=s.tta, batch_size=s.batch_size, progress=s.progress, frames=s.frames,
                                  no_face=s.no_face, faces=s.faces, clipped=s.clipped)
-    thr, thr_text = predict.decision(ens, ps)
+    thr, thr_text, _ = predict.decision(ens, ps)
     # a label's filename as predict's CSV names the file, relative to the labels CSV's folder (as --check reads
     # it), or absolute
     here = Path(labels).resolve().parent

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dftune import portable
@@ -60,7 +60,7 @@ class Cropper:
 
 @dataclass
 class PredictSettings:
-    tta: tuple = ("flip",)
+    tta: tuple | None = None  # None: auto, the views the threshold was tuned with (portable.decide_tta)
     batch_size: int = 16
     aggregate: str | None = None  # None: the model's (dftune.json crop.aggregate)
     top_k: int = 3
@@ -90,20 +90,18 @@ def crop_settings(models, s: PredictSettings) -> CropSettings:
                                                          {k: getattr(s, k) for k in portable.CROP_KEYS}))
 
 
-def decision(ens, s: PredictSettings) -> tuple[float, str]:
-    """The threshold predict applies and where it came from, in words."""
+def decision(ens, s: PredictSettings) -> tuple[float, str, tuple]:
+    """The threshold predict applies, where it came from (in words), and the TTA views it scores with
+    (portable.decide_tta: ``--tta auto`` the threshold's; other views than the threshold's are warned about)."""
     if s.threshold is not None:
         t, source = portable.decide_threshold(s.threshold)
-        return t, portable.describe_threshold(t, source)
-    src = ens.threshold_source if isinstance(ens.threshold_source, dict) else {}
-    text = ens.threshold_text()
-    tuned_tta = src.get("tta")
-    if tuned_tta is not None and tuple(tuned_tta) != tuple(s.tta):
-        log.warning("the threshold was tuned with TTA %s but predict runs with TTA %s: labels may shift; "
-                    "use --tta %s or re-run `dftune evaluate --write-threshold --tta %s`",
-                    ",".join(tuned_tta) or "none", ",".join(s.tta) or "none", ",".join(tuned_tta) or "none",
-                    ",".join(s.tta) or "none")
-    return float(ens.threshold), text
+    else:
+        t, source = float(ens.threshold), ens.threshold_source
+    tta, warning = portable.decide_tta(s.tta, source)
+    if warning:
+        log.warning("%s", warning)
+    text = portable.describe_threshold(t, source) if s.threshold is not None else ens.threshold_text()
+    return t, text, tta
 
 
 def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshold: float | None = None
@@ -120,6 +118,8 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
     members = ens.models
     if threshold is None:
         threshold = s.threshold if s.threshold is not None else ens.threshold
+    if s.tta is None:  # auto, without a threshold decided by run(): the model's threshold's views
+        s = replace(s, tta=portable.decide_tta(None, ens.threshold_source)[0])
     crop = crop_settings(members, s)
     how, k = portable.parse_aggregate(crop.aggregate or "mean", s.top_k)
     # predict already frames ahead in a thread while the model runs, so by default the pool leaves the model a
@@ -197,7 +197,8 @@ def run(inputs: Sequence[str], model_paths: Sequence[str], s: PredictSettings, o
                                 + (f" ({len(found.skipped)} other files skipped)" if found.skipped else ""))
     ens = scoring.load_ensemble(list(model_paths), fake_label, device, backend, weights)
     models = ens.models
-    thr, thr_text = decision(ens, s)
+    thr, thr_text, tta = decision(ens, s)
+    s = replace(s, tta=tta)
     results = score_files(ens, found.files, s, threshold=thr)
     write_csv(out, results, fmt, [m.name for m in models])
     names = ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models)
