@@ -149,7 +149,7 @@ def run(args) -> int:
     else:
         res = evaluate.run(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
-    for c in report.SUMMARY_HEADER:
+    for c in report.summary_header(res):
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
     for r in report.summary_rows(res):
         t.add_row(*r)
