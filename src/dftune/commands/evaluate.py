@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
     p.add_argument("--tta", default=",".join(d.tta) or "none",
-                   help="TTA views as in predict: flip, cropF, comma separated, or none (with --files: the views "
+                   help="TTA views as in predict: flip, cropF, comma separated, or none (one view a crop, as the "
+                        "field's published tables score: use it to compare with them; with --files: the views "
                         "predict scores each file with)")
     p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
     p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
