@@ -77,3 +77,12 @@ def test_resume_prints_its_best_value_readably(env, tmp_path, capsys):
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "resuming" in ln)
     assert re.search(r"\(best frame f1: \d\.\d{4} at epoch 1\)", line), line
     assert os.path.isdir(run / "best")
+
+
+def test_a_study_records_a_labels_csv_without_splits_and_still_resumes_one_recorded_with_them(env):
+    from dftune.stages import tune
+
+    keys = tune._check_keys([str(env["labels"]), str(env["a"]), f"{env['b']}:test"])
+    assert keys == [str(env["labels"].resolve()), f"{env['a'].resolve()}:val+test", f"{env['b'].resolve()}:test"]
+    assert tune._same_checks([f"{env['labels'].resolve()}:val+test"], keys[:1])  # a study made before: the same
+    assert not tune._same_checks([f"{env['a'].resolve()}:test"], keys[1:2])
