@@ -12,6 +12,7 @@ the run records what they chose.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -220,13 +221,13 @@ FIELDS = {f.name: f for f in fields(TrainConfig)}
 _dataclass_init = TrainConfig.__init__
 
 
+@functools.wraps(_dataclass_init)
 def _init_given(self, *args, **kwargs):
     """TrainConfig's own __init__, noting which settings were given (the recipe fills the others)."""
     object.__setattr__(self, "_given", {*list(FIELDS)[:len(args)], *kwargs})
     _dataclass_init(self, *args, **kwargs)
 
 
-_init_given.__doc__ = _dataclass_init.__doc__
 TrainConfig.__init__ = _init_given
 
 # Named defaults (``--recipe``), applied under a settings file and the flags, which still win. "generalise"
