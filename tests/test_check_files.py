@@ -137,7 +137,8 @@ def test_a_check_file_that_the_training_data_was_made_from_is_refused(env, tmp_p
     (data / ".parts" / "a.json").write_text(json.dumps({"key": "a", "file": str(tmp_path / "renamed.jpg"),
                                                         "split": "train", "label": 1, "method": "x", "rows": []}))
     (tmp_path / "renamed.jpg").write_bytes((env["files"] / "hopper.jpg").read_bytes())
-    with pytest.raises(checks.CheckError, match=r"1 copies of source files under other names \(.*hopper\.jpg\)"):
+    with pytest.raises(checks.CheckError,
+                       match=r"1 copies of source files or training crops under other names \(.*hopper\.jpg\)"):
         checks.refuse_leaks([cs], read_manifest(data, ("train", "val")), data)
 
 

@@ -79,8 +79,43 @@ def test_paths_of_another_machine_resolve_from_the_dataset_folder_down(tmp_path)
     js = _bench(tmp_path, absolute_from="/mnt/lab/someone/datasets")
     items = deepfakebench.index(js, frames_root=tmp_path / "datasets")
     assert len(items) == 8 and all(Path(f).is_file() for it in items for f in it.files)
-    with pytest.raises(SourceError, match="none of its frames is on disk.*--frames-root"):
-        deepfakebench.index(js)  # the JSON's folder and the one above it hold no FaceForensics++/
+    # without --frames-root, the folder above the JSON's (DeepfakeBench's own layout) holds datasets/...
+    assert len(deepfakebench.index(js)) == 8
+    away = tmp_path / "elsewhere" / "json" / js.name  # a JSON copied where no frame is: the error names the search
+    away.parent.mkdir(parents=True)
+    away.write_text(js.read_text())
+    with pytest.raises(SourceError, match=r"none of its frames is on disk .*was looked for as .*elsewhere.*"
+                                          r"FaceForensics\+\+.*--frames-root"):
+        deepfakebench.index(away)
+
+
+def test_a_dataset_key_that_is_no_folder_of_the_paths_resolves_by_the_paths_tail(tmp_path):
+    """DF40's JSON keys (simswap_ff) are not folders of its frame paths (.../FaceForensics++/...): written on another
+    machine, the paths resolve under --frames-root by their tail, whichever folder --frames-root is."""
+    js = _bench(tmp_path, absolute_from="/mnt/lab/someone/datasets")
+    data = json.loads(js.read_text())
+    js.write_text(json.dumps({"simswap_ff": data["FaceForensics++"]}))
+    for root in (tmp_path / "datasets", tmp_path / "datasets" / "FaceForensics++"):
+        items = deepfakebench.index(js, frames_root=root)
+        assert len(items) == 8 and all(Path(f).is_file() for it in items for f in it.files)
+        assert all(str(f).startswith(str(tmp_path / "datasets" / "FaceForensics++")) for it in items for f in it.files)
+    with pytest.raises(SourceError,
+                       match=r"looked for as .*nowhere/mnt/.*FaceForensics\+\+/.*000\.png and as each shorter tail"):
+        (tmp_path / "nowhere").mkdir()
+        deepfakebench.index(js, frames_root=tmp_path / "nowhere")
+
+
+def test_a_video_whose_own_label_is_not_its_method_key_is_counted_and_named(tmp_path):
+    js = _bench(tmp_path)
+    data = json.loads(js.read_text())
+    data["FaceForensics++"]["FF-DF"]["train"]["c23"]["000_001"]["label"] = "FF-real"  # the JSON contradicts itself
+    js.write_text(json.dumps(data))
+    warnings = []
+    items = deepfakebench.index(js, frames_root=tmp_path / "datasets", warnings=warnings)
+    w = next(w for w in warnings if "differs from the method" in w["error"])
+    assert w["error"].startswith("1 videos carry a label") and "FaceForensics++/FF-DF/train/000_001 says 'FF-real'" \
+        in w["error"]
+    assert next(it for it in items if it.key == "FF-DF/000_001").label == 1  # taken as its key says, and said
 
 
 def test_missing_frames_are_counted_listed_and_the_rest_goes_on(tmp_path):

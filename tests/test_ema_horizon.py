@@ -110,3 +110,26 @@ def test_cli_flag_reaches_the_settings_and_help_states_its_default(crops, vit, t
     assert main(["train", "--data", str(crops), "--model", vit, "--out", str(tmp_path / "two"), "--ema", "0.9",
                  "--ema-horizon", "0.1", "--no-progress"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_a_recipe_named_through_the_library_is_applied_as_the_flag_applies_it(tmp_path):
+    """config.build(..., {"recipe": NAME}) and TrainConfig(recipe=NAME) train what settings.yaml says (the recipe's
+    settings under the ones given), as --recipe NAME does; a resolved settings.yaml reads back unchanged."""
+    from dftune.training.config import RECIPES, load_run_settings, save_yaml
+
+    want = RECIPES["generalise"]
+    flag = with_recipe(None, {"recipe": "generalise"})
+    for cfg in (build(None, {"recipe": "generalise"}), build({"recipe": "generalise", "epochs": 2}),
+                TrainConfig(recipe="generalise"), TrainConfig(epochs=2, recipe="generalise")):
+        assert {k: getattr(cfg, k) for k in want} == want == {k: getattr(flag, k) for k in want}
+    # a setting given wins over the recipe's, whichever way in
+    assert build(None, {"recipe": "generalise", "wise_alpha": 0}).wise_alpha == 0.0
+    assert TrainConfig(recipe="generalise", wise_alpha=0.0).wise_alpha == 0.0
+    assert (TrainConfig(recipe="generalise", ema=0.99).ema_horizon, TrainConfig(recipe="generalise", ema=0.99).ema) \
+        == (0.0, 0.99)
+    # settings.yaml holds every setting resolved: reading it back lays nothing again (an explicit 0 stays 0)
+    cfg = TrainConfig(recipe="generalise", wise_alpha=0.0)
+    save_yaml(tmp_path / "settings.yaml", cfg)
+    assert load_run_settings(tmp_path / "settings.yaml")[0] == cfg
+    assert build(cfg, {"epochs": 9}).wise_alpha == 0.0  # a resolved base is not re-laid
+    assert TrainConfig().ema_horizon == 0.0 and build(None).wise_alpha == 0.0  # the guide's: no recipe

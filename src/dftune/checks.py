@@ -51,12 +51,30 @@ class CheckSet:
 
 
 def parse_spec(spec: str) -> tuple[Path, tuple[str, ...]]:
-    """``PATH`` or ``PATH:SPLIT[+SPLIT]`` -> (folder, splits)."""
+    """``PATH`` or ``PATH:SPLIT[+SPLIT]`` -> (folder, splits); a split that is none of train/val/test after a
+    PATH that exists is refused, listing the splits PATH holds."""
     text = str(spec)
     head, sep, tail = text.rpartition(":")
     if sep and tail and all(s in SPLITS for s in tail.split("+")) and head:
         return Path(head), tuple(tail.split("+"))
+    if sep and tail and head and not Path(text).exists() and Path(head).exists():
+        unknown = [s for s in tail.split("+") if s not in SPLITS]
+        raise CheckError(f"--check {spec}: unknown split {'+'.join(unknown)!r}; {_splits_there(Path(head))}")
     return Path(text), DEFAULT_SPLITS
+
+
+def _splits_there(path: Path) -> str:
+    """What ``PATH:SPLIT`` may name at ``path``: the splits its manifest holds (with their crops)."""
+    if path.is_file() and checkfiles.is_labels_csv(path):
+        return f"{path} is a labels CSV (filename,label): its files are one check set, with no splits"
+    try:
+        rows = read_manifest(path)
+    except (ManifestError, OSError, ValueError) as e:
+        return f"splits are {', '.join(SPLITS)} (and {e})"
+    have = {s: sum(1 for r in rows if r.split == s) for s in SPLITS}
+    there = [f"{s} ({n} crops)" for s, n in have.items() if n]
+    return (f"{manifest_file(path)} holds {', '.join(there) or 'no rows'}; give PATH:SPLIT with one of them, "
+            f"or several joined by + (e.g. {path}:{'+'.join(s for s, n in have.items() if n) or 'test'})")
 
 
 def is_labels(spec: str | os.PathLike) -> bool:
@@ -160,8 +178,27 @@ def source_files(data: str | os.PathLike, splits) -> set[str]:
         folders += [Path(f) for f in ((read_settings(data) or {}).get("mix") or {}).get("folders", {}).values()]
     except (ManifestError, OSError, ValueError, AttributeError):
         pass
-    return {os.path.realpath(p["file"]) for f in folders for p in load_parts(f).values()
-            if p.get("split") in splits and p.get("file")}
+    out = set()
+    for f in folders:
+        for p in load_parts(f).values():
+            if p.get("split") in splits and p.get("file"):
+                out |= _files_of(os.path.realpath(p["file"]))
+    return out
+
+
+def _files_of(path: str) -> set[str]:
+    """A recorded source: the file itself, or, for a frame-folder source (``frames``, ``deepfakebench``: the
+    source of a video is its folder of frames), the folder's image files (resolved)."""
+    if not os.path.isdir(path):
+        return {path}
+    from dftune.portable import IMAGE_EXTS
+
+    try:
+        with os.scandir(path) as it:
+            return {os.path.realpath(e.path) for e in it
+                    if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS}
+    except OSError:
+        return set()
 
 
 def copies_of(files, others) -> list[str]:
@@ -199,20 +236,26 @@ def copies_of(files, others) -> list[str]:
 
 def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: str | os.PathLike) -> None:
     """Refuse a check set sharing an identity, a video or a crop file with the training data ``train_rows``
-    (the rows a run trains or validates on), or (a labels CSV) a file prepare made training data from, naming
-    the check set and the first shared items."""
+    (the rows a run trains or validates on), or (a labels CSV) a file prepare made training data from (a video,
+    an image, a frame of a frame-folder source) or a training crop itself, by path or as a copy under another
+    name, naming the check set and the first shared items."""
     train_ids, train_videos = _ids(train_rows), {r.video for r in train_rows}
     data_dir = Path(data).resolve()
     train_files = {(data_dir / r.path).resolve() for r in train_rows}
-    sources = source_files(data, {r.split for r in train_rows}) if any(cs.labels for cs in checks) else set()
+    # a labels CSV's raw files are compared with what prepare read (videos, images, each frame of a frame-folder
+    # source) and with the training crops themselves: by path, then by bytes (a copy under another name)
+    labels = any(cs.labels for cs in checks)
+    sources = source_files(data, {r.split for r in train_rows}) if labels else set()
+    crops = {str(p) for p in train_files} if labels else set()
     for cs in checks:
         shared_ids = sorted(_ids(cs.rows) & train_ids)
         # a labels CSV's video keys are its file names, not dataset keys: its files are compared instead
         shared_videos = [] if cs.labels else sorted({r.video for r in cs.rows} & train_videos)
         shared_files = [] if shared_videos else sorted(
             str(p) for p in {(cs.folder / r.path).resolve() for r in cs.rows} & train_files)
-        shared_sources = sorted({os.path.realpath(f) for f in cs.sources} & sources)
-        copied = copies_of(sorted({os.path.realpath(f) for f in cs.sources} - set(shared_sources)), sources)
+        raw = {os.path.realpath(f) for f in cs.sources}
+        shared_sources, shared_crops = sorted(raw & sources), sorted(raw & crops)
+        copied = copies_of(sorted(raw - sources - crops), sources | crops)
         what = []
         if shared_ids:
             what.append(f"{len(shared_ids)} identities ({', '.join(shared_ids[:5])})")
@@ -222,8 +265,11 @@ def refuse_leaks(checks: Sequence[CheckSet], train_rows: Sequence[Row], data: st
             what.append(f"{len(shared_files)} crop files ({', '.join(shared_files[:2])})")
         if shared_sources:
             what.append(f"{len(shared_sources)} source files ({', '.join(shared_sources[:3])})")
+        if shared_crops:
+            what.append(f"{len(shared_crops)} training crops ({', '.join(shared_crops[:3])})")
         if copied:
-            what.append(f"{len(copied)} copies of source files under other names ({', '.join(copied[:3])})")
+            what.append(f"{len(copied)} copies of source files or training crops under other names "
+                        f"({', '.join(copied[:3])})")
         if what:
             raise CheckError(f"--check {cs.name}: shares {' and '.join(what)} with the training data {data}; a check "
                              f"set must come from outside it (another dataset, or identities the run never sees)")

@@ -24,6 +24,9 @@ def read_labels_counted(path: str | os.PathLike) -> tuple[dict[str, int], int]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if reader.fieldnames is None:
+            raise ValueError(f"{path}: is empty (no header line); a labels CSV starts with the line filename,label "
+                             f"and has one file,label row per file")
         if "filename" not in cols or "label" not in cols:
             semi = len(cols) == 1 and ";" in cols[0]
             raise ValueError(f"{path}: needs a header with 'filename' and 'label' columns, got {reader.fieldnames}"

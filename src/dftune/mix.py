@@ -74,6 +74,44 @@ def cross_leaks(rows_by: dict[str, list[Row]]) -> set[tuple[str, int]]:
     return out
 
 
+def framing(settings: dict) -> str:
+    """How a prepared folder's crops were framed, in words: whole frames (no detector) or face crops (detector,
+    margin)."""
+    if settings.get("no_detect") or settings.get("detector") == "none":
+        return "frames used whole (no detector, --no-detect)"
+    return f"face crops ({settings.get('detector') or 'dlib'}, margin {float(settings.get('margin') or 1.3):g})"
+
+
+def leaves(folder: Path, _seen: frozenset = frozenset()) -> list[Path]:
+    """The prepared folders a folder's rows come from (resolved): itself, or, for a mix, each of its folders'
+    (a mix of mixes down to the folders prepare made)."""
+    folder = Path(folder).resolve()
+    try:
+        settings = read_json(folder / "settings.json") if (folder / "settings.json").exists() else {}
+    except (OSError, ValueError):
+        settings = {}
+    inner = ((settings or {}).get("mix") or {}).get("folders") or {}
+    if not inner or folder in _seen:
+        return [folder]
+    return [leaf for f in inner.values() for leaf in leaves(Path(f), _seen | {folder})]
+
+
+def _refuse_inside(paths: Sequence[Path]) -> None:
+    """Refuse a folder given both on its own and inside a mix given too (or inside two mixes): its rows would be
+    trained and validated twice."""
+    where: dict[Path, list[Path]] = defaultdict(list)  # prepared folder -> the folders given that hold it
+    for p in paths:
+        for leaf in leaves(p):
+            where[leaf].append(p)
+    for leaf, given in where.items():
+        if len(given) > 1:
+            mixes = [g for g in given if g != leaf]
+            alone = " on its own and" if leaf in given else ""
+            raise MixError(f"{leaf} is given twice:{alone} inside the mix {' and the mix '.join(map(str, mixes))}; "
+                           f"its rows would be trained and validated twice. Give each prepared folder once (drop "
+                           f"--data {leaf}, or give the mix's folders one by one)")
+
+
 def write_mix(folders: Sequence[str | os.PathLike], out: str | os.PathLike) -> dict:
     """Write the mix of ``folders`` into ``out``; returns its summary (also ``out/summary.json``)."""
     out = Path(out)
@@ -88,6 +126,7 @@ def write_mix(folders: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
     dup = [p for p, c in Counter(paths).items() if c > 1]
     if dup:
         raise MixError(f"{dup[0]} is given twice; each prepared folder once")
+    _refuse_inside(paths)
     if out.resolve() in paths:
         raise MixError(f"{out} is one of the folders to mix; choose another MIX folder")
     names = _names(paths)
@@ -99,6 +138,12 @@ def write_mix(folders: Sequence[str | os.PathLike], out: str | os.PathLike) -> d
     if len(set(sizes.values())) > 1:
         log.warning("%s: the folders' crops have different sizes (%s); each is resized by the model's processor",
                     out, ", ".join(f"{n} {v}" for n, v in sizes.items()))
+    framings = {n: framing(s) for n, s in settings.items() if s}
+    if len(set(framings.values())) > 1:
+        log.warning("%s: the folders were framed differently (%s): a model trained on the mix learns from two kinds "
+                    "of input, and predict frames files one way only (the model's crop settings: the first "
+                    "folder's); prepare them alike (the same --detector and --margin, or --no-detect for both)",
+                    out, "; ".join(f"{n}: {v}" for n, v in framings.items()))
     mixed: list[Row] = []
     for name, p in zip(names, paths, strict=True):
         _link(p, out / LINKS / name)

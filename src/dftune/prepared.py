@@ -78,6 +78,9 @@ _FLOAT = {f.name for f in fields(Row) if f.type in ("float", float)}
 def manifest_file(location: str | os.PathLike) -> Path:
     """Accept a prepared folder or a manifest file; return the manifest file."""
     p = Path(location)
+    if not p.exists():
+        raise ManifestError(f"{p}: does not exist, so no manifest here; check the path, or run `dftune prepare` "
+                            f"first")
     if p.is_dir():
         p = p / "manifest.csv"
     if not p.exists():

@@ -41,9 +41,12 @@ def check_path(text: str) -> str:
     and tune's best.yaml record (and a printed retrain command) works from any folder."""
     import os
 
-    from dftune.checks import parse_spec
+    from dftune.checks import CheckError, parse_spec
 
-    path, splits = parse_spec(text)
+    try:
+        path, splits = parse_spec(text)
+    except CheckError as e:  # an unknown split: argparse shows the message itself
+        raise argparse.ArgumentTypeError(str(e)) from None
     full = os.path.abspath(os.path.expanduser(str(path)))
     return full if str(path) == text else f"{full}:{'+'.join(splits)}"
 

@@ -58,7 +58,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="folder for metrics.json, report.md, PNGs (default: no files, table only)")
     p.add_argument("--tta", default=",".join(d.tta) or "none",
-                   help="TTA views as in predict: flip, cropF, comma separated, or none (with --files: the views "
+                   help="TTA views as in predict: flip, cropF, comma separated, or none (one view a crop, as the "
+                        "field's published tables score: use it to compare with them; with --files: the views "
                         "predict scores each file with)")
     p.add_argument("--aggregate", default=d.aggregate, help="video score from its crops: mean, median, max, topk[:K]")
     p.add_argument("--top-k", type=int, default=d.top_k, help="K for --aggregate topk")
@@ -149,7 +150,7 @@ def run(args) -> int:
     else:
         res = evaluate.run(args.model, args.data[0], args.out, s)
     t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
-    for c in report.SUMMARY_HEADER:
+    for c in report.summary_header(res):
         t.add_column(c, justify="left" if c in ("model", "level") else "right")
     for r in report.summary_rows(res):
         t.add_row(*r)

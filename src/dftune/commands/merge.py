@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
 from dftune.stages.merge import ALPHA_GRID
@@ -75,6 +76,10 @@ def run(args) -> int:
             con.print(f"{verdict:<8} {st['model']}: own {r['metric']} {st['own']:.4f}; soup with it {st['soup']:.4f}")
         con.print(f"greedy soup of {len(r['models'])} models -> {r['out']} ({r['metric']} {r['soup_val']:.4f})")
         return 0
+    if args.check and args.alpha != "auto" and args.threshold_on != "check":
+        print(f"warning: --check {' --check '.join(args.check)}: not used; it serves --alpha auto (choose the alpha "
+              f"on it) and --threshold-on check (tune the stored threshold on it). To measure the merged model "
+              f"on it: dftune evaluate --model {args.out} --check {args.check[0]}", file=sys.stderr)
     r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype,
                   checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level,
                   say=console().print, threshold_on=args.threshold_on)

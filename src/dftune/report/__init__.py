@@ -44,6 +44,7 @@ from dftune.report.markdown import (
     md_table,
     method_rows,
     report_md,
+    summary_header,
     summary_rows,
 )
 
@@ -51,7 +52,7 @@ __all__ = [
     "CROSS_HEADER", "FILES_HEADER", "FROM_VIDEOS_HEADER", "METHOD_HEADER", "SUMMARY_HEADER", "HtmlReport",
     "auc_bars_figure", "calibration_figure", "confusion_figure", "cross_cells", "cross_md", "curves_figure",
     "files_md", "files_rows", "fmt", "from_videos_rows", "heat_map", "histogram_figure", "md_table", "method_rows",
-    "overlay", "report_md", "summary_rows", "write_cross_html", "write_html",
+    "overlay", "report_md", "summary_header", "summary_rows", "write_cross_html", "write_html",
     "FRAMING_HEADER", "files_settings", "framing_rows",
     "cross_notes", "one_class_note", "roc_only_figure", "worst_per_video", "write_files_html",
 ]

@@ -41,6 +41,16 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 # ---------------------------------------------------------------- one prepared split
 
 
+def summary_header(result: EvalResult) -> list[str]:
+    """:data:`SUMMARY_HEADER`, its tuned-threshold column named after where the threshold came from: ``check thr``
+    when check sets tuned it (``evaluate --check``), ``val thr`` otherwise."""
+    return [("check thr" if _from_checks(result) else c) if c == "val thr" else c for c in SUMMARY_HEADER]
+
+
+def _from_checks(result: EvalResult) -> bool:
+    return str(result.threshold_split or "").startswith("check sets")
+
+
 def summary_rows(result: EvalResult) -> list[list[str]]:
     """One row per model and level: the numbers the terminal table and report.md show."""
     out = []
@@ -88,10 +98,12 @@ def report_md(result: EvalResult) -> str:
         "",
         "## Summary",
         "",
-        "F1 = macro F1 (the competition's metric); `val thr` = the macro-F1-optimal threshold on val; "
-        "EER = equal error rate; AP = average precision (fake = positive).",
+        "F1 = macro F1 (the competition's metric); "
+        + ("`check thr` = the macro-F1-optimal threshold on the check sets' rows pooled; " if _from_checks(result)
+           else "`val thr` = the macro-F1-optimal threshold on val; ")
+        + "EER = equal error rate; AP = average precision (fake = positive).",
         "",
-        md_table(SUMMARY_HEADER, summary_rows(result)),
+        md_table(summary_header(result), summary_rows(result)),
         "",
         "## Per manipulation method (video level)",
         "",

@@ -167,19 +167,39 @@ class _Resolver:
     def __init__(self, json_path: Path, frames_root: str | Path | None, dataset: str):
         self.bases = [Path(frames_root)] if frames_root else [json_path.parent, json_path.parent.parent]
         self.dataset = dataset
+        self.prefixes: list[tuple] = []  # leading parts of another machine's paths that tail matching dropped
 
     def __call__(self, p: str) -> Path | None:
         p = p.replace("\\", "/")
+        parts = PurePosixPath(p).parts
         cands = []
         if PurePosixPath(p).is_absolute():
             cands.append(Path(p))
-            parts = PurePosixPath(p).parts
             if self.dataset in parts:  # from the dataset's folder down, under each base
                 rel = PurePosixPath(*parts[parts.index(self.dataset):])
                 cands += [b / rel for b in self.bases]
         else:
             cands += [b / p for b in self.bases]
-        return next((c for c in cands if c.is_file()), None)
+        found = next((c for c in cands if c.is_file()), None)
+        return found if found is not None else self._tail(parts)
+
+    def _tail(self, parts: tuple) -> Path | None:
+        """The path's longest tail (a folder and the file at least) that is a file under a base: a JSON written
+        on another machine whose dataset key is not a folder of its paths (DF40's ``simswap_ff`` over
+        ``.../FaceForensics++/...``). A prefix that worked once is tried first for the next frames."""
+        for pre in self.prefixes:
+            if parts[:len(pre)] == pre:
+                got = next((b / PurePosixPath(*parts[len(pre):]) for b in self.bases
+                            if (b / PurePosixPath(*parts[len(pre):])).is_file()), None)
+                if got is not None:
+                    return got
+        for i in range(1, len(parts) - 1):
+            for b in self.bases:
+                c = b / PurePosixPath(*parts[i:])
+                if c.is_file():
+                    self.prefixes.insert(0, parts[:i])
+                    return c
+        return None
 
 
 def _landmark_file(frame: Path) -> str:
@@ -208,6 +228,7 @@ def index(root: str | Path, compression: str = "c23", methods=None, actors: bool
     keep = pick_methods(methods, labels, "deepfakebench")
     best: dict[tuple[str, str], tuple[str, dict]] = {}  # (label, video) -> (split, entry): most held out wins
     repeated = 0
+    disagree: list[str] = []  # videos whose own "label" is not the method key they are listed under
     for dataset, by_label in data.items():
         for label, by_split in by_label.items():
             cls = class_of(label, classes, f"{path}: {dataset}/{label}")
@@ -219,6 +240,9 @@ def index(root: str | Path, compression: str = "c23", methods=None, actors: bool
                 if split not in SPLITS:
                     raise SourceError(f"{path}: {dataset}/{label}: split {split!r} is not train, val or test")
                 for video, entry in _videos(node, compression, f"{path}: {dataset}/{label}/{split}").items():
+                    own = entry.get("label") if isinstance(entry, dict) else None
+                    if own is not None and str(own) != label:
+                        disagree.append(f"{dataset}/{label}/{split}/{video} says {own!r}")
                     key = (label, str(video))
                     if key in best:
                         repeated += 1
@@ -247,6 +271,12 @@ def index(root: str | Path, compression: str = "c23", methods=None, actors: bool
     if repeated:
         warnings.append({"file": str(path), "error": f"{repeated} videos are listed under more than one split "
                          f"(DeepfakeBench does so for DFD and Celeb-DF); each kept once, in the most held-out split"})
+    if disagree:
+        msg = (f"{len(disagree)} videos carry a label that differs from the method they are listed under "
+               f"({'; '.join(disagree[:3])}{f' and {len(disagree) - 3} more' if len(disagree) > 3 else ''}); each is "
+               f"taken as the method key it is listed under says (real or fake, and its method); check the JSON")
+        warnings.append({"file": str(path), "error": msg, "videos": disagree[:1000]})
+        log.warning("%s", msg)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         msg = f"{len(missing)} frames named in {path.name} are not on disk ({shown}); the rest go on"
@@ -256,7 +286,12 @@ def index(root: str | Path, compression: str = "c23", methods=None, actors: bool
         warnings.append({"file": str(path), "error": f"{len(empty)} videos have no frame on disk; skipped",
                          "videos": empty[:1000]})
     if not items:
+        bases = _Resolver(path, frames_root, "").bases
+        first = PurePosixPath(missing[0].replace("\\", "/")) if missing else None
+        looked = (f"; the first, {missing[0]}, was looked for as {bases[0] / first.relative_to(first.anchor)} and as "
+                  f"each shorter tail of it (down to {bases[0] / PurePosixPath(*first.parts[-2:])})"
+                  if first is not None and len(first.parts) > 1 else "")
         raise SourceError(f"{path}: none of its frames is on disk (looked under "
-                          f"{', '.join(str(b) for b in _Resolver(path, frames_root, '').bases)}; "
+                          f"{', '.join(str(b) for b in bases)}{looked}; "
                           f"set --frames-root to the folder its frame paths start from)")
     return split_around_test(items, seed, ratios, warnings, source=str(path), test_name=f"{path.name}'s test split")

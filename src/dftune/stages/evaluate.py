@@ -306,7 +306,9 @@ def _eval_and_val_rows(data, s: EvalSettings) -> tuple[list, list]:
         raise ValueError(f"{prepared.manifest_file(data)}: no rows in split {s.split!r} (it has {have})")
     val_rows = [r for r in all_rows if r.split == s.threshold_split] if s.threshold_split != s.split else []
     if s.threshold_split == s.split:
-        if s.fixed_thresholds is None and not s.tuning_only:  # else nothing measured is tuned on these rows
+        if s.fixed_thresholds is None and not s.tuning_only and not (s.write_threshold and s.split == "val"):
+            # (else nothing measured is tuned on these rows, or val is measured to write its threshold: the README's
+            # `evaluate --split val --write-threshold`)
             log.warning("the threshold is tuned on the split being measured (%s): its 'val threshold' result is "
                         "optimistic", s.split)
         val_rows = eval_rows

@@ -50,8 +50,8 @@ def refuse_leaks(models: Sequence[scoring.LoadedModel], sets: Sequence[checks.Ch
 
 
 def named(sets: Sequence[checks.CheckSet]) -> list[str]:
-    """How the provenance names each check set: as given, with its splits."""
-    return [f"{cs.name} ({'+'.join(cs.splits)})" for cs in sets]
+    """How the provenance names each check set: as given, with its splits (a labels CSV has none: its files)."""
+    return [cs.name if cs.labels else f"{cs.name} ({'+'.join(cs.splits)})" for cs in sets]
 
 
 def check_thresholds(ensemble: scoring.Ensemble, sets: Sequence[checks.CheckSet], s: EvalSettings,

@@ -343,6 +343,7 @@ def _data(data_dir: Path, run_dir: Path, cfg: TrainConfig, spec: Preprocess, wor
     if (counts == 0).any():
         raise TrainError(f"{data_dir}: the train split holds only one class ({counts[0]} real, {counts[1]} fake)")
     validate.check_val_classes(data_dir, val_ds.class_counts(), cfg, say)
+    extra.warn_mix(data_dir, train_rows, val_rows, cfg)
     pin = torch.cuda.is_available()
     if cfg.paired:
         sampler = data.PairedSampler(train_rows, cfg.batch_size, cfg.seed)
@@ -354,8 +355,8 @@ def _data(data_dir: Path, run_dir: Path, cfg: TrainConfig, spec: Preprocess, wor
         weights = extra.sample_weights(data_dir, train_rows, cfg)
         sampler = data.EpochSampler(train_ds.labels, cfg.seed, shuffle=True, balanced=cfg.balance == "sampler",
                                     sbi=cfg.sbi, weights=weights)
-        if weights is not None:  # the loss's class balance over the epoch as drawn
-            counts = np.array([weights[train_ds.labels == c].sum() for c in (0, 1)]) * len(train_rows) / weights.sum()
+        if weights is not None:  # the loss's class balance over the epoch as drawn (SBI's pseudo-fakes counted)
+            counts = train_ds.class_counts(weights)
     train_dl = data.make_loader(train_ds, cfg.batch_size, sampler, workers, pin)
     val_dl = data.make_loader(val_ds, cfg.batch_size * 2, None, workers, pin)
     extras = extra.build(cfg, data_dir, run_dir, train_rows, val_rows, spec, workers, pin, say, progress)
@@ -433,8 +434,8 @@ def _resume_state(accelerator, model, ema, plan: trainable.Plan, prev: Previous,
     if (run_dir / "history.json").exists():
         history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= state.epoch]
     skipped |= set(counters.get("skipped", []))
-    say(f"resuming {run_dir} after epoch {state.epoch} (best {cfg.monitor} "
-        f"{state.best} at epoch {state.best_epoch})")
+    best = "none yet" if state.best is None else f"{state.best:.4f} at epoch {state.best_epoch}"
+    say(f"resuming {run_dir} after epoch {state.epoch} (best {cfg.monitor_level} {cfg.monitor}: {best})")
     return history
 
 
@@ -448,7 +449,7 @@ def _run_meta(data_dir: Path, model_source: str, cfg: TrainConfig, accelerator, 
         **({"model_dir": str(Path(model_source).resolve())} if Path(model_source).is_dir() else {}),
         "label_map": lm.to_dict(),
         "id2label": {int(k): v for k, v in accelerator.unwrap_model(model).config.id2label.items()},
-        "train_counts": {"real": int(d.counts[0]), "fake": int(d.counts[1])},
+        "train_counts": {"real": round(float(d.counts[0])), "fake": round(float(d.counts[1]))},
         "class_weights": {"real": float(w[0]), "fake": float(w[1])},
         "input": {"height": spec.out_height, "width": spec.out_width, "preprocess": spec.to_dict()},
         "processes": accelerator.num_processes, "device": str(accelerator.device),

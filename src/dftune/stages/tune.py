@@ -284,14 +284,28 @@ def _setup(s: TuneSettings, base: TrainConfig, data_dir, model_source: str) -> d
 
 
 def _check_keys(specs) -> list[str]:
-    """Check sets as a study records them: each folder's absolute path and its splits (``PATH:val+test``)."""
-    from dftune.checks import parse_spec
+    """Check sets as a study records them: each folder's absolute path and its splits (``PATH:val+test``); a labels
+    CSV, which has no splits, by its path alone."""
+    from dftune.checks import CheckError, is_labels, parse_spec
 
     out = []
     for spec in specs or ():
         folder, splits = parse_spec(str(spec))
-        out.append(f"{folder.resolve()}:{'+'.join(splits)}")
+        try:
+            labels = is_labels(spec)
+        except CheckError:  # refused with its reason where the check sets are loaded
+            labels = False
+        out.append(str(folder.resolve()) if labels else f"{folder.resolve()}:{'+'.join(splits)}")
     return out
+
+
+def _same_checks(had: list, now: list) -> bool:
+    """A study's recorded check sets against this run's; a labels CSV recorded with the splits it never had
+    (``labels.csv:val+test``, before they were dropped) is the same set."""
+    def plain(k: str) -> str:
+        return k[:-len(":val+test")] if k.lower().endswith(".csv:val+test") else k
+
+    return [plain(k) for k in had] == [plain(k) for k in now]
 
 
 def _check_checks(specs, data_dir, study_dir) -> None:
@@ -325,7 +339,7 @@ def _refuse_other_setup(name: str, meta: dict, setup: dict, data_dir, model_sour
             diffs.append(f"--model {meta.get('model')} -> {model_source}")
     elif meta.get("model") not in (None, str(model_source)):
         diffs.append(f"--model {meta.get('model')} -> {model_source}")
-    if meta.get("checks", []) != setup["checks"]:  # a study made before --check optimised val
+    if not _same_checks(meta.get("checks", []), setup["checks"]):  # a study made before --check optimised val
         diffs.append(f"--check {', '.join(meta.get('checks') or []) or '(none: val)'} -> "
                      f"{', '.join(setup['checks']) or '(none: val)'}")
     if "epochs" in meta and meta["epochs"] != setup["epochs"]:

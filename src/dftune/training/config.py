@@ -12,6 +12,7 @@ the run records what they chose.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -99,6 +100,14 @@ class TrainConfig:
     recipe: str = "guide"
 
     def __post_init__(self):
+        # the recipe's settings, under every setting given here (``TrainConfig(recipe="generalise")`` is the
+        # recipe, as ``--recipe generalise`` is; :func:`build` passes every field, having laid the recipe itself)
+        given = getattr(self, "_given", None)
+        if given is not None:
+            object.__delattr__(self, "_given")
+            for k, v in recipe_layer(self.recipe, given).items():
+                if k not in given:
+                    setattr(self, k, v)
         self.validate()
 
     def validate(self) -> None:
@@ -192,6 +201,11 @@ class TrainConfig:
             raise ValueError(f"aug_jpeg_quality must be two qualities lo <= hi in 1..100; got {self.aug_jpeg_quality}")
         self.aug_jpeg_quality = (int(q[0]), int(q[1]))
 
+    @staticmethod
+    def defaults() -> dict:
+        """Every setting's default, the guide's (no recipe laid)."""
+        return TrainConfig(recipe="guide").to_dict()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["aug_jpeg_quality"] = list(self.aug_jpeg_quality)
@@ -204,6 +218,17 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in fields(TrainConfig)}
+_dataclass_init = TrainConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_given(self, *args, **kwargs):
+    """TrainConfig's own __init__, noting which settings were given (the recipe fills the others)."""
+    object.__setattr__(self, "_given", {*list(FIELDS)[:len(args)], *kwargs})
+    _dataclass_init(self, *args, **kwargs)
+
+
+TrainConfig.__init__ = _init_given
 
 # Named defaults (``--recipe``), applied under a settings file and the flags, which still win. "generalise"
 # is what the proxy benchmarks (benchmarks/bench_generalise.py, bench_recipe.py; docs/benchmarks.md) found to
@@ -236,8 +261,7 @@ def with_recipe(settings_file: Mapping | None, flags: Mapping, also_given: Itera
     """A new run's settings: the defaults, the recipe (named by the flags or the settings file), the settings
     file, the flags; later wins. ``also_given``: settings the caller sets later (a search space's)."""
     name = flags.get("recipe") or (settings_file or {}).get("recipe") or "guide"
-    recipe = recipe_layer(name, (*(settings_file or {}), *flags, *also_given))
-    return build(None, recipe, settings_file or {}, flags, {"recipe": name})
+    return build(None, settings_file or {}, flags, {"recipe": name}, given=also_given)
 
 # Settings that ``--resume`` may change: they touch neither the learning-rate schedule, nor the data order,
 # nor the maths of a step (micro_batch splits a step's batch without changing it). Every other setting is
@@ -333,15 +357,28 @@ def parse_sets(items: list[str] | None) -> dict:
     return out
 
 
-def build(base: TrainConfig | Mapping | None = None, *layers: Mapping) -> TrainConfig:
-    """A config from a base and override layers (later wins); unknown keys are errors."""
-    d = base.to_dict() if isinstance(base, TrainConfig) else dict(TrainConfig().to_dict())
+def build(base: TrainConfig | Mapping | None = None, *layers: Mapping, given: Iterable[str] = ()) -> TrainConfig:
+    """A config from a base and override layers (later wins); unknown keys are errors.
+
+    The recipe the result names is laid under the base and the layers (defaults < recipe < base < layers), as
+    ``--recipe`` is, so ``build(None, {"recipe": "generalise"})`` trains what settings.yaml says; a setting any
+    of them gives (or ``given`` names: set later by the caller) wins over the recipe's. A :class:`TrainConfig`
+    base is already resolved: its recipe is not laid again unless a layer names another one."""
+    layers = tuple({k.replace("-", "_"): v for k, v in (layer or {}).items()} for layer in layers)
+    d = base.to_dict() if isinstance(base, TrainConfig) else dict(TrainConfig.defaults())
+    named = set(given)
     if isinstance(base, Mapping):
         for k, v in base.items():
             d[k] = _coerce(k, v)
+        named |= set(base)
     for layer in layers:
-        for k, v in (layer or {}).items():
-            d[k.replace("-", "_")] = _coerce(k.replace("-", "_"), v)
+        for k, v in layer.items():
+            d[k] = _coerce(k, v)
+        named |= set(layer)
+    if not (isinstance(base, TrainConfig) and base.recipe == d["recipe"]):
+        for k, v in recipe_layer(d["recipe"], named).items():
+            if k not in named:
+                d[k] = _coerce(k, v)
     return TrainConfig(**d)
 
 

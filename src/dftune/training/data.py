@@ -195,12 +195,21 @@ class CropDataset:
             img, valid = self._blank, False
         return {"image": img, "label": label, "index": int(i), "valid": valid}
 
-    def class_counts(self) -> np.ndarray:
-        """Expected real/fake counts of an epoch: pseudo-fakes count as fake (for class weights)."""
-        n_real, n_fake = np.bincount(self.labels, minlength=2)[:2].astype(float)
-        if not self.sbi:
-            return np.array([n_real, n_fake])
-        return np.array([n_real * (1 - self.sbi), n_fake + n_real * self.sbi])
+    def class_counts(self, weights=None) -> np.ndarray:
+        """Expected real/fake counts of an epoch (for class weights): pseudo-fakes count as fake; ``weights``: the
+        sampler's per-row draw weights (``--data-weight``), the epoch as drawn (len(rows) draws)."""
+        return epoch_counts(self.labels, self.sbi, weights)
+
+
+def epoch_counts(labels, sbi: float = 0.0, weights=None) -> np.ndarray:
+    """Expected (real, fake) counts of an epoch of ``len(labels)`` samples: each row drawn in proportion to
+    ``weights`` (None: each once), a share ``sbi`` of the reals drawn turned into pseudo-fakes."""
+    labels = np.asarray(labels)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+    drawn = np.array([w[labels == c].sum() for c in (0, 1)])
+    if weights is not None and w.sum() > 0:
+        drawn = drawn * len(labels) / w.sum()
+    return np.array([drawn[0] * (1 - sbi), drawn[1] + drawn[0] * sbi])
 
 
 class EpochSampler:

@@ -10,6 +10,7 @@ the threshold that is macro-F1-optimal on every check row pooled (``record["chec
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from dftune import checks
 from dftune.atomic import read_json
 from dftune.training import TrainError, data, validate
 from dftune.training.config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,12 +151,37 @@ def mixed_data(data_dir, run_dir: Path, cfg: TrainConfig) -> Path:
     return out
 
 
+def _mix_names(data_dir: Path) -> list[str]:
+    return list((read_json(data_dir / "settings.json").get("mix") or {}).get("folders", {})) \
+        if (data_dir / "settings.json").exists() else []
+
+
+def warn_mix(data_dir: Path, train_rows: list, val_rows: list, cfg: TrainConfig) -> list[str]:
+    """The warnings (also logged) about a mix's datasets that take no part in a side of the run: one without val
+    rows (val, best/ and early stopping measure the others only), one without train rows, one whose
+    ``--data-weight`` is 0 (never drawn, still validated)."""
+    names = _mix_names(data_dir)
+    if len(names) < 2:
+        return []
+    of = [{r.dataset.split("/")[0] for r in rows} for rows in (train_rows, val_rows)]
+    out = [f"{nm}: no val rows in the mix: val (best/, early stopping, the stored numbers) measures "
+           f"{', '.join(n for n in names if n in of[1])} only" for nm in names if nm not in of[1]]
+    out += [f"{nm}: no train rows in the mix: the run learns nothing from it (its val is still measured)"
+            for nm in names if nm not in of[0] and nm in of[1]]
+    if len(cfg.data_weights) == len(names):
+        out += [f"{nm}: --data-weight 0: none of its train rows is drawn, so the run learns nothing from it"
+                + ("; its val rows are still validated and pooled into val" if nm in of[1] else "")
+                for nm, w in zip(names, cfg.data_weights, strict=True) if w == 0]
+    for line in out:
+        log.warning("%s", line)
+    return out
+
+
 def sample_weights(data_dir: Path, train_rows: list, cfg: TrainConfig):
     """Per-row draw weights giving each dataset of a mix its ``--data-weight`` share of an epoch, or None."""
     if not cfg.data_weights:
         return None
-    names = list((read_json(data_dir / "settings.json").get("mix") or {}).get("folders", {})) \
-        if (data_dir / "settings.json").exists() else []
+    names = _mix_names(data_dir)
     if len(names) != len(cfg.data_weights):
         return None  # one dataset: its weight says nothing
     share = dict(zip(names, cfg.data_weights, strict=True))
