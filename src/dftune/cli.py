@@ -46,8 +46,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def add_verbosity(p: argparse.ArgumentParser, default) -> None:
     """-v / -q: on dftune itself and on every subcommand, so they work before or after it."""
     g = p.add_argument_group("output")
-    g.add_argument("-v", "--verbose", action="count", default=default, help="more log output (-vv for debug)")
-    g.add_argument("-q", "--quiet", action="count", default=default, help="less log output: errors only")
+    g.add_argument("-v", "--verbose", action="count", default=default,
+                   help="more log output, -vv for debug (default: warnings and errors)")
+    g.add_argument("-q", "--quiet", action="count", default=default, help="less log output: errors only (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
