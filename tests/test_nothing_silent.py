@@ -211,7 +211,7 @@ def test_prepare_warns_when_a_split_ends_with_one_class(tmp_path, face_photo, ca
     out = tmp_path / "out"
     assert main(["prepare", str(tmp_path / "list.csv"), "--source", "list", "--detector", "none", "--size", "32",
                  "--out", str(out), "--workers", "1", "--no-progress"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().err.split())  # a warning: stderr
     assert "the val split holds real crops only (1 real, 0 fake): train cannot select a model on it" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["one_class_splits"] and "val split" in summary["one_class_splits"][0]
