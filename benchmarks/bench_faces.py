@@ -87,7 +87,7 @@ def score(folder: Path, model: Path, faces: str, labels: dict[str, int]) -> dict
     from dftune.cli import main
 
     csv_path = folder.parent / f"{folder.name}_{faces}.csv"
-    assert main(["predict", str(folder), "--model", str(model), "--out", str(csv_path), "--faces", faces,
+    assert main(["predict", str(folder), "--model", str(model), "--csv", str(csv_path), "--faces", faces,
                  "--no-progress"]) == 0
     with open(csv_path, newline="") as f:
         rows = {Path(r["filename"]).stem: r for r in csv.DictReader(f)}

@@ -26,7 +26,7 @@ rule (``best/`` by B's val frame F1, the user's only tuning data; early stopping
                          this budget (B val F1 ~0.85-0.95), so the levers below are applied at it
 * --paired, --ema E, LP-FT (--head-epochs N, out of the same epochs), --lr-decay D: full at ``--lr`` plus one lever
 * --tune head / layernorm / bias / lora at ``--peft-lr`` (fewer weights move: a larger rate)
-* WiSE-FT alpha X        ``dftune merge BASELINE FULL --alpha X`` (no training; ``--alphas``)
+* WiSE-FT alpha X        ``dftune merge --model BASELINE --model FULL --alpha X`` (no training; ``--alphas``)
 * ensemble               mean prob_fake of the baseline and full (``dftune evaluate --ensemble``'s rule)
 * preset candidate       WiSE-FT (``--preset-alphas``) and the ensemble on top of full at ``--lr`` with ``--ema E``
                          (no extra training: the ``--ema`` run above)

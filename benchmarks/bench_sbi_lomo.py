@@ -60,7 +60,7 @@ def build_data(out: Path, workers: int) -> Path:
     root = out / "FaceForensics++"
     build_ffpp_tree(root, n_ids=d.n_ids, frames=d.video_frames, width=d.width, height=d.height)
     prepared = out / "prepared"
-    rc = main(["prepare", str(root), "--out", str(prepared), "--splits", str(root / "splits"), "--detector",
+    rc = main(["prepare", str(root), "--out", str(prepared), "--split-files", str(root / "splits"), "--detector",
                "retinaface", "--landmarks", "--frames", str(d.frames), "--size", str(d.crop_size), "--workers",
                str(workers), "--no-progress"])
     if rc:

@@ -103,7 +103,8 @@ def test_a_missing_file_is_an_error_naming_it(env, tmp_path, capsys):
     labels = _write_labels(env["files"], [("face.png", 0), ("hopper.jpg", 1), ("gone/fake9.mp4", 1)], "typo.csv")
     with pytest.raises(checks.CheckError, match=r"1 of the 3 files it labels are not there .*gone/fake9\.mp4"):
         checks.load(labels, cache=tmp_path, crop=CROP, workers=0, progress=False)
-    rc = main(["merge", str(env["vit"]), str(env["vit"]), "--alpha", "auto", "--check", str(labels), "--out",
+    rc = main(["merge", "--model", str(env["vit"]), "--model", str(env["vit"]),
+               "--alpha", "auto", "--check", str(labels), "--out",
                str(tmp_path / "m")])
     assert rc == 2 and "gone/fake9.mp4" in capsys.readouterr().err and not (tmp_path / "m").exists()
 
@@ -186,7 +187,8 @@ def test_merge_alpha_auto_chooses_on_a_labels_csv(env, tmp_path, capsys):
     meta.crop = CROP  # the fine-tuned model's crop settings: what the check files are framed with
     modelmeta.save(tuned, meta)
     out = tmp_path / "models" / "wise"
-    assert main(["merge", env["vit"], str(tuned), "--alpha", "auto", "--alpha-grid", "0,0.5,1", "--check",
+    assert main(["merge", "--model", env["vit"], "--model", str(tuned),
+                 "--alpha", "auto", "--alpha-grid", "0,0.5,1", "--check",
                  str(env["labels"]), "--out", str(out)]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert f"check set {env['labels']}: 5 files" in text and "--alpha auto:" in text

@@ -63,7 +63,8 @@ def test_a_one_class_check_set_is_refused(env, tmp_path):
 
 def test_merge_alpha_auto_picks_the_best_alpha_on_the_check_sets_and_keeps_the_curve(env, capsys):
     out = env["root"] / "wise_auto"
-    assert main(["merge", str(env["base"]), str(env["tuned"]), "--alpha", "auto", "--check", str(env["check"]),
+    assert main(["merge", "--model", str(env["base"]), "--model", str(env["tuned"]),
+                 "--alpha", "auto", "--check", str(env["check"]),
                  "--out", str(out)]) == 0
     meta = json.loads((out / "dftune.json").read_text())["extra"]["merge"]
     curve = meta["alpha_auto"]
@@ -85,7 +86,8 @@ def test_merge_alpha_auto_picks_the_best_alpha_on_the_check_sets_and_keeps_the_c
 
 
 def test_alpha_auto_without_a_check_set_is_refused_with_the_reason(env, tmp_path, capsys):
-    assert main(["merge", str(env["base"]), str(env["tuned"]), "--alpha", "auto", "--out", str(tmp_path / "x")]) == 2
+    assert main(["merge", "--model", str(env["base"]), "--model", str(env["tuned"]),
+                 "--alpha", "auto", "--out", str(tmp_path / "x")]) == 2
     assert "on that data's own val it picks 1.0" in capsys.readouterr().err
 
 

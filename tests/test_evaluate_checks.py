@@ -100,7 +100,7 @@ def test_a_merged_model_keeps_the_training_data_it_has_seen_so_leaks_are_still_r
     model's data, so evaluate --check refuses a leaked check set for it as it does for the fine-tuned model."""
     base = tiny_vit(image_size=32, seed=7)
     wise = tmp_path / "wise"
-    assert main(["merge", base, env["model"], "--alpha", "0.5", "--out", str(wise)]) == 0
+    assert main(["merge", "--model", base, "--model", env["model"], "--alpha", "0.5", "--out", str(wise)]) == 0
     assert modelmeta.load(wise).extra["data"] == str(env["data"])
     capsys.readouterr()
     assert main(["evaluate", "--model", str(wise), "--data", str(env["data"]), "--check", str(env["data"]),

@@ -138,7 +138,7 @@ def compare_csv(a, b):
 def test_standalone_script_matches_predict_without_dftune(env, tmp_path):
     ours, theirs = tmp_path / "ours.csv", tmp_path / "theirs.csv"
     tta = "flip,crop0.8"
-    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--out", str(ours),
+    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--csv", str(ours),
                  "--tta", tta, "--no-progress"]) == 0
     script = env["submit"] / "predict_submission.py"
     r = subprocess.run([sys.executable, "-c", NO_DFTUNE, str(script), str(env["inputs"]), "--out", str(theirs),
@@ -152,7 +152,7 @@ def test_standalone_script_int8_matches_predict(env, tmp_path):
     import runpy
 
     ours, theirs = tmp_path / "ours.csv", tmp_path / "theirs.csv"
-    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--out", str(ours),
+    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--csv", str(ours),
                  "--backend", "int8", "--no-progress"]) == 0
     mod = runpy.run_path(str(env["submit"] / "predict_submission.py"))
     assert mod["main"]([str(env["inputs"]), "--out", str(theirs), "--backend", "int8",

@@ -30,7 +30,7 @@ def test_alpha_0_and_1_return_the_inputs_exactly(models, tmp_path):
     root, a, b = models
     for alpha, src in ((0.0, a), (1.0, b)):
         out = tmp_path / f"m{alpha}"
-        assert main(["merge", str(a), str(b), "--alpha", str(alpha), "--out", str(out)]) == 0
+        assert main(["merge", "--model", str(a), "--model", str(b), "--alpha", str(alpha), "--out", str(out)]) == 0
         got, want = _state(out), _state(src)
         assert all(torch.equal(got[k], want[k]) for k in want)
 

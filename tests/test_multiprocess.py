@@ -158,11 +158,11 @@ def test_predict_under_two_processes_writes_one_csv_equal_to_a_single_process(se
     for i in range(3):
         Image.fromarray(identity(i).rgb).resize((96, 96)).save(inputs / f"{i}.png")
     args = ["predict", str(inputs), "--model", str(vit), "--no-progress", "--device", "cpu", "--workers", "0"]
-    one = subprocess.run([sys.executable, "-m", "dftune", *args, "--out", str(tmp_path / "one.csv")], env=_env(),
+    one = subprocess.run([sys.executable, "-m", "dftune", *args, "--csv", str(tmp_path / "one.csv")], env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                          "-m", "dftune", *args, "--out", str(tmp_path / "two.csv")], env=_env(), capture_output=True,
+                          "-m", "dftune", *args, "--csv", str(tmp_path / "two.csv")], env=_env(), capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert (two.stdout + two.stderr).count("dftune predict ->") == 1

@@ -60,7 +60,8 @@ def test_merge_of_an_unreadable_weights_file_is_one_line_naming_it(models, tmp_p
     f.write_bytes(data[: len(data) // 2] if damage == "truncated" else os.urandom(4096))
     with pytest.raises(MergeError, match=re.escape(str(f)) + r": cannot read the model's weights"):
         merge.run([str(a), str(bad)], tmp_path / "out", alpha=0.5)
-    assert main(["merge", str(a), str(bad), "--alpha", "0.5", "--out", str(tmp_path / "out")]) == 2
+    assert main(["merge", "--model", str(a), "--model", str(bad), "--alpha", "0.5", "--out",
+                 str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert str(f) in err and "Traceback" not in err
 
@@ -112,7 +113,8 @@ def test_greedy_soup_reports_each_step_and_the_loss_as_a_loss(models, tmp_path, 
     assert all(v > 0 for v in r["val"].values()) and r["soup_val"] > 0  # a loss, not a negated one
     assert r["soup_val"] <= min(r["val"].values()) + 1e-12
     assert [s["added"] for s in r["steps"]][0] is True and len(r["steps"]) == 2
-    assert main(["merge", str(a), str(b), "--greedy", "--data", str(data), "--out", str(tmp_path / "g2")]) == 0
+    assert main(["merge", "--model", str(a), "--model", str(b), "--greedy", "--data", str(data), "--out",
+                 str(tmp_path / "g2")]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert re.search(r"start .*: own val frame auc [0-9.]+; soup with it [0-9.]+", out)
     assert re.search(r"(added|left out) .*: own val frame auc [0-9.]+; soup with it [0-9.]+", out)
@@ -207,9 +209,9 @@ def test_prepare_warns_when_a_split_ends_with_one_class(tmp_path, face_photo, ca
             ("train", "val", "test")))
         + "".join(f"photos/fake/fake{i}.jpg,fake,{s}\n" for i, s in enumerate(("train", "test", "test"))))
     out = tmp_path / "out"
-    assert main(["prepare", str(tmp_path / "list.csv"), "--source", "list", "--no-detect", "--size", "32",
+    assert main(["prepare", str(tmp_path / "list.csv"), "--source", "list", "--detector", "none", "--size", "32",
                  "--out", str(out), "--workers", "1", "--no-progress"]) == 0
-    text = " ".join(capsys.readouterr().out.split())
+    text = " ".join(capsys.readouterr().err.split())  # a warning: stderr
     assert "the val split holds real crops only (1 real, 0 fake): train cannot select a model on it" in text
     summary = json.loads((out / "summary.json").read_text())
     assert summary["one_class_splits"] and "val split" in summary["one_class_splits"][0]

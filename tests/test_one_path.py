@@ -26,7 +26,7 @@ from dftune.model.load import build_tiny_vit  # noqa: E402
 def env(ffpp_tree, tmp_path_factory):
     root = tmp_path_factory.mktemp("onepath")
     data = root / "data"
-    assert main(["prepare", str(ffpp_tree), "--out", str(data), "--splits", str(ffpp_tree / "splits"),
+    assert main(["prepare", str(ffpp_tree), "--out", str(data), "--split-files", str(ffpp_tree / "splits"),
                  "--detector", "retinaface", "--size", "48",
                  "--frames", "4", "--workers", "1", "--no-progress"]) == 0
     settings = json.loads((data / "settings.json").read_text())
@@ -57,7 +57,7 @@ def test_from_videos_scores_through_predicts_path_and_agrees_with_the_crops(env,
 
 def _predict(args, capsys):
     rc = main(["predict", *args, "--no-progress"])
-    return rc, capsys.readouterr().err
+    return rc, capsys.readouterr().out  # the summary table: stdout
 
 
 def test_ensemble_is_written_loaded_exported_and_scripted(env, tmp_path, capsys):
@@ -72,13 +72,13 @@ def test_ensemble_is_written_loaded_exported_and_scripted(env, tmp_path, capsys)
     capsys.readouterr()
     videos = env["tree"] / "manipulated_sequences" / "Deepfakes" / "c23" / "videos"
     out = tmp_path / "p.csv"
-    rc, err = _predict([str(videos), "--model", str(ev / "ensemble.json"), "--out", str(out)], capsys)
+    rc, err = _predict([str(videos), "--model", str(ev / "ensemble.json"), "--csv", str(out)], capsys)
     assert rc == 0 and f"{t:.4f} (tuned for macro F1 by evaluate" in err
     rows = list(csv.DictReader(open(out)))
     assert rows and all(r["label"] == str(int(float(r["prob_fake"]) >= t)) for r in rows)
     # export the ensemble: members checked and copied, ensemble.json and the script at the top
     sub = tmp_path / "submit"
-    assert main(["export", str(ev), "--out", str(sub), "--bench-seconds", "0"]) == 0
+    assert main(["export", "--model", str(ev), "--out", str(sub), "--bench-seconds", "0"]) == 0
     assert (sub / "ensemble.json").exists() and len(list((sub / "members").iterdir())) == 2
     theirs = tmp_path / "theirs.csv"
     r = subprocess.run([sys.executable, "-c", NO_DFTUNE, str(sub / "predict_submission.py"), str(videos),
@@ -99,9 +99,9 @@ def test_predict_says_where_the_threshold_came_from(env, tmp_path, capsys):
     meta = modelmeta.load(model, {0: "Deepfake", 1: "Real"})
     meta.threshold, meta.threshold_source = 0.5, {"by": "default"}
     modelmeta.save(model, meta)
-    rc, err = _predict([str(img_dir), "--model", str(model), "--out", str(tmp_path / "x.csv")], capsys)
+    rc, err = _predict([str(img_dir), "--model", str(model), "--csv", str(tmp_path / "x.csv")], capsys)
     assert rc == 0 and "0.5000 (default: not tuned" in err
-    rc, err = _predict([str(img_dir), "--model", str(model), "--out", str(tmp_path / "x.csv"),
+    rc, err = _predict([str(img_dir), "--model", str(model), "--csv", str(tmp_path / "x.csv"),
                         "--threshold", "0.3"], capsys)
     assert "0.3000 (--threshold)" in err
 
@@ -194,7 +194,7 @@ def test_evaluate_files_scores_a_labelled_folder_as_predict_does(env, tmp_path, 
     assert m["no_face"] == ["blank.png"] and set(m["per_kind"]) == {"image", "video"}
     # the same probabilities predict writes for those files
     out = tmp_path / "p.csv"
-    assert main(["predict", str(d), "--model", str(env["a"]), "--out", str(out), "--no-progress"]) == 0
+    assert main(["predict", str(d), "--model", str(env["a"]), "--csv", str(out), "--no-progress"]) == 0
     ours = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     theirs = {r["filename"]: r["prob_fake"] for r in csv.DictReader(open(out))}
     assert ours == theirs
@@ -213,7 +213,7 @@ def test_evaluate_files_takes_predicts_options_and_reports_each_framing(env, tmp
                  "--out", str(tmp_path / "ev"), "--no-progress", "--no-plots"]) == 0
     printed = capsys.readouterr().out
     out = tmp_path / "p.csv"
-    assert main(["predict", str(d), "--model", str(env["a"]), "--out", str(out), "--no-progress", *opts]) == 0
+    assert main(["predict", str(d), "--model", str(env["a"]), "--csv", str(out), "--no-progress", *opts]) == 0
     ours = {r["filename"]: r for r in csv.DictReader(open(tmp_path / "ev" / "predictions.csv"))}
     theirs = {r["filename"]: r for r in csv.DictReader(open(out))}
     assert {n: r["prob_fake"] for n, r in ours.items()} == {n: r["prob_fake"] for n, r in theirs.items()}
@@ -257,7 +257,7 @@ def test_a_crop_from_prepare_scores_the_same_in_predict_as_in_evaluate(env, tmp_
     for rel in list((env["data"] / "test").rglob("*.jpg"))[:6]:
         shutil.copy(rel, crops / rel.name)
     out = tmp_path / "p.csv"
-    assert main(["predict", str(crops), "--model", str(env["a"]), "--out", str(out), "--no-progress"]) == 0
+    assert main(["predict", str(crops), "--model", str(env["a"]), "--csv", str(out), "--no-progress"]) == 0
     for r in csv.DictReader(open(out)):
         assert r["framing"].startswith("whole:"), r  # used whole, never re-cropped
         assert float(r["prob_fake"]) == pytest.approx(ev[r["filename"]], abs=1e-6), r["filename"]

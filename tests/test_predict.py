@@ -87,7 +87,7 @@ def test_collect_inputs_stable_order_and_only_media(env):
 def test_cli_one_row_per_input_errors_and_faces(env, capsys):
     out = env["root"] / "pred.csv"
     rc = main(["predict", str(env["inputs"]), str(env["inputs"] / "missing.png"), "--model", str(env["a"]),
-               "--out", str(out), "--no-progress"])
+               "--csv", str(out), "--no-progress"])
     assert rc == 0
     rows = read_csv(out)
     assert list(rows[0]) == ["filename", "label", "prob_fake", "faces_found", "frames", "framing", "error"]
@@ -103,14 +103,14 @@ def test_cli_one_row_per_input_errors_and_faces(env, capsys):
     assert by["sub/clip.mp4"]["frames"] == "4" and int(by["sub/clip.mp4"]["faces_found"]) >= 1
     captured = capsys.readouterr()
     err = captured.err
-    assert "errors" in err and "missing.png" in err
+    assert "errors" in captured.out and "missing.png" in err  # the table to stdout, the error line to stderr
     assert "all: each person pooled apart, the highest" in " ".join((captured.out + err).split())  # --faces said
 
 
 def test_csv_format_options(env):
     out = env["root"] / "sub.csv"
     rc = main(["predict", str(env["inputs"] / "face.png"), str(env["inputs"] / "corrupt.jpg"), "--model",
-               str(env["a"]), "--out", str(out), "--no-progress", "--filename-column", "id",
+               str(env["a"]), "--csv", str(out), "--no-progress", "--filename-column", "id",
                "--label-column", "class", "--prob-column", "", "--label-words", "REAL,FAKE", "--no-extra-columns",
                "--threshold", "0", "--error-label", "fake", "--filename-style", "stem"])
     assert rc == 0

@@ -60,7 +60,7 @@ def env(tmp_path_factory):
 
 
 def predict(env, out: Path, *args) -> bytes:
-    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--out", str(out), "--no-progress",
+    assert main(["predict", str(env["inputs"]), "--model", str(env["submit"]), "--csv", str(out), "--no-progress",
                  *args]) == 0
     return out.read_bytes()
 

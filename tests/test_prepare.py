@@ -17,7 +17,7 @@ from dftune.prepared import read_manifest
 
 
 def _prepare(root, out, *extra):
-    return main(["prepare", str(root), "--out", str(out), "--splits", str(Path(root) / "splits"),
+    return main(["prepare", str(root), "--out", str(out), "--split-files", str(Path(root) / "splits"),
                  "--frames", "3", "--detector", "retinaface", "--workers", "1", "--no-progress", *extra])
 
 
@@ -86,7 +86,7 @@ def test_crop_matches_the_guide_geometry_on_the_frame(prepared, ffpp_tree):
 
 def test_dlib_detector_is_the_default_and_recorded(ffpp_tree, tmp_path):
     out = tmp_path / "dlib"
-    code = main(["prepare", str(ffpp_tree), "--out", str(out), "--splits", str(ffpp_tree / "splits"),
+    code = main(["prepare", str(ffpp_tree), "--out", str(out), "--split-files", str(ffpp_tree / "splits"),
                  "--frames", "2", "--workers", "1", "--no-progress", "--methods", "FaceSwap"])
     assert code == 0
     rows = read_manifest(out)
@@ -114,7 +114,7 @@ def test_rerun_skips_complete_and_redoes_partial(prepared, tmp_path, ffpp_tree):
 
 def test_killed_run_resumes_to_the_same_manifest(prepared, ffpp_tree, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "dftune", "prepare", str(ffpp_tree), "--out", str(out), "--splits",
+    cmd = [sys.executable, "-m", "dftune", "prepare", str(ffpp_tree), "--out", str(out), "--split-files",
            str(ffpp_tree / "splits"), "--frames", "3", "--detector", "retinaface", "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -193,7 +193,7 @@ def test_folders_source_with_images_and_videos(ffpp_tree, face_photo, tmp_path):
     shutil.copy(ffpp_tree / "manipulated_sequences/FaceSwap/c23/videos/000_001.mp4", root / "fake" / "gan" / "b.mp4")
     (root / "fake" / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    code = main(["prepare", str(root), "--source", "folders", "--split", "random", "--out", str(out),
+    code = main(["prepare", str(root), "--source", "folders", "--split-by", "random", "--out", str(out),
                  "--frames", "3", "--detector", "retinaface", "--workers", "1", "--no-progress"])
     assert code == 0
     rows = read_manifest(out)
@@ -218,8 +218,8 @@ def test_help_lists_every_option_with_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["prepare", "--help"])
     out = capsys.readouterr().out
-    assert "{dlib,retinaface}" in out
-    for opt in ("--frames", "--margin", "--size", "--workers", "--shard", "--merge", "--split", "--splits"):
+    assert "{dlib,retinaface,none}" in out
+    for opt in ("--frames", "--margin", "--size", "--workers", "--shard", "--merge", "--split-by", "--split-files"):
         assert opt in out
     assert "(default: 10)" in out and "(default: 1.3)" in out
 

@@ -181,7 +181,7 @@ def test_assign_actors_counts_and_random_split_drops_straddling_fakes(tmp_path):
     assert sum(c["reals"].values()) == 12
     assert sum(c["fakes"].values()) + c["fakes_dropped"] == 30
     assert c["fakes_dropped"] == len(res.excluded) > 0
-    # --split random splits them the same way, and leaves the dropped fakes out
+    # --split-by random splits them the same way, and leaves the dropped fakes out
     items = index(root, methods=("DeepFakeDetection",), actors=True)
     got = assign_random(items, seed=3)
     assert {it.key: it.split for it in got} == {it.key: it.split for it in res.kept}

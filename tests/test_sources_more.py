@@ -237,7 +237,7 @@ def _face(i: int, side: int = 96) -> np.ndarray:
     s = int(max(x2 - x1, y2 - y1) * 1.3)
     cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
     crop = ph.rgb[max(cy - s // 2, 0):cy + s // 2, max(cx - s // 2, 0):cx + s // 2]
-    return cv2.resize(crop, (side, side + 8))  # not square: --no-detect takes the centred square
+    return cv2.resize(crop, (side, side + 8))  # not square: --detector none takes the centred square
 
 
 def _wild_tree(root: Path, n_frames: int = 3) -> Path:
@@ -374,7 +374,7 @@ def test_prepare_dfdc_and_preview_end_to_end(ffpp_tree, tmp_path):
 def test_prepare_frames_with_no_detect_uses_each_frame_whole(tmp_path):
     root = _wild_tree(tmp_path / "wdf")
     out = tmp_path / "out"
-    assert _run(root, out, "frames", "--no-detect") == 0
+    assert _run(root, out, "frames", "--detector", "none") == 0
     rows = _check_manifest(out)
     assert len(rows) == 10 * 2 and {r.detector for r in rows} == {"none"}
     # the centred square of each 96x104 frame, resized to --size like any crop

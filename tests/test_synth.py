@@ -106,7 +106,7 @@ def test_one_bad_crop_does_not_stop_the_batch(prepared, tmp_path):
 def test_cli(prepared, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["synth", "--data", str(prepared), "--out", str(out), "--no-progress", "--set", "blend_ratios=1",
-               "--splits", "train", "val"])
+               "--split", "train", "--split", "val"])
     assert rc == 0
     c = _counts(out)
     assert c["val"]["methods"]["SBI"] == c["val"]["real"]

@@ -46,7 +46,7 @@ def test_train_threshold_on_check_stores_the_check_optimum_naming_the_sets(env, 
     rec = json.loads((run / "history.json").read_text())[-1]
     names = [str(env["c1"]), str(env["c2"])]
     stored = rec["threshold"]
-    assert stored["value"] == rec["check"]["threshold"]["frame"]["threshold"]  # --monitor-level frame
+    assert stored["value"] == rec["check"]["threshold"]["frame"]["threshold"]  # --level frame
     assert stored["source"]["by"] == "train" and stored["source"]["checks"] == names
     assert stored["source"]["level"] == "frame" and stored["source"]["tta"] == []
     meta = json.loads((run / "best" / "dftune.json").read_text())
@@ -82,14 +82,16 @@ def test_threshold_on_check_without_check_sets_is_refused_with_the_reason(env, t
                "--threshold-on", "check", *ARGS])
     assert rc == 2 and "--threshold-on check tunes the stored threshold on check sets" in capsys.readouterr().err
     assert not (tmp_path / "r" / "best").exists()
-    rc = main(["merge", env["vit"], env["vit"], "--out", str(tmp_path / "m"), "--threshold-on", "check"])
+    rc = main(["merge", "--model", env["vit"], "--model", env["vit"],
+               "--out", str(tmp_path / "m"), "--threshold-on", "check"])
     assert rc == 2 and "give --check PATH" in capsys.readouterr().err
 
 
 def test_merge_threshold_on_check_stores_the_merged_models_check_optimum(env, tmp_path, tiny_vit, capsys):
     other = tiny_vit(image_size=32, hidden_size=32, seed=1)
     out = tmp_path / "m"
-    assert main(["merge", env["vit"], other, "--alpha", "0.5", "--out", str(out), "--check", str(env["c1"]),
+    assert main(["merge", "--model", env["vit"], "--model", other,
+                 "--alpha", "0.5", "--out", str(out), "--check", str(env["c1"]),
                  "--threshold-on", "check"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     meta = json.loads((out / "dftune.json").read_text())

@@ -354,7 +354,8 @@ def real_only_val(crops, tmp_path) -> Path:
 
 def test_one_class_val_is_refused_at_the_start(real_only_val, vit, tmp_path):
     cfg = TrainConfig(**{**FAST, "max_train_batches": 1})
-    with pytest.raises(TrainError, match=r"the val split holds real crops only \(\d+ real, 0 fake\).*--split random"):
+    with pytest.raises(TrainError,
+                       match=r"the val split holds real crops only \(\d+ real, 0 fake\).*--split-by random"):
         train.run(real_only_val, vit, tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run" / "history.json").exists()
     said = []

@@ -56,7 +56,7 @@ def test_data_weights_give_each_dataset_its_share_of_an_epoch():
 def test_check_sets_are_scored_beside_val_and_can_decide_best_and_alpha(env, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(env["a"]), "--model", env["vit"], "--out", str(run), "--check",
-                 str(env["check"]), "--select-on", "check", "--monitor", "auc", "--wise", "auto", *ARGS]) == 0
+                 str(env["check"]), "--select-on", "check", "--metric", "auc", "--wise", "auto", *ARGS]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "check sets (mean of 1)" in out and "beside val, at the best epoch" in out
     hist = json.loads((run / "history.json").read_text())

@@ -62,8 +62,8 @@ def test_merge_of_a_bf16_start_keeps_the_fine_tuned_update_and_saves_float32(tmp
     assert (num / den) ** 0.5 < 1e-3  # the merge is (A + B) / 2 to float32's precision, not bf16's
 
     # a user who asks for a smaller folder gets it, and is told how much of the update survived
-    assert main(["merge", str(start), str(tmp_path / "tuned"), "--alpha", "0.5", "--out", str(tmp_path / "w16"),
-                 "--dtype", "bfloat16"]) == 0
+    assert main(["merge", "--model", str(start), "--model", str(tmp_path / "tuned"), "--alpha", "0.5", "--out",
+                 str(tmp_path / "w16"), "--dtype", "bfloat16"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     m = re.search(r"saved in bfloat16: ([0-9.]+)% of the weights that differ from .* still differ after the cast; "
                   r"the rounding is ([0-9.]+)% of the update's size", text)

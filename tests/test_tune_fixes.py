@@ -237,8 +237,8 @@ def test_every_trial_failed_exits_1_and_says_how_to_run_more(crops, vit, tmp_pat
     rc, text, _ = _cli(*_argv(crops, vit, out))
     assert rc == 1
     assert "1 failed and count toward --trials" in text and "--trials 2 runs 1 more" in text
-    rc, text, _ = _cli(*_argv(crops, vit, out))  # the same command again: nothing to run, and how to run more
-    assert rc == 1 and "nothing to run (1 of them failed, and count: --trials 2 runs 1 more)" in text
+    rc, text, err = _cli(*_argv(crops, vit, out))  # the same command again: nothing to run, and how to run more
+    assert rc == 1 and "nothing to run (1 of them failed, and count: --trials 2 runs 1 more)" in err  # progress
 
 
 def test_missing_data_or_model_is_refused_before_any_trial(crops, vit, tmp_path):

@@ -26,13 +26,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
     def _get_help_string(self, action):
         text = action.help or ""
+        auto = " (default: %(default)s)"  # what BooleanOptionalAction appends itself: True / False
+        if isinstance(action, argparse.BooleanOptionalAction) and text.endswith(auto):
+            text = text[:-len(auto)]
+            return text if "default:" in text else f"{text} (default: {'on' if action.default else 'off'})"
         if "default:" in text or "(default" in text or "%(default)" in text:
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.required:
             return text
         if action.default is None and action.option_strings:
             return text + " (default: not set)"
+        if isinstance(action.default, (list, tuple)):  # as typed: --methods A B, --ratios 0.72,0.14,0.14
+            sep = " " if action.nargs in ("+", "*") else ","
+            shown = sep.join(f"{v:g}" if isinstance(v, float) else str(v) for v in action.default) or "none"
+            return f"{text} (default: {shown.replace('%', '%%')})"
         return super()._get_help_string(action)
+
+
+def add_verbosity(p: argparse.ArgumentParser, default) -> None:
+    """-v / -q: on dftune itself and on every subcommand, so they work before or after it."""
+    g = p.add_argument_group("output")
+    g.add_argument("-v", "--verbose", action="count", default=default,
+                   help="more log output, -vv for debug (default: warnings and errors)")
+    g.add_argument("-q", "--quiet", action="count", default=default, help="less log output: errors only (default: off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dftune {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    add_verbosity(parser, 0)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -72,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
+        level=logging.WARNING + 10 * min(args.quiet, 1) - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not getattr(args, "command", None):

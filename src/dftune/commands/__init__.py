@@ -5,11 +5,95 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A subparser that shows every option's default in --help."""
-    from dftune.cli import HelpFormatter
+def add_parser(sub, name: str, help: str, description: str | None = None,
+               examples: tuple[str, str] | None = None) -> argparse.ArgumentParser:
+    """A subparser that shows every option's default in --help, takes -v/-q after the subcommand as well as
+    before it, and ends its help with two example lines."""
+    from dftune.cli import HelpFormatter, add_verbosity
 
-    return sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    p = sub.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter,
+                       epilog=epilog)
+    add_verbosity(p, argparse.SUPPRESS)  # given after the subcommand it replaces the count given before
+    return p
+
+
+def renamed(p, old: str, new: str, **kw) -> None:
+    """``old``, an earlier spelling of ``new``: still accepted (``kw`` as add_argument's: dest, action, nargs,
+    type, const), hidden from --help, and saying ``old is now new`` on stderr when used."""
+    import sys
+
+    action = kw.pop("action", "store")
+    base = p._registry_get("action", action, action)
+
+    class Renamed(base):
+        def __call__(self, parser, namespace, values, option_string=None):
+            print(f"{option_string or old} is now {new}", file=sys.stderr)
+            super().__call__(parser, namespace, values, option_string)
+
+    kw.setdefault("default", argparse.SUPPRESS)  # the new option's default stands
+    p.add_argument(old, action=Renamed, help=argparse.SUPPRESS, **kw)
+
+
+def positional_renamed(values, flag: str, say_as: str) -> None:
+    """A positional MODEL that is now ``--model``: the one line, as :func:`renamed` says it."""
+    import sys
+
+    if values:
+        print(f"a positional {say_as} is now {flag} {say_as}", file=sys.stderr)
+
+
+def workers(text: str):
+    """``--workers auto|N``: ``auto`` (the command's measured best, said in its help) or a count >= 0."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = -2
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of processes (0 or more), got {text!r}")
+    return n
+
+
+def add_workers(p, auto: str, what: str = "worker processes") -> None:
+    """The one ``--workers auto|N`` option; ``auto`` says what the command does for it."""
+    p.add_argument("--workers", type=workers, default="auto", metavar="auto|N",
+                   help=f"{what} (default: auto = {auto})")
+
+
+def add_progress(p, default: bool = True, default_text: str | None = None) -> None:
+    """The one ``--progress`` / ``--no-progress`` switch (dest ``progress``), beside -v/-q."""
+    g = next((x for x in p._action_groups if x.title == "output"), p)
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=default,
+                   help="progress on stderr: a bar when stderr is a terminal, a line at each step's start and end "
+                        f"when it is not (a log, CI) (default: {default_text or ('on' if default else 'off')})")
+
+
+def group(p: argparse.ArgumentParser, groups: dict[str, list[str]]) -> None:
+    """--help by purpose: each option named in ``groups`` (title -> flags) moved under its title, in that order;
+    options not named stay under "options" (so an option added later is listed, if not grouped)."""
+    by_flag = {f: a for a in p._actions for f in a.option_strings}
+    at = p._action_groups.index(p._optionals) + 1
+    for i, (title, flags) in enumerate(groups.items()):
+        g = p.add_argument_group(title)
+        p._action_groups.insert(at + i, p._action_groups.pop())  # first, after the ungrouped options
+        for f in flags:
+            a = by_flag[f]
+            for old in p._action_groups:
+                if a in old._group_actions:
+                    old._group_actions.remove(a)
+            g._group_actions.append(a)
+    out = next(x for x in p._action_groups if x.title == "output")  # -v/-q, --progress last
+    p._action_groups.remove(out)
+    p._action_groups.append(out)
+
+
+def one_of(args, *flags: str) -> None:
+    """Options that say the same thing two ways: giving more than one is an error naming them."""
+    given = [f for f in flags if getattr(args, f.lstrip("-").replace("-", "_"), None) not in (None, [], False)]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} both given: they choose the same thing, give one")
 
 
 def defaults(settings_class) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, add_progress, add_workers, group
 
 DESCRIPTION = """\
 Build a small FaceForensics++-shaped dataset (H.264 videos of faces from photos that ship
@@ -14,11 +14,7 @@ export on it with a small ViT built from a config, and print one table: crops pe
 the training curve, val/test macro F1 and AUC of the untrained and the trained model
 (frame and video level, per method), the prediction CSV and the exported folder with its
 parity check. About 85 s on a quiet 2-core CPU; nothing is downloaded; the same --seed gives the same numbers.
-
-examples:
-  dftune demo                      # temporary folder, removed at the end
-  dftune demo --keep               # keep everything (printed at the end) to look at
-  dftune demo --out demo/          # in demo/ (kept); a re-run reuses the videos and crops
+`dftune demo --keep` keeps the temporary folder (printed at the end) to look at.
 """
 
 
@@ -27,7 +23,9 @@ def register(sub) -> None:
 
     d = DemoConfig()
     p = add_parser(sub, "demo", "the whole chain on a small self-made FF++-shaped dataset, in minutes on a CPU",
-                   DESCRIPTION)
+                   DESCRIPTION, examples=("dftune demo                      # temporary folder, removed at the end",
+                                          "dftune demo --out demo/          # in demo/ (kept); a re-run reuses the "
+                                          "videos and crops"))
     p.add_argument("--out", default=None, metavar="DIR", help="folder for everything (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (its path is printed)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the model init and training")
@@ -37,9 +35,11 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     p.add_argument("--sbi", type=float, default=0.0, metavar="P",
                    help="train with self-blended pseudo-fakes: each real train crop becomes one with probability P")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="prepare's worker processes")
+    add_workers(p, f"all cores, {os.cpu_count() or 1} here", "prepare's worker processes")
     p.add_argument("--onnx", action="store_true", help="also export and check ONNX")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress(p)
+    group(p, {"the demo's data and training": ["--ids", "--frames", "--epochs", "--sbi", "--seed"],
+              "folder and machine": ["--out", "--keep", "--workers", "--onnx"]})
     p.set_defaults(func=run)
 
 
@@ -50,8 +50,8 @@ def run(args) -> int:
     from dftune.stages.demo import DemoConfig, DemoError
 
     cfg = DemoConfig(out=Path(args.out) if args.out else None, keep=args.keep, seed=args.seed, n_ids=args.n_ids,
-                     frames=args.frames, epochs=args.epochs, sbi=args.sbi, workers=args.workers, onnx=args.onnx,
-                     progress=not args.no_progress)
+                     frames=args.frames, epochs=args.epochs, sbi=args.sbi, onnx=args.onnx,
+                     workers=(os.cpu_count() or 1) if args.workers == "auto" else args.workers, progress=args.progress)
     try:
         r = demo.run(cfg)
     except DemoError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser, check_path
+from dftune.commands import add_parser, add_progress, check_path, group, one_of, renamed
 
 if TYPE_CHECKING:
     from dftune.stages.evaluate import CrossResult, EvalSettings, FilesResult
@@ -26,8 +26,9 @@ def register(sub) -> None:
         "predictions.csv and ROC / confusion-matrix PNGs. --write-threshold stores the val threshold in each\n"
         "model's dftune.json so `dftune predict` uses it.\n"
         "Several --data: the cross-dataset table (threshold from the first dataset's val split, the training data).\n"
-        "--files DIR --labels labels.csv: raw images/videos scored exactly as `dftune predict` does, against labels.\n"
-        "Example: dftune evaluate --model baseline/ --model runs/ft/best --data data/ff --out runs/eval",
+        "--files DIR --labels labels.csv: raw images/videos scored exactly as `dftune predict` does, against labels.",
+        examples=("dftune evaluate --model runs/ft/best --data data/ffpp-c23 --split val --write-threshold",
+                  "dftune evaluate --model ./baseline --model runs/ft/best --data data/ffpp-c23 --out runs/eval"),
     )
     p.add_argument("--model", action="append", required=True, metavar="MODEL_DIR",
                    help="model folder; repeat to compare models side by side, or an ensemble.json (or its folder)")
@@ -68,7 +69,7 @@ def register(sub) -> None:
     p.add_argument("--weight", dest="weights", action="append", type=float, metavar="W",
                    help="ensemble weight per --model")
     p.add_argument("--write-threshold", action="store_true",
-                   help="store the val threshold (with --check: the check sets'; tuned at --threshold-level with "
+                   help="store the val threshold (with --check: the check sets'; tuned at --level with "
                         "this --tta and --aggregate) in each model's dftune.json, and with --ensemble the "
                         "ensemble's own in an ensemble.json; predict "
                         "applies it and says where it came from")
@@ -84,7 +85,7 @@ def register(sub) -> None:
     p.add_argument("--ensemble-out", default=d.ensemble_out, metavar="FILE",
                    help="where --ensemble --write-threshold writes the ensemble (members, weights, its threshold) "
                         "for predict/export --model FILE (default: OUT/ensemble.json)")
-    p.add_argument("--threshold-level", default=d.threshold_level, choices=["frame", "video"],
+    p.add_argument("--level", dest="threshold_level", default=d.threshold_level, choices=["frame", "video"],
                    help="which val threshold --write-threshold stores (the competition mixes images and videos)")
     p.add_argument("--fake-label", default=d.fake_label,
                    help="name (or index) of the fake class, if the labels do not say")
@@ -95,7 +96,15 @@ def register(sub) -> None:
                    help="also score the split's source videos through predict's path (decode, detect, crop in "
                         "memory) and report how far those video scores are from the ones pooled from the crops")
     p.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG figures")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_progress(p)
+    renamed(p, "--threshold-level", "--level", dest="threshold_level", choices=["frame", "video"])
+    group(p, {"models": ["--model", "--ensemble", "--weight", "--ensemble-out", "--fake-label", "--backend",
+                         "--device", "--batch-size"],
+              "what is measured": ["--data", "--split", "--threshold-data", "--files", "--labels", "--frames",
+                                   "--no-face", "--faces", "--clipped", "--from-videos"],
+              "the threshold": ["--threshold-split", "--check", "--level", "--write-threshold"],
+              "scoring": ["--tta", "--aggregate", "--top-k"],
+              "files written": ["--out", "--no-plots"]})
     p.set_defaults(func=run)
 
 
@@ -122,6 +131,7 @@ def run(args) -> int:
         return 0  # torchrun / accelerate launch: the main process scores and writes everything, alone
     s = settings(args)
     con = console()
+    one_of(args, "--data", "--files")
     if args.files:
         if not args.labels:
             raise ValueError("--files needs --labels CSV (filename,label)")
@@ -162,7 +172,8 @@ def run(args) -> int:
         mt.add_row(*r)
     con.print(mt)
     if res.skipped_crops:
-        con.print(f"[yellow]{res.skipped_crops} crops could not be read and were skipped (see the log)[/yellow]")
+        console(stderr=True).print(f"[yellow]{res.skipped_crops} crops could not be read and were skipped (see the "
+                                   "log)[/yellow]")
     for nm, e in res.models.items():
         if "threshold_written" in e:
             where = e["path"] if nm == evaluate.ENSEMBLE else f"{e['path']}/dftune.json"
@@ -205,6 +216,7 @@ def _files(con, r: FilesResult) -> int:
     from rich.table import Table
 
     from dftune import report
+    from dftune.progress import console
 
     t = Table(title=f"dftune evaluate --files: {r.scored} of {r.files} labelled files scored as predict does")
     for c in report.FILES_HEADER:
@@ -228,7 +240,7 @@ def _files(con, r: FilesResult) -> int:
                       ("missing", "in the labels, not found"), ("skipped", "skipped: not an image or video")):
         listed = getattr(r, key)
         if listed:
-            con.print(f"[yellow]{len(listed)} {what}[/yellow]: " + ", ".join(
+            console(stderr=True).print(f"[yellow]{len(listed)} {what}[/yellow]: " + ", ".join(
                 (e["file"] if isinstance(e, dict) else str(e)) for e in listed[:5]))
     if r.out:
         con.print(f"metrics: {r.out}/metrics.json, report: {r.out}/report.md")

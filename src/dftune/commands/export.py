@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser, defaults
+import argparse
+
+from dftune.commands import add_parser, add_progress, defaults, group, positional_renamed
 
 
 def register(sub) -> None:
@@ -13,10 +15,11 @@ def register(sub) -> None:
         sub, "export", "write a verified submission folder: HF model + dftune.json + standalone script (int8, ONNX)",
         description="Write a self-contained submission folder: the Hugging Face model (loads with from_pretrained,\n"
         "no dftune needed), dftune.json, predict_submission.py (standalone: same results as `dftune predict`) and\n"
-        "its README; --int8 / --onnx add those exports. Each is checked against the source model.\n"
-        "Example: dftune export runs/ft/best --out submit/model/deep-fake-detector-v2-model --int8 --onnx",
+        "its README; --int8 / --onnx add those exports. Each is checked against the source model.",
+        examples=("dftune export --model runs/ft/best --out submit/model/deep-fake-detector-v2-model",
+                  "dftune export --model runs/ft/best --out submit/model/deep-fake-detector-v2-model --int8 --onnx"),
     )
-    p.add_argument("model", metavar="MODEL_DIR",
+    p.add_argument("--model", default=None, metavar="MODEL_DIR",
                    help="model folder to export (HF format, with dftune.json), or an ensemble.json / its folder "
                         "(each member exported under members/, the ensemble's threshold kept)")
     p.add_argument("--out", required=True, metavar="SUBMIT_DIR", help="submission folder to write")
@@ -35,6 +38,12 @@ def register(sub) -> None:
     p.add_argument("--bench-seconds", type=float, default=d["bench_seconds"],
                    help="seconds of CPU timing per variant for images/s (0: skip)")
     p.add_argument("--force", action="store_true", help="replace SUBMIT_DIR if it exists")
+    p.add_argument("positional_model", nargs="?", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the old spelling
+    add_progress(p, default_text="on; export's steps take seconds and print no bar, accepted as every command "
+                                 "takes it")
+    group(p, {"model and folder": ["--model", "--out", "--force", "--fake-label"],
+              "extra exports": ["--int8", "--onnx", "--opset"],
+              "checks and timing": ["--samples", "--n-samples", "--tolerance", "--int8-tolerance", "--bench-seconds"]})
     p.set_defaults(func=run)
 
 
@@ -45,6 +54,10 @@ def run(args) -> int:
     from dftune.progress import console
     from dftune.stages import export
 
+    positional_renamed(args.positional_model, "--model", "MODEL_DIR")
+    if bool(args.model) == bool(args.positional_model):
+        raise ValueError("give the model to export once: --model MODEL_DIR")
+    args.model = args.model or args.positional_model
     s = export.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
                          n_samples=args.n_samples, tolerance=args.tolerance, int8_tolerance=args.int8_tolerance,
                          opset=args.opset, bench_seconds=args.bench_seconds, force=args.force)
@@ -53,7 +66,7 @@ def run(args) -> int:
     except export.ExportError as e:
         console(stderr=True).print(f"[red]export failed:[/red] {e}")
         return 1
-    con = console(stderr=True)
+    con = console()
     t = Table(title=f"dftune export -> {rep['out']}  (CPU, {torch.get_num_threads()} threads, "
                     f"{rep['samples']} {rep['sample_source']} samples)")
     for c in ("variant", "MB", "agree", "max |Δp|", "tol", "img/s", "speed"):

@@ -5,22 +5,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
+from dftune.commands import (
+    add_parser,
+    add_progress,
+    alpha_or_auto,
+    check_path,
+    group,
+    positional_renamed,
+    say_alpha_curve,
+)
 from dftune.stages.merge import ALPHA_GRID
 
 
 def register(sub) -> None:
     p = add_parser(
         sub, "merge", "average model weights: WiSE-FT (baseline + fine-tuned), uniform or greedy soups",
-        description="Average the weights of models of one architecture into a plain Hugging Face folder.\n"
-        "  dftune merge BASELINE FINETUNED --alpha 0.5 --out runs/wise      # (1 - alpha) * A + alpha * B (WiSE-FT)\n"
-        "  dftune merge runs/s0/best runs/s1/best runs/s2/best --out runs/soup  # uniform soup\n"
-        "  dftune merge runs/*/best --greedy --data data/ffpp --out runs/greedy  # greedy soup on val\n"
+        description="Average the weights of models of one architecture into a plain Hugging Face folder: --alpha A\n"
+        "with two models is (1 - A) x the first + A x the second (WiSE-FT); more models, a uniform (or --weight)\n"
+        "soup; --greedy --data D adds models best-first while D's val does not get worse.\n"
         "Labels are matched by name (label orders may differ); other architectures or label sets are refused.\n"
         "The merged folder gets threshold 0.5 (tune one with `dftune evaluate --write-threshold`), or with\n"
         "--threshold-on check --check PATH the threshold that is best on the check sets.",
+        examples=("dftune merge --model ./baseline --model runs/ft/best --alpha 0.5 --out runs/wise",
+                  "dftune merge --model runs/s0/best --model runs/s1/best --model runs/s2/best --out runs/soup"),
     )
-    p.add_argument("models", nargs="+", metavar="MODEL_DIR", help="model folders (HF format), two or more")
+    p.add_argument("--model", dest="model", action="append", default=[], metavar="MODEL_DIR",
+                   help="model folder (HF format); repeat: two or more, in order (the first is A of --alpha)")
+    p.add_argument("models", nargs="*", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the old spelling
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the merged model")
     p.add_argument("--alpha", type=alpha_or_auto, default=None,
                    help="with two models: the weight of the second, (1 - alpha) * A + alpha * B; 0 gives A, 1 gives B; "
@@ -49,6 +60,10 @@ def register(sub) -> None:
                    help="precision of the saved weights; bfloat16/float16 halve the folder but round away part of a "
                         "fine-tune's update (the command says how much survives, measured from the first model)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_progress(p)
+    group(p, {"models and output": ["--model", "--out", "--force", "--dtype"],
+              "how they are averaged": ["--alpha", "--alpha-grid", "--weight", "--greedy", "--data"],
+              "choosing on data": ["--check", "--metric", "--level", "--threshold-on"]})
     p.set_defaults(func=run)
 
 
@@ -66,6 +81,8 @@ def run(args) -> int:
     from dftune.progress import console
     from dftune.stages import merge
 
+    positional_renamed(args.models, "--model", "MODEL_DIR")
+    args.models = args.model + args.models
     if args.greedy:
         if not args.data:
             raise ValueError("--greedy needs --data PREPARED_DIR (its val split judges each addition)")
@@ -82,7 +99,7 @@ def run(args) -> int:
               f"on it: dftune evaluate --model {args.out} --check {args.check[0]}", file=sys.stderr)
     r = merge.run(args.models, args.out, args.alpha, args.weight, args.force, dtype=args.dtype,
                   checks=args.check, grid=_grid(args.alpha_grid), metric=args.metric, level=args.level,
-                  say=console().print, threshold_on=args.threshold_on)
+                  say=console().print, threshold_on=args.threshold_on, progress=args.progress)
     if "alpha_auto" in r:
         say_alpha_curve(console().print, r["alpha_auto"], r["out"])
     console().print(f"{r['kind']} of {len(r['models'])} models (weights {', '.join(f'{w:g}' for w in r['weights'])}) "

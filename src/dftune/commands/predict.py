@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, add_progress, add_workers, group, one_of, renamed
 
 # predict's and evaluate --files' --no-face (one text: they score files alike)
 NO_FACE_HELP = ("a file in which no face is found (framing whole:no-face): score its centred square, or call it "
@@ -30,8 +30,9 @@ def register(sub) -> None:
         sub, "predict", "label images and videos with one or several models (TTA, ensemble) into a CSV",
         description="Label images and videos with one or several models into a CSV, one row per file.\n"
         "Faces are found and cropped as in the model's training data (its dftune.json); a video's sampled\n"
-        "frames are pooled; the label uses the model's threshold (set by `dftune evaluate --write-threshold`).\n"
-        "Example: dftune predict test_images/ test_videos/ --model runs/ft/best --out submission.csv",
+        "frames are pooled; the label uses the model's threshold (set by `dftune evaluate --write-threshold`).",
+        examples=("dftune predict test_images/ test_videos/ --model runs/ft/best --csv submission.csv",
+                  "dftune predict test/ --model runs/ft/best --format filename,label --csv submission.csv"),
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image/video files or folders (searched recursively for jpg jpeg png bmp webp gif "
@@ -43,14 +44,13 @@ def register(sub) -> None:
                    help="ensemble weight of each --model, in the same order (default: equal)")
     p.add_argument("--fake-label", default=None,
                    help="name (or index) of the fake class for models whose labels do not say")
-    p.add_argument("--out", default="predictions.csv", help="CSV to write")
+    p.add_argument("--csv", default="predictions.csv", metavar="FILE", help="CSV to write")
     p.add_argument("--backend", default="torch", choices=list(BACKENDS),
                    help="torch: the HF weights; int8 / onnx: the files `dftune export --int8/--onnx` wrote")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1 ...")
     p.add_argument("--batch-size", type=int, default=d0.batch_size, help="crops per forward pass")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="worker processes decoding, detecting and cropping ahead of the model (default: the "
-                        "cores less one, which the model and a framing thread use; 0 or 1: in this process)")
+    add_workers(p, "the cores less one, which the model and a framing thread use; 0 or 1: in this process",
+                "worker processes decoding, detecting and cropping ahead of the model")
     p.add_argument("--tta", default="auto",
                    help="test-time augmentation views, comma separated: flip, cropF (e.g. crop0.9), or none; "
                         "default auto: the views the model's threshold was tuned with (its provenance in "
@@ -61,7 +61,8 @@ def register(sub) -> None:
     g.add_argument("--margin", type=float, default=None, help="crop side = margin x the face box side")
     g.add_argument("--size", type=int, default=None, help="crop size in pixels")
     g.add_argument("--frames", type=int, default=None, help="frames sampled evenly from each video")
-    g.add_argument("--every", type=int, default=None, help="sample every k-th frame instead (0: use --frames)")
+    g.add_argument("--every", type=int, default=None, metavar="K",
+                   help="sample every K-th frame instead (0: use --frames; not with --frames)")
     g.add_argument("--aggregate", default=None,
                    help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
     g.add_argument("--top-k", type=int, default=d0.top_k, help="K for --aggregate topk")
@@ -97,7 +98,10 @@ def register(sub) -> None:
     d.add_argument("--no-extra-columns", action="store_true",
                    help="write only filename, label (and prob) columns: no faces_found/frames/framing/error")
     d.add_argument("--per-model", action="store_true", help="add each ensemble member's prob_fake column")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
+    renamed(p, "--out", "--csv", dest="csv")
+    group(p, {"inputs, models and output": ["--model", "--weight", "--fake-label", "--csv", "--backend", "--device",
+                                            "--batch-size", "--workers", "--tta"]})
     p.set_defaults(func=run)
 
 
@@ -117,6 +121,7 @@ def run(args) -> int:
         raise ValueError(f"--label-words {args.label_words!r}: give two words, REAL,FAKE (e.g. 0,1 or real,fake)")
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
+    one_of(args, "--frames", "--every")
     s = predict.PredictSettings(
         tta=None if args.tta.strip().lower() == portable.TTA_AUTO else scoring.parse_tta(args.tta),
         batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
@@ -124,16 +129,16 @@ def run(args) -> int:
         every=args.every, already_cropped=args.already_cropped, faces=args.faces, clipped=args.clipped,
         no_face=args.no_face,
         error_label=1 if args.error_label == "fake" else 0,
-        progress=not args.no_progress, workers=args.workers,
+        progress=args.progress, workers=None if args.workers == "auto" else args.workers,
     )
     fmt = predict.CsvFormat(**csv_format_fields(args.format, dict(
         filename_column=args.filename_column, label_column=args.label_column, prob_column=args.prob_column,
         label_words=tuple(words), extra_columns=not args.no_extra_columns, per_model=args.per_model)))
-    sm = predict.run(args.inputs, args.model, s, args.out, fmt, weights=args.weight, fake_label=args.fake_label,
+    sm = predict.run(args.inputs, args.model, s, args.csv, fmt, weights=args.weight, fake_label=args.fake_label,
                      device=args.device, backend=args.backend, filename_style=args.filename_style)
     crop = sm.crop
-    con = console(stderr=True)
-    t = Table(title=f"dftune predict -> {args.out}", show_header=False)
+    con = console()
+    t = Table(title=f"dftune predict -> {args.csv}", show_header=False)
     t.add_row("models", sm.models)
     t.add_row("device / backend", f"{sm.device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
@@ -158,5 +163,5 @@ def run(args) -> int:
     con.print(t)
     for r in sm.results:
         if r.error:
-            con.print(f"[yellow]error[/yellow] {r.name}: {r.error}")
+            console(stderr=True).print(f"[yellow]error[/yellow] {r.name}: {r.error}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dftune.commands import add_parser, defaults
+from dftune.commands import add_parser, add_progress, add_workers, defaults, group, one_of, renamed
 
 DESCRIPTION = """\
 Index FaceForensics++ (or a folder of real/ and fake/ videos and images), sample frames,
@@ -14,14 +14,12 @@ clipped to the frame), resize bicubic and save JPEG q95, with FF++'s official
 identity-disjoint splits. Writes OUT/{train,val,test}/{real,fake}/*.jpg,
 OUT/manifest.csv and OUT/summary.json. Re-running the same command resumes.
 
-examples:
-  dftune prepare /data/FaceForensics++ --out data/ffpp-c23
-  dftune prepare /data/FaceForensics++ --out data/ffpp-c23 --detector retinaface --workers 16
+more:
   dftune prepare /data/FaceForensics++ --out data/ffpp --shard 1/4   # ... then 2/4, 3/4, 4/4
   dftune prepare /data/FaceForensics++ --out data/ffpp --merge       # manifest from all shards
-  dftune prepare my_data/ --source folders --split random --out data/mine
+  dftune prepare my_data/ --source folders --split-by random --out data/mine
   dftune prepare /data/Celeb-DF-v2 --source celebdf --out data/celebdf   # official test list, 1 = real
-  dftune prepare /data/WildDeepfake --source frames --no-detect --out data/wdf   # face frames used whole
+  dftune prepare /data/WildDeepfake --source frames --detector none --out data/wdf   # face frames used whole
 """
 
 
@@ -53,11 +51,14 @@ def register(sub) -> None:
     from dftune.stages.prepare import PrepareConfig
 
     d = defaults(PrepareConfig)
-    p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION)
-    p.add_argument("root", nargs="+", help="FF++ root (holding original_sequences/ and manipulated_sequences/), "
-                                           "or the root of the layout --source names (a list file for --source "
-                                           "list; a dataset JSON for --source deepfakebench); with --merge-into: "
-                                           "the prepared folders to mix")
+    p = add_parser(sub, "prepare", "videos/images -> face crops + manifest (FF++ official splits)", DESCRIPTION,
+                   examples=("dftune prepare /data/FaceForensics++ --out data/ffpp-c23",
+                             "dftune prepare /data/FaceForensics++ --out data/ffpp-c23 --detector retinaface "
+                             "--workers 16"))
+    p.add_argument("root", nargs="+", metavar="ROOT",
+                   help="FF++ root (holding original_sequences/ and manipulated_sequences/), or the root of the "
+                        "layout --source names (a list file for --source list; a dataset JSON for --source "
+                        "deepfakebench); with --merge-into: the prepared folders to mix")
     p.add_argument("--out", default=None, help="output folder for crops, manifest.csv and summary.json "
                                                 "(required unless --merge-into)")
     p.add_argument("--merge-into", default=None, metavar="MIX",
@@ -68,30 +69,33 @@ def register(sub) -> None:
                    help="input layout: ffpp, folders (real/ and fake/), celebdf (Celeb-DF v1/v2), dfdc (DFDC "
                         "training parts + test set), dfdcp (DFDC preview), frames (per-video folders of face frames, "
                         "WildDeepfake), list (path,label[,split][,method][,video] CSV), deepfakebench (a "
-                        "DeepfakeBench/DF40 dataset JSON over its face frames; implies --no-detect); each keeps its "
-                        "official test set")
-    p.add_argument("--split", choices=("official", "random"), default=d["split"],
+                        "DeepfakeBench/DF40 dataset JSON over its face frames; implies --detector none); each keeps "
+                        "its official test set")
+    p.add_argument("--split-by", dest="split", choices=("official", "random"), default=d["split"],
                    help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
-    p.add_argument("--splits", default=None, metavar="DIR",
+    p.add_argument("--split-files", dest="splits", default=None, metavar="DIR",
                    help="folder with train.json/val.json/test.json in FF++'s format "
                         "(default: the official ones shipped with dftune)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split random")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split-by random")
     p.add_argument("--ratios", type=_ratios, default=d["ratios"], metavar="T,V,T",
-                   help="train,val,test fractions of identity groups for --split random (FF++'s official shares)")
+                   help="train,val,test fractions of identity groups for --split-by random (FF++'s official shares)")
     p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"],
                    help="FF++ compression folder to read")
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), metavar="METHOD",
                    help=f"manipulation methods to read (also: {', '.join(OPTIONAL_METHODS)})")
     p.add_argument("--actors", action="store_true",
                    help="also read original_sequences/actors (DeepFakeDetection reals)")
-    p.add_argument("--frames", type=int, default=d["frames"],
-                   help="frames per video, evenly spaced: linspace(0, n-1, frames)")
-    p.add_argument("--every", type=int, default=d["every"], metavar="K",
-                   help="take every K-th frame instead of --frames evenly spaced (0 = off)")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"frames per video, evenly spaced: linspace(0, n-1, frames) (default: {d['frames']})")
+    p.add_argument("--every", type=int, default=None, metavar="K",
+                   help="take every K-th frame instead of --frames evenly spaced (not with --frames) (default: not "
+                        "set, --frames)")
     p.add_argument("--size", type=int, default=d["size"], help="crop side in pixels after bicubic resize")
     p.add_argument("--margin", type=float, default=d["margin"], help="crop side = max(face w, h) x margin")
-    p.add_argument("--detector", choices=sorted(REGISTRY), default=d["detector"],
-                   help="face detector: dlib = HOG exactly as the guide/baseline (width 640, upsample 1); "
+    p.add_argument("--detector", choices=[*sorted(REGISTRY), "none"], default=d["detector"],
+                   help="face detector: none = no detection, each frame used whole (its centred square, resized to "
+                        "--size; for pre-extracted face frames such as --source frames); "
+                        "dlib = HOG exactly as the guide/baseline (width 640, upsample 1); "
                         "retinaface = RetinaFace-mobilenet on onnxruntime, 5 landmarks (prepare ran at 10.5-10.9x the "
                         "guide's frames/s on 2 cores with --detect-width auto; docs/benchmarks.md)")
     p.add_argument("--detect-width", type=_detect_width, default=d["detect_width"], metavar="auto|PIXELS",
@@ -103,23 +107,29 @@ def register(sub) -> None:
                    help="record facial landmarks in the manifest (retinaface: 5 points; dlib: 68 points, "
                         "needs face-recognition-models) for self-blended training images")
     p.add_argument("--quality", type=int, default=d["quality"], help="JPEG quality of the crops")
-    p.add_argument("--no-detect", action="store_true",
-                   help="no face detection: each frame is used whole (its centred square, resized to --size); "
-                        "for pre-extracted face frames such as --source frames")
     p.add_argument("--class-map", default=None, metavar="FILE",
                    help="--source deepfakebench: YAML/JSON of label -> 0 (real) / 1 (fake), or a DeepfakeBench "
                         "config with label_dict, on top of DeepfakeBench's own label_dict (default: not set)")
     p.add_argument("--frames-root", default=None, metavar="DIR",
                    help="--source deepfakebench: the folder the JSON's frame paths start from (default: the "
                         "JSON's folder, then the one above it)")
-    p.add_argument("--workers", type=int, default=d["workers"], help="worker processes (default: all cores)")
+    add_workers(p, f"all cores, {d['workers']} here")
     p.add_argument("--decode-threads", type=int, default=d["decode_threads"],
                    help="FFmpeg decoding threads per worker (0: 1 when --workers > 1, else automatic)")
     p.add_argument("--shard", type=_shard, default=None, metavar="K/N",
                    help="process only share K of N (stable by video name); merge with --merge when all are done")
     p.add_argument("--merge", action="store_true",
                    help="process nothing: rebuild manifest.csv and summary.json from all work in --out (after shards)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress(p)
+    renamed(p, "--split", "--split-by", dest="split", choices=("official", "random"))
+    renamed(p, "--splits", "--split-files", dest="splits", metavar="DIR")
+    renamed(p, "--no-detect", "--detector none", dest="detector", action="store_const", const="none")
+    group(p, {"input": ["--source", "--compression", "--methods", "--actors", "--class-map", "--frames-root"],
+              "splits": ["--split-by", "--split-files", "--seed", "--ratios"],
+              "frames and faces": ["--frames", "--every", "--detector", "--detect-width", "--landmarks", "--margin",
+                                   "--size", "--quality"],
+              "output and work sharing": ["--out", "--merge-into", "--shard", "--merge", "--workers",
+                                          "--decode-threads"]})
     p.set_defaults(func=run)
 
 
@@ -146,14 +156,18 @@ def run(args) -> int:
                          f"folders go together with --merge-into MIX)")
     if not args.out:
         raise ValueError("--out is required: the folder for crops, manifest.csv and summary.json")
+    one_of(args, "--frames", "--every")
+    d = PrepareConfig
     cfg = PrepareConfig(
         root=args.root[0], out=args.out, source=args.source, splits=args.splits, split=args.split, seed=args.seed,
         ratios=tuple(args.ratios), compression=args.compression, methods=tuple(args.methods), actors=args.actors,
-        frames=args.frames, every=args.every, size=args.size, margin=args.margin, detector=args.detector,
+        frames=d.frames if args.frames is None else args.frames, every=args.every or 0, size=args.size,
+        margin=args.margin, detector=d.detector if args.detector == "none" else args.detector,
         detect_width=args.detect_width,
-        landmarks=args.landmarks, quality=args.quality, workers=args.workers, decode_threads=args.decode_threads,
-        no_detect=args.no_detect, class_map=args.class_map, frames_root=args.frames_root,
-        shard=args.shard, merge_only=args.merge, progress=not args.no_progress,
+        landmarks=args.landmarks, quality=args.quality, decode_threads=args.decode_threads,
+        **({} if args.workers == "auto" else {"workers": args.workers}),
+        no_detect=args.detector == "none", class_map=args.class_map, frames_root=args.frames_root,
+        shard=args.shard, merge_only=args.merge, progress=args.progress,
     )
     try:
         summary = prepare.run(cfg)
@@ -208,10 +222,11 @@ def print_summary(s: dict) -> None:
         f"{s['frames']['no_face']} without a face | this run: {run['todo']} processed, "
         f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
     )
+    err = console(stderr=True)  # warnings and failures: stderr
     for line in s.get("one_class_splits", []):
-        con.print(f"[yellow]warning[/yellow] {line}", highlight=False)
+        err.print(f"[yellow]warning[/yellow] {line}", highlight=False)
     for f in s["failures"][:5]:
-        con.print(f"[red]failed[/red] {f['error']}", highlight=False)
+        err.print(f"[red]failed[/red] {f['error']}", highlight=False)
     if len(s["failures"]) > 5:
         con.print(f"... {len(s['failures']) - 5} more failures in summary.json")
     if v["pending"]:

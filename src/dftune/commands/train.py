@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
+from dftune.commands import (
+    add_parser,
+    add_progress,
+    alpha_or_auto,
+    check_path,
+    group,
+    renamed,
+    say_alpha_curve,
+    workers,
+)
 
 if TYPE_CHECKING:
     from dftune.training.state import TrainSummary
@@ -20,6 +29,17 @@ Multi-GPU / multi-node: accelerate launch -m dftune train ...
 Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=VALUE.
 """
 
+def _workers(text: str):
+    """train's --workers: auto is the config's -1 (kept as the old spelling of auto)."""
+    import sys
+
+    if text == "-1":
+        print("--workers -1 is now --workers auto", file=sys.stderr)
+        return -1
+    n = workers(text)
+    return -1 if n == "auto" else n
+
+
 # flag -> (TrainConfig field, type, help); defaults come from TrainConfig and are shown in --help
 _FLAGS = [
     ("--epochs", "epochs", int, "epochs to train"),
@@ -32,14 +52,14 @@ _FLAGS = [
     ("--micro-batch", "micro_batch", int, "images per forward pass (0 = batch size); halved by itself on GPU OOM"),
     ("--clip", "max_grad_norm", float, "gradient-norm clipping (0 = off)"),
     ("--balance", "balance", str, "class imbalance: loss (class-weighted CE), sampler (balanced sampling) or none"),
-    ("--monitor", "monitor", str, "val metric for best checkpoint and early stopping: f1, auc or loss"),
-    ("--monitor-level", "monitor_level", str, "monitor at frame or video level"),
+    ("--metric", "monitor", str, "val metric for best checkpoint and early stopping: f1, auc or loss"),
+    ("--level", "monitor_level", str, "--metric at frame or video level"),
     ("--patience", "patience", int, "early stopping: validations without improvement (0 = off)"),
     ("--val-every", "val_every", int, "validate every N epochs and after the last one; the epochs between save "
                                       "last/ only (validation is ~1/5 of a ViT-B epoch on CPU)"),
     ("--seed", "seed", int, "random seed (data order, augmentations, head init)"),
-    ("--workers", "num_workers", int, "data loader worker processes per process (-1 = auto: 0 on CPU, "
-                                      "min(8, cores) on a GPU)"),
+    ("--workers", "num_workers", _workers, "data loader worker processes per process (auto: 0 on CPU, "
+                                          "min(8, cores) on a GPU)"),
     ("--threads", "threads", int, "torch threads per process (0 = auto: on CPU OMP_NUM_THREADS if set, else "
                                   "cores // processes; on a GPU torch's default)"),
     ("--precision", "precision", str, "auto (bf16 if the GPU has it, else fp16; fp32 on CPU), bf16, fp16 or no"),
@@ -74,7 +94,7 @@ _FLAGS = [
     ("--threshold-on", "threshold_on", str, "the threshold best/ (and wise/) store in dftune.json: val (0.5 until "
                                             "`dftune evaluate --write-threshold` tunes it on val; the val optimum is "
                                             "noted as information) or check (the macro-F1-optimal threshold on every "
-                                            "--check set's rows pooled, at --monitor-level, no TTA)"),
+                                            "--check set's rows pooled, at --level, no TTA)"),
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema-horizon 0.4 --wise 0.75: keeps the starting model's "
                                 "knowledge; in the proxy benchmark it matched the guide's on held-out data, beat "
@@ -89,7 +109,9 @@ def register(sub) -> None:
 
     d = TrainConfig()
     p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION.format(
-        d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)))
+        d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)), examples=(
+        "dftune train --data data/ffpp-c23 --model ./baseline --out runs/ft",
+        "dftune train --data data/ffpp-c23 --model ./baseline --out runs/ft --metric auc --level video"))
     p.add_argument("--data", required=True, action="append",
                    help="prepared folder (holds manifest.csv) from `dftune prepare`; repeat to train on several in "
                         "one run (mixed into RUN_DIR/data through links: each dataset's val is reported on its own "
@@ -115,7 +137,8 @@ def register(sub) -> None:
                "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
-                       help=f"{help_} (default: {_shown(getattr(d, field))})")
+                       metavar="auto|N" if field == "num_workers" else None,
+                       help=f"{help_} (default: {_shown(getattr(d, field), field)})")
     p.add_argument("--reinit-head", dest="reinit_head", action="store_true", default=argparse.SUPPRESS,
                    help=f"replace a classifier head of another size by a new 2-class real/fake head "
                         f"(default: {_on(d.reinit_head)})")
@@ -139,8 +162,26 @@ def register(sub) -> None:
                    help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
                         f"only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be extended "
                         "past the epochs it was laid out over")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress(p)
+    renamed(p, "--monitor", "--metric", dest="monitor", choices=MONITOR)
+    renamed(p, "--monitor-level", "--level", dest="monitor_level", choices=LEVELS)
+    group(p, _GROUPS)
     p.set_defaults(func=run)
+
+
+_GROUPS = {  # --help by purpose
+    "data and model": ["--data", "--data-weight", "--check", "--model", "--out", "--config", "--set", "--recipe",
+                       "--resume", "--fake-label", "--reinit-head"],
+    "optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--schedule", "--warmup", "--grad-accum",
+                     "--micro-batch", "--clip", "--seed"],
+    "data sampling and augmentation": ["--balance", "--paired", "--no-aug", "--sbi"],
+    "which parameters train": ["--tune", "--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets",
+                               "--head-epochs", "--lr-decay", "--freeze"],
+    "weight averaging": ["--ema", "--ema-horizon", "--wise"],
+    "validation, best/ and the stored threshold": ["--metric", "--level", "--patience", "--val-every", "--aggregate",
+                                                   "--select-on", "--threshold-on"],
+    "machine": ["--workers", "--threads", "--precision", "--no-tensorboard"],
+}
 
 
 def _resume_safe_flags() -> str:
@@ -152,9 +193,9 @@ def _resume_safe_flags() -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
 
 
-def _shown(default) -> str:
-    """A default as --help shows it: "not set" for None, as the other commands say."""
-    return "not set" if default is None else str(default)
+def _shown(default, field: str = "") -> str:
+    """A default as --help shows it: "not set" for None, as the other commands say; --workers' -1 is auto."""
+    return "not set" if default is None else "auto" if field == "num_workers" and default == -1 else str(default)
 
 
 def _on(flag: bool) -> str:
@@ -270,7 +311,7 @@ def print_summary(s: TrainSummary) -> None:
         c.print(f"WiSE-FT model: {s.wise_dir} ((1 - {s.wise_alpha}) x the starting model + {s.wise_alpha} x "
                 f"best/; threshold {_threshold(s.wise_threshold)})")
     elif s.wise_error:
-        c.print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
+        console(stderr=True).print(f"[yellow]WiSE-FT model not written: {s.wise_error}[/yellow]")
     c.print(f"device {s.device} x{s.processes}, precision {s.mixed_precision}, micro-batch {s.micro_batch}")
     if s.head_epochs and s.epochs_run <= s.head_epochs:  # --head-epochs covered every epoch: the head alone
         c.print(f"--tune {s.tune} did not train: --head-epochs {s.head_epochs} covered all {s.epochs_run} epoch(s) "
@@ -283,5 +324,5 @@ def print_summary(s: TrainSummary) -> None:
                 f"({100 * s.trainable_share:.2f}%){alone}")
     c.print(f"threads {s.threads} ({s.threads_from}), loader workers {s.workers} ({s.workers_from})")
     if s.skipped:
-        c.print(f"[yellow]{len(s.skipped)} unreadable image(s) skipped; listed in "
+        console(stderr=True).print(f"[yellow]{len(s.skipped)} unreadable image(s) skipped; listed in "
                 f"{s.run_dir}/skipped.txt[/yellow]")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser, check_path
+import sys
+
+from dftune.commands import add_parser, add_progress, check_path, group
 
 DESCRIPTION = """\
 Hyper-parameter search on Optuna: every trial is a real `dftune train` run on --data with
@@ -28,12 +30,14 @@ balance, aug on/off, sbi 0..0.4. --set KEY=VALUE fixes a setting and takes it ou
 
 
 def register(sub) -> None:
-    from dftune.search.metric import METRICS
+    from dftune.search.metric import METRIC_KEYS, METRICS
     from dftune.stages.tune import TuneSettings
     from dftune.training.config import TrainConfig
 
     d = TuneSettings()  # the defaults, shown in --help
-    p = add_parser(sub, "tune", "search training settings (Optuna) with real train runs", DESCRIPTION)
+    p = add_parser(sub, "tune", "search training settings (Optuna) with real train runs", DESCRIPTION, examples=(
+        "dftune tune --data data/ffpp-c23 --model ./baseline --out runs/study --trials 20",
+        "dftune tune --data data/ffpp-c23 --model ./baseline --out runs/study --metric auc --level video"))
     p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
     p.add_argument("--model", required=True, help="model folder or Hugging Face hub id each trial starts from")
     p.add_argument("--out", required=True, metavar="STUDY_DIR",
@@ -43,10 +47,13 @@ def register(sub) -> None:
                         "the missing ones, and parallel processes share the count")
     p.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds after which this process starts no new trial (default: none)")
-    p.add_argument("--metric", default=d.metric, choices=METRICS, metavar="METRIC",
-                   help="val metric to optimise: LEVEL_NAME with LEVEL frame or video and NAME f1 (macro F1 at the "
-                        "val-optimal threshold), f1_05 (macro F1 at 0.5), auc, loss (minimised), accuracy or "
-                        "balanced_accuracy")
+    p.add_argument("--metric", default=d.metric.split("_", 1)[1], choices=(*METRIC_KEYS, *METRICS),
+                   metavar="METRIC",
+                   help="val metric to optimise: f1 (macro F1 at the val-optimal threshold), f1_05 (macro F1 at 0.5), "
+                        "auc, loss (minimised), accuracy or balanced_accuracy; LEVEL_METRIC (frame_f1) is short for "
+                        "--metric METRIC --level LEVEL")
+    p.add_argument("--level", default=None, choices=("frame", "video"),
+                   help=f"the level of --metric (default: {d.metric.split('_', 1)[0]})")
     p.add_argument("--check", dest="checks", action="append", type=check_path, default=list(d.checks), metavar="PATH",
                    help="check set from outside --data: a prepared folder (its val+test, or PATH:SPLIT) or a labels "
                         "CSV of raw images and videos (framed as predict frames them); repeat for several. The study "
@@ -74,11 +81,25 @@ def register(sub) -> None:
                    help="keep every trial's best/ and last/ weights (default: only the best trial's)")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="fix any training setting for all trials, repeatable; a key set here is not searched")
-    p.add_argument("--progress", action="store_true",
-                   help="show each trial's progress bars (default: one line a trial)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="one line a trial, no progress bars: the default, accepted as the other commands take it")
+    add_progress(p, default=False, default_text="off: one line a trial; --progress shows each trial's bars")
+    group(p, {"data, model and study": ["--data", "--model", "--out", "--storage", "--study-name", "--keep-all"],
+              "the objective": ["--metric", "--level", "--check"],
+              "the search": ["--trials", "--timeout", "--space", "--set", "--pruner", "--epochs", "--fraction",
+                             "--seed"]})
     p.set_defaults(func=run)
+
+
+def metric_name(metric: str, level: str | None) -> str:
+    """--metric and --level as the study's metric name, LEVEL_METRIC; a LEVEL_METRIC --metric stays itself
+    (an error when --level says another level)."""
+    from dftune.search.metric import METRICS
+
+    if metric in METRICS:
+        if level and not metric.startswith(level + "_"):
+            raise ValueError(f"--metric {metric} is at {metric.split('_', 1)[0]} level; --level {level} says "
+                             f"otherwise: give --metric {metric.split('_', 1)[1]} --level {level}")
+        return metric
+    return f"{level or 'frame'}_{metric}"
 
 
 def run(args) -> int:
@@ -90,9 +111,10 @@ def run(args) -> int:
 
     # every TuneSettings field but sets has a flag of its name (checks: --check, repeatable)
     s = TuneSettings(**{f.name: getattr(args, f.name) for f in fields(TuneSettings)
-                        if f.name not in ("sets", "checks")},
-                     checks=tuple(args.checks), sets=parse_sets(args.sets))
-    summary = tune.run(args.data, args.model, args.out, s, progress=args.progress, say=lambda m: print(m, flush=True))
+                        if f.name not in ("sets", "checks", "metric")},
+                     metric=metric_name(args.metric, args.level), checks=tuple(args.checks), sets=parse_sets(args.sets))
+    summary = tune.run(args.data, args.model, args.out, s, progress=args.progress,
+                       say=lambda m: print(m, file=sys.stderr, flush=True))  # a line a trial: progress
     print_summary(summary)
     return 0 if summary.best else 1  # no trial completed: nothing usable (no best.yaml, no model)
 

@@ -114,7 +114,8 @@ def load_runner(model_dir, backend: str = "torch", device: str = "cpu", threads:
 
         p = os.path.join(d, ONNX_NAME)
         if not os.path.exists(p):
-            raise FileNotFoundError(f"{p}: no ONNX model here; run `dftune export MODEL --out DIR --onnx` first")
+            raise FileNotFoundError(f"{p}: no ONNX model here; run `dftune export --model MODEL --out DIR --onnx` "
+                                    "first")
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = threads
@@ -134,7 +135,8 @@ def load_runner(model_dir, backend: str = "torch", device: str = "cpu", threads:
             raise ValueError("the int8 backend (dynamic quantization) runs on the CPU only; use --device cpu")
         p = os.path.join(d, INT8_NAME)
         if not os.path.exists(p):
-            raise FileNotFoundError(f"{p}: no int8 model here; run `dftune export MODEL --out DIR --int8` first")
+            raise FileNotFoundError(f"{p}: no int8 model here; run `dftune export --model MODEL --out DIR --int8` "
+                                    "first")
         module = quantize_int8(AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(d)).eval())
         import warnings
 

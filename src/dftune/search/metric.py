@@ -16,7 +16,7 @@ METRIC_KEYS = {
     "balanced_accuracy": "balanced_accuracy",
 }
 METRICS = tuple(f"{lv}_{k}" for lv in ("frame", "video") for k in METRIC_KEYS)
-MONITOR = {"auc": "auc", "loss": "loss"}  # train's --monitor for a metric key; the rest monitor f1
+MONITOR = {"auc": "auc", "loss": "loss"}  # train's --metric for a metric key; the rest monitor f1
 
 
 @dataclass(frozen=True)

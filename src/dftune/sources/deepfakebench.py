@@ -31,7 +31,7 @@ own folder name down. A frame's landmarks are the ``.npy`` of the same name unde
 - **Identities** from FF++-style (``000``, ``000_003``) and Celeb-DF-style (``id0_0000``, ``id0_id1_0000``)
   video names: a train/val video sharing one with a test video is dropped and counted, as for every source.
 - Frames the JSON names that are not on disk are counted and listed; the rest goes on.
-- Frames are used whole as crops (``--no-detect`` is implied: they are DeepfakeBench's face crops).
+- Frames are used whole as crops (``--detector none`` is implied: they are DeepfakeBench's face crops).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
     ROOT/fake/**.{mp4,jpg,...}       label 1; ``fake/<Method>/...`` names the method
     ROOT/{train,val,test}/{real,fake}/...   splits given by the layout (used as they are)
 
-Without split folders, ``--split random`` assigns whole files; identities are unknown
+Without split folders, ``--split-by random`` assigns whole files; identities are unknown
 here, so keep one person's files in one split yourself when that matters.
 """
 

@@ -9,7 +9,7 @@
 
 A video is a folder that directly holds image files; its frames are those images in natural
 order (``2.png`` before ``10.png``), sampled like a video's (``--frames`` evenly spaced or
-``--every K``; the frame index is the position in that order). ``--no-detect`` uses each
+``--every K``; the frame index is the position in that order). ``--detector none`` uses each
 frame whole as the crop (resized to ``--size``); otherwise the face detector runs on it and
 a frame that already is a face crop is kept whole, as for images.
 

@@ -150,7 +150,7 @@ def run(cfg: DemoConfig) -> dict:
                  f"{info['pairs']}, split files in {info['splits']}")
         with stage("prepare"):
             _say("[2/7] prepare: detect, crop, manifest")
-            _cli(["prepare", str(root), "--out", str(prepared), "--splits", str(root / "splits"),
+            _cli(["prepare", str(root), "--out", str(prepared), "--split-files", str(root / "splits"),
                   "--detector", "retinaface", "--landmarks", "--frames", str(cfg.frames),
                   "--size", str(cfg.crop_size), "--workers", str(cfg.workers)] + quiet, "prepare", prepared)
         with stage("model"):
@@ -182,12 +182,12 @@ def run(cfg: DemoConfig) -> dict:
         with stage("predict"):
             vids = test_videos(root, prepared)
             _say(f"[6/7] predict: {len(vids)} test videos (face detection included) -> {csv_path}")
-            _cli(["predict", *[str(p) for p, _, _ in vids], "--model", str(best), "--out", str(csv_path),
+            _cli(["predict", *[str(p) for p, _, _ in vids], "--model", str(best), "--csv", str(csv_path),
                   "--filename-style", "path"] + quiet, "predict", csv_path)
         with stage("export"):
             _say(f"[7/7] export: {best} -> {sub_dir}")
             samples = [str(prepared / "test")]
-            argv = ["export", str(best), "--out", str(sub_dir), "--samples", *samples, "--n-samples", "32",
+            argv = ["export", "--model", str(best), "--out", str(sub_dir), "--samples", *samples, "--n-samples", "32",
                     "--bench-seconds", "0.5", "--force"]
             argv += ["--int8"] if cfg.int8 else []
             argv += ["--onnx"] if cfg.onnx else []

@@ -213,7 +213,7 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
     s = s or EvalSettings()
     how, k = pooling.parse_aggregate(s.aggregate, s.top_k)
     if s.threshold_level not in ("frame", "video"):
-        raise ValueError("--threshold-level must be frame or video")
+        raise ValueError("--level must be frame or video")
     eval_rows, val_rows = _eval_and_val_rows(data, s)
 
     ensemble = scoring.load_ensemble(model_dirs, s.fake_label, s.device, s.backend, s.weights)

@@ -212,7 +212,7 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
         weights: Sequence[float] | None = None, force: bool = False, dtype: str = "float32",
         checks: Sequence[str] = (), grid: Sequence[float] = ALPHA_GRID, metric: str = "auc",
         level: str = "frame", say=None, threshold_on: str = "val", threshold_level: str | None = None,
-        aggregate: str = "mean") -> dict:
+        aggregate: str = "mean", progress: bool = True) -> dict:
     """WiSE-FT (two models and ``alpha``) or a (weighted) uniform soup; writes ``out`` in ``dtype``
     (float32 by default: a fine-tune's update is smaller than bf16's resolution, so a cast rounds much of it
     away; the returned ``cast`` says how much survives, measured from the first model).
@@ -241,7 +241,7 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
         if len(paths) != 2:
             raise MergeError("--alpha auto interpolates two models: the starting one and the fine-tuned one")
         alpha, curve = choose_alpha(paths, checks, grid, metric, level, cache=Path(out).parent / "checks",
-                                     say=say)
+                                     say=say, progress=progress)
     if alpha is not None:
         if len(paths) != 2:
             raise MergeError("--alpha interpolates two models: (1 - alpha) * A + alpha * B")
@@ -276,18 +276,19 @@ def run(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | None 
         alpha_curve_figure(curve, Path(out) / "alpha_curve.png")
     stored = {"value": 0.5, "source": dict(modelmeta.DEFAULT_SOURCE)}
     if threshold_on == "check":
-        stored = _check_threshold(paths, out, checks, threshold_level or level, aggregate)
+        stored = _check_threshold(paths, out, checks, threshold_level or level, aggregate, progress)
     return {"out": str(out), **recipe, "threshold": stored}
 
 
-def _check_threshold(paths: Sequence[str], out, checks: Sequence[str], level: str, aggregate: str) -> dict:
+def _check_threshold(paths: Sequence[str], out, checks: Sequence[str], level: str, aggregate: str,
+                     progress: bool = True) -> dict:
     """Store in ``out``'s dftune.json the threshold that is macro-F1-optimal on the check sets' rows pooled
     (refused when a check set shares an identity with a merged model's training data); ``{"value", "source"}``."""
     from dftune import checks as C
     from dftune import scoring
     from dftune.prepared import read_manifest
 
-    sets = [C.load(c, cache=Path(out).parent / "checks", crop=crop_of(paths)) for c in checks]
+    sets = [C.load(c, cache=Path(out).parent / "checks", crop=crop_of(paths), progress=progress) for c in checks]
     for p in paths:
         data = _trained_on(str(p))
         if data:
@@ -313,7 +314,8 @@ def _trained_on(path: str) -> str | None:
 
 
 def choose_alpha(paths: Sequence[str], checks: Sequence[str], grid: Sequence[float], metric: str = "auc",
-                 level: str = "frame", cache: str | os.PathLike | None = None, say=None) -> tuple[float, dict]:
+                 level: str = "frame", cache: str | os.PathLike | None = None, say=None,
+                 progress: bool = True) -> tuple[float, dict]:
     """The WiSE-FT alpha that scores best on the check sets, and the curve it was chosen from. A labels CSV's
     files are framed once (into ``cache``) with the crop settings the merged model keeps (:func:`crop_of`); ``say``
     gets the line saying what such a check set holds (default: the log)."""
@@ -328,7 +330,7 @@ def choose_alpha(paths: Sequence[str], checks: Sequence[str], grid: Sequence[flo
     grid = sorted({float(a) for a in grid})
     if not grid or grid[0] < 0 or grid[-1] > 1:
         raise MergeError(f"--alpha-grid {grid}: alphas between 0 and 1")
-    sets = [C.load(c, cache=cache, crop=crop_of(paths), say=say) for c in checks]
+    sets = [C.load(c, cache=cache, crop=crop_of(paths), say=say, progress=progress) for c in checks]
     data = _trained_on(str(paths[1]))
     val = None
     if data:

@@ -112,7 +112,7 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
                     warnings=warnings, seed=cfg.seed, ratios=cfg.ratios, class_map=cfg.class_map,
                     frames_root=cfg.frames_root)
     if cfg.split not in ("official", "random"):
-        raise SourceError(f"--split must be official or random, got {cfg.split!r}")
+        raise SourceError(f"--split-by must be official or random, got {cfg.split!r}")
     # DeepFakeDetection and its actors have no official split: deal the actors out
     # (seeded, by the ratios); a fake whose two actors land in different splits is dropped
     dropped: list[dict] = []
@@ -129,7 +129,7 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
         return assign_random(items, cfg.seed, cfg.ratios), dropped
     if cfg.source == "folders" and not cfg.splits and not all(it.preset_split for it in items):
         raise SourceError(f"{cfg.root}: a folders source has no FF++ ids; lay it out as train/val/test/{{real,fake}} "
-                          f"or use --split random")
+                          f"or use --split-by random")
     id_split = load_split_files(cfg.splits)
     kept, excluded = assign_official(items, id_split)
     return kept, excluded + dropped
@@ -345,7 +345,7 @@ def one_class_splits(by_split: dict) -> list[str]:
             have = "real" if c["fake"] == 0 else "fake"
             out.append(f"the {split} split holds {have} crops only ({c['real']} real, {c['fake']} fake): "
                        f"{'train cannot select a model on it' if split == 'val' else 'its metrics mean nothing'}; "
-                       f"re-deal the splits (--split random, other --ratios or --seed) or add the missing class")
+                       f"re-deal the splits (--split-by random, other --ratios or --seed) or add the missing class")
     return out
 
 
@@ -373,7 +373,7 @@ def run(cfg: PrepareConfig) -> dict:
     cfg.out = Path(cfg.out)
     cfg.root = Path(cfg.root)
     if cfg.source == "deepfakebench" and not cfg.no_detect:
-        log.info("--source deepfakebench: its frames are face crops already; used whole (--no-detect)")
+        log.info("--source deepfakebench: its frames are face crops already; used whole (--detector none)")
         cfg.no_detect = True
     if cfg.shard:
         k, n = cfg.shard

@@ -147,7 +147,7 @@ def run(cfg: SynthConfig) -> dict:
     cfg.data, cfg.out = Path(cfg.data), Path(cfg.out)
     bad = [s for s in cfg.splits if s not in SPLITS]
     if bad:
-        raise ValueError(f"--splits: unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
+        raise ValueError(f"--split: unknown split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
     if cfg.per_real < 1:
         raise ValueError(f"--per-real must be at least 1; got {cfg.per_real}")
     src_manifest = manifest_file(cfg.data)

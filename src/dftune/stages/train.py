@@ -63,7 +63,7 @@ One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.fo
 takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
 holder's host and pid; a lock left by a killed run on this host is taken over. ``--resume`` refuses another
 ``--model`` than the run started from. A val split of one class is refused at the start (the best checkpoint
-is chosen on it) unless ``--monitor loss``.
+is chosen on it) unless ``--metric loss``.
 
 A checkpoint that cannot be written (a full disk) stops the run with an error naming the file and the
 free space; the previous ``last/`` stays complete, history.json lists the epochs done, and ``--resume``
@@ -326,7 +326,7 @@ def _hub_folder(source: str) -> str:
 def _data(data_dir: Path, run_dir: Path, cfg: TrainConfig, spec: Preprocess, workers: int,
           say: Callable[[str], None] = print, progress: bool = True) -> RunData:
     """The train and val splits' readable rows, datasets and loaders. A val split of one class is refused
-    (the best checkpoint and early stopping are chosen on it) unless --monitor loss."""
+    (the best checkpoint and early stopping are chosen on it) unless --metric loss."""
     import torch
 
     rows = read_manifest(data_dir, splits=("train", "val"))

@@ -108,7 +108,7 @@ def run_all(extras: Extras, accelerator, model, normalize, fake_index: int, aggr
 def stored_threshold(record: dict, cfg: TrainConfig) -> dict | None:
     """The threshold a validated epoch's model folders store, as history.json records it: ``{"value", "source"}``,
     0.5 untuned (``{"by": "default"}``), or with ``--threshold-on check`` the check sets' pooled optimum at
-    ``--monitor-level`` (no TTA, the run's video pooling) and its provenance naming them. None: not validated."""
+    ``--level`` (no TTA, the run's video pooling) and its provenance naming them. None: not validated."""
     if record.get("val") is None:
         return None
     if cfg.threshold_on != "check" or not (record.get("check") or {}).get("threshold"):

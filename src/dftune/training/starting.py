@@ -29,8 +29,8 @@ def wise_base(folder: str, model_source: str, cfg: TrainConfig) -> str | None:
             f"with best/ when the run ends and needs "
             f"it as a local folder; {model_source} has no local copy in the Hugging Face cache "
             f"({constants.HF_HUB_CACHE}). Download it first (e.g. `hf download {model_source} --local-dir DIR`) and "
-            f"pass --model DIR, or train without --wise (`dftune merge {model_source} RUN/best --alpha A` makes the "
-            f"WiSE-FT model later)")
+            f"pass --model DIR, or train without --wise (`dftune merge --model {model_source} --model RUN/best "
+            f"--alpha A` makes the WiSE-FT model later)")
     return str(folder)
 
 

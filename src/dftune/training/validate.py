@@ -1,7 +1,7 @@
 """Validation and the monitor: frame- and video-level metrics over the val split, gathered over processes.
 
 Validation runs under ``torch.inference_mode`` (at twice the training batch: the stage's val loader), with the
-EMA weights in the model when ``--ema`` keeps an average. The monitor (``--monitor``, ``--monitor-level``) picks
+EMA weights in the model when ``--ema`` keeps an average. The monitor (``--metric``, ``--level``) picks
 one of its numbers; :func:`improved` says whether it beats the best so far.
 """
 
@@ -89,19 +89,19 @@ def improved(v: float, best: float | None, higher_is_better: bool) -> bool:
 
 def check_val_classes(data_dir: Path, val_counts: np.ndarray, cfg: TrainConfig, say: Callable[[str], None]) -> None:
     """Refuse a val split of one class: the best checkpoint and early stopping would be chosen on a macro F1 of
-    1.0 for calling everything that class, or an undefined AUC. --monitor loss, asked for, is let through with
+    1.0 for calling everything that class, or an undefined AUC. --metric loss, asked for, is let through with
     a warning."""
     if not (val_counts == 0).any():
         return
     have = "real" if val_counts[1] == 0 else "fake"
     counts = f"{int(val_counts[0])} real, {int(val_counts[1])} fake"
     if cfg.monitor == "loss":
-        say(f"warning: {data_dir}: the val split holds {have} crops only ({counts}): --monitor loss selects on it, "
+        say(f"warning: {data_dir}: the val split holds {have} crops only ({counts}): --metric loss selects on it, "
             f"which favours a model that leans to calling crops {have}; its F1 and AUC mean nothing")
         return
     raise TrainError(
         f"{data_dir}: the val split holds {have} crops only ({counts}): train chooses its best checkpoint and stops "
         f"early on val {cfg.monitor}, which one class cannot rank (macro F1 is 1.0 for a model that calls "
-        f"everything {have}, AUC is undefined). Re-deal the splits (dftune prepare --split random, other --ratios "
-        f"or --seed) or add the missing class to val; or pass --monitor loss to select on the val loss (which, "
+        f"everything {have}, AUC is undefined). Re-deal the splits (dftune prepare --split-by random, other --ratios "
+        f"or --seed) or add the missing class to val; or pass --metric loss to select on the val loss (which, "
         f"with one class, favours a model leaning to it)")
