@@ -47,14 +47,18 @@ _FLAGS = [
     ("--sbi", "sbi", float, "probability that a real training crop becomes a self-blended pseudo-fake on the fly "
                             "(landmark mask when the manifest has landmarks, else the crop's face box; 0 = off)"),
     ("--tune", "tune", str, "which parameters train (the classifier head always does): full, head (linear probe), "
-                            "layernorm (LayerNorm weights and biases: GenD), bias (BitFit) or lora (low-rank adapters, "
-                            "merged into every saved model)"),
+                            "layernorm (LayerNorm weights and biases: GenD), bias (BitFit), lora (low-rank adapters, "
+                            "merged into every saved model) or svd-residual (Effort: the smallest singular "
+                            "components of each attention projection of a ViT-family encoder, merged into plain "
+                            "weights when saved)"),
     ("--lora-rank", "lora_rank", int, "LoRA rank r (--tune lora)"),
     ("--lora-alpha", "lora_alpha", float, "LoRA alpha: the adapters are scaled by alpha / rank (--tune lora)"),
     ("--lora-dropout", "lora_dropout", float, "dropout on the LoRA adapters' input (--tune lora)"),
     ("--lora-targets", "lora_targets", str, "comma-separated module names that get LoRA adapters (--tune lora); auto = "
                                             "every Linear layer inside the encoder's numbered blocks (attention "
                                             "and MLP)"),
+    ("--svd-rank", "svd_rank", int, "how many of each attention projection's singular components train (--tune "
+                                    "svd-residual; the others stay frozen, Effort's r - 1 of r at 1)"),
     ("--head-epochs", "head_epochs", int, "LP-FT: train the classifier head alone for the first N epochs, then the "
                                           "--tune set (0 = off)"),
     ("--lr-decay", "lr_decay", float, "layer-wise learning-rate decay: block i of L (counted over the whole "

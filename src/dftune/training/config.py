@@ -18,12 +18,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dftune.training.trainable import TUNE  # the --tune modes (re-exported: commands read them here)
+
 BALANCE = ("loss", "sampler", "none")
 MONITOR = ("f1", "auc", "loss")
 LEVELS = ("frame", "video")
 SCHEDULES = ("constant", "cosine")
 PRECISION = ("auto", "bf16", "fp16", "no")
-TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.training.trainable
 _STR_TUPLES = ("freeze", "checks")  # tuple settings of strings
 _FLOAT_TUPLES = ("data_weights",)  # ... of numbers (the other tuples hold ints)
 
@@ -72,13 +73,15 @@ class TrainConfig:
     fake_label: str | None = None
     reinit_head: bool = False
     # which parameters train (dftune.training.trainable): full | head (linear probe) | layernorm (GenD) | bias (BitFit)
-    # | lora (PEFT adapters, merged into every saved model); the head always trains
+    # | lora (PEFT adapters, merged into every saved model) | svd-residual (Effort: the attention projections' smallest
+    # singular components train, merged into plain weights when saved); the head always trains
     tune: str = "full"
     freeze: tuple = ()  # regexes (re.search on parameter names): matching parameters are frozen as well
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "auto"  # auto: every Linear inside the encoder's numbered blocks; else comma-separated names
+    svd_rank: int = 1  # --tune svd-residual: how many of each attention projection's singular components train
     head_epochs: int = 0  # LP-FT: the first N epochs train the head alone, then the --tune set
     lr_decay: float = 1.0  # layer-wise LR decay: block i of L gets lr * lr_decay ** (L - i); 1 = off
     ema: float = 0.0  # EMA decay of the trainable weights; validation and saved models use the average; 0 = off
@@ -137,6 +140,17 @@ class TrainConfig:
             raise ValueError(f"lora_alpha must be positive; got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout is a probability in [0, 1); got {self.lora_dropout}")
+        if int(self.svd_rank) < 1:
+            raise ValueError(f"svd_rank is how many singular components of each attention projection train, at "
+                             f"least 1; got {self.svd_rank}")
+        if self.tune == "svd-residual":
+            lora = {f"--{k.replace('_', '-')} {getattr(self, k)}" for k in ("lora_rank", "lora_alpha", "lora_dropout",
+                                                                            "lora_targets")
+                    if getattr(self, k) != FIELDS[k].default}
+            if lora:
+                raise ValueError(f"--tune svd-residual trains the attention projections' residual singular "
+                                 f"components, not LoRA adapters; {', '.join(sorted(lora))} would do nothing: "
+                                 f"drop it, or train adapters with --tune lora")
         if int(self.head_epochs) < 0:
             raise ValueError(f"head_epochs must be 0 (off) or more; got {self.head_epochs}")
         if not 0 < self.lr_decay <= 1:
