@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dftune.model import card
 from dftune.model import meta as modelmeta
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def _save(model, state: dict, src: str, out: Path, recipe: dict, force: bool) ->
         base = modelmeta.load(src, {int(k): v for k, v in model.config.id2label.items()})
         crop = crop_of(recipe["models"]) or base.crop
         meta = modelmeta.ModelMeta(fake_index=base.fake_index, real_index=base.real_index, crop=crop,
-                                   extra={"merge": recipe, **data_of(recipe["models"])})
+                                   extra={"merge": recipe, **data_of(recipe["models"]),
+                                          **card.provenance_of(recipe["models"])})
         modelmeta.save(tmp, meta)
     return out
 

@@ -44,6 +44,7 @@ class ModelWriter:
     data: str
     datasets: dict | None = None  # a mix's folders (train --data A --data B): name -> path
     select_on: str = "val"
+    provenance: dict | None = None  # the starting model's licence and base model (dftune.model.card.provenance)
 
     @property
     def raw_apart(self) -> bool:
@@ -88,6 +89,7 @@ class ModelWriter:
                  "data": self.data}
         if self.datasets:
             extra["datasets"] = self.datasets
+        extra.update(self.provenance or {})
         for key in ("check", "datasets"):
             if record.get(key):
                 extra[f"{key}_metrics"] = record[key]
