@@ -57,10 +57,11 @@ def _head_names(model, state: dict) -> list[str]:
 def load_for_merge(path: str | os.PathLike) -> tuple[object, _Loaded]:
     from transformers import AutoModelForImageClassification
 
-    from dftune.model.load import as_float32
+    from dftune.model.load import as_float32, register_families
     from dftune.portable import fake_index_of
 
     p = str(path)
+    register_families()
     if not (Path(p) / "config.json").exists():
         raise MergeError(f"{p}: not a model folder (no config.json)")
     try:

@@ -311,6 +311,10 @@ def _hub_folder(source: str) -> str:
     if folder is None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+        from dftune.model.load import register_families
+
+        register_families()
+
         try:  # the files from_pretrained reads, into the cache (a hub id needs network access for this)
             AutoModelForImageClassification.from_pretrained(source)
             AutoImageProcessor.from_pretrained(source)

@@ -51,9 +51,10 @@ def load_model(source: str, cfg: TrainConfig, where: str | None = None):
     ``where``: the name messages give the model (the hub id ``source``'s snapshot was found for)."""
     from transformers import AutoConfig
 
-    from dftune.model.load import load_classifier
+    from dftune.model.load import load_classifier, register_families
 
     where = str(where or source)
+    register_families()
     try:
         mcfg = AutoConfig.from_pretrained(source)
     except OSError as e:
