@@ -37,7 +37,8 @@ Building one:
   - from a stock classifier (``ViTForImageClassification`` ...): ``from_classifier(model, feature_norm=None)``
     keeps its encoder's weights and labels; the classifier is copied scaled by ``feature_norm`` (a typical
     pooled-feature norm, so the logits start where the stock head's were for features of that norm) when
-    given and the shapes agree, else freshly initialised.
+    given and the shapes agree, else freshly initialised. ``copy_head(new, old_linear, feature_norm)`` does
+    that copy later (once the norm is measured with the new model's ``pooled``).
 
 ``register()`` (idempotent) registers both classes with ``AutoConfig`` / ``AutoModelForImageClassification``;
 dftune calls it before every load (``dftune.model.load.register_families``). ``save_pretrained`` writes this
@@ -188,13 +189,21 @@ def from_classifier(model, feature_norm: float | None = None, pooling: str | Non
     if missing:
         raise ValueError(f"{type(model).__name__}: its encoder lacks {len(missing)} weights the rebuilt one has "
                          f"(e.g. {missing[0]}); cannot put a normalised head on it")
-    old = getattr(model, "classifier", None)
-    if (feature_norm is not None and isinstance(old, nn.Linear)
-            and tuple(old.weight.shape) == tuple(out.classifier.weight.shape)):
-        with torch.no_grad():
-            out.classifier.weight.copy_(old.weight * float(feature_norm))
-            out.classifier.bias.copy_(old.bias)
+    if feature_norm is not None:
+        copy_head(out, getattr(model, "classifier", None), feature_norm)
     return out.to(next(model.parameters()).dtype)
+
+
+def copy_head(model: NormalisedForImageClassification, old, feature_norm: float) -> bool:
+    """``model.classifier`` = the stock head ``old`` with its weight scaled by ``feature_norm``: for a feature of
+    that length the logits are the stock head's. False (nothing changed) when ``old`` is no ``nn.Linear`` of the
+    same shape."""
+    if not isinstance(old, nn.Linear) or tuple(old.weight.shape) != tuple(model.classifier.weight.shape):
+        return False
+    with torch.no_grad():
+        model.classifier.weight.copy_(old.weight * float(feature_norm))
+        model.classifier.bias.copy_(old.bias)
+    return True
 
 
 def _probe_pooling(enc) -> str:
