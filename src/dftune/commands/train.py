@@ -51,6 +51,16 @@ _FLAGS = [
                             "merged into every saved model) or svd-residual (Effort: the smallest singular "
                             "components of each attention projection of a ViT-family encoder, merged into plain "
                             "weights when saved)"),
+    ("--head", "head", str, "the classifier head: linear (the starting model's own; a normalised one stays "
+                            "normalised) or normalised (the pooled feature L2-normalised, then the linear layer: "
+                            "GenD's; the start is kept in RUN_DIR/start with its head converted, its old head scaled "
+                            "by the training crops' mean feature length where the shapes agree)"),
+    ("--uniformity", "uniformity", float, "weight of the uniformity loss on each batch's unit-length features "
+                                          "(Wang & Isola 2020; needs a normalised head and batches of >= 2; "
+                                          "0 = off; GenD: 0.5)"),
+    ("--alignment", "alignment", float, "weight of the label-aware alignment loss on each batch's unit-length "
+                                        "features (pairs of the same class pulled together; needs a normalised "
+                                        "head; 0 = off; GenD: 0.1)"),
     ("--lora-rank", "lora_rank", int, "LoRA rank r (--tune lora)"),
     ("--lora-alpha", "lora_alpha", float, "LoRA alpha: the adapters are scaled by alpha / rank (--tune lora)"),
     ("--lora-dropout", "lora_dropout", float, "dropout on the LoRA adapters' input (--tune lora)"),
@@ -82,7 +92,9 @@ _FLAGS = [
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema-horizon 0.4 --wise 0.75: keeps the starting model's "
                                 "knowledge; in the proxy benchmark it matched the guide's on held-out data, beat "
-                                "it on no clear majority of seeds, and did least harm; docs/benchmarks.md)"),
+                                "it on no clear majority of seeds, and did least harm; docs/benchmarks.md) or gend "
+                                "(GenD's: --tune layernorm --head normalised --uniformity 0.5 --alignment 0.1 "
+                                "--paired, AdamW 3e-4 cosine, no weight decay, its augmentations)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]
@@ -112,11 +124,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
     from dftune.pooling import AGGREGATES
-    from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
+    from dftune.training.config import BALANCE, HEADS, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
                "select_on": ("val", "check"), "threshold_on": ("val", "check"),
-               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
+               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES),
+               "head": HEADS}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        help=f"{help_} (default: {_shown(getattr(d, field))})")
