@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
@@ -190,6 +191,15 @@ def _overrides(args) -> dict:
 
 
 
+def _is_gend(source: str) -> bool:
+    from dftune.model import gend
+
+    try:
+        return gend.gend_folder(source) is not None
+    except OSError:
+        return False
+
+
 def run(args) -> int:
     from dftune.stages import train
     from dftune.training import config
@@ -199,7 +209,12 @@ def run(args) -> int:
     if args.resume:
         cfg = resume_config(args.out, overrides)
     else:
-        cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
+        settings_file = config.load_yaml(args.config) if args.config else None
+        if "recipe" not in overrides and "recipe" not in (settings_file or {}) and _is_gend(args.model):
+            overrides["recipe"] = "gend"  # GenD's own training for a GenD checkpoint, unless a recipe is named
+            print(f"{args.model}: a GenD checkpoint, trained with --recipe gend (name another --recipe to change "
+                  f"that)", file=sys.stderr)
+        cfg = config.with_recipe(settings_file, overrides)
     try:
         summary = train.run(args.data if len(args.data) > 1 else args.data[0], args.model, args.out, cfg,
                             resume=args.resume, progress=args.progress)
