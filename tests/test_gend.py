@@ -192,3 +192,29 @@ def test_gend_evaluates_predicts_fine_tunes_with_its_recipe_merges_and_exports(t
     assert main(["export", str(tmp_path / "wise"), "--out", str(tmp_path / "sub"), "--bench-seconds", "0"]) == 0
     assert "licence: mit" in capsys.readouterr().out
     assert ModelCard.load(tmp_path / "sub" / "README.md").data.license == "mit"
+
+
+def test_exported_gend_script_agrees_with_predict_without_dftune(tmp_path, hub, without_dftune):
+    import subprocess
+
+    from dftune import synthetic
+
+    _hub_cache_entry(hub, BACKBONE, _encoder_files())
+    g = tmp_path / "GenD_tiny"
+    write_gend(g, seed=5)
+    sub = tmp_path / "sub"
+    assert main(["export", str(g), "--out", str(sub), "--bench-seconds", "0"]) == 0
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from PIL import Image
+
+    for i in range(3):
+        ph = synthetic.identity(i)
+        Image.fromarray(ph.rgb).save(imgs / f"{i}.png")
+    ours, theirs = tmp_path / "ours.csv", tmp_path / "theirs.csv"
+    assert main(["predict", str(imgs), "--model", str(g), "--detector", "none", "--out", str(ours),
+                 "--no-progress"]) == 0
+    r = subprocess.run([*without_dftune, str(sub / "predict_submission.py"), str(imgs), "--out", str(theirs),
+                        "--detector", "none"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert ours.read_bytes() == theirs.read_bytes() and len(ours.read_text().splitlines()) == 4
