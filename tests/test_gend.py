@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dftune.cli import main
-from dftune.model import gend
+from dftune.model import formats, gend
 from dftune.model import meta as modelmeta
 
 torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def test_a_gend_folder_gives_gends_logits_labels_crops_and_licence(tmp_path, hub
     # the converted folder is an ordinary dftune model folder, made once
     conv = Path(m.path)
     assert conv.parent == tmp_path / "dftune-cache" / "converted" and (conv / "dftune.json").is_file()
-    assert gend.resolve(tmp_path / "GenD_tiny") == str(conv)
+    assert formats.resolve(tmp_path / "GenD_tiny") == str(conv)
 
 
 def test_a_hub_id_and_a_local_encoder_config(tmp_path, hub):
@@ -130,7 +130,7 @@ def test_a_hub_id_and_a_local_encoder_config(tmp_path, hub):
         (snap / f).write_bytes((tmp_path / "src" / f).read_bytes())
     with pytest.raises(gend.GenDError, match=rf"hf download {BACKBONE} config.json preprocessor_config.json.*"
                                              rf"encoder/"):
-        gend.resolve("yermandy/GenD_tiny")  # the encoder's config is nowhere offline
+        formats.resolve("yermandy/GenD_tiny")  # the encoder's config is nowhere offline
     (tmp_path / "src" / "encoder").mkdir()
     for name, text in enc.items():
         (tmp_path / "src" / "encoder" / name).write_text(text)
@@ -141,17 +141,17 @@ def test_a_hub_id_and_a_local_encoder_config(tmp_path, hub):
     with torch.no_grad():
         assert torch.allclose(m.module(pixel_values=x).logits, reference_logits(state, x), atol=1e-6)
     _hub_cache_entry(hub, BACKBONE, enc)
-    conv = gend.resolve("yermandy/GenD_tiny")
+    conv = formats.resolve("yermandy/GenD_tiny")
     assert modelmeta.load(conv).extra["base_model"] == "yermandy/GenD_tiny"
 
 
 def test_bad_gend_folders_are_refused_naming_the_file(tmp_path, hub, capsys, make_crops):
     write_gend(tmp_path / "pe", backbone="vit_pe_core_large_patch14_336")
     with pytest.raises(gend.GenDError, match=r"pe/config.json.*Perception Encoder.*timm"):
-        gend.resolve(tmp_path / "pe")
+        formats.resolve(tmp_path / "pe")
     write_gend(tmp_path / "odd", backbone="some/other-encoder")
     with pytest.raises(gend.GenDError, match=r"odd/config.json: unknown GenD backbone 'some/other-encoder'"):
-        gend.resolve(tmp_path / "odd")
+        formats.resolve(tmp_path / "odd")
     write_gend(tmp_path / "nocfg")
     crops = make_crops(n_videos=2, frames=2, size=32, methods=("Deepfakes",))
     assert main(["evaluate", "--data", str(crops), "--model", str(tmp_path / "nocfg"), "--out",

@@ -247,9 +247,9 @@ def merge(paths: Sequence[str], out: str | os.PathLike, alpha: float | str | Non
     ``threshold`` says which was stored."""
     if len(paths) < 2:
         raise MergeError("merge needs at least two model folders")
-    from dftune.model import gend
+    from dftune.model import formats
 
-    paths = [gend.resolve(p) for p in paths]  # a GenD checkpoint: its converted folder
+    paths = [formats.resolve(p) for p in paths]  # GenD / timm checkpoints: their converted folder
     refuse_overwriting_an_input(paths, out)
     if threshold_on not in ("val", "check"):
         raise MergeError(f"--threshold-on {threshold_on}: choose val or check")

@@ -195,7 +195,7 @@ def _is_gend(source: str) -> bool:
     from dftune.model import gend
 
     try:
-        return gend.gend_folder(source) is not None
+        return gend.source_folder(source) is not None
     except OSError:
         return False
 

@@ -15,9 +15,8 @@ GenD checkpoint), ``feature_extractor.vision_model.*`` -> ``encoder.vision_model
 -> ``classifier.*``; labels ``{0: real, 1: fake}`` as GenD's logits are; the backbone's image processor (GenD
 preprocesses with it: CLIP's shortest-edge-224 bicubic resize and centre crop, CLIP's mean/std); and a
 ``dftune.json`` with GenD's face crops (RetinaFace, the box scaled 1.3), the licence its model card states and
-the hub id as ``base_model``. :func:`resolve` is what every command calls on a ``--model``: a GenD source becomes
-its converted folder (kept under ``$DFTUNE_CACHE/converted``, default ``~/.cache/dftune``; redone when the
-checkpoint's files change), anything else passes through unchanged.
+the hub id as ``base_model``. :func:`dftune.model.formats.resolve`, which every command calls on a ``--model``,
+turns a GenD source into that folder (once).
 
 The backbone's config is looked for in ``FOLDER/encoder/`` (``config.json`` + ``preprocessor_config.json``,
 for a machine without the hub), then in the Hugging Face cache, then (online) fetched: those two small files
@@ -28,15 +27,14 @@ variant; the released checkpoints are ``LinearNorm``) are refused, naming the fi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MODEL_TYPE = "GenD"
+NAME = MODEL_TYPE = "GenD"
+VERSION = "gend-1"  # of the conversion: a new one redoes converted folders
 ENCODER_DIR = "encoder"  # inside a GenD folder: the backbone's config.json + preprocessor_config.json, offline
 ENCODER_FILES = ("config.json", "preprocessor_config.json")
 # GenD's published framing: RetinaFace boxes scaled by 1.3 (its src/retinaface.py), 224 px crops
@@ -50,14 +48,10 @@ class GenDError(ValueError):
 
 def read_config(folder: str | os.PathLike) -> dict | None:
     """A folder's ``config.json`` when it is a GenD one, else None."""
-    p = Path(folder) / "config.json"
-    if not p.is_file():
-        return None
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return cfg if isinstance(cfg, dict) and cfg.get("model_type") == MODEL_TYPE else None
+    from dftune.model.formats import read_config as config_of
+
+    cfg = config_of(folder)
+    return cfg if cfg is not None and cfg.get("model_type") == MODEL_TYPE else None
 
 
 def backbone_kind(backbone: str, where: str) -> str:
@@ -203,20 +197,6 @@ def _is_derived(name: str) -> bool:
     return name.endswith("position_ids")
 
 
-def _signature(folder: Path) -> str:
-    """What a converted folder was made from: the GenD files' names, sizes and times, and dftune's format."""
-    h = hashlib.sha256(b"gend-1")
-    for p in sorted(folder.iterdir()) + sorted((folder / ENCODER_DIR).glob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DFTUNE_CACHE") or Path.home() / ".cache" / "dftune") / "converted"
-
-
 def convert(folder: str | os.PathLike, out: str | os.PathLike, source: str | None = None) -> Path:
     """Write GenD folder ``folder`` as a dftune model folder ``out`` (atomically); ``source``: the name the
     user gave (a hub id becomes the card's ``base_model``)."""
@@ -263,23 +243,9 @@ def _hub_folder(source: str) -> Path | None:
         return None
 
 
-def gend_folder(source: str | os.PathLike) -> Path | None:
+def source_folder(source: str | os.PathLike) -> Path | None:
     """The GenD folder ``source`` names (a folder, or a hub id), or None when it is not a GenD model."""
     s = str(source)
     if Path(s).is_dir():
         return Path(s) if read_config(s) else None
     return _hub_folder(s)
-
-
-def resolve(source: str | os.PathLike) -> str:
-    """``source`` as dftune loads it: a GenD model's converted folder (made now when missing or out of date),
-    anything else unchanged."""
-    folder = gend_folder(source)
-    if folder is None:
-        return str(source)
-    name = Path(str(source).rstrip("/")).name or "gend"
-    out = cache_root() / f"{name}-{_signature(folder)}"
-    if not (out / "config.json").is_file():
-        log.warning("%s: a GenD checkpoint; converting it to a dftune model folder in %s (once)", source, out)
-        convert(folder, out, str(source))
-    return str(out)

@@ -246,9 +246,9 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
     if scoring.ensemble_file(model_dir):
         return export_ensemble(model_dir, out, s)
-    from dftune.model import gend
+    from dftune.model import formats
 
-    model_dir = gend.resolve(model_dir)  # a GenD checkpoint: its converted folder
+    model_dir = formats.resolve(model_dir)  # GenD / timm checkpoints: their converted folder
     src = scoring.load_model(model_dir, s.fake_label, device="cpu")
     images, sample_source = sample_images(src, s.samples, s.n_samples)
     ref = scoring.model_prob_fake(src, images)

@@ -84,7 +84,7 @@ import numpy as np
 
 from dftune import progress as _progress
 from dftune.atomic import WriteError, read_json, write_json, write_text
-from dftune.model import card, gend
+from dftune.model import card, formats
 from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
 from dftune.training import TrainError, data, extra, machine, schedule, starting, stats, trainable, validate
@@ -293,7 +293,7 @@ def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None], data
     if (cfg.wise_alpha > 0 or cfg.wise_auto) and cfg.reinit_head:
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
-    folder = gend.resolve(model_source)  # a GenD checkpoint (folder or hub id): its converted folder
+    folder = formats.resolve(model_source)  # GenD / timm checkpoints: their converted folder
     folder = _hub_folder(folder) if folder == str(model_source) else folder
     model, processor, lm = starting.load_model(folder, cfg, where=model_source)
     model, start = starting.with_head(model, processor, cfg, data_dir, run_dir, main, say)
