@@ -266,3 +266,22 @@ def test_merge_refuses_a_normalised_head_with_a_plain_one_naming_both(gend_run, 
     err = capsys.readouterr().err
     assert rc != 0 and best in err and gend_run["vit"] in err and "normalised head" in err and "linear" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_gend_resume_gives_the_same_result(gend_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from conftest import train_killed_after
+    from dftune.stages import train
+    from dftune.training.config import with_recipe
+
+    cfg = with_recipe(None, {"recipe": "gend", "epochs": 3, "batch_size": 8, "num_workers": 0, "patience": 0,
+                             "tensorboard": False, "max_train_batches": 3})
+    crops, vit = gend_run["crops"], gend_run["vit"]
+    train.run(crops, vit, tmp_path / "a", cfg, progress=False)
+    train_killed_after(2, crops, vit, tmp_path / "b", cfg)
+    assert train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True).epochs_run == 3
+    a, b = (load_file(str(tmp_path / r / "last" / "model.safetensors")) for r in ("a", "b"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ha, hb = (json.loads((tmp_path / r / "history.json").read_text()) for r in ("a", "b"))
+    assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
