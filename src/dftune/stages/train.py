@@ -57,7 +57,10 @@ run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge`
 snapshot in the Hugging Face cache, and a run without a local folder of its starting model is refused at its
 start. ``--recipe generalise`` lays
 ``--ema-horizon 0.4 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice; an
-``--ema`` or ``--ema-horizon`` given replaces its EMA).
+``--ema`` or ``--ema-horizon`` given replaces its EMA). ``--head normalised`` puts the model under a normalised
+head (``model.normalised``; the start so converted is ``RUN_DIR/start``, what ``--wise`` merges with);
+``--uniformity`` / ``--alignment`` add GenD's feature losses (``training.losses``); ``--recipe gend`` is GenD's
+whole recipe.
 
 One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.folder_lock``, the lock prepare
 takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
