@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import hub_cache_entry
 from dftune.cli import main
 from dftune.model import formats, gend
 from dftune.model import meta as modelmeta
@@ -24,19 +25,6 @@ GEND_CONFIG = {"architectures": ["GenD"], "auto_map": {"AutoConfig": "modeling_g
                                                        "AutoModel": "modeling_gend.GenD"},
                "backbone": BACKBONE, "head": "LinearNorm", "model_type": "GenD", "torch_dtype": "float32",
                "transformers_version": "4.56.2"}
-
-
-def _hub_cache_entry(cache: Path, repo: str, files: dict[str, str]) -> Path:
-    """A model in a Hugging Face cache laid out as huggingface_hub writes it (refs/main -> snapshots/COMMIT)."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / ("models--" + repo.replace("/", "--"))
-    (root / "refs").mkdir(parents=True, exist_ok=True)
-    (root / "refs" / "main").write_text(commit)
-    snap = root / "snapshots" / commit
-    snap.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (snap / name).write_text(text)
-    return snap
 
 
 def _encoder_files() -> dict[str, str]:
@@ -101,7 +89,7 @@ def hub(tmp_path, monkeypatch):
 def test_a_gend_folder_gives_gends_logits_labels_crops_and_licence(tmp_path, hub):
     from dftune import scoring
 
-    _hub_cache_entry(hub, BACKBONE, _encoder_files())
+    hub_cache_entry(hub, BACKBONE, _encoder_files())
     state = write_gend(tmp_path / "GenD_tiny")
     m = scoring.load_model(tmp_path / "GenD_tiny", device="cpu")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -125,7 +113,7 @@ def test_a_hub_id_and_a_local_encoder_config(tmp_path, hub):
     config in FOLDER/encoder/ loads with nothing in the cache."""
     enc = _encoder_files()
     state = write_gend(tmp_path / "src", seed=3)
-    snap = _hub_cache_entry(hub, "yermandy/GenD_tiny", {})
+    snap = hub_cache_entry(hub, "yermandy/GenD_tiny", {})
     for f in ("config.json", "model.safetensors", "README.md"):
         (snap / f).write_bytes((tmp_path / "src" / f).read_bytes())
     with pytest.raises(gend.GenDError, match=rf"hf download {BACKBONE} config.json preprocessor_config.json.*"
@@ -140,7 +128,7 @@ def test_a_hub_id_and_a_local_encoder_config(tmp_path, hub):
     m = scoring.load_model(tmp_path / "src", device="cpu")
     with torch.no_grad():
         assert torch.allclose(m.module(pixel_values=x).logits, reference_logits(state, x), atol=1e-6)
-    _hub_cache_entry(hub, BACKBONE, enc)
+    hub_cache_entry(hub, BACKBONE, enc)
     conv = formats.resolve("yermandy/GenD_tiny")
     assert modelmeta.load(conv).extra["base_model"] == "yermandy/GenD_tiny"
 
@@ -163,7 +151,7 @@ def test_gend_evaluates_predicts_fine_tunes_with_its_recipe_merges_and_exports(t
     from huggingface_hub import ModelCard
     from PIL import Image
 
-    _hub_cache_entry(hub, BACKBONE, _encoder_files())
+    hub_cache_entry(hub, BACKBONE, _encoder_files())
     g = tmp_path / "GenD_tiny"
     write_gend(g)
     crops = make_crops(n_videos=4, frames=3, size=32, methods=("Deepfakes",))
@@ -199,7 +187,7 @@ def test_exported_gend_script_agrees_with_predict_without_dftune(tmp_path, hub, 
 
     from dftune import synthetic
 
-    _hub_cache_entry(hub, BACKBONE, _encoder_files())
+    hub_cache_entry(hub, BACKBONE, _encoder_files())
     g = tmp_path / "GenD_tiny"
     write_gend(g, seed=5)
     sub = tmp_path / "sub"

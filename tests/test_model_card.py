@@ -10,6 +10,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
+from conftest import hub_cache_entry
 from dftune.cli import main
 from dftune.model import card
 from dftune.model import meta as modelmeta
@@ -54,13 +55,19 @@ def test_licence_travels_from_the_start_through_train_merge_and_export(crops, ti
     assert json.loads((sub / "export_report.json").read_text())["licence"]["license"] == "mit"
 
 
-def test_unknown_licence_is_said_and_a_hub_start_is_the_base_model(tmp_path, tiny_vit, capsys):
+def test_unknown_licence_is_said_and_a_hub_start_is_the_base_model(tmp_path, tiny_vit, capsys, monkeypatch):
     vit = Path(tiny_vit({0: "real", 1: "fake"}, image_size=32))
     assert card.provenance(vit, str(vit)) == {}
     (vit / "README.md").write_text(MIT_CARD)
     assert card.provenance(vit, "yermandy/GenD_CLIP_L_14") == {
         "licence": {"license": "mit", "from": "yermandy/GenD_CLIP_L_14"}, "base_model": "yermandy/GenD_CLIP_L_14"}
     (vit / "README.md").unlink()
+    # a hub model loaded by from_pretrained has no README.md in its folder: its card is read from the cache
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    hub_cache_entry(tmp_path / "hf", "org/baseline", {"README.md": "---\nlicense: apache-2.0\n---\n"})
+    assert card.provenance(vit, "org/baseline")["licence"]["license"] == "apache-2.0"
     meta = modelmeta.load(vit, {0: "real", 1: "fake"})
     text = card.model_card(meta)
     c = ModelCard(text)

@@ -51,6 +51,20 @@ def card_licence(folder: str | Path) -> dict | None:
     return out
 
 
+def _hub_card(repo_id: str) -> Path | None:
+    """The folder holding hub model ``repo_id``'s ``README.md``: from the cache, else fetched (online only)."""
+    from huggingface_hub import constants, hf_hub_download
+
+    for online in (False, True):
+        if online and constants.HF_HUB_OFFLINE:
+            break
+        try:
+            return Path(hf_hub_download(repo_id, CARD_NAME, local_files_only=not online)).parent
+        except Exception as e:  # noqa: BLE001 - no card, not cached, no network: the licence stays unknown
+            log.debug("%s: no model card (%s)", repo_id, e)
+    return None
+
+
 def provenance(folder: str | Path | None, source: str) -> dict:
     """``{"licence": {...}, "base_model": id}`` (each only where known) of the starting model ``source`` whose
     files are in ``folder`` (a hub id's cache snapshot, or the folder itself): what its ``dftune.json`` carries,
@@ -64,8 +78,11 @@ def provenance(folder: str | Path | None, source: str) -> dict:
         extra = modelmeta.load(folder).extra or {}
     if extra.get("licence"):
         out["licence"] = dict(extra["licence"])
-    elif folder is not None:
-        lic = card_licence(folder)
+    else:
+        lic = card_licence(folder) if folder is not None else None
+        if lic is None and not looks_local(source):  # a hub model's card, which from_pretrained does not fetch
+            card_dir = _hub_card(str(source))
+            lic = card_licence(card_dir) if card_dir is not None else None
         if lic:
             out["licence"] = {**lic, "from": str(source)}
     base = extra.get("base_model") or (None if looks_local(source) else str(source))
