@@ -17,6 +17,10 @@ look; ``--check-methods``; its val+test used). Per seed, every fine-tune has the
 * ``full@{lr}``        full fine-tune at ``--lr`` without an average (what the EMA adds there)
 * ``guide@D``, ``h{S}@{lr}@D``  best/ chosen on D: ``--select-on check --check D``
 * ``h{S}@{lr}+auto``   WiSE-FT with the alpha chosen on D (``choose_alpha``, the code of ``train --wise auto``)
+* ``gend``             GenD's recipe (``--recipe gend``: LayerNorm-only, normalised head, uniformity 0.5, alignment
+                       0.1, --paired, AdamW 3e-4 cosine, no weight decay, its augmentations) from the baseline
+* ``gend+w``           ... WiSE-FT 0.75 with its start under the normalised head (RUN/start, what --wise uses)
+* ``norm``             the normalised head alone: the guide's recipe with ``--head normalised``
 
 Each is scored (``dftune.scoring``, no TTA) on C's and A's test splits: C frame macro F1 at the threshold tuned
 on B's val (what ``train`` stores) and at the threshold tuned on D (``metrics.best_threshold`` of D's frame
@@ -64,6 +68,12 @@ def rows(a) -> list[dict]:
     out.append({"key": f"{cand}@D+w", "kind": "wise", "of": f"{cand}@D", "alpha": 0.75})
     for h in a.horizons:
         out.append({"key": f"h{h:g}@{a.lr:g}+auto", "kind": "auto", "of": f"h{h:g}@{a.lr:g}"})
+    from dftune.training.config import RECIPES
+
+    gend = {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES["gend"].items()}  # JSON-stable
+    out.append({"key": "gend", "kind": "train", "set": gend})
+    out.append({"key": "gend+w", "kind": "wise", "of": "gend", "alpha": 0.75, "start": True})
+    out.append({"key": "norm", "kind": "train", "set": {"lr": a.guide_lr, "head": "normalised"}})
     return out
 
 
@@ -155,9 +165,11 @@ def main(argv=None) -> int:
                 extra[k] = {"best_epoch": tr["best_epoch"], "seconds": tr["seconds"]}
             elif r["kind"] == "wise":
                 model = sd / f"{_safe(k)}"
+                # the start: the baseline, or (a run under a new head) the baseline under it, RUN/start
+                first = sd / _safe(r["of"]) / "start" if r.get("start") else base
                 if not (model / "config.json").exists():
                     with G.logged(sd / "merge.log"):
-                        merge.run([str(base), str(sd / _safe(r["of"]) / "best")], model, alpha=r["alpha"],
+                        merge.run([str(first), str(sd / _safe(r["of"]) / "best")], model, alpha=r["alpha"],
                                   force=True)
             else:  # auto: the alpha of the grid that scores best on D (frame AUC, merge's default)
                 with G.logged(sd / "alpha.log"):

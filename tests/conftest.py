@@ -150,3 +150,16 @@ def assert_same_tensors(a_dir, b_dir, files) -> None:
         assert a.keys() == b.keys(), f
         for k in a:
             assert torch.equal(a[k], b[k]), (f, k)
+
+
+def hub_cache_entry(cache: Path, repo: str, files: dict[str, str]) -> Path:
+    """A model in a Hugging Face cache laid out as huggingface_hub writes it (refs/main -> snapshots/COMMIT)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / ("models--" + repo.replace("/", "--"))
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    snap = root / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (snap / name).write_text(text)
+    return snap

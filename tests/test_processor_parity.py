@@ -34,6 +34,7 @@ import pytest
 import torch
 import transformers
 
+from dftune.model import timm_vit
 from dftune.portable import Preprocess, normalise, resize_crop_uint8
 
 # Measured difference of the reference sketch: 0 (bit-identical) for every case below.
@@ -157,6 +158,11 @@ CASES = [
     Case("dinov2-hub", lambda: transformers.BitImageProcessorPil(size={"shortest_edge": 256}, crop_size=224,
                                                       image_mean=IMAGENET_DEFAULT_MEAN,
                                                       image_std=IMAGENET_DEFAULT_STD), _dinov2),
+    # a timm ViT's eval transform (FSFM's ViT-B/16: timm's vit_base_patch16_224 config) as dftune converts it
+    # (dftune.model.timm_vit.processor_of); tests/test_timm_vit.py compares it with timm's transform written out
+    Case("timm-vit", lambda: timm_vit.processor_of({"input_size": [3, 224, 224], "interpolation": "bicubic",
+                                                    "crop_pct": 0.9, "mean": IMAGENET_DEFAULT_MEAN,
+                                                    "std": IMAGENET_DEFAULT_STD}), _vit),
     # edge cases of the arithmetic (no model)
     Case("efficientnet-offset", lambda: transformers.EfficientNetImageProcessorPil(rescale_offset=True, rescale_factor=1 / 127.5,
                                                                         include_top=False)),

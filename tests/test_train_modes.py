@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import train_killed_after
+from conftest import assert_same_tensors, train_killed_after
 from dftune.stages import train
 from dftune.stages.train import TrainError
 from dftune.training import data, trainable
@@ -310,3 +310,96 @@ def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tm
     assert (cfg.ema, cfg.ema_horizon, cfg.wise_alpha) == (0.9, 0.0, 0.75)  # the settings file beats the recipe
     with pytest.raises(ValueError, match="recipe must be one of"):
         with_recipe(None, {"recipe": "fast"})
+
+
+# ------------------------------------------------------------------ --tune svd-residual (Effort)
+
+ATTENTION = ("attention.q_proj.", "attention.k_proj.", "attention.v_proj.", "attention.o_proj.")  # transformers 5
+
+
+def test_the_split_starts_at_the_weights_and_trains_only_the_residual(vit):
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(vit).eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+    model, plan = trainable.setup(model, TrainConfig(**{**FAST, "tune": "svd-residual", "svd_rank": 2}))
+    with torch.no_grad():
+        after = model.eval()(pixel_values=x).logits
+    assert torch.allclose(before, after, atol=1e-5)
+    # 2 blocks x 4 projections; the rest (MLP, embeddings) untouched
+    assert len(plan.svd_targets) == 8 and all(any(a in t + "." for a in ATTENTION) for t in plan.svd_targets)
+    cls = trainable.svd_residual_class()
+    for t in plan.svd_targets:
+        m = model.get_submodule(t)
+        assert isinstance(m, cls) and m.S_residual.shape == (2,) and m.U_residual.shape == (64, 2)
+        s = torch.linalg.svdvals(m.merged_weight().double())
+        assert torch.allclose(m.S_residual.double(), s[-2:], atol=1e-5)  # the two smallest components train
+    head = {n for n, _ in model.named_parameters() if n.startswith("classifier.")}
+    residual = {n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] in ("U_residual", "S_residual",
+                                                                                   "V_residual")}
+    assert set(plan.trainable) == head | residual and len(residual) == 24
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == head | residual
+
+
+def test_run_saves_a_plain_model_equal_to_the_split_one_and_resume_is_exact(crops, vit, tmp_path):
+    from transformers import AutoModelForImageClassification
+
+    cfg = TrainConfig(**{**FAST, "epochs": 3, "tune": "svd-residual", "svd_rank": 3, "aug": True,
+                         "schedule": "cosine", "max_train_batches": 3})
+    summary = train.run(crops, vit, tmp_path / "a", cfg, progress=False)
+    base, after = _weights(vit), _weights(tmp_path / "a" / "last")
+    assert after.keys() == base.keys()  # a plain ViT folder: no split names
+    changed = {n for n in base if not torch.equal(base[n], after[n])}
+    want = {n for n in base if n.startswith("classifier.")} | {
+        n for n in base if n.endswith(".weight") and any(a in n for a in ATTENTION)}
+    assert changed == want  # biases, MLP, norms, embeddings bit-identical
+    for n in want - {n for n in base if n.startswith("classifier.")}:  # a rank-3 part replaced by another rank-3
+        assert torch.linalg.matrix_rank((after[n] - base[n]).double(), atol=1e-6) <= 6, n
+    meta = yaml.safe_load((tmp_path / "a" / "settings.yaml").read_text())
+    assert meta["svd_rank"] == 3 and len(meta["_tuning"]["svd_targets"]) == 8
+    assert summary.trainable_params == meta["_tuning"]["trainable_params"] < summary.total_params / 10
+
+    # the split model restored from the state gives the saved plain model's outputs
+    from dftune.training.starting import load_model
+
+    raw = load_file(str(tmp_path / "a" / "last" / "training_state" / "weights.safetensors"))
+    assert any(k.endswith(".U_residual") for k in raw) and any(k.endswith(".weight_main") for k in raw)
+    model, _, _ = load_model(vit, cfg)
+    split, _ = trainable.setup(model, cfg)
+    split.load_state_dict(raw, strict=False)
+    plain = AutoModelForImageClassification.from_pretrained(tmp_path / "a" / "last").eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(split.eval()(pixel_values=x).logits, plain(pixel_values=x).logits, atol=1e-5)
+
+    train_killed_after(2, crops, vit, tmp_path / "b", cfg)
+    assert train.run(crops, vit, tmp_path / "b", cfg, progress=False, resume=True).epochs_run == 3
+    assert_same_tensors(tmp_path / "a" / "last", tmp_path / "b" / "last",
+                        ["model.safetensors", "training_state/weights.safetensors"])
+    ha = json.loads((tmp_path / "a" / "history.json").read_text())
+    hb = json.loads((tmp_path / "b" / "history.json").read_text())
+    assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
+
+
+def test_cli_refuses_families_without_attention_and_lora_options(crops, vit, tmp_path, capsys):
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ViTImageProcessor
+
+    from dftune.cli import main
+
+    conv = tmp_path / "convnext"
+    ConvNextForImageClassification(ConvNextConfig(
+        num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=2,
+        id2label={0: "real", 1: "fake"}, label2id={"real": 0, "fake": 1})).save_pretrained(conv)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(conv)
+    with pytest.raises(TrainError, match=r"svd-residual.*ConvNextForImageClassification \(convnext\).*--tune lora"):
+        train.run(crops, str(conv), tmp_path / "c", TrainConfig(**{**FAST, "tune": "svd-residual"}), progress=False)
+    common = ["train", "--data", str(crops), "--model", vit, "--no-progress", "--epochs", "1", "--no-tensorboard",
+              "--set", "max_train_batches=1", "--set", "num_workers=0"]
+    assert main([*common, "--out", str(tmp_path / "l"), "--tune", "svd-residual", "--lora-rank", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--tune svd-residual" in err and "--lora-rank 4" in err and "--tune lora" in err
+    assert main([*common, "--out", str(tmp_path / "ok"), "--tune", "svd-residual", "--svd-rank", "2"]) == 0
+    assert "--tune svd-residual" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "ok" / "settings.yaml").read_text())["svd_rank"] == 2

@@ -23,7 +23,9 @@ import numpy as np
 
 from dftune import portable
 from dftune.atomic import read_json, write_json
+from dftune.model import formats
 from dftune.model import meta as modelmeta
+from dftune.model.load import register_families
 from dftune.portable import BACKENDS, INT8_NAME, ONNX_NAME, Preprocess, parse_tta, quantize_int8  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -85,10 +87,11 @@ def load_model(path: str | os.PathLike, fake_label: str | None = None, device: s
     from transformers import AutoConfig, AutoImageProcessor
 
     _quiet_transformers()
-    path = str(path)
+    path = formats.resolve(path)  # GenD / timm checkpoints: their converted folder
     if not (Path(path) / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a model folder (no config.json)")
     device = pick_device(device)
+    register_families()
     cfg = AutoConfig.from_pretrained(path)
     id2label = {int(k): v for k, v in cfg.id2label.items()}
     if len(id2label) != 2:

@@ -85,6 +85,10 @@ def run(args) -> int:
         pl = rep["pipeline"]
         con.print(f"transformers.pipeline loads the folder: label agreement {pl['label_agreement']:.1%}, "
                   f"max |Δp| {pl['max_prob_diff']:.2e}")
+    if "licence" in rep:  # a single model's export (an ensemble's members each have theirs)
+        from dftune.model.card import licence_line
+
+        print(licence_line({"licence": rep["licence"]}) + f" (model card: {rep['out']}/{export.README_NAME})")
     con.print(f"standalone script: {rep['out']}/{export.SCRIPT_NAME} + {export.PORTABLE_NAME} "
               f"(see {export.README_NAME}); "
               f"threshold {rep['threshold']:.4f}")

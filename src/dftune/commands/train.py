@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from dftune.commands import (
@@ -67,14 +68,28 @@ _FLAGS = [
     ("--sbi", "sbi", float, "probability that a real training crop becomes a self-blended pseudo-fake on the fly "
                             "(landmark mask when the manifest has landmarks, else the crop's face box; 0 = off)"),
     ("--tune", "tune", str, "which parameters train (the classifier head always does): full, head (linear probe), "
-                            "layernorm (LayerNorm weights and biases: GenD), bias (BitFit) or lora (low-rank adapters, "
-                            "merged into every saved model)"),
+                            "layernorm (LayerNorm weights and biases: GenD), bias (BitFit), lora (low-rank adapters, "
+                            "merged into every saved model) or svd-residual (Effort: the smallest singular "
+                            "components of each attention projection of a ViT-family encoder, merged into plain "
+                            "weights when saved)"),
+    ("--head", "head", str, "the classifier head: linear (the starting model's own; a normalised one stays "
+                            "normalised) or normalised (the pooled feature L2-normalised, then the linear layer: "
+                            "GenD's; the start is kept in RUN_DIR/start with its head converted, its old head scaled "
+                            "by the training crops' mean feature length where the shapes agree)"),
+    ("--uniformity", "uniformity", float, "weight of the uniformity loss on each batch's unit-length features "
+                                          "(Wang & Isola 2020; needs a normalised head and batches of >= 2; "
+                                          "0 = off; GenD: 0.5)"),
+    ("--alignment", "alignment", float, "weight of the label-aware alignment loss on each batch's unit-length "
+                                        "features (pairs of the same class pulled together; needs a normalised "
+                                        "head; 0 = off; GenD: 0.1)"),
     ("--lora-rank", "lora_rank", int, "LoRA rank r (--tune lora)"),
     ("--lora-alpha", "lora_alpha", float, "LoRA alpha: the adapters are scaled by alpha / rank (--tune lora)"),
     ("--lora-dropout", "lora_dropout", float, "dropout on the LoRA adapters' input (--tune lora)"),
     ("--lora-targets", "lora_targets", str, "comma-separated module names that get LoRA adapters (--tune lora); auto = "
                                             "every Linear layer inside the encoder's numbered blocks (attention "
                                             "and MLP)"),
+    ("--svd-rank", "svd_rank", int, "how many of each attention projection's singular components train (--tune "
+                                    "svd-residual; the others stay frozen, Effort's r - 1 of r at 1)"),
     ("--head-epochs", "head_epochs", int, "LP-FT: train the classifier head alone for the first N epochs, then the "
                                           "--tune set (0 = off)"),
     ("--lr-decay", "lr_decay", float, "layer-wise learning-rate decay: block i of L (counted over the whole "
@@ -98,7 +113,9 @@ _FLAGS = [
     ("--recipe", "recipe", str, "named defaults under --config and the flags: guide (the guide's: full fine-tune, no "
                                 "averaging) or generalise (--ema-horizon 0.4 --wise 0.75: keeps the starting model's "
                                 "knowledge; in the proxy benchmark it matched the guide's on held-out data, beat "
-                                "it on no clear majority of seeds, and did least harm; docs/benchmarks.md)"),
+                                "it on no clear majority of seeds, and did least harm; docs/benchmarks.md) or gend "
+                                "(GenD's: --tune layernorm --head normalised --uniformity 0.5 --alignment 0.1 "
+                                "--paired, AdamW 3e-4 cosine, no weight decay, its augmentations)"),
     ("--fake-label", "fake_label", str, "name (or index) of the model's fake class, for models whose labels "
                                         "do not say which is fake"),
 ]
@@ -130,11 +147,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
     p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
     from dftune.pooling import AGGREGATES
-    from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
+    from dftune.training.config import BALANCE, HEADS, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
     choices = {"schedule": SCHEDULES, "balance": BALANCE, "monitor": MONITOR, "monitor_level": LEVELS,
                "select_on": ("val", "check"), "threshold_on": ("val", "check"),
-               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES)}
+               "precision": PRECISION, "video_aggregate": AGGREGATES, "tune": TUNE, "recipe": tuple(RECIPES),
+               "head": HEADS}
     for flag, field, typ, help_ in _FLAGS:
         p.add_argument(flag, dest=field, type=typ, default=argparse.SUPPRESS, choices=choices.get(field),
                        metavar="auto|N" if field == "num_workers" else None,
@@ -214,6 +232,15 @@ def _overrides(args) -> dict:
 
 
 
+def _is_gend(source: str) -> bool:
+    from dftune.model import gend
+
+    try:
+        return gend.source_folder(source) is not None
+    except OSError:
+        return False
+
+
 def run(args) -> int:
     from dftune.stages import train
     from dftune.training import config
@@ -223,7 +250,12 @@ def run(args) -> int:
     if args.resume:
         cfg = resume_config(args.out, overrides)
     else:
-        cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
+        settings_file = config.load_yaml(args.config) if args.config else None
+        if "recipe" not in overrides and "recipe" not in (settings_file or {}) and _is_gend(args.model):
+            overrides["recipe"] = "gend"  # GenD's own training for a GenD checkpoint, unless a recipe is named
+            print(f"{args.model}: a GenD checkpoint, trained with --recipe gend (name another --recipe to change "
+                  f"that)", file=sys.stderr)
+        cfg = config.with_recipe(settings_file, overrides)
     try:
         summary = train.run(args.data if len(args.data) > 1 else args.data[0], args.model, args.out, cfg,
                             resume=args.resume, progress=args.progress)

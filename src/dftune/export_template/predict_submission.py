@@ -160,7 +160,7 @@ class Predictor:
     def _load(self, d, backend, fake_label):
         from transformers import AutoConfig, AutoImageProcessor
 
-        cfg = AutoConfig.from_pretrained(d)
+        cfg = AutoConfig.from_pretrained(d, **portable.code_kwargs(d))  # a normalised head's carried code
         meta_file = d / portable.META_NAME
         meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
         if not meta:

@@ -20,6 +20,14 @@ def looks_local(src: str) -> bool:
             or os.path.sep != "/" and os.path.sep in s)
 
 
+def register_families() -> None:
+    """Put dftune's own model classes (``model.normalised``) into transformers' Auto registries, so their
+    folders load without ``trust_remote_code``; called before every load (idempotent, cheap)."""
+    from . import normalised
+
+    normalised.register()
+
+
 def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = None, **kwargs):
     """Return ``(model, image_processor)`` for any ``AutoModelForImageClassification``.
 
@@ -27,6 +35,7 @@ def load_classifier(name_or_path: str | os.PathLike, num_labels: int | None = No
     """
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
+    register_families()
     src = str(name_or_path)
     if looks_local(src):
         if not Path(src).exists():
@@ -57,8 +66,9 @@ def as_float32(model):
 
 def build_tiny_vit(out_dir: str | os.PathLike, id2label: dict | None = None, image_size: int = 32,
                    patch_size: int = 8, hidden_size: int = 32, layers: int = 2, heads: int = 2,
-                   seed: int = 0) -> Path:
-    """Save a small random ViT image classifier and its processor to ``out_dir``."""
+                   seed: int = 0, head: str = "linear") -> Path:
+    """Save a small random ViT image classifier and its processor to ``out_dir``; ``head="normalised"``: the
+    same encoder under a normalised head (``model.normalised``), its classifier freshly initialised."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
@@ -71,6 +81,12 @@ def build_tiny_vit(out_dir: str | os.PathLike, id2label: dict | None = None, ima
     )
     torch.manual_seed(seed)
     model = ViTForImageClassification(cfg)
+    if head == "normalised":
+        from .normalised import from_classifier
+
+        model = from_classifier(model)
+    elif head != "linear":
+        raise ValueError(f"head {head!r}: expected linear or normalised")
     proc = ViTImageProcessor(size={"height": image_size, "width": image_size},
                              image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     out = Path(out_dir)

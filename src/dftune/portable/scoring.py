@@ -96,6 +96,30 @@ def quantize_int8(model):
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+def code_kwargs(model_dir) -> dict:
+    """``from_pretrained``'s ``trust_remote_code`` for a folder: ``{"trust_remote_code": True}`` only when its
+    ``config.json`` has an ``auto_map`` whose modules are files the folder itself carries (dftune's normalised
+    head writes ``normalised.py`` there) and no class is registered for its ``model_type`` in this process
+    (dftune registers its own, so inside dftune the folder's copy is never run); else ``{}``."""
+    import json
+
+    d = os.fspath(model_dir)
+    try:
+        with open(os.path.join(d, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    auto_map = cfg.get("auto_map") or {}
+    if not auto_map or not isinstance(auto_map, dict):
+        return {}
+    modules = {str(v).split("--")[-1].rsplit(".", 1)[0] for v in auto_map.values() if isinstance(v, str)}
+    if not modules or not all(os.path.isfile(os.path.join(d, m.replace(".", os.sep) + ".py")) for m in modules):
+        return {}
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return {} if cfg.get("model_type") in CONFIG_MAPPING else {"trust_remote_code": True}
+
+
 def load_runner(model_dir, backend: str = "torch", device: str = "cpu", threads: int = 0):
     """``(run, module, device)``: ``run`` maps a normalised (N, 3, H, W) tensor to logits.
 
@@ -137,7 +161,9 @@ def load_runner(model_dir, backend: str = "torch", device: str = "cpu", threads:
         if not os.path.exists(p):
             raise FileNotFoundError(f"{p}: no int8 model here; run `dftune export --model MODEL --out DIR --int8` "
                                     "first")
-        module = quantize_int8(AutoModelForImageClassification.from_config(AutoConfig.from_pretrained(d)).eval())
+        code = code_kwargs(d)
+        module = quantize_int8(AutoModelForImageClassification.from_config(
+            AutoConfig.from_pretrained(d, **code), **code).eval())
         import warnings
 
         with warnings.catch_warnings():
@@ -149,7 +175,7 @@ def load_runner(model_dir, backend: str = "torch", device: str = "cpu", threads:
             return torch.cat([module(pixel_values=x[i:i + 1]).logits for i in range(x.shape[0])])
 
         return run_int8, module, "cpu"
-    module = AutoModelForImageClassification.from_pretrained(d).to(device).eval()
+    module = AutoModelForImageClassification.from_pretrained(d, **code_kwargs(d)).to(device).eval()
 
     def run_torch(x):
         return module(pixel_values=x).logits

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from dftune import checks, pooling, scoring
+from dftune.averaging import crop_of
 from dftune.pooling import format_aggregate
 from dftune.prepared import read_manifest
 from dftune.stages.evaluate import ENSEMBLE, EvalResult, EvalSettings, _unique_names, run, score_rows
-from dftune.stages.merge import crop_of
 
 log = logging.getLogger(__name__)
 

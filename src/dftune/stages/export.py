@@ -185,6 +185,18 @@ def _copy_template(dst: Path) -> None:
         (dst / PORTABLE_NAME / name).write_bytes((pkg / name).read_bytes())
 
 
+def write_card(folder: Path, meta: modelmeta.ModelMeta) -> Path:
+    """The folder's ``README.md`` as a Hugging Face model card (:func:`dftune.model.card.model_card`: licence,
+    base model, datasets, pipeline tag, the metrics dftune measured), the submission instructions below it.
+    What ``export`` writes, and what an upload of the folder should carry."""
+    from dftune.model import card
+
+    tpl = resources.files("dftune") / "export_template" / README_NAME
+    p = folder / README_NAME
+    p.write_text(card.model_card(meta, body=tpl.read_text(encoding="utf-8")), encoding="utf-8")
+    return p
+
+
 def requirements_text(detectors: Sequence[str], onnx: bool = False) -> str:
     """``requirements.txt`` for the script: each line says the module it provides (``# import NAME``), a
     detector's lines say which detector (the script checks them before any work). Not torch: platforms
@@ -234,6 +246,9 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
     if scoring.ensemble_file(model_dir):
         return export_ensemble(model_dir, out, s)
+    from dftune.model import formats
+
+    model_dir = formats.resolve(model_dir)  # GenD / timm checkpoints: their converted folder
     src = scoring.load_model(model_dir, s.fake_label, device="cpu")
     images, sample_source = sample_images(src, s.samples, s.n_samples)
     ref = scoring.model_prob_fake(src, images)
@@ -254,6 +269,7 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         meta.extra = dict(meta.extra, exported_from=str(model_dir))
         modelmeta.save(tmp, meta)
         _copy_template(tmp)
+        write_card(tmp, meta)
         (tmp / REQUIREMENTS_NAME).write_text(requirements_text([meta.crop.detector or "dlib"], s.onnx),
                                              encoding="utf-8")
         plain_files = [tmp / "config.json", tmp / "model.safetensors", tmp / "preprocessor_config.json"]
@@ -285,6 +301,8 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
                     f"{name} export differs from the source model: max |prob_fake difference| "
                     f"{c['max_prob_diff']:.3g} > tolerance {tol:g} (label agreement {c['label_agreement']:.1%}); "
                     f"nothing was written to {out}")
+        report["licence"] = meta.extra.get("licence")
+        report["base_model"] = meta.extra.get("base_model")
         report["pipeline"] = pipeline_check(tmp, images, src)
         if report["pipeline"]["max_prob_diff"] > max(s.tolerance, 1e-4):
             raise ExportError(f"transformers.pipeline on the exported folder differs from dftune: max |prob_fake "

@@ -57,7 +57,10 @@ run ends: (1 - A) * the starting model + A * ``best/`` (WiSE-FT, ``stages.merge`
 snapshot in the Hugging Face cache, and a run without a local folder of its starting model is refused at its
 start. ``--recipe generalise`` lays
 ``--ema-horizon 0.4 --wise 0.75`` under the flags (``config.RECIPES``; the proxy benchmark's choice; an
-``--ema`` or ``--ema-horizon`` given replaces its EMA).
+``--ema`` or ``--ema-horizon`` given replaces its EMA). ``--head normalised`` puts the model under a normalised
+head (``model.normalised``; the start so converted is ``RUN_DIR/start``, what ``--wise`` merges with);
+``--uniformity`` / ``--alignment`` add GenD's feature losses (``training.losses``); ``--recipe gend`` is GenD's
+whole recipe.
 
 One training per run folder: the run holds ``RUN_DIR/.lock`` (``dftune.atomic.folder_lock``, the lock prepare
 takes too; only the main process of a group), so a second one on the same ``--out`` is refused, naming the
@@ -84,6 +87,7 @@ import numpy as np
 
 from dftune import progress as _progress
 from dftune.atomic import WriteError, read_json, write_json, write_text
+from dftune.model import card, formats
 from dftune.portable import Preprocess
 from dftune.prepared import read_manifest
 from dftune.training import TrainError, data, extra, machine, schedule, starting, stats, trainable, validate
@@ -91,6 +95,7 @@ from dftune.training import checkpoint as ckpt
 from dftune.training import ema as ema_mod
 from dftune.training.checkpoint import STATE_DIR
 from dftune.training.config import TrainConfig, save_yaml
+from dftune.training.losses import FeatureLoss
 from dftune.training.resume import Previous, check_processes, continues_from, run_lock, stretches
 from dftune.training.state import TrainState, TrainSummary, trained_counts
 from dftune.training.step import ForwardBackward
@@ -141,8 +146,10 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
             say(line)
     facts = machine.settle(cfg, accelerator)
     set_seed(cfg.seed)
-    model, processor, lm, plan, folder = _model(model_source, cfg, say)
-    wise_base = starting.wise_base(folder, model_source, cfg)  # --wise: the starting model as a folder, checked now
+    model, processor, lm, plan, folder, start = _model(model_source, cfg, say, data_dir, run_dir,
+                                                       accelerator.is_main_process)
+    # --wise: the starting model as a folder, checked now (under a new --head: RUN_DIR/start)
+    wise_base = starting.wise_base(start or folder, model_source, cfg)
     # ---- data, and the loss's class weights
     d = _data(data_dir, run_dir, cfg, Preprocess.from_processor(processor), facts.workers, say, progress)
     w, class_w, to_model = _class_weights(cfg, d.counts, lm)
@@ -177,13 +184,14 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
         if (data_dir / "settings.json").exists() else None
     writer = ModelWriter(accelerator, model, processor, set(plan.trainable), ema, crop, lm.fake_index,
                          lm.real_index, cfg.monitor, cfg.monitor_level, str(model_source), str(data_dir.resolve()),
-                         datasets=mixed, select_on=cfg.select_on)
+                         datasets=mixed, select_on=cfg.select_on, provenance=card.provenance(folder, model_source))
     r = Run(cfg, run_dir, accelerator, say, progress, use_tb, model, optimizer, scheduler, ema, plan, body, d,
             class_w, to_model, lm.fake_index, n_batches, state, history, meta, writer)
     # one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.training.step); its
     # messages go through the epoch's bar (bar.write)
     r.forward_backward = ForwardBackward(accelerator, model, optimizer, state.micro_batch, d.normalize,
-                                         on_message=(lambda msg: r.bar.write(msg)) if r.main else None)
+                                         on_message=(lambda msg: r.bar.write(msg)) if r.main else None,
+                                         feature_loss=FeatureLoss(cfg.uniformity, cfg.alignment))
 
     # ---- the loop
     model.train()
@@ -280,14 +288,22 @@ def _has_tensorboard() -> bool:
         return False
 
 
-def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
-    """``(model, processor, LabelMap, Plan, folder)``: labels by name (never assumed), which parameters train
+def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None], data_dir: Path, run_dir: Path,
+           main: bool):
+    """``(model, processor, LabelMap, Plan, folder, start)``: labels by name (never assumed), the head (``--head
+    normalised``: ``start`` = RUN_DIR/start, the starting model under it), which parameters train
     (:mod:`dftune.training.trainable`), the folder the model was read from (a hub id's snapshot)."""
     if (cfg.wise_alpha > 0 or cfg.wise_auto) and cfg.reinit_head:
         raise TrainError("--wise interpolates with the starting model, head included; --reinit-head gives the run "
                          "another head: use one or the other")
-    folder = _hub_folder(model_source)
+    folder = formats.resolve(model_source)  # GenD / timm checkpoints: their converted folder
+    folder = _hub_folder(folder) if folder == str(model_source) else folder
     model, processor, lm = starting.load_model(folder, cfg, where=model_source)
+    model, start = starting.with_head(model, processor, cfg, data_dir, run_dir, main, say)
+    if (cfg.uniformity > 0 or cfg.alignment > 0) and not starting.is_normalised(model):
+        raise TrainError(f"--uniformity/--alignment act on the normalised head's unit-length features; "
+                         f"{model_source} has a plain {type(model).__name__} head: add --head normalised "
+                         f"(or --recipe gend)")
     try:
         model, plan = trainable.setup(model, cfg)
     except trainable.TuningError as e:
@@ -296,7 +312,7 @@ def _model(model_source: str, cfg: TrainConfig, say: Callable[[str], None]):
     if cfg.head_epochs >= cfg.epochs:
         say(f"--head-epochs {cfg.head_epochs} covers all {cfg.epochs} epoch(s): only the classifier head trains "
             f"({plan.n_head:,} of {plan.total:,} parameters), never the --tune {cfg.tune} set")
-    return model, processor, lm, plan, folder
+    return model, processor, lm, plan, folder, start
 
 
 def _hub_folder(source: str) -> str:
@@ -310,6 +326,10 @@ def _hub_folder(source: str) -> str:
     folder = starting.local_snapshot(source)
     if folder is None:
         from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+        from dftune.model.load import register_families
+
+        register_families()
 
         try:  # the files from_pretrained reads, into the cache (a hub id needs network access for this)
             AutoModelForImageClassification.from_pretrained(source)
@@ -500,7 +520,7 @@ def _train_epoch(r: Run, epoch: int, first_epoch: int) -> tuple[dict, float]:
         target = r.to_model[batch["labels"]]
         weight = r.class_w[target] * valid.float()  # 0 drops an unreadable image
         denom = weight.sum().clamp_min(1e-8) * win_len
-        loss, logits = r.forward_backward(batch["pixels"], target, weight, denom, sync)
+        loss, logits = r.forward_backward(batch["pixels"], target, weight, denom, sync, share=1.0 / win_len)
         state.micro_batch = r.forward_backward.micro_batch
         sums += stats.batch_counts(loss, win_len, logits, r.fake_index, batch["labels"], valid)
         if sync:

@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dftune.training.trainable import TUNE  # the --tune modes (re-exported: commands read them here)
+
 BALANCE = ("loss", "sampler", "none")
 MONITOR = ("f1", "auc", "loss")
 LEVELS = ("frame", "video")
 SCHEDULES = ("constant", "cosine")
 PRECISION = ("auto", "bf16", "fp16", "no")
-TUNE = ("full", "head", "layernorm", "lora", "bias")  # see dftune.training.trainable
+HEADS = ("linear", "normalised")  # see dftune.model.normalised
 _STR_TUPLES = ("freeze", "checks")  # tuple settings of strings
 _FLOAT_TUPLES = ("data_weights",)  # ... of numbers (the other tuples hold ints)
 
@@ -72,14 +74,24 @@ class TrainConfig:
     # labels and head
     fake_label: str | None = None
     reinit_head: bool = False
+    # linear: the starting model's own head (a normalised one stays normalised); normalised: the pooled feature
+    # L2-normalised before the linear classifier (GenD's LinearNorm, dftune.model.normalised; RUN_DIR/start keeps
+    # the starting model under the new head, what --wise and merge interpolate with)
+    head: str = "linear"
+    # GenD's losses on the unit-norm features of each (micro-)batch (dftune.training.losses), added to the
+    # cross-entropy with these weights; 0 = off. Need a normalised head and at least two images per batch
+    uniformity: float = 0.0  # Wang & Isola 2020: log E exp(-2 ||f_i - f_j||^2) over the batch's pairs
+    alignment: float = 0.0  # label-aware: E ||f_i - f_j||^2 over the pairs of the same class
     # which parameters train (dftune.training.trainable): full | head (linear probe) | layernorm (GenD) | bias (BitFit)
-    # | lora (PEFT adapters, merged into every saved model); the head always trains
+    # | lora (PEFT adapters, merged into every saved model) | svd-residual (Effort: the attention projections' smallest
+    # singular components train, merged into plain weights when saved); the head always trains
     tune: str = "full"
     freeze: tuple = ()  # regexes (re.search on parameter names): matching parameters are frozen as well
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_targets: str = "auto"  # auto: every Linear inside the encoder's numbered blocks; else comma-separated names
+    svd_rank: int = 1  # --tune svd-residual: how many of each attention projection's singular components train
     head_epochs: int = 0  # LP-FT: the first N epochs train the head alone, then the --tune set
     lr_decay: float = 1.0  # layer-wise LR decay: block i of L gets lr * lr_decay ** (L - i); 1 = off
     ema: float = 0.0  # EMA decay of the trainable weights; validation and saved models use the average; 0 = off
@@ -88,7 +100,7 @@ class TrainConfig:
     paired: bool = False  # batches of whole groups: a real frame with the fakes made from it (data.PairedSampler)
     # WiSE-FT at the end: RUN_DIR/wise = (1 - a) * the starting model + a * best/ (stages.merge); 0 = off
     wise_alpha: float = 0.0
-    wise_auto: bool = False  # --wise auto: the alpha chosen on the check sets (dftune.stages.merge.choose_alpha)
+    wise_auto: bool = False  # --wise auto: the alpha chosen on the check sets (dftune.averaging.choose_alpha)
     # check sets from outside the training data (dftune.checks): validated beside val every validation
     checks: tuple = ()
     select_on: str = "val"  # val | check: which decides best/ and early stopping
@@ -140,12 +152,33 @@ class TrainConfig:
             raise ValueError(f"--balance sampler cannot balance classes when --sbi >= 0.5 turns most reals into "
                              f"fakes; got sbi={self.sbi} (use --balance loss)")
         one_of("tune", TUNE)
+        one_of("head", HEADS)
+        for name in ("uniformity", "alignment"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} is a loss weight, 0 (off) or more; got {getattr(self, name)}")
+            per_pass = self.micro_batch or self.batch_size
+            if getattr(self, name) > 0 and per_pass < 2:
+                what = f"--micro-batch {self.micro_batch}" if self.micro_batch else f"--batch-size {self.batch_size}"
+                raise ValueError(f"--{name} {getattr(self, name):g} compares the features of a batch's images in "
+                                 f"pairs; {what} gives batches of one image, which have no pairs: use a batch of "
+                                 f"at least 2 (GenD's is 512) or --{name} 0")
         if int(self.lora_rank) < 1:
             raise ValueError(f"lora_rank must be at least 1; got {self.lora_rank}")
         if self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be positive; got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout is a probability in [0, 1); got {self.lora_dropout}")
+        if int(self.svd_rank) < 1:
+            raise ValueError(f"svd_rank is how many singular components of each attention projection train, at "
+                             f"least 1; got {self.svd_rank}")
+        if self.tune == "svd-residual":
+            lora = {f"--{k.replace('_', '-')} {getattr(self, k)}" for k in ("lora_rank", "lora_alpha", "lora_dropout",
+                                                                            "lora_targets")
+                    if getattr(self, k) != FIELDS[k].default}
+            if lora:
+                raise ValueError(f"--tune svd-residual trains the attention projections' residual singular "
+                                 f"components, not LoRA adapters; {', '.join(sorted(lora))} would do nothing: "
+                                 f"drop it, or train adapters with --tune lora")
         if int(self.head_epochs) < 0:
             raise ValueError(f"head_epochs must be 0 (off) or more; got {self.head_epochs}")
         if not 0 < self.lr_decay <= 1:
@@ -239,9 +272,21 @@ TrainConfig.__init__ = _init_given
 # (held-out C F1 +0.001, AUC +0.005 vs the guide's, A kept; 0.999 was -0.017 F1) and at a larger lr the longer
 # horizon and WiSE-FT kept the most of A and C. LP-FT, layer-wise LR decay, --paired, the head/layernorm/bias/
 # lora modes and a larger learning rate did not help there and are not in it.
+#
+# "gend" is GenD's recipe (Yermakov et al., WACV 2026, arXiv 2508.06248; yermandy/GenD's src/config.py): only
+# the LayerNorms and the head train, the head is normalised, cross-entropy + 0.5 uniformity + 0.1 alignment,
+# paired real/fake frames, AdamW at 3e-4 without weight decay on a cosine schedule laid out over the run's own
+# steps (GenD's min_lr 1e-6 is ~0 here), and its augmentations as far as dftune has them: flip 0.5, colour
+# jitter 0.1, JPEG always at quality 40-100, blur 0.1, scale jitter (0.9-1.1 -> a crop keeping >= 0.81 of the
+# area), no noise (GenD's 10-degree rotation and translation have no dftune counterpart). The batch size and
+# epochs stay the run's (GenD's 512 is one step of a GPU cluster's).
 RECIPES: dict[str, dict] = {
     "guide": {},
     "generalise": {"ema_horizon": 0.4, "wise_alpha": 0.75},
+    "gend": {"tune": "layernorm", "head": "normalised", "uniformity": 0.5, "alignment": 0.1, "paired": True,
+             "lr": 3e-4, "schedule": "cosine", "weight_decay": 0.0, "aug_hflip": 0.5, "aug_color": 0.1,
+             "aug_jpeg": 1.0, "aug_jpeg_quality": (40, 100), "aug_blur": 0.1, "aug_noise": 0.0,
+             "aug_crop_scale": 0.81},
 }
 
 

@@ -51,9 +51,10 @@ def load_model(source: str, cfg: TrainConfig, where: str | None = None):
     ``where``: the name messages give the model (the hub id ``source``'s snapshot was found for)."""
     from transformers import AutoConfig
 
-    from dftune.model.load import load_classifier
+    from dftune.model.load import load_classifier, register_families
 
     where = str(where or source)
+    register_families()
     try:
         mcfg = AutoConfig.from_pretrained(source)
     except OSError as e:
@@ -75,6 +76,76 @@ def load_model(source: str, cfg: TrainConfig, where: str | None = None):
     return model, proc, lm
 
 
+START_DIR = "start"  # RUN_DIR/start: the starting model under the head --head gave it
+
+
+def is_normalised(model) -> bool:
+    from dftune.model.normalised import NormalisedForImageClassification
+
+    return isinstance(model, NormalisedForImageClassification)
+
+
+def with_head(model, processor, cfg: TrainConfig, data_dir: Path, run_dir: Path, main: bool, say) -> tuple:
+    """``(model, start folder or None)``. ``--head normalised`` on a plain-head model: the model under a normalised
+    head (``model.normalised.from_classifier``), its old classifier scaled by the mean length of the pooled
+    features of the training crops (``feature_norm``), so it starts near where the stock head was; written to
+    ``RUN_DIR/start`` (once; the main process), the starting model ``--wise`` and ``merge`` interpolate with.
+    A normalised model, or ``--head linear``: unchanged, None."""
+    if cfg.head != "normalised" or is_normalised(model):
+        return model, None
+    from dftune.model.normalised import copy_head, from_classifier
+
+    try:
+        new = from_classifier(model)
+    except ValueError as e:
+        raise TrainError(f"--head normalised: {e}") from None
+    norm = feature_norm(new, processor, data_dir)
+    kept = copy_head(new, getattr(model, "classifier", None), norm)
+    start = Path(run_dir) / START_DIR
+    if main and not (start / "config.json").exists():
+        from dftune.atomic import staged_folder
+
+        lm = _labels.resolve(new.config.id2label, cfg.fake_label, where=str(start))
+        with staged_folder(start) as tmp:
+            new.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            modelmeta.save(tmp, modelmeta.ModelMeta(fake_index=lm.fake_index, real_index=lm.real_index,
+                                                    crop=crop_settings(data_dir),
+                                                    extra={"head": "normalised", "feature_norm": norm}))
+    say(f"--head normalised: the pooled feature ({new.config.pooling}, {new.config.feature_size} wide) is "
+        f"L2-normalised before the classifier; " + (f"the old head kept, scaled by the training crops' mean "
+                                                    f"feature length {norm:.3f}" if kept else
+                                                    "a new head (the old one's shape differs)")
+        + f"; the start under the new head: {start}")
+    return new, str(start)
+
+
+def feature_norm(model, processor, data_dir: Path, n: int = 64) -> float:
+    """The mean L2 length of ``model``'s pooled features (``NormalisedForImageClassification.pooled``) over up
+    to ``n`` training crops spread over the split, framed as validation frames them (no augmentation)."""
+    import numpy as np
+    import torch
+
+    from dftune.portable import Preprocess
+    from dftune.prepared import read_manifest
+    from dftune.training import data
+
+    rows = read_manifest(data_dir, splits=("train",))
+    rows = [rows[i] for i in np.linspace(0, len(rows) - 1, min(n, len(rows))).round().astype(int)] if rows else []
+    spec = Preprocess.from_processor(processor)
+    ds = data.CropDataset(data_dir, rows, data.make_transform(spec, None))
+    items = [ds[i] for i in range(len(ds))]
+    imgs = [it["image"] for it in items if it["valid"]]
+    if not imgs:
+        raise TrainError(f"{data_dir}: no readable training crop to measure the features' length on")
+    model.eval()
+    with torch.inference_mode():
+        x = data.Normalize(spec)(torch.from_numpy(np.stack(imgs)))
+        lengths = torch.cat([model.pooled(x[i:i + 16])[0].float().norm(dim=-1) for i in range(0, len(x), 16)])
+    model.train()
+    return float(lengths.mean())
+
+
 def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
     """The prepared data's crop settings (``settings.json`` written by prepare), or the guide's defaults."""
     p = Path(data_dir) / "settings.json"
@@ -88,13 +159,13 @@ def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConf
     """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge), with
     ``--threshold-on check`` the check sets' pooled optimum as its threshold. A failure is reported, never
     raised: the run's own models are complete by then."""
-    from dftune.stages import merge
+    from dftune.averaging import merge
 
     best = run_dir / "best"
     if not best.exists():
         return {"wise_error": f"{best} does not exist (no epoch was validated)"}
     try:
-        r = merge.run([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=cfg.checks,
+        r = merge([str(model_source), str(best)], run_dir / "wise", alpha=alpha, force=True, checks=cfg.checks,
                       threshold_on=cfg.threshold_on, threshold_level=cfg.monitor_level,
                       aggregate=cfg.video_aggregate)
         alpha = r.get("alpha", alpha)

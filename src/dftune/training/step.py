@@ -21,7 +21,9 @@ of the window, where they are zero (the trainer zeroes them after every optimize
 
 Each batch's contribution is ``sum_i w_i * CE_i / denom`` over its images, whatever the micro-batch
 split, so after step 2 the gradients equal those of a window that never ran out of memory, up to the
-order of floating-point additions. The batches before the failed one already reported their loss and
+order of floating-point additions (the feature losses of ``--uniformity`` / ``--alignment`` compare a
+micro-batch's images among themselves, so they equal the batch's only while the micro-batch is the whole
+batch, the default). The batches before the failed one already reported their loss and
 predictions; their replay only rebuilds gradients. The cost is a replay of at most ``grad_accum``
 batches, and only when memory actually ran out. (This holds for models without batch-dependent layers
 such as BatchNorm, where a micro-batch split changes the maths anyway: ViT, ConvNeXt, Swin, ... .)
@@ -49,23 +51,26 @@ class ForwardBackward:
     """
 
     def __init__(self, accelerator, model, optimizer, micro_batch: int, prepare: Callable,
-                 on_message: Callable[[str], None] | None = None):
+                 on_message: Callable[[str], None] | None = None, feature_loss: Callable | None = None):
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        # (features, target, weight) -> a scalar added per micro-batch, weighted by its share of the window's
+        # images (dftune.training.losses.FeatureLoss); None: cross-entropy alone
+        self.feature_loss = feature_loss or None
         self.micro_batch = int(micro_batch)
         self.prepare = prepare
         self.on_message = on_message
         self._window: list[tuple] = []  # this window's batches so far: (pixels, target, weight, denom)
 
-    def __call__(self, pixels, target, weight, denom, sync: bool):
+    def __call__(self, pixels, target, weight, denom, sync: bool, share: float = 1.0):
         """Add this batch's gradient of ``sum(weight * CE(logits, target)) / denom``; return (loss, logits).
 
         ``target`` holds model output indices, ``weight`` one loss weight per image (0 drops it),
-        ``sync`` marks the window's last batch. ``loss`` is the batch's detached loss, ``logits`` its
-        detached float logits.
+        ``sync`` marks the window's last batch; ``share``: this batch's share of the window (1 / batches), what
+        the feature loss is scaled by. ``loss`` is the batch's detached loss, ``logits`` its detached float logits.
         """
         import torch
 
-        self._window.append((pixels, target, weight, denom))
+        self._window.append((pixels, target, weight, denom, share))
         todo = [len(self._window) - 1]  # normally just this batch
         while True:
             try:
@@ -83,7 +88,7 @@ class ForwardBackward:
             self._window.clear()
         return out
 
-    def _run(self, pixels, target, weight, denom, sync: bool):
+    def _run(self, pixels, target, weight, denom, share, sync: bool):
         import torch
         import torch.nn.functional as F
 
@@ -95,9 +100,13 @@ class ForwardBackward:
             last = s + mb >= n
             ctx = contextlib.nullcontext() if (sync and last) else self.accelerator.no_sync(self.model)
             with ctx:
-                logits = self.model(pixel_values=x[s:s + mb]).logits.float()
+                out = self.model(pixel_values=x[s:s + mb])
+                logits = out.logits.float()
                 ce = F.cross_entropy(logits, target[s:s + mb], reduction="none")
                 loss = (ce * weight[s:s + mb]).sum() / denom
+                if self.feature_loss is not None:
+                    part = share * logits.shape[0] / n
+                    loss = loss + part * self.feature_loss(out.features, target[s:s + mb], weight[s:s + mb])
                 self.accelerator.backward(loss)
             loss_sum += loss.detach()
             logits_all.append(logits.detach())

@@ -10,6 +10,12 @@ Modes (``--tune``), each with the classifier head fully trainable:
   (``modules_to_save``). Checkpoint folders hold the adapters *merged* into the weights, so ``best/`` and
   ``last/`` are plain Hugging Face models; ``last/training_state/`` holds the unmerged model (adapters
   included) that ``--resume`` continues.
+- ``svd-residual``: Effort's parameterisation (Yan et al., ICML 2025) of the attention projections (q, k, v and
+  the output projection of every attention block): each weight W = U S V^T is split into its top r - K singular
+  components, frozen, and the K smallest, ``U_residual diag(S_residual) V_residual``, which train (``--svd-rank
+  K``, default 1 as Effort's r - 1 of r) + the head. The biases and every other layer stay frozen. Checkpoint
+  folders hold the merged weights (W_main + the residual): plain models of the family; the training state keeps
+  the split for ``--resume``. A family without attention projections (ConvNeXt, ResNet, ...) is refused.
 
 ``--freeze PATTERN`` (a regex, ``re.search`` on parameter names, repeatable) then freezes whatever it
 matches. ``--head-epochs N`` trains the head alone for the first N epochs (LP-FT), then the mode's set.
@@ -27,13 +33,16 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-TUNE = ("full", "head", "layernorm", "lora", "bias")
+TUNE = ("full", "head", "layernorm", "lora", "bias", "svd-residual")
 
 # the encoder's blocks: "layers.3." (transformers 5 ViT), "layer.3." (BERT-style ViT), "blocks.3." (timm)
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|blocks?|resblocks)\.(\d+)\.")
 # blocks numbered inside stages: "stages.2.layers.0." (ConvNeXt, ResNet, RegNet), "layers.2.blocks.0." (Swin)
 _STAGE = re.compile(r"(?:^|\.)(?:stages?|layers?|blocks?|resblocks)\.(\d+)\.(?:layers?|blocks?|resblocks)\.(\d+)\.")
 _IN_STAGE = re.compile(r"(?:^|\.)(?:stages?|layers?|blocks?|resblocks)\.\d+\.")  # a stage's, in a block or not
+# a module path inside an attention block: "attention.attention" (ViT, DeiT, BEiT, DINOv2, Swin's "attention.self"),
+# "self_attn" (CLIP, SigLIP), "attn" (timm); its Linear layers are the projections --tune svd-residual splits
+_ATTENTION = re.compile(r"(?:^|\.)(?:[a-z_]*attn|[a-z_]*attention)(?:\.|$)", re.I)
 _EMBED = re.compile(r"embed|stem|cls_token|pos_|position|patch|mask_token|register", re.I)
 
 
@@ -53,6 +62,7 @@ class Plan:
     n_head: int = 0  # parameters of the head (what --head-epochs trains first)
     frozen_by_pattern: list[str] = field(default_factory=list)
     lora_targets: list[str] | None = None
+    svd_targets: list[str] | None = None
 
     def meta(self) -> dict:
         d = {"mode": self.mode, "trainable_params": self.n_trainable, "total_params": self.total,
@@ -62,6 +72,8 @@ class Plan:
             d["frozen_by_pattern"] = len(self.frozen_by_pattern)
         if self.lora_targets is not None:
             d["lora_targets"] = self.lora_targets
+        if self.svd_targets is not None:
+            d["svd_targets"] = self.svd_targets
         return d
 
     def line(self) -> str:
@@ -116,11 +128,102 @@ def auto_lora_targets(model, heads: list[str]) -> list[str]:
     return targets
 
 
+def svd_targets(model, heads: list[str]) -> list[str]:
+    """Full names of the attention projections of the encoder's blocks: the Linear layers under an attention
+    module (``attention``, ``self_attn``, ``attn``) inside numbered blocks; ``TuningError`` when there are none."""
+    import torch
+
+    found = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not _under(n, heads)
+             and _LAYER.search(n + ".") and _ATTENTION.search(n.rsplit(".", 1)[0] if "." in n else "")]
+    if not found:
+        mtype = getattr(getattr(model, "config", None), "model_type", None)
+        raise TuningError(f"--tune svd-residual splits the attention projections (q, k, v, output) of a ViT-family "
+                          f"encoder; {type(model).__name__}{f' ({mtype})' if mtype else ''} has none (no Linear "
+                          f"layer under an attention module of a numbered block): use --tune lora, layernorm, "
+                          f"bias, head or full")
+    return found
+
+
+def _make_svd_residual():
+    import torch
+
+    class SVDResidualLinear(torch.nn.Module):
+        """A Linear layer whose weight is ``weight_main`` (frozen buffer: the top singular components) +
+        ``U_residual @ diag(S_residual) @ V_residual`` (trained: the ``k`` smallest). Built from a Linear layer
+        ``W = U S V^T``, it starts at W: ``weight_main`` is W minus the residual as first computed, so the
+        model's outputs do not move when the mode is set up."""
+
+        def __init__(self, linear, k: int):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            w = linear.weight.detach()
+            u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+            r = s.numel() - min(int(k), s.numel())
+            u_res, s_res, v_res = (u[:, r:].to(w.dtype), s[r:].to(w.dtype), vh[r:].to(w.dtype))
+            self.U_residual = torch.nn.Parameter(u_res.contiguous())
+            self.S_residual = torch.nn.Parameter(s_res.contiguous())
+            self.V_residual = torch.nn.Parameter(v_res.contiguous())
+            self.register_buffer("weight_main", (w - self.residual().detach()).contiguous())
+            self.bias = (torch.nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+                         if linear.bias is not None else None)
+
+        def residual(self):
+            return (self.U_residual * self.S_residual) @ self.V_residual
+
+        def merged_weight(self):
+            return self.weight_main + self.residual()
+
+        def forward(self, x):
+            return torch.nn.functional.linear(x, self.merged_weight(), self.bias)
+
+        def extra_repr(self) -> str:
+            return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                    f"trained_rank={self.S_residual.numel()}")
+
+    return SVDResidualLinear
+
+
+_SVD_CLASS = None
+
+
+def svd_residual_class():
+    """The ``SVDResidualLinear`` module class (built on first use: torch is imported lazily here)."""
+    global _SVD_CLASS
+    if _SVD_CLASS is None:
+        _SVD_CLASS = _make_svd_residual()
+    return _SVD_CLASS
+
+
+def _set_module(model, name: str, module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def apply_svd_residual(model, targets: list[str], k: int) -> None:
+    """Replace each Linear layer named in ``targets`` by its :func:`svd_residual_class` split (``k`` trained
+    components), in place."""
+    cls = svd_residual_class()
+    for n in targets:
+        _set_module(model, n, cls(model.get_submodule(n), k))
+
+
+def has_svd_residual(model) -> bool:
+    """Whether ``model`` carries ``--tune svd-residual``'s split layers (what it saves is merged)."""
+    cls = _SVD_CLASS
+    return cls is not None and any(isinstance(m, cls) for m in model.modules())
+
+
 def setup(model, cfg):
     """Apply ``cfg.tune`` (wrapping the model with PEFT for ``lora``) and ``cfg.freeze``; return
     ``(model, Plan)``. The model comes back with ``requires_grad`` set for the mode (not the head phase)."""
     heads = head_modules(model)
-    lora_targets = None
+    lora_targets = svd = None
+    if cfg.tune == "svd-residual":
+        if is_peft(model):
+            raise TuningError("--tune svd-residual cannot go on a model that carries LoRA adapters: merge them first "
+                              "(a dftune checkpoint folder is merged already)")
+        svd = svd_targets(model, heads)
+        apply_svd_residual(model, svd, int(cfg.svd_rank))
     if cfg.tune == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -149,6 +252,9 @@ def setup(model, cfg):
             trainable = [n for n in names if n in norms or n in head]
         elif cfg.tune == "bias":
             trainable = [n for n in names if n.endswith("bias") or n in head]
+        elif cfg.tune == "svd-residual":
+            trainable = [n for n in names if n.rsplit(".", 1)[-1] in ("U_residual", "S_residual", "V_residual")
+                         or n in head]
         else:
             raise TuningError(f"tune must be one of {', '.join(TUNE)}; got {cfg.tune!r}")
     frozen = []
@@ -161,7 +267,7 @@ def setup(model, cfg):
         raise TuningError(f"--tune {cfg.tune} with --freeze {' '.join(cfg.freeze)} leaves nothing to train")
     if cfg.head_epochs and not head:
         raise TuningError("--head-epochs trains the classifier head alone, but --freeze froze all of it")
-    plan = Plan(cfg.tune, trainable, head, frozen_by_pattern=frozen, lora_targets=lora_targets)
+    plan = Plan(cfg.tune, trainable, head, frozen_by_pattern=frozen, lora_targets=lora_targets, svd_targets=svd)
     set_phase(model, plan, head_only=False)
     params = dict(model.named_parameters())
     plan.total = sum(p.numel() for p in params.values())
@@ -276,11 +382,31 @@ def is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def merged_copy(model):
-    """A plain model to save: a PEFT model's adapters merged into a copy (the training model is untouched);
-    any other model as it is."""
-    if is_peft(model):
-        import copy
+def saves_merged(model) -> bool:
+    """Whether what ``model`` saves is not its own parameters: LoRA adapters or SVD residuals merged into
+    plain weights (the training state must then keep the raw ones)."""
+    return is_peft(model) or has_svd_residual(model)
 
+
+def merged_copy(model):
+    """A plain model to save: a PEFT model's adapters, or ``--tune svd-residual``'s split layers, merged into a
+    copy (the training model is untouched); any other model as it is."""
+    import copy
+
+    if is_peft(model):
         return copy.deepcopy(model).merge_and_unload()
+    if has_svd_residual(model):
+        import torch
+
+        out = copy.deepcopy(model)
+        for n, m in list(out.named_modules()):
+            if isinstance(m, _SVD_CLASS):
+                lin = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None,
+                                      device=m.weight_main.device, dtype=m.weight_main.dtype)
+                with torch.no_grad():
+                    lin.weight.copy_(m.merged_weight())
+                    if m.bias is not None:
+                        lin.bias.copy_(m.bias)
+                _set_module(out, n, lin)
+        return out
     return model

@@ -1,11 +1,12 @@
 """The run's model folders, ``best/`` and ``last/``: what goes into them (``checkpoint`` writes them atomically).
 
 Each is a plain Hugging Face model folder (the EMA weights with ``--ema``, LoRA adapters merged into a copy
-with ``--tune lora``) with its processor and ``dftune.json`` (label indices, the data's crop settings, the
-epoch and its validation). ``last/`` also holds ``training_state/``: what ``--resume`` needs beside its own
-weights, which it does not copy; only where ``last/``'s model is not the raw training weights (``--ema``,
-LoRA) does the state hold them too (``checkpoint.WEIGHTS_FILE``). In an epoch that is the best so far,
-``last/``'s model files are hard links to ``best/``'s (written once).
+with ``--tune lora``, the SVD residuals merged with ``--tune svd-residual``) with its processor and
+``dftune.json`` (label indices, the data's crop settings, the epoch and its validation). ``last/`` also holds
+``training_state/``: what ``--resume`` needs beside its own weights, which it does not copy; only where
+``last/``'s model is not the raw training weights (``--ema``, LoRA, SVD residuals) does the state hold them too
+(``checkpoint.WEIGHTS_FILE``). In an epoch that is the best so far, ``last/``'s model files are hard links to
+``best/``'s (written once).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ class ModelWriter:
     data: str
     datasets: dict | None = None  # a mix's folders (train --data A --data B): name -> path
     select_on: str = "val"
+    provenance: dict | None = None  # the starting model's licence and base model (dftune.model.card.provenance)
 
     @property
     def raw_apart(self) -> bool:
         """Whether last/'s model is other than the raw training weights (the average with --ema, merged
         adapters with LoRA): only then does the training state need its own copy of them."""
-        return self.ema is not None or trainable.is_peft(self.accelerator.unwrap_model(self.model))
+        return self.ema is not None or trainable.saves_merged(self.accelerator.unwrap_model(self.model))
 
     def raw_weights(self) -> dict:
         """The trained parameters and the buffers of the training model, under its own names."""
@@ -76,7 +78,8 @@ class ModelWriter:
                   raw_weights=self.raw_weights if with_state and self.raw_apart else None)
 
     def _write_model(self, folder: Path, record: dict, best_epoch: int) -> None:
-        # a plain Hugging Face model: the EMA weights (--ema), LoRA adapters merged into a copy (--tune lora)
+        # a plain Hugging Face model: the EMA weights (--ema), LoRA adapters (--tune lora) or SVD residuals
+        # (--tune svd-residual) merged into a copy
         with averaged(self.ema):
             trainable.merged_copy(self.accelerator.unwrap_model(self.model)).save_pretrained(folder)
         self.processor.save_pretrained(folder)
@@ -86,6 +89,7 @@ class ModelWriter:
                  "data": self.data}
         if self.datasets:
             extra["datasets"] = self.datasets
+        extra.update(self.provenance or {})
         for key in ("check", "datasets"):
             if record.get(key):
                 extra[f"{key}_metrics"] = record[key]
