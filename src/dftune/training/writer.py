@@ -43,6 +43,7 @@ class ModelWriter:
     data: str
     datasets: dict | None = None  # a mix's folders (train --data A --data B): name -> path
     select_on: str = "val"
+    train_methods: list | None = None  # the fake methods (generators) of the train split: evaluate's "seen"
 
     @property
     def raw_apart(self) -> bool:
@@ -86,6 +87,8 @@ class ModelWriter:
                  "data": self.data}
         if self.datasets:
             extra["datasets"] = self.datasets
+        if self.train_methods is not None:
+            extra["train_methods"] = self.train_methods
         for key in ("check", "datasets"):
             if record.get(key):
                 extra[f"{key}_metrics"] = record[key]
