@@ -113,6 +113,19 @@ def test_save_to_disk_prepare_train_evaluate_holds_generators_out(saved, tmp_pat
     assert groups["held_out"]["at_0.5"]["n"] == n_real + by_split["test"]["flux"]
     assert "held out" in (ev / "report.html").read_text() and "flux (held out)" in (ev / "report.md").read_text()
 
+    # the cross-dataset page: a set of unseen generators only is marked held out, FF++-like seen ones seen
+    only_flux = tmp_path / "only-flux"
+    datasets.load_from_disk(str(saved)).filter(lambda r: r["model"] in ("real", "flux")).save_to_disk(str(only_flux))
+    flux_data = tmp_path / "flux-data"
+    assert prepare(only_flux, flux_data) == 0
+    cross = tmp_path / "cross"
+    assert main(["evaluate", "--model", str(run / "best"), "--data", str(out), "--data", str(flux_data),
+                 "--out", str(cross), "--no-progress"]) == 0
+    table = json.loads((cross / "metrics.json").read_text())["table"]
+    marks = {r["dataset"]: r.get("generators") for r in table}
+    assert marks == {"data": "seen + held out", "flux-data": "held out", "mean": None}
+    assert "flux-data (held out)" in (cross / "report.html").read_text()
+
 
 def test_parquet_streaming_balanced_sample(tmp_path):
     """The streaming path on a local dataset loaded with streaming=True: --per-generator caps each generator,
