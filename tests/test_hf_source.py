@@ -285,3 +285,49 @@ def test_holdout_generators_on_ffpp(ffpp_tree, tmp_path):
     assert {it.key for it in kept} == {it.key for it in before if it.method != "Deepfakes" or it.split == "test"}
     assert len(excluded) == sum(1 for it in before if it.method == "Deepfakes" and it.split != "test")
     assert info["generators"]["held_out"] == ["Deepfakes"] and "Deepfakes" not in info["generators"]["train"]
+
+
+def test_split_by_generator_on_ffpp_and_holdout_on_deepfakebench(ffpp_tree, tmp_path):
+    from dftune.stages.prepare import PrepareConfig, index_items
+    from test_deepfakebench import _bench
+
+    info: dict = {}
+    cfg = PrepareConfig(root=ffpp_tree, out=tmp_path / "f", splits=ffpp_tree / "splits", split="generator", seed=1,
+                        progress=False)
+    kept, _ = index_items(cfg, [], info)
+    where = {}
+    for it in kept:
+        where.setdefault(it.method, set()).add(it.split)
+    fakes = {m: s for m, s in where.items() if m != "original"}
+    assert all(len(s) == 1 for s in fakes.values()) and len(fakes) == 4  # each generator whole, in one split
+    assert {s for ss in fakes.values() for s in ss} == {"train", "val", "test"}
+    assert where["original"] == {"train", "val", "test"}  # the reals keep the official pairs' splits
+    assert cfg.crop_settings()["seed"] == 1  # the seed deals: recorded, so a re-run with another is refused
+
+    js = _bench(tmp_path / "bench")
+    cfg = PrepareConfig(root=js, out=tmp_path / "b", source="deepfakebench", frames_root=str(tmp_path / "bench" /
+                        "datasets"), holdout_generators=("FF-DF",), progress=False)
+    kept, excluded = index_items(cfg, [])
+    assert {it.key for it in kept if it.label} == {"FF-DF/003_004"}  # its train/val fakes share reals' identities
+    assert sum("generator FF-DF is dealt to test" in e["error"] for e in excluded) == 3
+
+
+def test_video_column(tmp_path):
+    """A Video feature: each row's video is sampled and framed as prepare frames any video."""
+    t = synthetic.identity(0)
+    bg = synthetic._background(0, 160, 120)
+    seq = [synthetic.render_frame(t.rgb, t.face, bg, k / 7, motion_seed=0)[0] for k in range(8)]
+    synthetic.write_video(tmp_path / "v.mp4", seq)
+    data = (tmp_path / "v.mp4").read_bytes()
+    feat = datasets.Features({"video": datasets.Video(), "label": datasets.Value("int64"),
+                              "generator": datasets.Value("string")})
+    datasets.Dataset.from_dict({"video": [{"bytes": data, "path": None}] * 2, "label": [0, 1],
+                                "generator": ["real", "sora"]}, features=feat).save_to_disk(str(tmp_path / "vids"))
+    out = tmp_path / "out"
+    assert main(["prepare", str(tmp_path / "vids"), "--source", "hf", "--out", str(out), "--frames", "3",
+                 "--size", "32", "--workers", "1", "--no-progress"]) == 0
+    rows = manifest(out)
+    assert Counter(r["method"] for r in rows) == {"real": 3, "sora": 3}
+    assert sorted({r["frame_index"] for r in rows}) == ["0", "3", "7"]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"]["columns"]["kind"] == "video" and s["dataset"]["license"] is None
