@@ -174,7 +174,7 @@ def test_interrupted_stream_resumes_without_duplicates(tmp_path, monkeypatch):
     assert len(files) == 16  # each row's image once
 
 
-def test_bad_rows_and_bad_columns(tmp_path):
+def test_bad_rows_and_bad_columns(tmp_path, capsys):
     src = tmp_path / "bad"
     make_dataset(n_ids=4, bad=2).save_to_disk(str(src))
     out = tmp_path / "out"
@@ -185,6 +185,11 @@ def test_bad_rows_and_bad_columns(tmp_path):
     assert sorted(Path(f["file"]).stem for f in s["failures"]) == ["all-00000016", "all-00000017"]
     assert all("cannot read as an image" in f["error"] for f in s["failures"])
     assert len(manifest(out)) == 16
+    # the same folder with generators held out would mix two splits: refused, naming the setting
+    assert main(["prepare", str(src), "--source", "hf", "--out", str(out), "--no-detect", "--size", "32",
+                 "--holdout-generators", "sd", "--no-progress"]) == 2
+    assert "already prepared with other settings (holdout_generators: None there, ['sd'] now" in capsys.readouterr().err
+    assert (out / "manifest.csv").exists() and len(manifest(out)) == 16
 
     no_image = tmp_path / "noimg"
     datasets.Dataset.from_dict({"caption": ["a", "b"], "label": [0, 1]}).save_to_disk(str(no_image))

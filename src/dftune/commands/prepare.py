@@ -85,9 +85,10 @@ def register(sub) -> None:
     p.add_argument("--splits", default=None, metavar="DIR",
                    help="folder with train.json/val.json/test.json in FF++'s format "
                         "(default: the official ones shipped with dftune)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split random")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split random and --split generator")
     p.add_argument("--ratios", type=_ratios, default=d["ratios"], metavar="T,V,T",
-                   help="train,val,test fractions of identity groups for --split random (FF++'s official shares)")
+                   help="train,val,test fractions of identity groups for --split random (of generators for --split "
+                        "generator; FF++'s official shares)")
     p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"],
                    help="FF++ compression folder to read")
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), metavar="METHOD",

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
               "detector", "detect_width", "landmarks", "quality", "no_detect")
 
+# settings.json keys written only when set (earlier folders have none): which rows are where
+_SPLIT_KEYS = ("holdout_generators", "hf")
+
 # --detect-width auto: RetinaFace looks at the frame 320 wide first and keeps what it finds there when
 # the largest face is at least 32 px of that (a tenth of the width: 128 px of a 1280-wide frame); no
 # face, or only smaller ones, and it looks again at 640, the width dlib always uses (the guide's)
@@ -376,7 +379,7 @@ def _check_settings(cfg: PrepareConfig) -> None:
     want = cfg.crop_settings()
     if path.exists():
         have = read_json(path)
-        diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS if have.get(k) != want.get(k)}
+        diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS + _SPLIT_KEYS if have.get(k) != want.get(k)}
         if diff:
             detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             hint = (" (a folder prepared before --detect-width existed detected at width 640: resume it with "
