@@ -113,6 +113,18 @@ def test_save_to_disk_prepare_train_evaluate_holds_generators_out(saved, tmp_pat
     assert groups["held_out"]["at_0.5"]["n"] == n_real + by_split["test"]["flux"]
     assert "held out" in (ev / "report.html").read_text() and "flux (held out)" in (ev / "report.md").read_text()
 
+    # a model trained before train_methods existed: its dftune.json's data folder says what it saw
+    import shutil
+
+    old = tmp_path / "old-model"
+    shutil.copytree(run / "best", old)
+    meta["extra"].pop("train_methods")
+    (old / "dftune.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--model", str(old), "--data", str(out), "--out", str(tmp_path / "ev-old"),
+                 "--no-progress", "--no-plots"]) == 0
+    e_old = next(iter(json.loads((tmp_path / "ev-old" / "metrics.json").read_text())["models"].values()))
+    assert e_old["video"]["seen_held_out"]["held_out"]["generators"] == ["flux"]
+
     # the cross-dataset page: a set of unseen generators only is marked held out, FF++-like seen ones seen
     only_flux = tmp_path / "only-flux"
     datasets.load_from_disk(str(saved)).filter(lambda r: r["model"] in ("real", "flux")).save_to_disk(str(only_flux))
@@ -172,6 +184,11 @@ def test_interrupted_stream_resumes_without_duplicates(tmp_path, monkeypatch):
     assert sorted(r["path"] for r in a) == sorted(r["path"] for r in b)
     files = list((out / ".hf").rglob("files/*/*"))
     assert len(files) == 16  # each row's image once
+    # the same command once more: the finished index and every crop are reused (settings.json agrees)
+    assert prepare(src, out, "--streaming", "--fake-values", "fake") == 2  # other column settings: refused
+    assert prepare(src, out, "--streaming") == 0
+    again = json.loads((out / "summary.json").read_text())["this_run"]
+    assert (again["todo"], again["skipped_complete"]) == (0, 16)
 
 
 def test_bad_rows_and_bad_columns(tmp_path, capsys):

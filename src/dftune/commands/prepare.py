@@ -262,6 +262,17 @@ def print_summary(s: dict) -> None:
         f"{s['frames']['no_face']} without a face | this run: {run['todo']} processed, "
         f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
     )
+    ds = s.get("dataset")
+    if ds:
+        con.print(f"dataset {ds['name']}: licence {ds['license'] or 'not stated (read its card before training)'}; "
+                  f"{ds['rows_kept']} rows kept ({', '.join(f'{g} {n}' for g, n in ds['generators'].items())})"
+                  + (f", {ds['rows_skipped']} without an image" if ds["rows_skipped"] else ""), highlight=False)
+    gens = s.get("generators")
+    if gens:
+        con.print("generators: " + "; ".join(f"{sp} {', '.join(gens[sp]) or '-'}" for sp in ("train", "val", "test"))
+                  + (f" (held out: {', '.join(gens['held_out'])})" if gens["held_out"] else "")
+                  + (f"; {gens['fakes_dropped']} fakes dropped (identity in another split)" if gens["fakes_dropped"]
+                     else ""), highlight=False)
     for line in s.get("one_class_splits", []):
         con.print(f"[yellow]warning[/yellow] {line}", highlight=False)
     for f in s["failures"][:5]:

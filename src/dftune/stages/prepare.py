@@ -87,7 +87,7 @@ class PrepareConfig:
         if self.holdout_generators:  # absent when not set: earlier settings.json stay valid
             d["holdout_generators"] = list(self.holdout_generators)
         if self.source == "hf":
-            d["hf"] = asdict(self.hf)
+            d["hf"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.hf).items()}  # as JSON reads
         if not self.no_detect:
             del d["no_detect"]  # settings.json of a detecting run stays as it was
         if self.no_detect or self.detector_kwargs() == {"detect_width": 640}:
