@@ -190,6 +190,13 @@ def _pick(names, given: str | None, guesses, what: str, root, required: bool = F
     return None
 
 
+def _media_types() -> tuple:
+    """``datasets``' Image feature, and its Video feature where the installed version has one."""
+    import datasets
+
+    return tuple(t for t in (datasets.Image, getattr(datasets, "Video", None)) if t is not None)
+
+
 def image_column(features, given: str | None, root) -> tuple[str, str]:
     """``(column, kind)``: kind ``image`` or ``video`` (by the feature, or a path column's name)."""
     import datasets
@@ -199,10 +206,11 @@ def image_column(features, given: str | None, root) -> tuple[str, str]:
         _pick(names, given, (), "image", root)
         col = given
     else:
-        typed = [n for n in names if isinstance(features[n], (datasets.Image, datasets.Video))]
+        typed = [n for n in names if isinstance(features[n], _media_types())]
         col = typed[0] if typed else _pick(names, None, IMAGE_NAMES, "image", root, required=True)
     f = features[col]
-    if isinstance(f, datasets.Video) or (not isinstance(f, datasets.Image) and "video" in col.lower()):
+    if (not isinstance(f, datasets.Image) and isinstance(f, _media_types())) or (
+            not isinstance(f, _media_types()) and "video" in col.lower()):
         return col, "video"
     return col, "image"
 
@@ -315,7 +323,6 @@ def _row_file(cell, kind: str, store: Path, base: Path | None, method: str, key:
 def materialise(root, opts: HfOptions, class_map: str | None, store: Path, progress: bool = True) -> dict:
     """Read the dataset's rows (streaming or not), keep the sample the options ask for, write each kept row's
     image once under ``store``; returns the index (also written to ``store/index.json``)."""
-    import datasets
 
     from dftune.progress import bar
 
@@ -325,7 +332,7 @@ def materialise(root, opts: HfOptions, class_map: str | None, store: Path, progr
         raise SourceError(f"{root}: the dataset has no split")
     features = splits[0][1].features
     if features is None:  # a stream whose features are not declared: resolve them from the first rows
-        splits = [(n, s._resolve_features()) for n, s in splits]
+        splits = [(n, s._resolve_features() if hasattr(s, "_resolve_features") else s) for n, s in splits]
         features = splits[0][1].features
     names = list(features)
     img_col, kind = image_column(features, opts.image_column, root)
@@ -344,7 +351,7 @@ def materialise(root, opts: HfOptions, class_map: str | None, store: Path, progr
     info = None
     for (name, split), word in zip(splits, split_names, strict=True):
         info = info or getattr(split, "info", None)
-        if isinstance(features[img_col], (datasets.Image, datasets.Video)):
+        if isinstance(features[img_col], _media_types()):
             split = split.cast_column(img_col, type(features[img_col])(decode=False))
         split = split.select_columns(cols)
         if not opts.streaming:
