@@ -165,6 +165,14 @@ def run(args) -> int:
     for r in report.summary_rows(res):
         t.add_row(*r)
     con.print(t)
+    seen = report.seen_rows(res)
+    if seen:
+        st = Table(title="generators seen in training and held out (each group's fakes vs all reals)")
+        for c in report.SEEN_HEADER:
+            st.add_column(c, justify="left" if c in ("model", "level", "generators", "which") else "right")
+        for r in seen:
+            st.add_row(*r)
+        con.print(st)
     mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
     for c in report.METHOD_HEADER:
         mt.add_column(c, justify="left" if c in ("model", "method") else "right")

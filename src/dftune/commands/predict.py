@@ -150,6 +150,7 @@ def run(args) -> int:
     t.add_row("threshold", sm.threshold_text)
     t.add_row("files", f"{sm.files} ({sm.images} images, {sm.videos} videos)")
     t.add_row("predicted", f"{sm.predicted_fake} fake, {sm.predicted_real} real")
+    t.add_row("share labelled fake", predict.decision_line(sm))
     if crop.detector != "none":
         if sm.no_face_rule == "score":
             t.add_row("no face found (centre square scored)", str(sm.no_face))
@@ -161,6 +162,9 @@ def run(args) -> int:
     if sm.skipped:
         t.add_row("skipped: not an image or video", f"{len(sm.skipped)}: " + ", ".join(sm.skipped))
     con.print(t)
+    if sm.share_warning:
+        con.print(f"[yellow]warning[/yellow] {sm.share_warning}", highlight=False)
+    con.print(f"summary: {sm.sidecar}", highlight=False)
     for r in sm.results:
         if r.error:
             console(stderr=True).print(f"[yellow]error[/yellow] {r.name}: {r.error}")

@@ -20,6 +20,8 @@ more:
   dftune prepare my_data/ --source folders --split-by random --out data/mine
   dftune prepare /data/Celeb-DF-v2 --source celebdf --out data/celebdf   # official test list, 1 = real
   dftune prepare /data/WildDeepfake --source frames --detector none --out data/wdf   # face frames used whole
+  dftune prepare org/fakes --source hf --streaming --per-generator 2000 --limit 20000 --out data/fakes-sample
+  dftune prepare /data/FaceForensics++ --out data/ffpp-hold --holdout-generators NeuralTextures
 """
 
 
@@ -69,16 +71,24 @@ def register(sub) -> None:
                    help="input layout: ffpp, folders (real/ and fake/), celebdf (Celeb-DF v1/v2), dfdc (DFDC "
                         "training parts + test set), dfdcp (DFDC preview), frames (per-video folders of face frames, "
                         "WildDeepfake), list (path,label[,split][,method][,video] CSV), deepfakebench (a "
-                        "DeepfakeBench/DF40 dataset JSON over its face frames; implies --detector none); each keeps "
-                        "its official test set")
-    p.add_argument("--split-by", dest="split", choices=("official", "random"), default=d["split"],
-                   help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split")
+                        "DeepfakeBench/DF40 dataset JSON over its face frames; implies --detector none), hf (a Hugging "
+                        "Face dataset: hub id, save_to_disk folder, parquet/arrow files or an imagefolder; see the hf "
+                        "options below); each keeps its official test set")
+    p.add_argument("--split-by", dest="split", choices=("official", "random", "generator"), default=d["split"],
+                   help="official: FF++'s identity-disjoint pairs; random: identity-grouped random split; "
+                        "generator: whole generators (fake methods) dealt to train/val/test with --seed and "
+                        "--ratios, reals split as before, a fake whose identity lands in another split dropped")
+    p.add_argument("--holdout-generators", type=_names, default=(), metavar="A,B",
+                   help="generators (fake methods, as the manifest names them) kept out of training: all their fakes "
+                        "go to test (a fake whose identity is in train/val is dropped); a name the data lacks is an "
+                        "error listing those it has; evaluate then reports them apart (default: none)")
     p.add_argument("--split-files", dest="splits", default=None, metavar="DIR",
                    help="folder with train.json/val.json/test.json in FF++'s format "
                         "(default: the official ones shipped with dftune)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split-by random")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of --split-by random and --split-by generator")
     p.add_argument("--ratios", type=_ratios, default=d["ratios"], metavar="T,V,T",
-                   help="train,val,test fractions of identity groups for --split-by random (FF++'s official shares)")
+                   help="train,val,test fractions of identity groups for --split-by random (of generators for "
+                        "--split-by generator; FF++'s official shares)")
     p.add_argument("--compression", choices=COMPRESSIONS, default=d["compression"],
                    help="FF++ compression folder to read")
     p.add_argument("--methods", nargs="+", default=list(d["methods"]), metavar="METHOD",
@@ -108,8 +118,40 @@ def register(sub) -> None:
                         "needs face-recognition-models) for self-blended training images")
     p.add_argument("--quality", type=int, default=d["quality"], help="JPEG quality of the crops")
     p.add_argument("--class-map", default=None, metavar="FILE",
-                   help="--source deepfakebench: YAML/JSON of label -> 0 (real) / 1 (fake), or a DeepfakeBench "
+                   help="--source deepfakebench / hf: YAML/JSON of label -> 0 (real) / 1 (fake), or a DeepfakeBench "
                         "config with label_dict, on top of DeepfakeBench's own label_dict (default: not set)")
+    hf = p.add_argument_group("--source hf (a Hugging Face dataset; each column guessed when not named)")
+    hf.add_argument("--hf-config", default=None, metavar="NAME", help="the dataset's configuration (default: its "
+                                                                       "only or default one)")
+    hf.add_argument("--revision", default=None, metavar="REV", help="hub revision: branch, tag or commit "
+                                                                     "(default: main)")
+    from dftune.sources import hf as hf_source
+
+    def guesses(names) -> str:
+        return ", ".join(names[:5])
+
+    hf.add_argument("--image-column", default=None, metavar="COL",
+                    help="images or videos: an Image/Video feature, or a column of file paths (default: the first "
+                         f"Image/Video feature, else {guesses(hf_source.IMAGE_NAMES)} ...)")
+    for flag, names, what in (
+            ("--label-column", hf_source.LABEL_NAMES, "real/fake label"),
+            ("--generator-column", hf_source.GENERATOR_NAMES, "the generator of each row, the manifest's method "
+                                                              "(none: real/fake by label)"),
+            ("--group-column", hf_source.GROUP_NAMES, "identity or source video: rows sharing it never cross splits "
+                                                      "(none: each row its own)"),
+            ("--split-column", hf_source.SPLIT_NAMES, "train/val/test per row (none: the dataset's own splits)")):
+        hf.add_argument(flag, default=None, metavar="COL", help=f"{what} (default: {guesses(names)})")
+    for flag, side, other in (("--fake-values", "fake", "real"), ("--real-values", "real", "fake")):
+        hf.add_argument(flag, type=_names, default=(), metavar="A,B",
+                        help=f"label values meaning {side} (a ClassLabel's names or the raw values); with only these "
+                             f"given, every other value is {other} (default: 0/1 and real/fake words)")
+    hf.add_argument("--streaming", action="store_true",
+                    help="read the dataset as a stream: only the rows read are downloaded (with --limit / "
+                         "--per-generator: a sample of a large set)")
+    hf.add_argument("--limit", type=int, default=0, metavar="N",
+                    help="at most N rows of each of the dataset's splits, in its order (default: 0, all)")
+    hf.add_argument("--per-generator", type=int, default=0, metavar="N",
+                    help="at most N rows of each generator in each split: a balanced sample (default: 0, all)")
     p.add_argument("--frames-root", default=None, metavar="DIR",
                    help="--source deepfakebench: the folder the JSON's frame paths start from (default: the "
                         "JSON's folder, then the one above it)")
@@ -133,6 +175,10 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _detect_width(text: str):
     if text == "auto":
         return text
@@ -146,6 +192,7 @@ def _detect_width(text: str):
 
 
 def run(args) -> int:
+    from dftune.sources.hf import HfOptions
     from dftune.stages import prepare
     from dftune.stages.prepare import PrepareConfig
 
@@ -168,6 +215,12 @@ def run(args) -> int:
         **({} if args.workers == "auto" else {"workers": args.workers}),
         no_detect=args.detector == "none", class_map=args.class_map, frames_root=args.frames_root,
         shard=args.shard, merge_only=args.merge, progress=args.progress,
+        holdout_generators=tuple(args.holdout_generators),
+        hf=HfOptions(hf_config=args.hf_config, revision=args.revision, image_column=args.image_column,
+                     label_column=args.label_column, fake_values=tuple(args.fake_values),
+                     real_values=tuple(args.real_values), generator_column=args.generator_column,
+                     group_column=args.group_column, split_column=args.split_column, streaming=args.streaming,
+                     limit=args.limit, per_generator=args.per_generator),
     )
     try:
         summary = prepare.run(cfg)
@@ -223,6 +276,17 @@ def print_summary(s: dict) -> None:
         f"{run['skipped_complete']} already complete, {run['frames_per_s']} frames/s"
     )
     err = console(stderr=True)  # warnings and failures: stderr
+    ds = s.get("dataset")
+    if ds:
+        con.print(f"dataset {ds['name']}: licence {ds['license'] or 'not stated (read its card before training)'}; "
+                  f"{ds['rows_kept']} rows kept ({', '.join(f'{g} {n}' for g, n in ds['generators'].items())})"
+                  + (f", {ds['rows_skipped']} without an image" if ds["rows_skipped"] else ""), highlight=False)
+    gens = s.get("generators")
+    if gens:
+        con.print("generators: " + "; ".join(f"{sp} {', '.join(gens[sp]) or '-'}" for sp in ("train", "val", "test"))
+                  + (f" (held out: {', '.join(gens['held_out'])})" if gens["held_out"] else "")
+                  + (f"; {gens['fakes_dropped']} fakes dropped (identity in another split)" if gens["fakes_dropped"]
+                     else ""), highlight=False)
     for line in s.get("one_class_splits", []):
         err.print(f"[yellow]warning[/yellow] {line}", highlight=False)
     for f in s["failures"][:5]:

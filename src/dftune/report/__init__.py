@@ -31,6 +31,7 @@ from dftune.report.markdown import (
     FRAMING_HEADER,
     FROM_VIDEOS_HEADER,
     METHOD_HEADER,
+    SEEN_HEADER,
     SUMMARY_HEADER,
     cross_cells,
     cross_md,
@@ -44,6 +45,7 @@ from dftune.report.markdown import (
     md_table,
     method_rows,
     report_md,
+    seen_rows,
     summary_header,
     summary_rows,
 )
@@ -55,4 +57,5 @@ __all__ = [
     "overlay", "report_md", "summary_header", "summary_rows", "write_cross_html", "write_html",
     "FRAMING_HEADER", "files_settings", "framing_rows",
     "cross_notes", "one_class_note", "roc_only_figure", "worst_per_video", "write_files_html",
+    "SEEN_HEADER", "seen_rows",
 ]

@@ -29,12 +29,14 @@ from dftune.report.markdown import (
     FILES_HEADER,
     FRAMING_HEADER,
     METHOD_HEADER,
+    SEEN_HEADER,
     cross_cells,
     cross_notes,
     files_rows,
     files_settings,
     framing_rows,
     method_rows,
+    seen_rows,
     summary_header,
     summary_rows,
 )
@@ -272,6 +274,8 @@ def write_html(path, page: HtmlReport) -> None:
              f"{html.escape(result.aggregate)} of its crops; threshold tuned for macro F1 on "
              f"{html.escape(str(result.threshold_split or 'nothing'))}. F1 = macro F1 (the competition's metric).</p>",
              "<h2>Summary</h2>", _table(summary_header(result), summary_rows(result)),
+             *(["<h2>Generators seen in training and held out</h2>", _table(SEEN_HEADER, seen_rows(result))]
+               if seen_rows(result) else []),
              "<h2>Per manipulation method (video level)</h2>", _table(METHOD_HEADER, method_rows(result, "video")),
              "<h2>ROC and precision-recall curves, calibration</h2><div class='row'>"]
     video = {nm: page.video_level(rows, p) for nm, p in scored.items()}

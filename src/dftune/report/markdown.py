@@ -18,6 +18,8 @@ if TYPE_CHECKING:  # the types only; a component never imports a stage at run ti
 
 SUMMARY_HEADER = ["model", "level", "n", "acc@.5", "F1@.5", "val thr", "F1@thr", "AUC", "AP", "EER"]
 METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
+SEEN_HEADER = ["model", "level", "generators", "fakes", "AUC", "F1", "caught", "EER", "which"]
+HELD_OUT = "held out"
 CROSS_HEADER = ["model", "dataset", "videos", "frame AUC", "video AUC", "AP", "EER", "F1@.5", "F1@thr"]
 FILES_HEADER = ["files", "n", "AUC", "F1@.5", "F1@thr", "EER"]
 FRAMING_HEADER = ["framing", "n", "real", "fake", "acc@thr", "AUC", "F1@thr", "EER"]
@@ -69,8 +71,25 @@ def method_rows(result: EvalResult, level: str = "video") -> list[list[str]]:
     out = []
     for nm, e in result.models.items():
         key = "per_method_at_val_threshold" if "per_method_at_val_threshold" in e[level] else "per_method_at_0.5"
+        seen = e.get("seen_generators")
         for meth, m in e[level][key].items():
-            out.append([nm, meth, str(m["n_fake"]), fmt(m["auc"]), fmt(m["macro_f1"]), fmt(m["tpr"]), fmt(m["eer"])])
+            name = meth if seen is None or meth in seen else f"{meth} ({HELD_OUT})"
+            out.append([nm, name, str(m["n_fake"]), fmt(m["auc"]), fmt(m["macro_f1"]), fmt(m["tpr"]), fmt(m["eer"])])
+    return out
+
+
+def seen_rows(result: EvalResult) -> list[list[str]]:
+    """The generators each model trained on against the ones it did not (its dftune.json names its training
+    data), each group's fakes against all reals, at the val threshold (0.5 without val); empty when no model's
+    training data is known."""
+    out = []
+    for nm, e in result.models.items():
+        for level in ("video", "frame"):
+            for group, part in e[level].get("seen_held_out", {}).items():
+                m = part.get("at_val_threshold") or part["at_0.5"]
+                out.append([nm, level, ", ".join(part["generators"]), str(m["n_fake"]), fmt(m["auc"]),
+                            fmt(m["macro_f1"]), fmt(m["tpr"]), fmt(m["eer"]),
+                            "seen in training" if group == "seen" else HELD_OUT])
     return out
 
 
@@ -105,6 +124,10 @@ def report_md(result: EvalResult) -> str:
         "",
         md_table(summary_header(result), summary_rows(result)),
         "",
+        *(["## Generators seen in training and held out", "",
+           "The fake methods of the model's own train split against the others, each group's fakes against all "
+           "reals, at the tuned threshold (0.5 without val).", "",
+           md_table(SEEN_HEADER, seen_rows(result)), ""] if seen_rows(result) else []),
         "## Per manipulation method (video level)",
         "",
         "Each method's fakes against all reals, at the tuned threshold (0.5 without val); "
@@ -137,7 +160,9 @@ def report_md(result: EvalResult) -> str:
 
 def cross_cells(row: dict) -> list[str]:
     """One row of the cross-dataset table (``CrossResult.table``) as the tables print it."""
-    return [row["model"], row["dataset"], str(row["videos"]), fmt(row["frame_auc"]), fmt(row["video_auc"]),
+    mark = row.get("generators")
+    return [row["model"], row["dataset"] + (f" ({mark})" if mark else ""), str(row["videos"]),
+            fmt(row["frame_auc"]), fmt(row["video_auc"]),
             fmt(row["ap"]), fmt(row["eer"]), fmt(row["f1_0.5"]), fmt(row["f1_thr"])]
 
 

@@ -43,7 +43,7 @@ class Item:
 
 
 def get_indexer(name: str):
-    from dftune.sources import celebdf, deepfakebench, dfdc, ffpp, folders, frames, listfile
+    from dftune.sources import celebdf, deepfakebench, dfdc, ffpp, folders, frames, hf, listfile
 
     registry = {"ffpp": ffpp.index, "folders": folders.index,
                 "celebdf": celebdf.index,
@@ -51,11 +51,12 @@ def get_indexer(name: str):
                 "dfdcp": dfdc.index_preview,
                 "frames": frames.index,
                 "list": listfile.index,
-                "deepfakebench": deepfakebench.index}
+                "deepfakebench": deepfakebench.index,
+                "hf": hf.index}
     try:
         return registry[name]
     except KeyError:
         raise SourceError(f"unknown source {name!r}; choose one of {', '.join(registry)}") from None
 
 
-SOURCES = ("ffpp", "folders", "celebdf", "dfdc", "dfdcp", "frames", "list", "deepfakebench")
+SOURCES = ("ffpp", "folders", "celebdf", "dfdc", "dfdcp", "frames", "list", "deepfakebench", "hf")

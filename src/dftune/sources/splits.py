@@ -19,7 +19,7 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from dftune.sources import Item
+from dftune.sources import Item, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,55 @@ def assign_random(items: list[Item], seed: int = 0, ratios=RATIOS) -> list[Item]
     if actor_items:
         assign_actors(actor_items, seed, ratios)
     return [it for it in items if it.split]
+
+
+def generator_names(items: list[Item]) -> list[str]:
+    """The generators (fake methods) the items name, sorted."""
+    return sorted({it.method for it in items if it.label == 1})
+
+
+def assign_generators(items: list[Item], holdout=(), by_generator: bool = False, seed: int = 0,
+                      ratios=RATIOS) -> tuple[list[Item], list[dict], dict]:
+    """Generators kept out of training, on top of the identity-safe split the items already have.
+
+    ``holdout``: these generators' fakes all go to test. ``by_generator``: every other generator is dealt
+    whole to train/val/test (``seed``, ``ratios``), its fakes following it. Reals keep their split. A moved
+    fake whose identity (or group) another kept video holds in another split is dropped with the reason,
+    so no identity crosses splits. Returns ``(kept, excluded, placement)``, placement = ``{"held_out":
+    [...], "train": [...], "val": [...], "test": [...], "fakes_dropped": n}`` (empty when nothing asked)."""
+    holdout = [g for g in dict.fromkeys(holdout) if g]
+    if not holdout and not by_generator:
+        return items, [], {}
+    have = generator_names(items)
+    unknown = [g for g in holdout if g not in have]
+    if unknown:
+        raise SourceError(f"--holdout-generators {','.join(unknown)}: not in the data; its generators are "
+                          f"{', '.join(have) or 'none (no fake has a method)'}")
+    gen_split = _deal([g for g in have if g not in holdout], seed, ratios) if by_generator else {}
+    gen_split.update({g: "test" for g in holdout})
+    moved = [it for it in items if it.label == 1 and it.method in gen_split]
+    moving = {id(it) for it in moved}
+    held: dict[str, set] = defaultdict(set)
+    for it in items:
+        if id(it) not in moving:
+            for i in it.identities or [it.key]:
+                held[i].add(it.split)
+    excluded, dropped = [], set()
+    for it in moved:
+        target = gen_split[it.method]
+        clash = [f"{i} in {'/'.join(sorted(held[i]))}" for i in (it.identities or [it.key])
+                 if held.get(i, {target}) != {target}]
+        if clash:
+            excluded.append({"file": str(it.path), "error": f"generator {it.method} is dealt to {target}, but identity "
+                                                            f"{', '.join(clash)}; excluded so no identity crosses "
+                                                            f"splits"})
+            dropped.add(id(it))
+        else:
+            it.split = it.preset_split = target
+    kept = [it for it in items if id(it) not in dropped]
+    placement = {"held_out": holdout,  # each split's generators, as kept
+                 **{s: sorted({it.method for it in kept if it.label == 1 and it.split == s}) for s in SPLITS},
+                 "by_generator": by_generator, "seed": seed if by_generator else None, "fakes_dropped": len(dropped)}
+    log.warning("generators: %s; %d fakes dropped whose identity is in another split",
+                "; ".join(f"{s} {', '.join(placement[s]) or '-'}" for s in SPLITS), len(dropped))
+    return kept, excluded, placement

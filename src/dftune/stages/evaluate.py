@@ -184,12 +184,44 @@ def score_rows(models, data: str | os.PathLike, rows: Sequence[prepared.Row], s:
     return ok, ens, per
 
 
-def _level_report(y, p, methods, thr_val: float | None) -> dict:
+def _level_report(y, p, methods, thr_val: float | None, seen: Sequence[str] | None = None) -> dict:
     out = {"at_0.5": metrics.full_metrics(y, p, 0.5), "per_method_at_0.5": metrics.per_method(y, p, methods, 0.5)}
     if thr_val is not None:
         out["at_val_threshold"] = metrics.full_metrics(y, p, thr_val)
         out["per_method_at_val_threshold"] = metrics.per_method(y, p, methods, thr_val)
+    if seen is not None:
+        out["seen_held_out"] = _seen_held_out(y, p, methods, thr_val, set(seen))
     return out
+
+
+def _seen_held_out(y, p, methods, thr_val: float | None, seen: set) -> dict:
+    """The generators the model trained on (``seen``) and the others (``held_out``), each group's fakes against
+    all reals (per_method over the two groups), at 0.5 and the val threshold; a group with no fake is absent."""
+    group = ["seen" if m in seen else "held_out" for m in methods]
+    fakes = {str(m) for m, c in zip(methods, y, strict=True) if c == 1}
+    out = {g: {"generators": sorted(m for m in fakes if (m in seen) == (g == "seen")), "at_0.5": r}
+           for g, r in metrics.per_method(y, p, group, 0.5).items()}
+    if thr_val is not None:
+        for g, r in metrics.per_method(y, p, group, thr_val).items():
+            out[g]["at_val_threshold"] = r
+    return {g: out[g] for g in ("seen", "held_out") if g in out}
+
+
+def seen_generators(model: scoring.LoadedModel) -> list[str] | None:
+    """The fake methods (generators) the model was trained on: its dftune.json's ``train_methods``, else the
+    train split of the data it names (when that folder is still there); None when neither says."""
+    extra = model.meta.extra or {}
+    if extra.get("train_methods") is not None:
+        return list(extra["train_methods"])
+    data = extra.get("data")
+    if not data or not prepared.manifest_file(data).exists():
+        return None
+    try:
+        rows = prepared.read_manifest(data, splits=("train",))
+    except Exception as e:  # noqa: BLE001 - an unreadable manifest leaves the training data unknown
+        log.info("%s: its training data's manifest is unreadable (%s)", model.path, e)
+        return None
+    return sorted({r.method for r in rows if r.label == 1})
 
 
 def _video_rows(rows, p, how, k):
@@ -239,9 +271,13 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
         skipped_crops=int((~ok).sum()))
     curves: dict = {"frame": {}, "video": {}}
     levels: dict = {"frame": (ev.y, ev.methods, {}), "video": None}
+    seen = {nm: seen_generators(m) for nm, m in zip(names, models, strict=True)}
+    if ENSEMBLE in scored:  # the ensemble saw what any member saw; unknown when one member's data is
+        known = [v for v in seen.values() if v is not None]
+        seen[ENSEMBLE] = sorted(set().union(*known)) if len(known) == len(names) else None
     for nm, probs in scored.items():
         model = models[names.index(nm)] if nm in names else None
-        entry, level_scores = _model_entry(model, nm, ev, va, probs, how, k, s)
+        entry, level_scores = _model_entry(model, nm, ev, va, probs, how, k, s, seen.get(nm))
         for level, (yy, pp) in level_scores.items():
             fpr, tpr, _ = metrics.roc_points(yy, pp)
             curves[level][nm] = (fpr, tpr, entry[level]["at_0.5"]["auc"])
@@ -320,11 +356,14 @@ def _eval_and_val_rows(data, s: EvalSettings) -> tuple[list, list]:
 
 
 def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _Scored, probs: np.ndarray,
-                 how: str, k: int, s: EvalSettings) -> tuple[dict, dict]:
+                 how: str, k: int, s: EvalSettings, seen: Sequence[str] | None = None) -> tuple[dict, dict]:
     """One model's (or the ensemble's, ``model`` None) part of the result (its thresholds, frame and video
-    metrics), and the ``(y, p)`` each level was measured on, for the ROC figures."""
+    metrics; with ``seen``, the generators it trained on, those and the others apart), and the ``(y, p)`` each
+    level was measured on, for the ROC figures."""
     p, pv = ev.of(probs), va.of(probs)
     entry: dict = {"path": model.path if model is not None else None}
+    if seen is not None:
+        entry["seen_generators"] = list(seen)
     if model is not None:
         entry["model_threshold"] = model.meta.threshold
         entry["model_threshold_text"] = model.meta.threshold_text()
@@ -338,9 +377,9 @@ def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _S
         thr_v, f1_v = metrics.best_threshold(vyv, vpv)
         entry["val_threshold"] = {"frame": thr_f, "frame_val_macro_f1": f1_f,
                                   "video": thr_v, "video_val_macro_f1": f1_v, "n_val_crops": len(va.rows)}
-    entry["frame"] = _level_report(ev.y, p, ev.methods, thr_f)
+    entry["frame"] = _level_report(ev.y, p, ev.methods, thr_f, seen)
     vk, vp, vy, vm = _video_rows(ev.rows, p, how, k)
-    entry["video"] = _level_report(vy, vp, vm, thr_v)
+    entry["video"] = _level_report(vy, vp, vm, thr_v, seen)
     entry["video"]["n_videos"] = int(len(vk))
     return entry, {"frame": (ev.y, p), "video": (vy, vp)}
 
@@ -541,6 +580,17 @@ def one_class(res: EvalResult) -> str | None:
     return have[0] if len(have) == 1 else None
 
 
+def generators_mark(entry: dict) -> str | None:
+    """Whether a dataset's fakes come from generators the model trained on: ``held out``, ``seen``, ``seen + held
+    out``; None when the model's training data is unknown or the dataset has no fake."""
+    seen = entry.get("seen_generators")
+    fakes = list(entry["video"]["per_method_at_0.5"])
+    if seen is None or not fakes:
+        return None
+    held = [m for m in fakes if m not in seen]
+    return "held out" if len(held) == len(fakes) else "seen" if not held else "seen + held out"
+
+
 def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
     """One row per model and dataset (video level F1, frame and video AUC), then each model's mean.
 
@@ -557,7 +607,8 @@ def cross_rows(per: dict[str, EvalResult]) -> list[dict]:
             thr = v.get("at_val_threshold") or {}
             mine.append({"model": m, "dataset": ds, "videos": v.get("n_videos"), "frame_auc": f["at_0.5"]["auc"],
                          "video_auc": v["at_0.5"]["auc"], "ap": v["at_0.5"]["average_precision"],
-                         "eer": v["at_0.5"]["eer"], "f1_0.5": v["at_0.5"]["macro_f1"], "f1_thr": thr.get("macro_f1")})
+                         "eer": v["at_0.5"]["eer"], "f1_0.5": v["at_0.5"]["macro_f1"], "f1_thr": thr.get("macro_f1"),
+                         "generators": generators_mark(e)})
         rows += mine
         keys = ("frame_auc", "video_auc", "ap", "eer", "f1_0.5", "f1_thr")
         used = [r for r in mine if r["dataset"] not in single]

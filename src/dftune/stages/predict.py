@@ -18,11 +18,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dftune import portable
-from dftune.atomic import write_text
+from dftune.atomic import write_json, write_text
 from dftune.model.meta import CropSettings
 from dftune.portable import CsvFormat, FileResult, InputFile, Inputs, collect, collect_inputs, kind_of, to_csv  # noqa: F401
 
 log = logging.getLogger(__name__)
+
+# the share of files labelled fake that predict warns about: a threshold that does not transfer to these files
+# (tuned on another domain's val) shows here first, labelling nearly all of them one class
+SHARE_LOW, SHARE_HIGH = 0.05, 0.95
+SHARE_MIN_FILES = 20  # fewer files: a share of 0 or 1 says nothing, no warning
+SIDECAR = ".json"  # the CSV's sidecar: predictions.csv -> predictions.csv.json
 
 DETECTORS = (*portable.DETECTORS, "none")
 
@@ -182,6 +188,10 @@ class PredictSummary:
     already_cropped: int
     errors: int
     skipped: list = field(default_factory=list)  # found in the folders but neither an image nor a video
+    share_fake: float | None = None  # of the files scored, the share labelled fake at the applied threshold
+    share_fake_at_05: float | None = None  # ... and the share 0.5 would label fake
+    share_warning: str | None = None  # the share is above SHARE_HIGH or below SHARE_LOW
+    sidecar: str | None = None  # the CSV's sidecar JSON: these counts and the decision line
 
 
 def run(inputs: Sequence[str], model_paths: Sequence[str], s: PredictSettings, out: str | os.PathLike,
@@ -202,9 +212,46 @@ def run(inputs: Sequence[str], model_paths: Sequence[str], s: PredictSettings, o
     results = score_files(ens, found.files, s, threshold=thr)
     write_csv(out, results, fmt, [m.name for m in models])
     names = ens.path or ", ".join(f"{m.path} (w={m.weight:g})" if len(models) > 1 else m.path for m in models)
-    return PredictSummary(out=str(out), results=results, models=names, device=models[0].device,
-                          crop=crop_settings(models, s), tta=tuple(s.tta), threshold=thr, threshold_text=thr_text,
-                          skipped=list(found.skipped), no_face_rule=s.no_face, **summary(results, s.no_face))
+    sm = PredictSummary(out=str(out), results=results, models=names, device=models[0].device,
+                        crop=crop_settings(models, s), tta=tuple(s.tta), threshold=thr, threshold_text=thr_text,
+                        skipped=list(found.skipped), no_face_rule=s.no_face, **summary(results, s.no_face),
+                        **shares(results, thr))
+    sm.sidecar = str(write_sidecar(sm))
+    return sm
+
+
+def shares(results: Sequence[FileResult], threshold: float) -> dict:
+    """The share of the scored files labelled fake at ``threshold`` and the share 0.5 would label fake, and a
+    warning when the first is above SHARE_HIGH or below SHARE_LOW (with at least SHARE_MIN_FILES files). No
+    threshold is fitted to these scores: labels stay the applied threshold's."""
+    ok = [r for r in results if not r.error]
+    if not ok:
+        return {"share_fake": None, "share_fake_at_05": None, "share_warning": None}
+    share = sum(r.label == 1 for r in ok) / len(ok)
+    at_05 = sum(r.prob_fake >= 0.5 for r in ok) / len(ok)
+    warning = None
+    if len(ok) >= SHARE_MIN_FILES and not SHARE_LOW <= share <= SHARE_HIGH:
+        warning = (f"{share:.1%} of the {len(ok)} files are labelled fake at threshold {threshold:.4g} (0.5 would "
+                   f"label {at_05:.1%}): a threshold tuned on other data may not transfer to these files; compare "
+                   f"with --threshold 0.5 before trusting the labels")
+    return {"share_fake": share, "share_fake_at_05": at_05, "share_warning": warning}
+
+
+def decision_line(sm: PredictSummary) -> str:
+    """What predict decided, in one line (the summary table and the sidecar show it)."""
+    if sm.share_fake is None:
+        return "no file could be scored"
+    return (f"{sm.predicted_fake} of {sm.predicted_fake + sm.predicted_real} files labelled fake ({sm.share_fake:.1%}) "
+            f"at threshold {sm.threshold:.4g}; at 0.5: {sm.share_fake_at_05:.1%}")
+
+
+def write_sidecar(sm: PredictSummary) -> Path:
+    """``<csv>.json`` beside the CSV: the counts, the threshold and where it came from, the decision line and
+    the share warning."""
+    path = Path(str(sm.out) + SIDECAR)
+    keep = {k: v for k, v in asdict(sm).items() if k not in ("results", "sidecar")}
+    write_json(path, {**keep, "crop": asdict(sm.crop), "tta": list(sm.tta), "decided": decision_line(sm)})
+    return path
 
 
 def summary(results: Sequence[FileResult], no_face: str = portable.NO_FACE) -> dict:

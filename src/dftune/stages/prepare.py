@@ -27,13 +27,17 @@ from dftune.portable.decision import AUTO_FIRST_WIDTH as FIRST_WIDTH
 from dftune.prepared import PARTS, Row, counts, load_parts, write_manifest
 from dftune.sources import Item, SourceError, get_indexer
 from dftune.sources.ffpp import DEFAULT_METHODS, load_split_files
-from dftune.sources.splits import ACTOR_METHODS, assign_actors, assign_official, assign_random
+from dftune.sources.hf import HfOptions
+from dftune.sources.splits import ACTOR_METHODS, assign_actors, assign_generators, assign_official, assign_random
 
 log = logging.getLogger(__name__)
 
 # settings that change the crops or where they go; a re-run must match them
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
               "detector", "detect_width", "landmarks", "quality", "no_detect")
+
+# settings.json keys written only when set (earlier folders have none): which rows are where
+_SPLIT_KEYS = ("holdout_generators", "hf")
 
 # --detect-width auto: RetinaFace looks at the frame 320 wide first and keeps what it finds there when
 # the largest face is at least 32 px of that (a tenth of the width: 128 px of a 1280-wide frame); no
@@ -47,7 +51,9 @@ class PrepareConfig:
     out: Path
     source: str = "ffpp"
     splits: str | None = None  # folder with train/val/test.json; None = FF++'s official (shipped)
-    split: str = "official"  # official | random
+    split: str = "official"  # official | random | generator (whole generators dealt to train/val/test)
+    holdout_generators: tuple[str, ...] = ()  # generators (fake methods) whose fakes all go to test
+    hf: HfOptions = field(default_factory=HfOptions)  # --source hf: the dataset's config, columns, sampling
     seed: int = 0
     ratios: tuple[float, float, float] = (0.72, 0.14, 0.14)
     compression: str = "c23"
@@ -73,11 +79,15 @@ class PrepareConfig:
     def crop_settings(self) -> dict:
         d = {k: getattr(self, k) for k in _CROP_KEYS}
         # the seed deals identities: a random split, FF++'s actors, and every source but ffpp/folders
-        by_seed = (self.split == "random" or self.actors or "DeepFakeDetection" in self.methods
+        by_seed = (self.split in ("random", "generator") or self.actors or "DeepFakeDetection" in self.methods
                    or self.source not in ("ffpp", "folders"))
         d["ratios"] = list(self.ratios) if by_seed else None
         d["seed"] = self.seed if by_seed else None
         d["splits"] = str(self.splits) if self.splits else None
+        if self.holdout_generators:  # absent when not set: earlier settings.json stay valid
+            d["holdout_generators"] = list(self.holdout_generators)
+        if self.source == "hf":
+            d["hf"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.hf).items()}  # as JSON reads
         if not self.no_detect:
             del d["no_detect"]  # settings.json of a detecting run stays as it was
         if self.no_detect or self.detector_kwargs() == {"detect_width": 640}:
@@ -105,14 +115,25 @@ class PrepareConfig:
 
 # ---------------------------------------------------------------- indexing and splits
 
-def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[dict]]:
-    """All items of the source with their split set; also the excluded ones with reasons."""
+def index_items(cfg: PrepareConfig, warnings: list, info: dict | None = None) -> tuple[list[Item], list[dict]]:
+    """All items of the source with their split set; also the excluded ones with reasons. ``info`` receives
+    what summary.json keeps of the source (a dataset's licence, where the generators went)."""
+    info = info if info is not None else {}
+    items, excluded = _index_split(cfg, warnings, info)
+    kept, dropped, placement = assign_generators(items, cfg.holdout_generators, cfg.split == "generator",
+                                                 cfg.seed, cfg.ratios)
+    if placement:
+        info["generators"] = placement
+    return kept, excluded + dropped
+
+
+def _index_split(cfg: PrepareConfig, warnings: list, info: dict) -> tuple[list[Item], list[dict]]:
     indexer = get_indexer(cfg.source)
     items = indexer(cfg.root, compression=cfg.compression, methods=cfg.methods, actors=cfg.actors,
                     warnings=warnings, seed=cfg.seed, ratios=cfg.ratios, class_map=cfg.class_map,
-                    frames_root=cfg.frames_root)
-    if cfg.split not in ("official", "random"):
-        raise SourceError(f"--split-by must be official or random, got {cfg.split!r}")
+                    frames_root=cfg.frames_root, out=cfg.out, hf=cfg.hf, info=info, progress=cfg.progress)
+    if cfg.split not in ("official", "random", "generator"):
+        raise SourceError(f"--split-by must be official, random or generator, got {cfg.split!r}")
     # DeepFakeDetection and its actors have no official split: deal the actors out
     # (seeded, by the ratios); a fake whose two actors land in different splits is dropped
     dropped: list[dict] = []
@@ -125,7 +146,9 @@ def index_items(cfg: PrepareConfig, warnings: list) -> tuple[list[Item], list[di
         items = [it for it in items if it.method not in ACTOR_METHODS or it.preset_split]
         warnings.append({"file": str(cfg.root), "error": f"{len(dfd)} videos have no official split: {res.message()}",
                          "actor_split": res.counts()})
-    if cfg.split == "random":
+    # --split-by generator: reals (and the identities) dealt as --split-by random does (FF++: its official pairs),
+    # then assign_generators moves whole generators
+    if cfg.split == "random" or (cfg.split == "generator" and cfg.source != "ffpp"):
         return assign_random(items, cfg.seed, cfg.ratios), dropped
     if cfg.source == "folders" and not cfg.splits and not all(it.preset_split for it in items):
         raise SourceError(f"{cfg.root}: a folders source has no FF++ ids; lay it out as train/val/test/{{real,fake}} "
@@ -292,7 +315,8 @@ def _work(item: Item) -> dict:
 
 # ---------------------------------------------------------------- merge and summary
 
-def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list, run_stats: dict) -> dict:
+def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list, run_stats: dict,
+          info: dict | None = None) -> dict:
     """Manifest and summary from every part in OUT (all shards' work)."""
     parts = load_parts(cfg.out)
     keys = {it.key for it in items}
@@ -330,6 +354,7 @@ def merge(cfg: PrepareConfig, items: list[Item], warnings: list, excluded: list,
         "one_class_splits": one_class,
         "pending": pending[:100],
         "this_run": run_stats,
+        **(info or {}),  # "dataset" (--source hf: name, licence, columns), "generators" (held out, dealt)
     }
     write_json(cfg.out / "summary.json", summary)
     return summary
@@ -354,7 +379,7 @@ def _check_settings(cfg: PrepareConfig) -> None:
     want = cfg.crop_settings()
     if path.exists():
         have = read_json(path)
-        diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS if have.get(k) != want.get(k)}
+        diff = {k: (have.get(k), want.get(k)) for k in _CROP_KEYS + _SPLIT_KEYS if have.get(k) != want.get(k)}
         if diff:
             detail = "; ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
             hint = (" (a folder prepared before --detect-width existed detected at width 640: resume it with "
@@ -382,7 +407,8 @@ def run(cfg: PrepareConfig) -> dict:
     if not cfg.no_detect:
         cfg.detector_kwargs()  # a bad --detect-width stops here, not in every worker
     warnings: list[dict] = []
-    items, excluded = index_items(cfg, warnings)
+    info: dict = {}
+    items, excluded = index_items(cfg, warnings, info)
     if not items:
         raise SourceError(f"{cfg.root}: no video is in any split ({len(excluded)} excluded; see their reasons with -v)")
     if not cfg.merge_only and cfg.landmarks and cfg.detector == "dlib" and not cfg.no_detect:
@@ -393,7 +419,7 @@ def run(cfg: PrepareConfig) -> dict:
     try:
         with folder_lock(cfg.out, lock, "dftune prepare" + (f" --shard {cfg.shard[0]}/{cfg.shard[1]}" if cfg.shard
                                                              else "")):
-            return _run_locked(cfg, items, excluded, warnings, workers)
+            return _run_locked(cfg, items, excluded, warnings, workers, info)
     except FolderBusy as e:
         raise SourceError(str(e)) from None
     finally:
@@ -425,7 +451,8 @@ def _start_workers(cfg: PrepareConfig, items: list[Item]):
                    background=True)
 
 
-def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list, workers=None) -> dict:
+def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list, workers=None,
+                info: dict | None = None) -> dict:
     _check_settings(cfg)
 
     if not cfg.shard:
@@ -447,7 +474,7 @@ def _run_locked(cfg: PrepareConfig, items: list, excluded: list, warnings: list,
     elapsed = time.perf_counter() - t0
     stats.update(elapsed_s=round(elapsed, 2), frames=frames,
                  frames_per_s=round(frames / elapsed, 2) if elapsed > 0 and frames else 0.0)
-    summary = merge(cfg, items, warnings, excluded, stats)
+    summary = merge(cfg, items, warnings, excluded, stats, info)
     if stats["interrupted"]:
         raise KeyboardInterrupt
     return summary

@@ -184,7 +184,8 @@ def _train(data_dir: Path, model_source: str, run_dir: Path, cfg: TrainConfig, r
         if (data_dir / "settings.json").exists() else None
     writer = ModelWriter(accelerator, model, processor, set(plan.trainable), ema, crop, lm.fake_index,
                          lm.real_index, cfg.monitor, cfg.monitor_level, str(model_source), str(data_dir.resolve()),
-                         datasets=mixed, select_on=cfg.select_on, provenance=card.provenance(folder, model_source))
+                         datasets=mixed, select_on=cfg.select_on, provenance=card.provenance(folder, model_source),
+                         train_methods=sorted({r.method for r in d.train_rows if r.label == 1}))
     r = Run(cfg, run_dir, accelerator, say, progress, use_tb, model, optimizer, scheduler, ema, plan, body, d,
             class_w, to_model, lm.fake_index, n_batches, state, history, meta, writer)
     # one loader batch: forward/backward in micro-batches, halving on OOM (see dftune.training.step); its

@@ -45,6 +45,7 @@ class ModelWriter:
     datasets: dict | None = None  # a mix's folders (train --data A --data B): name -> path
     select_on: str = "val"
     provenance: dict | None = None  # the starting model's licence and base model (dftune.model.card.provenance)
+    train_methods: list | None = None  # the fake methods (generators) of the train split: evaluate's "seen"
 
     @property
     def raw_apart(self) -> bool:
@@ -90,6 +91,8 @@ class ModelWriter:
         if self.datasets:
             extra["datasets"] = self.datasets
         extra.update(self.provenance or {})
+        if self.train_methods is not None:
+            extra["train_methods"] = self.train_methods
         for key in ("check", "datasets"):
             if record.get(key):
                 extra[f"{key}_metrics"] = record[key]
