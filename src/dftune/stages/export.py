@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dftune import scoring
+from dftune import hub, scoring
 from dftune.atomic import DIR_MODE, FILE_MODE, staged_folder, write_json
 from dftune.model import meta as modelmeta
 
@@ -73,6 +73,8 @@ class ExportSettings:
     bench_seconds: float = 2.0  # per backend, for images/s; 0 skips the speed measurement
     force: bool = False
     extra: dict = field(default_factory=dict)
+    push_to_hub: str | None = None  # a Hub repository id: the finished folder is uploaded there (dftune.hub)
+    private: bool = False  # --push-to-hub makes the repository private (when it creates it)
 
 
 def sample_images(model: scoring.LoadedModel, files: Sequence[str] = (), n: int = 16,
@@ -225,15 +227,24 @@ def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) ->
 
 
 def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSettings | None = None) -> dict:
-    """Write and verify the submission folder; returns the report (also saved as export_report.json)."""
-    import torch
-
+    """Write and verify the submission folder; returns the report (also saved as export_report.json). With
+    ``s.push_to_hub`` the finished folder is then uploaded to that Hub repository (refused up front, nothing
+    written, when offline or without a token)."""
     s = s or ExportSettings()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not s.force:
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
-    if scoring.ensemble_file(model_dir):
-        return export_ensemble(model_dir, out, s)
+    token = hub.ready(s.push_to_hub) if s.push_to_hub else None  # offline, no token: refused before any write
+    report = export_ensemble(model_dir, out, s) if scoring.ensemble_file(model_dir) else _export(model_dir, out, s)
+    if s.push_to_hub:
+        report["hub"] = {"repo": s.push_to_hub, "url": hub.push(out, s.push_to_hub, token, s.private)}
+    return report
+
+
+def _export(model_dir: str | os.PathLike, out: Path, s: ExportSettings) -> dict:
+    """One model's submission folder, written and verified (``run`` without the push)."""
+    import torch
+
     src = scoring.load_model(model_dir, s.fake_label, device="cpu")
     images, sample_source = sample_images(src, s.samples, s.n_samples)
     ref = scoring.model_prob_fake(src, images)
@@ -254,6 +265,9 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         meta.extra = dict(meta.extra, exported_from=str(model_dir))
         modelmeta.save(tmp, meta)
         _copy_template(tmp)
+        readme = tmp / README_NAME  # the model card: the Hub's metadata block and this model over the README
+        readme.write_text(hub.model_card(readme.read_text(encoding="utf-8"), meta, src.id2label, str(model_dir)),
+                          encoding="utf-8")
         (tmp / REQUIREMENTS_NAME).write_text(requirements_text([meta.crop.detector or "dlib"], s.onnx),
                                              encoding="utf-8")
         plain_files = [tmp / "config.json", tmp / "model.safetensors", tmp / "preprocessor_config.json"]
@@ -313,7 +327,7 @@ def export_ensemble(ensemble: str | os.PathLike, out: Path, s: ExportSettings) -
         members, reports = [], {}
         for i, (path, w) in enumerate(e["members"]):
             dest = tmp / "members" / f"{i}_{Path(path).name}"
-            reports[dest.name] = run(path, dest, replace(s, force=True))
+            reports[dest.name] = run(path, dest, replace(s, force=True, push_to_hub=None))
             members.append((dest, w))
         scoring.write_ensemble(tmp / scoring.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
         _copy_template(tmp)
