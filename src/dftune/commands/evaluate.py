@@ -148,18 +148,19 @@ def run(args) -> int:
         res = run_with_checks(args.model, args.data[0], args.out, s)
     else:
         res = evaluate.run(args.model, args.data[0], args.out, s)
-    t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
-    for c in report.SUMMARY_HEADER:
-        t.add_column(c, justify="left" if c in ("model", "level") else "right")
-    for r in report.summary_rows(res):
-        t.add_row(*r)
-    con.print(t)
-    mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
-    for c in report.METHOD_HEADER:
-        mt.add_column(c, justify="left" if c in ("model", "method") else "right")
-    for r in report.method_rows(res, "video"):
-        mt.add_row(*r)
-    con.print(mt)
+    for title, header, rows, left in (
+            (f"macro F1 on {args.split}: first at the threshold predict applies (the contest's number)",
+             report.THRESHOLD_HEADER, report.threshold_rows(res), ("model", "threshold")),
+            (f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})",
+             report.SUMMARY_HEADER, report.summary_rows(res), ("model", "level")),
+            ("per manipulation method (video level; its fakes vs all reals)", report.METHOD_HEADER,
+             report.method_rows(res, "video"), ("model", "method"))):
+        t = Table(title=title)
+        for c in header:
+            t.add_column(c, justify="left" if c in left else "right")
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
     if res.skipped_crops:
         con.print(f"[yellow]{res.skipped_crops} crops could not be read and were skipped (see the log)[/yellow]")
     for nm, e in res.models.items():
