@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import TYPE_CHECKING
 
+from dftune import runs
 from dftune.commands import add_parser, alpha_or_auto, check_path, say_alpha_curve
 
 if TYPE_CHECKING:
@@ -90,10 +92,10 @@ def register(sub) -> None:
     d = TrainConfig()
     p = add_parser(sub, "train", "fine-tune an image classifier on prepared crops", DESCRIPTION.format(
         d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)))
-    p.add_argument("--data", required=True, action="append",
+    p.add_argument("--data", action="append",
                    help="prepared folder (holds manifest.csv) from `dftune prepare`; repeat to train on several in "
                         "one run (mixed into RUN_DIR/data through links: each dataset's val is reported on its own "
-                        "row, and pooled)")
+                        "row, and pooled) (default: with --resume RUN or --config RUN/settings.yaml, the run's own)")
     p.add_argument("--data-weight", dest="data_weights", action="append", type=float, metavar="W",
                    default=argparse.SUPPRESS,
                    help="each --data's share of every epoch's samples, in order (default: by size)")
@@ -104,9 +106,18 @@ def register(sub) -> None:
                         "PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose images and "
                         "videos are framed as predict frames them, with the data's crop settings, once, into "
                         "RUN_DIR/checks; repeat to average several (default: none)")
-    p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
-    p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
-    p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
+    p.add_argument("--model", default=None,
+                   help="model folder or Hugging Face hub id (hub needs network) (default: with --resume RUN or "
+                        "--config RUN/settings.yaml, the run's own; a copy of its folder, identical file for file, "
+                        "is the same model)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help=f"run folder for checkpoints, history and settings (default: {runs.ROOT}/NAME of --name, "
+                        f"numbered NAME2, NAME3... when taken)")
+    p.add_argument("--name", default="train",
+                   help=f"without --out: the run goes to {runs.ROOT}/NAME, or the first free {runs.ROOT}/NAME2, "
+                        f"NAME3, ...")
+    p.add_argument("--config", help="YAML file of settings (field: value); flags override it. A run's own "
+                                    "RUN_DIR/settings.yaml re-runs it as a new run: its data and model too")
     from dftune.pooling import AGGREGATES
     from dftune.training.config import BALANCE, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
@@ -135,10 +146,11 @@ def register(sub) -> None:
                         f"(default: {'write them to RUN_DIR/tensorboard' if d.tensorboard else 'off'})")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
-                        f"only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be extended "
-                        "past the epochs it was laid out over")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint with its settings.yaml, its data and its model: "
+                        "--resume RUN_DIR needs no other flag (--resume alone: the --out run); flags given now may "
+                        f"change only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be "
+                        "extended past the epochs it was laid out over")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -173,11 +185,35 @@ def _overrides(args) -> dict:
 
 
 
+def _where(args) -> None:
+    """``args.data``, ``args.model``, ``args.out`` settled: a run to resume (``--resume RUN``) or re-run
+    (``--config RUN/settings.yaml``) gives what was not given; a new run without --out gets runs/NAME(N)."""
+    import sys
+
+    if isinstance(args.resume, str):
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise ValueError(f"--resume {args.resume} and --out {args.out} name two runs; give the run once")
+        args.out = args.resume
+    elif args.resume and not args.out:
+        raise ValueError("--resume continues a run: give its folder, --resume RUN_DIR")
+    settings = os.path.join(args.out, "settings.yaml") if args.resume else args.config
+    if (not args.data or not args.model) and settings:
+        data, model = runs.sources(settings)
+        args.data, args.model = args.data or data, args.model or model
+    if not args.data or not args.model:
+        raise ValueError("give --data PREPARED_DIR and --model MODEL (or --resume RUN_DIR, or --config "
+                         "RUN_DIR/settings.yaml to re-run a run)")
+    if not args.out:
+        args.out = str(runs.next_run_dir(args.name))
+        print(f"run folder: {args.out}", file=sys.stderr)
+
+
 def run(args) -> int:
     from dftune.stages import train
     from dftune.training import config
     from dftune.training.resume import resume_config
 
+    _where(args)
     overrides = _overrides(args)
     if args.resume:
         cfg = resume_config(args.out, overrides)
@@ -185,7 +221,7 @@ def run(args) -> int:
         cfg = config.with_recipe(config.load_yaml(args.config) if args.config else None, overrides)
     try:
         summary = train.run(args.data if len(args.data) > 1 else args.data[0], args.model, args.out, cfg,
-                            resume=args.resume, progress=args.progress)
+                            resume=bool(args.resume), progress=args.progress)
     except KeyboardInterrupt:
         args.interrupted_hint = _interrupted_hint(args)  # what dftune's Ctrl-C line says to do
         raise
@@ -264,6 +300,9 @@ def print_summary(s: TrainSummary) -> None:
     c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
     if s.threshold:
         c.print(f"best/ threshold: {_threshold(s.threshold)}")
+    contest = runs.contest_number({"val": s.best_val, "check": s.best_check, "threshold": s.threshold})
+    if contest:  # what predict will score with best/ as it stands: the figure evaluate's first row and runs show
+        c.print(f"macro F1 at best/'s threshold, as predict applies it: {runs.describe_contest(contest)} (no TTA)")
     if s.wise_dir and s.wise_curve:  # --wise auto: the curve the alpha was chosen on
         say_alpha_curve(c.print, s.wise_curve, s.wise_dir, "--wise auto")
     if s.wise_dir:
