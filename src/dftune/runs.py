@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -79,6 +80,21 @@ def sources(settings_file: str | os.PathLike) -> tuple[list[str], str]:
     if folder and Path(str(folder)).is_dir():
         model = str(folder)
     return folders, model
+
+
+def write_command_settings(folder: str | os.PathLike, data, model: str, settings: dict) -> None:
+    """``FOLDER/settings.yaml`` of a command that is not train's (tune's study): its settings and, as train's
+    records them, ``_data`` and ``_model`` (absolute where they are folders), so ``--resume FOLDER`` needs
+    nothing else."""
+    import yaml
+
+    def absolute(p):
+        return str(Path(p).resolve()) if Path(p).exists() else str(p)
+
+    raw = {**settings, "_data": absolute(data), "_model": absolute(model)}
+    if Path(model).is_dir():
+        raw["_model_dir"] = absolute(model)
+    write_text(Path(folder) / SETTINGS, yaml.safe_dump(json.loads(json.dumps(raw, default=str)), sort_keys=False))
 
 
 # ---------------------------------------------------------------- the starting model's content
