@@ -133,3 +133,22 @@ def test_runs_lists_each_run_with_its_best_epoch_metrics_threshold_and_contest_n
     stored = json.loads((tmp_path / "runs" / "a" / "best" / "dftune.json").read_text())
     assert a["threshold by"] == "evaluate" and float(a["threshold"]) == pytest.approx(stored["threshold"], abs=1e-4)
     assert a["contest on"].startswith("test of") and a["contest frame F1"]
+
+
+def test_ctrl_c_in_a_named_run_says_how_to_resume_it(crops, vit, tmp_path, monkeypatch, capsys):
+    from dftune.stages import train
+
+    monkeypatch.chdir(tmp_path)
+    real = train._train_epoch
+
+    def epoch(r, e, first):
+        if e == 2:
+            raise KeyboardInterrupt
+        return real(r, e, first)
+
+    monkeypatch.setattr(train, "_train_epoch", epoch)
+    assert main(["train", "--data", str(crops), "--model", vit, "--name", "x", *FLAGS]) == 130
+    assert "continue from epoch 2 with: dftune train --resume runs/x" in capsys.readouterr().err
+    monkeypatch.setattr(train, "_train_epoch", real)
+    assert main(["train", "--resume", "runs/x", "--no-progress"]) == 0
+    assert [h["epoch"] for h in json.loads((tmp_path / "runs" / "x" / "history.json").read_text())] == [1, 2]

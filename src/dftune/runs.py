@@ -235,8 +235,8 @@ COLUMNS = ["run", "data", "model", "epochs", "best epoch", "val frame F1", "val 
 
 def find_runs(root: str | os.PathLike, depth: int = 3) -> list[Path]:
     """Folders under ``root`` (``root`` itself included, ``depth`` levels down) holding a training run's
-    ``settings.yaml`` and ``history.json``; a run's own sub-folders (best/, last/, wise/, data/) are not
-    searched."""
+    ``settings.yaml`` and ``history.json``; a run's own sub-folders (best/, last/, wise/, data/) and prepared
+    folders (their crops) are not searched."""
     root = Path(root)
     found = []
 
@@ -244,7 +244,7 @@ def find_runs(root: str | os.PathLike, depth: int = 3) -> list[Path]:
         if (d / SETTINGS).is_file() and (d / "history.json").is_file():
             found.append(d)
             return
-        if left == 0:
+        if left == 0 or (d / "manifest.csv").is_file():  # a prepared folder: crops, no runs
             return
         try:
             subs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -16,7 +16,8 @@ DESCRIPTION = """\
 Fine-tune any AutoModelForImageClassification (a local folder or a hub id) on the
 crops `dftune prepare` made. Defaults are the guide's (batch {d.batch_size}, AdamW {d.lr:g}, {d.epochs} epochs,
 early stopping patience {d.patience} on val {monitor}). Writes RUN_DIR/best and RUN_DIR/last
-(Hugging Face folders with dftune.json), history.json, settings.yaml, tensorboard/.
+(Hugging Face folders with dftune.json), history.json / .csv / .png, settings.yaml, tensorboard/.
+Without --out the run goes to runs/NAME (--name); `dftune runs` lists runs side by side.
 
 Multi-GPU / multi-node: accelerate launch -m dftune train ...
 Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=VALUE.
@@ -204,7 +205,11 @@ def _where(args) -> None:
         raise ValueError("give --data PREPARED_DIR and --model MODEL (or --resume RUN_DIR, or --config "
                          "RUN_DIR/settings.yaml to re-run a run)")
     if not args.out:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # each process would number runs/NAME on its own
+            raise ValueError("several processes: give the run folder, --out RUN_DIR (--name numbers runs/NAME in "
+                             "one process)")
         args.out = str(runs.next_run_dir(args.name))
+        args.named = True  # what Ctrl-C's hint says: the folder was chosen here
         print(f"run folder: {args.out}", file=sys.stderr)
 
 
@@ -259,6 +264,8 @@ def _interrupted_hint(args) -> str:
     after = f" from epoch {done + 1}" if done is not None else ""
     if args.resume:
         return f"run the same command again to continue{after}"
+    if getattr(args, "named", False):
+        return f"continue{after} with: dftune train --resume {args.out}"
     return f"run the same command with --resume added to continue{after} (without it, the run folder is refused)"
 
 
@@ -297,7 +304,7 @@ def print_summary(s: TrainSummary) -> None:
         c.print(x)
     c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
             f"by {s.monitor} = {f(s.best_value)}")
-    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (continue: dftune train --resume {s.run_dir})")
     if s.threshold:
         c.print(f"best/ threshold: {_threshold(s.threshold)}")
     contest = runs.contest_number({"val": s.best_val, "check": s.best_check, "threshold": s.threshold})
