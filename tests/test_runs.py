@@ -152,3 +152,22 @@ def test_ctrl_c_in_a_named_run_says_how_to_resume_it(crops, vit, tmp_path, monke
     monkeypatch.setattr(train, "_train_epoch", real)
     assert main(["train", "--resume", "runs/x", "--no-progress"]) == 0
     assert [h["epoch"] for h in json.loads((tmp_path / "runs" / "x" / "history.json").read_text())] == [1, 2]
+
+
+def test_history_png_is_drawn_at_the_end_and_at_most_once_a_minute_between(tmp_path, monkeypatch):
+    from dftune import runs
+
+    rec = {"epoch": 1, "train": {"loss": 0.7, "macro_f1": 0.5, "lr": 1e-3}, "best": True, "monitor": 0.6,
+           "val": {"frame": {"loss": 0.6, "macro_f1": 0.6, "auc": 0.7}, "video": {"macro_f1": 0.5, "auc": 0.8}},
+           "check": {"mean": {"frame": {"auc": 0.55}, "video": {"auc": 0.6}}, "sets": {"c": {}}}}
+    runs.write_history(tmp_path, [rec], final=False)
+    assert (tmp_path / "history.csv").is_file() and not (tmp_path / "history.png").exists()
+    monkeypatch.setattr(runs, "DRAW_EVERY_S", 0.0)
+    runs.write_history(tmp_path, [rec, {**rec, "epoch": 2, "best": False}], final=False)
+    assert (tmp_path / "history.png").is_file()
+    (tmp_path / "history.png").unlink()
+    monkeypatch.setattr(runs, "DRAW_EVERY_S", 1e9)
+    runs.write_history(tmp_path, [rec], final=True)
+    assert (tmp_path / "history.png").is_file()
+    row = next(csv.DictReader((tmp_path / "history.csv").open()))
+    assert row["check_mean_frame_auc"] == "0.55" and row["val_video_auc"] == "0.8" and row["lr"] == "0.001"

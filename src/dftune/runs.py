@@ -7,7 +7,8 @@
 - :func:`model_files` / :func:`same_content`: a starting model folder's files and their SHA-256 (recorded at the
   run's start), so a resume accepts a copy of that folder elsewhere, identical in content.
 - :func:`history_rows` / :func:`write_history`: ``history.csv`` (one row an epoch: train loss and lr, val and every
-  set validated beside it) and ``history.png`` (:func:`dftune.plots.history_figure`), rewritten every epoch.
+  set validated beside it), rewritten every epoch, and ``history.png`` (:func:`dftune.plots.history_figure`),
+  redrawn at most once a minute and after the last epoch.
 - :func:`contest_number`: macro F1 at the threshold ``best/`` stores, as ``predict`` applies it (each crop, each
   pooled video), on the data it can be measured on: val (threshold 0.5, untuned), the check sets (``--threshold-on
   check``) or the split ``evaluate --write-threshold`` measured at the threshold it wrote.
@@ -159,11 +160,22 @@ def history_rows(history: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def write_history(run_dir: str | os.PathLike, history: Sequence[dict]) -> None:
-    """``history.csv`` and ``history.png`` of the epochs so far (atomic; a figure that fails is a warning, never
-    the run's end)."""
+_drawn: dict[str, float] = {}  # run folder -> when this process last drew its history.png (or first wrote)
+DRAW_EVERY_S = 60.0
+
+
+def write_history(run_dir: str | os.PathLike, history: Sequence[dict], final: bool = True) -> None:
+    """``history.csv`` of the epochs so far, every call, and ``history.png``: at the run's last epoch (``final``)
+    and otherwise at most once a minute (a figure costs ~0.3 s, a short epoch less). Atomic; a figure that
+    fails is a warning, never the run's end."""
+    import time
+
     rows = history_rows(history)
     write_text(Path(run_dir) / HISTORY_CSV, _csv(rows))
+    key, now = str(Path(run_dir).resolve()), time.monotonic()
+    if not final and now - _drawn.setdefault(key, now) < DRAW_EVERY_S:
+        return
+    _drawn[key] = now
     try:
         from dftune import plots
 

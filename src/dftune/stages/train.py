@@ -11,7 +11,7 @@ RUN_DIR after a run::
     settings.yaml        resolved settings + run metadata (data, model, label map, devices, threads, workers,
                          the LR schedule's layout) and ``_stretches``: one entry per start or --resume, with
                          its epoch range, what it changed, and its threads/workers/device
-    history.json/.csv/.png  one record per epoch (as a table, curves: dftune.runs), rewritten every epoch
+    history.json/.csv/.png  one record per epoch (a table, curves: dftune.runs); the .png at most once a minute
     best/  last/         Hugging Face model folders (model + processor + dftune.json); in an epoch that is
                          the best so far, last/'s files are hard links to best/'s (written once)
     last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs beside last/'s own
@@ -563,7 +563,7 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
         raise ckpt.checkpoint_failed(e, run_dir, epoch, r.history, d.skipped, r.main) from e
     if r.main:
         write_json(run_dir / "history.json", r.history)
-        runs.write_history(run_dir, r.history)  # history.csv and history.png
+        runs.write_history(run_dir, r.history, final=epoch == cfg.epochs or state.bad_epochs >= cfg.patience > 0)
         if d.skipped:
             write_text(run_dir / "skipped.txt", "\n".join(sorted(d.skipped)) + "\n")
         r.meta["stretches"][-1]["last_epoch"] = epoch
