@@ -315,6 +315,10 @@ def write_html(path, page: HtmlReport) -> None:
         errors = st["errors"]
         parts.append(f"<h3>{html.escape(nm)}: {len(errors)} misclassified video(s) at threshold "
                      f"{st['threshold']:.4f} (video = {html.escape(st['aggregate'])} of its crops)</h3>")
+        if len(set(y.tolist())) == 1:
+            have, missing = ("real", "fake") if y[0] == 0 else ("fake", "real")
+            parts.append(_note(f"none: this split has no {missing} crops (one class): only its {have} videos can "
+                               f"be wrong"))
         if not errors:
             parts.append(_note("none: every video is labelled right at this threshold"))
         for err in errors[:page.n_gallery]:
