@@ -171,3 +171,19 @@ def test_history_png_is_drawn_at_the_end_and_at_most_once_a_minute_between(tmp_p
     assert (tmp_path / "history.png").is_file()
     row = next(csv.DictReader((tmp_path / "history.csv").open()))
     assert row["check_mean_frame_auc"] == "0.55" and row["val_video_auc"] == "0.8" and row["lr"] == "0.001"
+
+
+def test_what_is_missing_is_named(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1"]) == 2
+    assert "give --data PREPARED_DIR and --model MODEL (or --resume RUN_DIR" in capsys.readouterr().err
+    (tmp_path / "plain.yaml").write_text("epochs: 2\n")
+    assert main(["train", "--config", "plain.yaml"]) == 2
+    assert "plain.yaml: records no _data / _model" in capsys.readouterr().err
+    assert main(["train", "--resume"]) == 2
+    assert "give its folder, --resume RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--resume", "a", "--out", "b"]) == 2
+    assert "name two runs" in capsys.readouterr().err
+    assert main(["train", "--name", "x/y", "--data", "d", "--model", "m"]) == 2
+    assert "one folder name" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
