@@ -54,6 +54,54 @@ def test_predictions_and_export(demo):
     assert "int8" in par
 
 
+def test_the_demo_ends_with_its_commands_as_the_four_steps_and_runs_lists_its_run(demo, tmp_path, capsys):
+    from dftune.cli import main
+    from dftune.stages.demo import print_steps
+
+    out, r = demo
+    steps = r["commands"]
+    assert [s["step"].split(".")[0] for s in steps] == ["1", "2", "3", "4"]
+    (prep,), (train,), (thr,), (pred, export) = (s["commands"] for s in steps)
+    assert prep[:3] == ["dftune", "prepare", str(out / "FaceForensics++")] and str(out / "prepared") in prep
+    assert train[:2] == ["dftune", "train"] and str(out / "run") in train
+    assert thr[:2] == ["dftune", "evaluate"] and "--write-threshold" in thr and thr[thr.index("--split") + 1] == "val"
+    assert pred[:2] == ["dftune", "predict"] and str(out / "predictions.csv") in pred
+    assert export[:3] == ["dftune", "export", str(out / "run" / "best")]
+    script = (out / "commands.sh").read_text()
+    assert all(" ".join(c[:2]) in script for s in steps for c in s["commands"])
+    print_steps(steps, out / "commands.sh")
+    printed = capsys.readouterr().out
+    assert printed.index("1. prepare") < printed.index("2. train") < printed.index("3. the threshold") \
+        < printed.index("4. the contest CSV")
+    # dftune runs lists the demo's run, with its best epoch and the contest number
+    assert main(["runs", str(out), "--csv", str(tmp_path / "runs.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert [row["run"] for row in rows] == ["run"]
+    hist = json.loads((out / "run" / "history.json").read_text())
+    assert int(rows[0]["best epoch"]) == [h for h in hist if h["best"]][-1]["epoch"]
+    assert rows[0]["threshold by"] == "evaluate" and rows[0]["contest frame F1"]
+
+
+def test_the_readme_first_screen_is_the_demos_four_steps(demo):
+    """The README opens with the path to a submission: the same four steps the demo runs and prints, in order,
+    with ./baseline defined and the threshold step in it."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    first = text[:text.index("\n## ", text.index("## The path to a submission"))]
+    assert "hf download prithivMLmods/Deep-Fake-Detector-v2-Model --local-dir baseline" in first
+    block = re.search(r"```bash\n(.*?)```", first, re.S).group(1)
+    readme = [shlex.split(line) for line in block.splitlines() if line.startswith("dftune ")]
+    _, r = demo
+    ran = [c for s in r["commands"] for c in s["commands"]]
+    assert [c[1] for c in readme] == [c[1] for c in ran] == ["prepare", "train", "evaluate", "predict", "export"]
+    thr = readme[2]
+    assert "--write-threshold" in thr and thr[thr.index("--split") + 1] == "val"
+    assert "--model" in readme[1] and "./baseline" in readme[1]
+
+
 def test_cli_help_lists_demo():
     from dftune.cli import build_parser
 

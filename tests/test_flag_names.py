@@ -17,9 +17,9 @@ DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 # Rows of the table for options another issue adds (not built in this version): a command listed in the row
 # without them is not an error yet. Remove an entry when its option lands.
 PENDING = {
-    "prepare": {"--resume", "--detect-every"},
+    "prepare": {"--detect-every"},
     "predict": {"--detect-every"},
-    "tune": {"--resume", "--recipe", "--config"},
+    "tune": {"--recipe", "--config"},
 }
 
 # what each command needs to parse at all (its required options), so an alias can be parsed alone

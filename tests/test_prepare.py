@@ -112,6 +112,29 @@ def test_rerun_skips_complete_and_redoes_partial(prepared, tmp_path, ffpp_tree):
     assert cv2.imread(str(out / lost[0]["rows"][0]["path"])) is not None
 
 
+def test_resume_out_needs_no_root_or_settings(prepared, tmp_path, capsys):
+    """`prepare --resume OUT` re-runs from OUT/settings.json (root, splits, frames, detector...): only the videos
+    without a part file are done, to the same manifest; a folder from before settings.json named its root takes
+    it from summary.json."""
+    full = _rows(prepared)
+    for old in (False, True):
+        out = tmp_path / f"resume{int(old)}"
+        shutil.copytree(prepared, out)
+        for p in sorted((out / ".parts").rglob("*.json"))[:2]:
+            p.unlink()
+        (out / "manifest.csv").unlink()
+        if old:
+            s = json.loads((out / "settings.json").read_text())
+            del s["command"]
+            (out / "settings.json").write_text(json.dumps(s))
+        assert main(["prepare", "--resume", str(out), "--workers", "1", "--no-progress"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["this_run"]["todo"] == 2 and summary["this_run"]["skipped_complete"] == 28
+        assert _rows(out) == full
+    assert main(["prepare", "--resume", str(tmp_path / "nothing"), "--no-progress"]) == 2
+    assert "no settings.json" in capsys.readouterr().err
+
+
 def test_killed_run_resumes_to_the_same_manifest(prepared, ffpp_tree, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dftune", "prepare", str(ffpp_tree), "--out", str(out), "--split-files",

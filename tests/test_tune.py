@@ -149,6 +149,19 @@ def test_rerun_continues_without_repeating(study, tmp_path, capsys):
     assert sum(line.startswith("trial ") for line in capsys.readouterr().err.splitlines()) == 1
 
 
+def test_resume_study_dir_needs_nothing_else(study, tmp_path, capsys):
+    """`tune --resume STUDY_DIR` takes data, model, space, fraction, epochs and --set from its settings.yaml
+    (a difference in any would be refused as another study's settings) and options given now replace them."""
+    src, _, _ = study
+    out = tmp_path / src.name
+    shutil.copytree(src, out)
+    assert _cli("tune", "--resume", str(out)) == 0
+    assert "nothing to run" in capsys.readouterr().out
+    assert _cli("tune", "--resume", str(out), "--trials", "4") == 0
+    assert [r["number"] for r in _rows(out)] == ["0", "1", "2", "3"]
+    assert sum(line.startswith("trial ") for line in capsys.readouterr().out.splitlines()) == 1
+
+
 def test_killed_study_resumes_without_repeating(crops, vit, tmp_path):
     import optuna
 

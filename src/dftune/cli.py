@@ -18,6 +18,7 @@ import sys
 COMMANDS = ["prepare", "train", "evaluate", "predict", "export", "demo", "synth"]
 COMMANDS.append("tune")
 COMMANDS.append("merge")
+COMMANDS.append("runs")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -166,3 +166,37 @@ def draw_histogram(ax, y, p, methods: Sequence[str], threshold: float | None, ti
             ax.axvline(t, color="black", ls=style, lw=1.2, label=f"{lab} = {t:.3f}")
     ax.set(xlabel="prob_fake", ylabel="count", title=title)
     ax.legend(fontsize=7, ncol=2)
+
+
+def history_figure(rows: Sequence[Mapping[str, object]], path: str | os.PathLike, title: str = "training") -> None:
+    """A run's curves, one row a epoch (``history.csv``'s columns): losses, then macro F1 and AUC of val and
+    of every set validated beside it (check sets, a mix's datasets), then the learning rate; the best epoch
+    marked."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), dpi=100)
+    epochs = [int(r["epoch"]) for r in rows]
+
+    def series(col):
+        pts = [(e, float(r[col])) for e, r in zip(epochs, rows, strict=True) if r.get(col) not in (None, "")]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    for ax, pick, ylabel in ((axes[0], lambda c: c.endswith("loss") and "frame_loss" in c or c == "train_loss",
+                              "loss"),
+                             (axes[1], lambda c: c.endswith(("_macro_f1", "_auc")) and not c.startswith("train"),
+                              "macro F1 (at 0.5) / AUC"),
+                             (axes[2], lambda c: c == "lr", "learning rate")):
+        for c in cols:
+            if pick(c):
+                x, y = series(c)
+                if x:
+                    ax.plot(x, y, marker="o", ms=3, lw=1.3, ls="--" if c.endswith("_auc") else "-", label=c)
+        best = [e for e, r in zip(epochs, rows, strict=True) if str(r.get("best")) in ("1", "True")]
+        for e in best[-1:]:
+            ax.axvline(e, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="epoch", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title} (dotted: best epoch)")
+    _save(fig, path)

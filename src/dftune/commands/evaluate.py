@@ -159,26 +159,23 @@ def run(args) -> int:
         res = run_with_checks(args.model, args.data[0], args.out, s)
     else:
         res = evaluate.run(args.model, args.data[0], args.out, s)
-    t = Table(title=f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})")
-    for c in report.summary_header(res):
-        t.add_column(c, justify="left" if c in ("model", "level") else "right")
-    for r in report.summary_rows(res):
-        t.add_row(*r)
-    con.print(t)
-    seen = report.seen_rows(res)
-    if seen:
-        st = Table(title="generators seen in training and held out (each group's fakes vs all reals)")
-        for c in report.SEEN_HEADER:
-            st.add_column(c, justify="left" if c in ("model", "level", "generators", "which") else "right")
-        for r in seen:
-            st.add_row(*r)
-        con.print(st)
-    mt = Table(title="per manipulation method (video level; its fakes vs all reals)")
-    for c in report.METHOD_HEADER:
-        mt.add_column(c, justify="left" if c in ("model", "method") else "right")
-    for r in report.method_rows(res, "video"):
-        mt.add_row(*r)
-    con.print(mt)
+    for title, header, rows, left in (
+            (f"macro F1 on {args.split}: first at the threshold predict applies (the contest's number)",
+             report.THRESHOLD_HEADER, report.threshold_rows(res), ("model", "threshold")),
+            (f"dftune evaluate: {args.split} split (TTA {','.join(s.tta) or 'none'}, video = {res.aggregate})",
+             report.summary_header(res), report.summary_rows(res), ("model", "level")),
+            ("generators seen in training and held out (each group's fakes vs all reals)", report.SEEN_HEADER,
+             report.seen_rows(res), ("model", "level", "generators", "which")),
+            ("per manipulation method (video level; its fakes vs all reals)", report.METHOD_HEADER,
+             report.method_rows(res, "video"), ("model", "method"))):
+        if not rows:
+            continue
+        t = Table(title=title)
+        for c in header:
+            t.add_column(c, justify="left" if c in left else "right")
+        for r in rows:
+            t.add_row(*r)
+        con.print(t)
     if res.skipped_crops:
         console(stderr=True).print(f"[yellow]{res.skipped_crops} crops could not be read and were skipped (see the "
                                    "log)[/yellow]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dftune.commands import add_parser, add_progress, defaults, group, positional_renamed
 
@@ -38,12 +39,19 @@ def register(sub) -> None:
     p.add_argument("--bench-seconds", type=float, default=d["bench_seconds"],
                    help="seconds of CPU timing per variant for images/s (0: skip)")
     p.add_argument("--force", action="store_true", help="replace SUBMIT_DIR if it exists")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO",
+                   help="then upload the finished folder (model card README.md included) to this Hugging Face Hub "
+                        "model repository, USER/NAME, made if missing, as one commit; the token is huggingface_hub's "
+                        "(HF_TOKEN or `hf auth login`); offline (HF_HUB_OFFLINE) or without a token it is refused "
+                        "before anything is written")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: a repository it makes is private")
     p.add_argument("positional_model", nargs="?", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the old spelling
     add_progress(p, default_text="on; export's steps take seconds and print no bar, accepted as every command "
                                  "takes it")
     group(p, {"model and folder": ["--model", "--out", "--force", "--fake-label"],
               "extra exports": ["--int8", "--onnx", "--opset"],
-              "checks and timing": ["--samples", "--n-samples", "--tolerance", "--int8-tolerance", "--bench-seconds"]})
+              "checks and timing": ["--samples", "--n-samples", "--tolerance", "--int8-tolerance", "--bench-seconds"],
+              "publishing": ["--push-to-hub", "--private"]})
     p.set_defaults(func=run)
 
 
@@ -60,12 +68,18 @@ def run(args) -> int:
     args.model = args.model or args.positional_model
     s = export.ExportSettings(int8=args.int8, onnx=args.onnx, fake_label=args.fake_label, samples=args.samples,
                          n_samples=args.n_samples, tolerance=args.tolerance, int8_tolerance=args.int8_tolerance,
-                         opset=args.opset, bench_seconds=args.bench_seconds, force=args.force)
+                         opset=args.opset, bench_seconds=args.bench_seconds, force=args.force,
+                         push_to_hub=args.push_to_hub, private=args.private)
+    from dftune.hub import HubError
+
     try:
         rep = export.run(args.model, args.out, s)
     except export.ExportError as e:
         console(stderr=True).print(f"[red]export failed:[/red] {e}")
         return 1
+    except HubError as e:  # one line: offline, no token, or the upload failed (the folder is then complete)
+        print(f"dftune export: error: {e}", file=sys.stderr)
+        return 2
     con = console()
     t = Table(title=f"dftune export -> {rep['out']}  (CPU, {torch.get_num_threads()} threads, "
                     f"{rep['samples']} {rep['sample_source']} samples)")
@@ -92,6 +106,8 @@ def run(args) -> int:
     con.print(f"standalone script: {rep['out']}/{export.SCRIPT_NAME} + {export.PORTABLE_NAME} "
               f"(see {export.README_NAME}); "
               f"threshold {rep['threshold']:.4f}")
+    if "hub" in rep:
+        con.print(f"pushed to the Hub: {rep['hub']['repo']} ({rep['hub']['url']})")
     return 0
 
 

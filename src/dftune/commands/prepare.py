@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dftune.commands import add_parser, add_progress, add_workers, defaults, group, one_of, renamed
@@ -57,12 +58,16 @@ def register(sub) -> None:
                    examples=("dftune prepare /data/FaceForensics++ --out data/ffpp-c23",
                              "dftune prepare /data/FaceForensics++ --out data/ffpp-c23 --detector retinaface "
                              "--workers 16"))
-    p.add_argument("root", nargs="+", metavar="ROOT",
+    p.add_argument("root", nargs="*", metavar="ROOT",
                    help="FF++ root (holding original_sequences/ and manipulated_sequences/), or the root of the "
                         "layout --source names (a list file for --source list; a dataset JSON for --source "
-                        "deepfakebench); with --merge-into: the prepared folders to mix")
+                        "deepfakebench); with --merge-into: the prepared folders to mix; none with --resume OUT")
     p.add_argument("--out", default=None, help="output folder for crops, manifest.csv and summary.json "
                                                 "(required unless --merge-into)")
+    p.add_argument("--resume", default=None, metavar="OUT",
+                   help="continue (or re-run) OUT with the root and settings its settings.json records: no ROOT "
+                        "or other crop option needed; --workers, --shard, --merge and progress still apply "
+                        "(default: not set; the same command again resumes too)")
     p.add_argument("--merge-into", default=None, metavar="MIX",
                    help="process nothing: write MIX, one manifest over the prepared folders given as ROOT (links, no "
                         "copies; each row's dataset column names its folder; a train row sharing an identity with "
@@ -198,6 +203,13 @@ def run(args) -> int:
 
     if args.merge_into:
         return _mix(args)
+    if args.resume:
+        if args.root or (args.out and os.path.abspath(args.out) != os.path.abspath(args.resume)):
+            raise ValueError(f"--resume {args.resume} takes the root and --out from its settings.json: give "
+                             f"--resume alone, or ROOT and --out")
+        return _run(prepare.PrepareConfig(**prepare.resumed(args.resume), workers=args.workers,
+                                          decode_threads=args.decode_threads, shard=args.shard,
+                                          merge_only=args.merge, progress=not args.no_progress), args)
     if len(args.root) != 1:
         raise ValueError(f"one ROOT to prepare, got {len(args.root)}: {' '.join(args.root)} (several prepared "
                          f"folders go together with --merge-into MIX)")
@@ -222,6 +234,12 @@ def run(args) -> int:
                      group_column=args.group_column, split_column=args.split_column, streaming=args.streaming,
                      limit=args.limit, per_generator=args.per_generator),
     )
+    return _run(cfg, args)
+
+
+def _run(cfg, args) -> int:
+    from dftune.stages import prepare
+
     try:
         summary = prepare.run(cfg)
     except KeyboardInterrupt:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING
 
+from dftune import runs
 from dftune.commands import (
     add_parser,
     add_progress,
@@ -24,7 +26,8 @@ DESCRIPTION = """\
 Fine-tune any AutoModelForImageClassification (a local folder or a hub id) on the
 crops `dftune prepare` made. Defaults are the guide's (batch {d.batch_size}, AdamW {d.lr:g}, {d.epochs} epochs,
 early stopping patience {d.patience} on val {monitor}). Writes RUN_DIR/best and RUN_DIR/last
-(Hugging Face folders with dftune.json), history.json, settings.yaml, tensorboard/.
+(Hugging Face folders with dftune.json), history.json / .csv / .png, settings.yaml, tensorboard/.
+Without --out the run goes to runs/NAME (--name); `dftune runs` lists runs side by side.
 
 Multi-GPU / multi-node: accelerate launch -m dftune train ...
 Any setting: --config run.yaml (keys as in RUN_DIR/settings.yaml) or --set KEY=VALUE.
@@ -129,10 +132,10 @@ def register(sub) -> None:
         d=d, monitor={"f1": "macro F1", "auc": "ROC AUC"}.get(d.monitor, d.monitor)), examples=(
         "dftune train --data data/ffpp-c23 --model ./baseline --out runs/ft",
         "dftune train --data data/ffpp-c23 --model ./baseline --out runs/ft --metric auc --level video"))
-    p.add_argument("--data", required=True, action="append",
+    p.add_argument("--data", action="append",
                    help="prepared folder (holds manifest.csv) from `dftune prepare`; repeat to train on several in "
                         "one run (mixed into RUN_DIR/data through links: each dataset's val is reported on its own "
-                        "row, and pooled)")
+                        "row, and pooled) (default: with --resume RUN or --config RUN/settings.yaml, the run's own)")
     p.add_argument("--data-weight", dest="data_weights", action="append", type=float, metavar="W",
                    default=argparse.SUPPRESS,
                    help="each --data's share of every epoch's samples, in order (default: by size)")
@@ -143,9 +146,18 @@ def register(sub) -> None:
                         "PATH:SPLIT) or a labels CSV (filename,label; paths relative to the CSV) whose images and "
                         "videos are framed as predict frames them, with the data's crop settings, once, into "
                         "RUN_DIR/checks; repeat to average several (default: none)")
-    p.add_argument("--model", required=True, help="model folder or Hugging Face hub id (hub needs network)")
-    p.add_argument("--out", required=True, help="run folder for checkpoints, history and settings")
-    p.add_argument("--config", help="YAML file of settings (field: value); flags override it")
+    p.add_argument("--model", default=None,
+                   help="model folder or Hugging Face hub id (hub needs network) (default: with --resume RUN or "
+                        "--config RUN/settings.yaml, the run's own; a copy of its folder, identical file for file, "
+                        "is the same model)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help=f"run folder for checkpoints, history and settings (default: {runs.ROOT}/NAME of --name, "
+                        f"numbered NAME2, NAME3... when taken)")
+    p.add_argument("--name", default="train",
+                   help=f"without --out: the run goes to {runs.ROOT}/NAME, or the first free {runs.ROOT}/NAME2, "
+                        f"NAME3, ...")
+    p.add_argument("--config", help="YAML file of settings (field: value); flags override it. A run's own "
+                                    "RUN_DIR/settings.yaml re-runs it as a new run: its data and model too")
     from dftune.pooling import AGGREGATES
     from dftune.training.config import BALANCE, HEADS, LEVELS, MONITOR, PRECISION, RECIPES, SCHEDULES, TUNE
 
@@ -176,10 +188,11 @@ def register(sub) -> None:
                         f"(default: {'write them to RUN_DIR/tensorboard' if d.tensorboard else 'off'})")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue RUN_DIR from its last checkpoint with its settings.yaml; flags given now may change "
-                        f"only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be extended "
-                        "past the epochs it was laid out over")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+                   help="continue a run from its last checkpoint with its settings.yaml, its data and its model: "
+                        "--resume RUN_DIR needs no other flag (--resume alone: the --out run); flags given now may "
+                        f"change only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be "
+                        "extended past the epochs it was laid out over")
     add_progress(p)
     renamed(p, "--monitor", "--metric", dest="monitor", choices=MONITOR)
     renamed(p, "--monitor-level", "--level", dest="monitor_level", choices=LEVELS)
@@ -188,13 +201,14 @@ def register(sub) -> None:
 
 
 _GROUPS = {  # --help by purpose
-    "data and model": ["--data", "--data-weight", "--check", "--model", "--out", "--config", "--set", "--recipe",
-                       "--resume", "--fake-label", "--reinit-head"],
+    "data and model": ["--data", "--data-weight", "--check", "--model", "--out", "--name", "--config", "--set",
+                       "--recipe", "--resume", "--fake-label", "--reinit-head"],
     "optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--schedule", "--warmup", "--grad-accum",
                      "--micro-batch", "--clip", "--seed"],
     "data sampling and augmentation": ["--balance", "--paired", "--no-aug", "--sbi"],
     "which parameters train": ["--tune", "--lora-rank", "--lora-alpha", "--lora-dropout", "--lora-targets",
-                               "--head-epochs", "--lr-decay", "--freeze"],
+                               "--svd-rank", "--head-epochs", "--lr-decay", "--freeze"],
+    "head and feature losses (GenD)": ["--head", "--uniformity", "--alignment"],
     "weight averaging": ["--ema", "--ema-horizon", "--wise"],
     "validation, best/ and the stored threshold": ["--metric", "--level", "--patience", "--val-every", "--aggregate",
                                                    "--select-on", "--threshold-on"],
@@ -241,11 +255,37 @@ def _is_gend(source: str) -> bool:
         return False
 
 
+def _where(args) -> None:
+    """``args.data``, ``args.model``, ``args.out`` settled: a run to resume (``--resume RUN``) or re-run
+    (``--config RUN/settings.yaml``) gives what was not given; a new run without --out gets runs/NAME(N)."""
+    if isinstance(args.resume, str):
+        if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+            raise ValueError(f"--resume {args.resume} and --out {args.out} name two runs; give the run once")
+        args.out = args.resume
+    elif args.resume and not args.out:
+        raise ValueError("--resume continues a run: give its folder, --resume RUN_DIR")
+    settings = os.path.join(args.out, "settings.yaml") if args.resume else args.config
+    if (not args.data or not args.model) and settings:
+        data, model = runs.sources(settings)
+        args.data, args.model = args.data or data, args.model or model
+    if not args.data or not args.model:
+        raise ValueError("give --data PREPARED_DIR and --model MODEL (or --resume RUN_DIR, or --config "
+                         "RUN_DIR/settings.yaml to re-run a run)")
+    if not args.out:
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # each process would number runs/NAME on its own
+            raise ValueError("several processes: give the run folder, --out RUN_DIR (--name numbers runs/NAME in "
+                             "one process)")
+        args.out = str(runs.next_run_dir(args.name))
+        args.named = True  # what Ctrl-C's hint says: the folder was chosen here
+        print(f"run folder: {args.out}", file=sys.stderr)
+
+
 def run(args) -> int:
     from dftune.stages import train
     from dftune.training import config
     from dftune.training.resume import resume_config
 
+    _where(args)
     overrides = _overrides(args)
     if args.resume:
         cfg = resume_config(args.out, overrides)
@@ -258,7 +298,7 @@ def run(args) -> int:
         cfg = config.with_recipe(settings_file, overrides)
     try:
         summary = train.run(args.data if len(args.data) > 1 else args.data[0], args.model, args.out, cfg,
-                            resume=args.resume, progress=args.progress)
+                            resume=bool(args.resume), progress=args.progress)
     except KeyboardInterrupt:
         args.interrupted_hint = _interrupted_hint(args)  # what dftune's Ctrl-C line says to do
         raise
@@ -296,6 +336,8 @@ def _interrupted_hint(args) -> str:
     after = f" from epoch {done + 1}" if done is not None else ""
     if args.resume:
         return f"run the same command again to continue{after}"
+    if getattr(args, "named", False):
+        return f"continue{after} with: dftune train --resume {args.out}"
     return f"run the same command with --resume added to continue{after} (without it, the run folder is refused)"
 
 
@@ -334,9 +376,12 @@ def print_summary(s: TrainSummary) -> None:
         c.print(x)
     c.print(f"epochs run {s.epochs_run}/{s.epochs_planned} ({s.stopped}); best epoch {s.best_epoch} "
             f"by {s.monitor} = {f(s.best_value)}")
-    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (resume with --resume)")
+    c.print(f"best model: {s.best_dir}\nlast model: {s.last_dir} (continue: dftune train --resume {s.run_dir})")
     if s.threshold:
         c.print(f"best/ threshold: {_threshold(s.threshold)}")
+    contest = runs.contest_number({"val": s.best_val, "check": s.best_check, "threshold": s.threshold})
+    if contest:  # what predict will score with best/ as it stands: the figure evaluate's first row and runs show
+        c.print(f"macro F1 at best/'s threshold, as predict applies it: {runs.describe_contest(contest)} (no TTA)")
     if s.wise_dir and s.wise_curve:  # --wise auto: the curve the alpha was chosen on
         say_alpha_curve(c.print, s.wise_curve, s.wise_dir, "--wise auto")
     if s.wise_dir:

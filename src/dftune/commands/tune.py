@@ -38,10 +38,17 @@ def register(sub) -> None:
     p = add_parser(sub, "tune", "search training settings (Optuna) with real train runs", DESCRIPTION, examples=(
         "dftune tune --data data/ffpp-c23 --model ./baseline --out runs/study --trials 20",
         "dftune tune --data data/ffpp-c23 --model ./baseline --out runs/study --metric auc --level video"))
-    p.add_argument("--data", required=True, help="prepared folder (holds manifest.csv) from `dftune prepare`")
-    p.add_argument("--model", required=True, help="model folder or Hugging Face hub id each trial starts from")
-    p.add_argument("--out", required=True, metavar="STUDY_DIR",
-                   help="study folder: journal, trial runs, trials.csv, best.yaml, report.md, plots")
+    p.add_argument("--data", default=None,
+                   help="prepared folder (holds manifest.csv) from `dftune prepare` (default: with --resume, the "
+                        "study's)")
+    p.add_argument("--model", default=None,
+                   help="model folder or Hugging Face hub id each trial starts from (default: with --resume, the "
+                        "study's)")
+    p.add_argument("--out", default=None, metavar="STUDY_DIR",
+                   help="study folder: journal, trial runs, trials.csv, best.yaml, report.md, plots, settings.yaml")
+    p.add_argument("--resume", default=None, metavar="STUDY_DIR",
+                   help="continue the study in STUDY_DIR with the data, model and settings its settings.yaml "
+                        "records; options given now replace those (e.g. --trials 40) (default: not set)")
     p.add_argument("--trials", type=int, default=d.trials,
                    help="finished trials the study should hold (complete, pruned or failed); a re-run only runs "
                         "the missing ones, and parallel processes share the count")
@@ -110,13 +117,46 @@ def run(args) -> int:
     from dftune.training.config import parse_sets
 
     # every TuneSettings field but sets has a flag of its name (checks: --check, repeatable)
-    s = TuneSettings(**{f.name: getattr(args, f.name) for f in fields(TuneSettings)
-                        if f.name not in ("sets", "checks", "metric")},
-                     metric=metric_name(args.metric, args.level), checks=tuple(args.checks), sets=parse_sets(args.sets))
+    given = {f.name: getattr(args, f.name) for f in fields(TuneSettings) if f.name not in ("sets", "checks", "metric")}
+    given.update(metric=metric_name(args.metric, args.level), checks=tuple(args.checks), sets=parse_sets(args.sets))
+    if args.resume:
+        given = _resumed(args, given)
+    elif not (args.data and args.model and args.out):
+        raise ValueError("give --data PREPARED_DIR, --model MODEL and --out STUDY_DIR (or --resume STUDY_DIR)")
+    s = TuneSettings(**given)
     summary = tune.run(args.data, args.model, args.out, s, progress=args.progress,
                        say=lambda m: print(m, file=sys.stderr, flush=True))  # a line a trial: progress
     print_summary(summary)
     return 0 if summary.best else 1  # no trial completed: nothing usable (no best.yaml, no model)
+
+
+def _resumed(args, given: dict) -> dict:
+    """``--resume STUDY_DIR``: its settings.yaml under the options given now (an option left at its default
+    takes the study's value); ``args.data``/``model``/``out`` filled in."""
+    import os
+
+    from dftune import runs
+    from dftune.stages.tune import TuneSettings
+
+    if args.out and os.path.abspath(args.out) != os.path.abspath(args.resume):
+        raise ValueError(f"--resume {args.resume} and --out {args.out} name two studies; give the study once")
+    path = os.path.join(args.resume, runs.SETTINGS)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no settings.yaml to resume from (a study started before tune wrote it: "
+                                f"run the command it was started with again)")
+    saved, _ = runs.read_settings(path)
+    data, model = runs.sources(path)
+    args.out, args.data, args.model = args.resume, args.data or data[0], args.model or model
+    d = TuneSettings()
+    out = dict(given)
+    for k, v in given.items():
+        default = {"checks": tuple(d.checks), "sets": {}}.get(k, getattr(d, k))
+        if v == default and k in saved:
+            out[k] = tuple(saved[k]) if k == "checks" else saved[k]
+    if saved.get("storage_redacted") and not given.get("storage"):
+        raise ValueError(f"{path}: the study's --storage held a password, which settings.yaml does not keep: give "
+                         f"--storage again")
+    return out
 
 
 def print_summary(sm) -> None:

@@ -127,10 +127,11 @@ def _results(meta) -> list[tuple[str, str, str, float]]:
     return rows
 
 
-def model_card(meta, body: str = "", model_name: str | None = None) -> str:
+def model_card(meta, body: str = "", model_name: str | None = None, id2label: dict | None = None) -> str:
     """The ``README.md`` text of a model with ``dftune.json`` ``meta``: YAML front matter (licence, base model,
-    datasets, pipeline tag, the metrics dftune measured as ``model-index``), the metrics as a table, then
-    ``body`` (e.g. the submission folder's instructions)."""
+    datasets, pipeline tag, the metrics dftune measured as ``model-index``), the metrics as a table, the decision
+    threshold and its provenance, the labels and face crops, then ``body`` (e.g. the submission folder's
+    instructions)."""
     from huggingface_hub import EvalResult, ModelCardData
 
     extra = meta.extra or {}
@@ -157,4 +158,12 @@ def model_card(meta, body: str = "", model_name: str | None = None) -> str:
         lines += [f"| {d} | {s} | {m} | {v:.4f} |" for d, s, m, v in rows]
         lines.append("")
     lines += [f"Decision threshold {meta.threshold_text()}.", ""]
+    c = meta.crop
+    lines += [f"- labels: {id2label} (fake = output {meta.fake_index})" if id2label else
+              f"- fake = output {meta.fake_index}",
+              f"- face crops: detector {c.detector}, margin {c.margin}, {c.size} px; a video is the {c.aggregate} of "
+              f"{f'every {c.every}th frame' if c.every else f'{c.frames} frames'}"]
+    if extra.get("exported_from"):
+        lines.append(f"- exported from: {extra['exported_from']}")
+    lines.append("")
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + ("\n" + body if body else "")

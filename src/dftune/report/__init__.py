@@ -20,7 +20,7 @@ from dftune.report.html import (
     one_class_note,
     overlay,
     roc_only_figure,
-    worst_per_video,
+    worst_crops,
     write_cross_html,
     write_files_html,
     write_html,
@@ -33,6 +33,7 @@ from dftune.report.markdown import (
     METHOD_HEADER,
     SEEN_HEADER,
     SUMMARY_HEADER,
+    THRESHOLD_HEADER,
     cross_cells,
     cross_md,
     cross_notes,
@@ -48,6 +49,7 @@ from dftune.report.markdown import (
     seen_rows,
     summary_header,
     summary_rows,
+    threshold_rows,
 )
 
 __all__ = [
@@ -56,6 +58,6 @@ __all__ = [
     "files_md", "files_rows", "fmt", "from_videos_rows", "heat_map", "histogram_figure", "md_table", "method_rows",
     "overlay", "report_md", "summary_header", "summary_rows", "write_cross_html", "write_html",
     "FRAMING_HEADER", "files_settings", "framing_rows",
-    "cross_notes", "one_class_note", "roc_only_figure", "worst_per_video", "write_files_html",
-    "SEEN_HEADER", "seen_rows",
+    "cross_notes", "one_class_note", "roc_only_figure", "worst_crops", "write_files_html",
+    "SEEN_HEADER", "seen_rows", "THRESHOLD_HEADER", "threshold_rows",
 ]

@@ -2,8 +2,9 @@
 
 What it shows, for every model side by side: the summary and per-method tables, ROC and
 precision-recall curves, score histograms per class and per method with the threshold
-drawn in, a calibration curve, the confusion matrices, and a gallery of the worst errors
-(highest-scored reals, lowest-scored fakes) with a heat map of what the model looked at:
+drawn in, a calibration curve, the confusion matrices, and a gallery of the errors at the threshold
+predict applies (every misclassified video, worst first, with its worst crops) with a heat map of what
+the model looked at:
 attention rollout for ViT-style models (the attention of every layer, with the residual,
 multiplied through), the gradient of the fake score with respect to the input otherwise.
 
@@ -30,6 +31,7 @@ from dftune.report.markdown import (
     FRAMING_HEADER,
     METHOD_HEADER,
     SEEN_HEADER,
+    THRESHOLD_HEADER,
     cross_cells,
     cross_notes,
     files_rows,
@@ -39,6 +41,7 @@ from dftune.report.markdown import (
     seen_rows,
     summary_header,
     summary_rows,
+    threshold_rows,
 )
 
 if TYPE_CHECKING:  # the types only; a component never imports a stage at run time
@@ -256,7 +259,8 @@ class HtmlReport:
     image: Callable[[int], np.ndarray]
     models: Mapping[str, LoadedModel]
     video_level: Callable[[Sequence[Row], np.ndarray], tuple]
-    n_gallery: int = 6
+    n_gallery: int = 60  # misclassified videos shown with their crops; the others are named
+    per_video: int = 3  # each one's worst crops
 
 
 def write_html(path, page: HtmlReport) -> None:
@@ -273,6 +277,10 @@ def write_html(path, page: HtmlReport) -> None:
              f"<p class='note'>TTA {html.escape(', '.join(result.tta) or 'none')}; video score = "
              f"{html.escape(result.aggregate)} of its crops; threshold tuned for macro F1 on "
              f"{html.escape(str(result.threshold_split or 'nothing'))}. F1 = macro F1 (the competition's metric).</p>",
+             "<h2>Macro F1 at the threshold predict applies</h2>",
+             "<p class='note'>First row of each model: its stored threshold, each crop and each pooled video judged "
+             "as <code>dftune predict</code> judges them (the number the contest scores).</p>",
+             _table(THRESHOLD_HEADER, threshold_rows(result)),
              "<h2>Summary</h2>", _table(summary_header(result), summary_rows(result)),
              *(["<h2>Generators seen in training and held out</h2>", _table(SEEN_HEADER, seen_rows(result))]
                if seen_rows(result) else []),
@@ -302,47 +310,52 @@ def write_html(path, page: HtmlReport) -> None:
             caption = "{}, {} @ {:.3f}".format(nm, level, m["threshold"])
             parts.append(f"<img class='fig' alt='confusion {html.escape(nm)} {level}' src='"
                          f"{confusion_figure(m['confusion_matrix'], caption)}'>")
-    parts.append("</div><h2>The worst errors, and what the model looked at</h2>")
+    parts.append("</div><h2>The errors at the stored threshold, and what the model looked at</h2>")
     for nm, p in scored.items():
         model = page.models.get(nm)
-        if model is None:
+        st = result.models[nm].get("at_stored_threshold")
+        if model is None or not st:
             continue
-        reals = worst_per_video(rows, np.argsort(-p, kind="stable"), y, 0, page.n_gallery)
-        fakes = worst_per_video(rows, np.argsort(p, kind="stable"), y, 1, page.n_gallery)
-        for title, idx, cls in (("reals scored most fake", reals, "real"), ("fakes scored most real", fakes, "fake")):
-            parts.append(f"<h3>{html.escape(nm)}: {title}</h3><div class='row'>")
-            if not idx:
-                parts.append(_note(f"none: this split has no {cls} crops (one class)"))
-            for i in idx:
-                r = rows[i]
-                try:
-                    img = page.image(i)
-                    heat, how = heat_map(model, img)
-                    pics = (f"<img alt='crop' src='{_img_uri(img)}'><img alt='{how}' "
-                            f"src='{_img_uri(overlay(img, heat))}'>")
-                except Exception as e:  # one unreadable crop never stops the report
-                    how, pics = f"unavailable ({e})", ""
-                parts.append(f"<div class='card'>{pics}<div>{html.escape(r.video)} frame {r.frame_index}<br>"
-                             f"{html.escape(r.method)} — prob_fake {p[i]:.3f}<br><span class='note'>{html.escape(how)}"
-                             f"</span></div></div>")
+        errors = st["errors"]
+        parts.append(f"<h3>{html.escape(nm)}: {len(errors)} misclassified video(s) at threshold "
+                     f"{st['threshold']:.4f} (video = {html.escape(st['aggregate'])} of its crops)</h3>")
+        if len(set(y.tolist())) == 1:
+            have, missing = ("real", "fake") if y[0] == 0 else ("fake", "real")
+            parts.append(_note(f"none: this split has no {missing} crops (one class): only its {have} videos can "
+                               f"be wrong"))
+        if not errors:
+            parts.append(_note("none: every video is labelled right at this threshold"))
+        for err in errors[:page.n_gallery]:
+            cls = "real" if err["label"] == 0 else "fake"
+            parts.append(f"<p>{html.escape(err['video'])}: {cls}, video prob_fake {err['prob_fake']:.3f} — its "
+                         f"{'most fake' if cls == 'real' else 'most real'}-scored crops</p><div class='row'>")
+            for i in worst_crops(rows, p, err["video"], err["label"], page.per_video):
+                parts.append(_card(page, model, rows[i], i, p[i]))
             parts.append("</div>")
+        if len(errors) > page.n_gallery:
+            rest = ", ".join(e["video"] for e in errors[page.n_gallery:])
+            parts.append(_note(f"{len(errors) - page.n_gallery} more, not drawn: {rest}"))
     parts.append(_CHECK + "</body></html>")
     write_text(path, "\n".join(parts))
 
 
-def worst_per_video(rows: Sequence[Row], order, y, cls: int, n: int) -> list[int]:
-    """The gallery's crops: walking ``order`` (worst first), the first (worst-scored) crop of class ``cls`` of
-    each video not shown yet, up to ``n`` videos: one frame per video, the worst videos first."""
-    out, seen = [], set()
-    for i in order:
-        i = int(i)
-        if y[i] != cls or rows[i].video in seen:
-            continue
-        seen.add(rows[i].video)
-        out.append(i)
-        if len(out) == n:
-            break
-    return out
+def worst_crops(rows: Sequence[Row], p, video: str, label: int, n: int) -> list[int]:
+    """The ``n`` crops of ``video`` scored most wrongly for its ``label`` (a real's highest, a fake's lowest)."""
+    idx = [i for i, r in enumerate(rows) if r.video == video]
+    idx.sort(key=lambda i: -p[i] if label == 0 else p[i])
+    return idx[:n]
+
+
+def _card(page: HtmlReport, model, r: Row, i: int, prob: float) -> str:
+    """One crop of the gallery, its heat map beside it (one unreadable crop never stops the report)."""
+    try:
+        img = page.image(i)
+        heat, how = heat_map(model, img)
+        pics = f"<img alt='crop' src='{_img_uri(img)}'><img alt='{how}' src='{_img_uri(overlay(img, heat))}'>"
+    except Exception as e:
+        how, pics = f"unavailable ({e})", ""
+    return (f"<div class='card'>{pics}<div>{html.escape(r.video)} frame {r.frame_index}<br>{html.escape(r.method)} "
+            f"— prob_fake {prob:.3f}<br><span class='note'>{html.escape(how)}</span></div></div>")
 
 
 def _page_head(title: str) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 if TYPE_CHECKING:  # the types only; a component never imports a stage at run time
     from dftune.stages.evaluate import CrossResult, EvalResult, FilesResult
 
+THRESHOLD_HEADER = ["model", "threshold", "value", "frame F1", "video F1"]
 SUMMARY_HEADER = ["model", "level", "n", "acc@.5", "F1@.5", "val thr", "F1@thr", "AUC", "AP", "EER"]
 METHOD_HEADER = ["model", "method", "fakes", "AUC", "F1", "caught", "EER"]
 SEEN_HEADER = ["model", "level", "generators", "fakes", "AUC", "F1", "caught", "EER", "which"]
@@ -51,6 +52,24 @@ def summary_header(result: EvalResult) -> list[str]:
 
 def _from_checks(result: EvalResult) -> bool:
     return str(result.threshold_split or "").startswith("check sets")
+
+
+def threshold_rows(result: EvalResult) -> list[list[str]]:
+    """Macro F1 per model at three thresholds, the one ``predict`` applies FIRST (the model's stored threshold,
+    each crop and each pooled video judged as predict judges them: the contest's number), then the val-tuned
+    ones (frame and video each at its own optimum) and 0.5."""
+    out = []
+    for nm, e in result.models.items():
+        st = e.get("at_stored_threshold")
+        if st:
+            out.append([nm, f"stored, as predict applies it ({st['source']}; video = {st['aggregate']})",
+                        fmt(st["threshold"]), fmt(st["frame"]["macro_f1"]), fmt(st["video"]["macro_f1"])])
+        bf, bv = e["frame"].get("at_val_threshold"), e["video"].get("at_val_threshold")
+        if bf and bv:
+            out.append([nm, f"tuned on {result.threshold_split} (frame / video)",
+                        f"{fmt(bf['threshold'])} / {fmt(bv['threshold'])}", fmt(bf["macro_f1"]), fmt(bv["macro_f1"])])
+        out.append([nm, "0.5", fmt(0.5), fmt(e["frame"]["at_0.5"]["macro_f1"]), fmt(e["video"]["at_0.5"]["macro_f1"])])
+    return out
 
 
 def summary_rows(result: EvalResult) -> list[list[str]]:
@@ -114,6 +133,13 @@ def report_md(result: EvalResult) -> str:
         f"TTA: {', '.join(result.tta) or 'none'}; video score = {result.aggregate} of its crops; "
         f"threshold tuned for macro F1 on: {result.threshold_split or 'nothing (no val rows)'}"
         + (f"; {result.skipped_crops} unreadable crops skipped" if result.skipped_crops else "") + ".",
+        "",
+        "## Macro F1 at the threshold predict applies",
+        "",
+        "First row of each model: its stored threshold (dftune.json), each crop and each pooled video judged as "
+        "`dftune predict` judges them: the number the contest scores. Then the thresholds tuned here and 0.5.",
+        "",
+        md_table(THRESHOLD_HEADER, threshold_rows(result)),
         "",
         "## Summary",
         "",

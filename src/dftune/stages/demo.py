@@ -83,10 +83,18 @@ class DemoConfig:
 # ---------------------------------------------------------------- stages
 
 
-def _cli(argv: list[str], stage: str, where: Path) -> None:
+# the four steps a competitor takes, and the demo stages that are each (evaluate on val writes the threshold)
+STEPS = (("1. prepare: videos -> face crops", ("prepare",)), ("2. train", ("train",)),
+         ("3. the threshold: tuned on val, stored in best/", ("evaluate-val",)),
+         ("4. the contest CSV, and the submission folder", ("predict", "export")))
+
+
+def _cli(argv: list[str], stage: str, where: Path, ran: dict | None = None) -> None:
     from dftune.cli import main
 
     log.info("dftune %s", " ".join(argv))
+    if ran is not None:
+        ran[stage] = list(argv)
     rc = main(argv)
     if rc != 0:
         raise DemoError(f"demo stage {stage!r} failed (exit code {rc}): dftune {' '.join(argv)}; "
@@ -132,6 +140,7 @@ def run(cfg: DemoConfig) -> dict:
     run_dir, eval_dir, sub_dir = out / "run", out / "eval", out / "submission"
     csv_path = out / "predictions.csv"
     times: dict[str, float] = {}
+    ran: dict[str, list[str]] = {}  # stage -> the dftune command it ran
     quiet = [] if cfg.progress else ["--no-progress"]
     t_all = time.perf_counter()
 
@@ -152,7 +161,7 @@ def run(cfg: DemoConfig) -> dict:
             _say("[2/7] prepare: detect, crop, manifest")
             _cli(["prepare", str(root), "--out", str(prepared), "--split-files", str(root / "splits"),
                   "--detector", "retinaface", "--landmarks", "--frames", str(cfg.frames),
-                  "--size", str(cfg.crop_size), "--workers", str(cfg.workers)] + quiet, "prepare", prepared)
+                  "--size", str(cfg.crop_size), "--workers", str(cfg.workers)] + quiet, "prepare", prepared, ran)
         with stage("model"):
             build_tiny_vit(untrained, image_size=cfg.image_size, patch_size=cfg.patch_size,
                            hidden_size=cfg.hidden_size, layers=cfg.layers, heads=cfg.heads, seed=cfg.seed)
@@ -169,7 +178,7 @@ def run(cfg: DemoConfig) -> dict:
                 argv += ["--set", s]
             if cfg.sbi > 0:
                 argv += ["--sbi", str(cfg.sbi)]
-            _cli(argv + ([] if cfg.progress else ["--no-progress"]), "train", run_dir)
+            _cli(argv + ([] if cfg.progress else ["--no-progress"]), "train", run_dir, ran)
         best = run_dir / "best"
         with stage("evaluate"):
             _say("[5/7] evaluate: the untrained and the trained model, same data, same code")
@@ -178,12 +187,12 @@ def run(cfg: DemoConfig) -> dict:
                 _cli(["evaluate", "--model", str(untrained), "--model", str(best), "--data", str(prepared),
                       "--split", split, "--threshold-split", "val", "--out", str(eval_dir / split), "--tta=flip"]
                      + (["--no-plots", "--write-threshold"] if split == "val" else []) + quiet,
-                     "evaluate", eval_dir / split)
+                     f"evaluate-{split}", eval_dir / split, ran)
         with stage("predict"):
             vids = test_videos(root, prepared)
             _say(f"[6/7] predict: {len(vids)} test videos (face detection included) -> {csv_path}")
             _cli(["predict", *[str(p) for p, _, _ in vids], "--model", str(best), "--csv", str(csv_path),
-                  "--filename-style", "path"] + quiet, "predict", csv_path)
+                  "--filename-style", "path"] + quiet, "predict", csv_path, ran)
         with stage("export"):
             _say(f"[7/7] export: {best} -> {sub_dir}")
             samples = [str(prepared / "test")]
@@ -191,11 +200,14 @@ def run(cfg: DemoConfig) -> dict:
                     "--bench-seconds", "0.5", "--force"]
             argv += ["--int8"] if cfg.int8 else []
             argv += ["--onnx"] if cfg.onnx else []
-            _cli(argv, "export", sub_dir)
+            _cli(argv, "export", sub_dir, ran)
         times["total"] = time.perf_counter() - t_all
         result = collect(cfg, out, vids, times, n_params)
+        result["commands"] = steps(ran)
+        write_commands(out / "commands.sh", result["commands"])
         write_json(out / "demo.json", result)
         print_table(result)
+        print_steps(result["commands"], out / "commands.sh", result["kept"])
         return result
     finally:
         torch.set_num_threads(threads_before)
@@ -237,6 +249,52 @@ def _prod(shape) -> int:
     for s in shape:
         p *= int(s)
     return p
+
+
+# ---------------------------------------------------------------- the four steps it ran
+
+
+def steps(ran: dict[str, list[str]]) -> list[dict]:
+    """The commands the demo ran, as the four steps of the README's first screen: ``[{"step", "commands"}]``."""
+    return [{"step": title, "commands": [["dftune", *ran[st]] for st in stages if st in ran]}
+            for title, stages in STEPS]
+
+
+def _shown(argv: list[str]) -> str:
+    """A command as printed: quoted for a shell; predict's run of input files shortened to the first and a count
+    (commands.sh has them all)."""
+    import shlex
+
+    if len(argv) > 2 and argv[1] == "predict":
+        inputs = argv[2:argv.index("--model")] if "--model" in argv else []
+        if len(inputs) > 2:
+            argv = [*argv[:2], inputs[0], f"<...{len(inputs) - 1} more test videos>", *argv[2 + len(inputs):]]
+    return shlex.join(argv)
+
+
+def write_commands(path: Path, steps_: list[dict]) -> None:
+    """``commands.sh``: the four steps, runnable as they ran (paths absolute to the demo's folder)."""
+    import shlex
+
+    from dftune.atomic import write_text
+
+    lines = ["#!/bin/sh", "# the commands `dftune demo` ran, as the four steps to a submission", "set -e"]
+    for st in steps_:
+        lines += ["", f"# {st['step']}"] + [shlex.join(c) for c in st["commands"]]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def print_steps(steps_: list[dict], script: Path, kept: bool = True) -> None:
+    from dftune.progress import console
+
+    con = console()
+    where = (f"all of them: {script}; `dftune runs {script.parent}` lists the run" if kept
+             else "run with --keep to keep them, and the run `dftune runs` lists")
+    con.print(f"[bold]the commands it ran, as the four steps to a submission[/bold] ({where}):", highlight=False)
+    for st in steps_:
+        con.print(f"  {st['step']}", highlight=False)
+        for c in st["commands"]:
+            con.print(f"    {_shown(c)}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- the end table

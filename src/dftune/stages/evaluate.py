@@ -293,6 +293,17 @@ def _run(model_dirs: Sequence[str], data: str | os.PathLike, out_dir: str | os.P
             raise ValueError(f"--write-threshold needs {s.threshold_split} rows to tune on; the manifest has none")
         _write_thresholds(result, ensemble, names, s.threshold_from or threshold_source(data, s, how, k), s, out_dir)
 
+    for nm, probs in scored.items():  # the threshold predict applies now (after any --write-threshold)
+        model = models[names.index(nm)] if nm in names else None
+        st = result.models[nm]["at_stored_threshold"] = at_stored_threshold(result.models[nm], model, ensemble, ev,
+                                                                            probs, s.top_k)
+        if model is not None and "threshold_written" in result.models[nm]:  # dftune runs shows it beside the run
+            meta = modelmeta.load(model.path, model.id2label, s.fake_label)
+            meta.extra["contest"] = {"threshold": st["threshold"], "on": f"{s.split} of {data} (evaluate, TTA "
+                                     f"{','.join(s.tta) or 'none'})", "frame": st["frame"]["macro_f1"],
+                                     "video": st["video"]["macro_f1"]}
+            modelmeta.save(model.path, meta)
+
     if s.from_videos:
         crop_video = {nm: dict(zip(*_video_rows(ev.rows, ev.of(v), how, k)[:2], strict=True))
                       for nm, v in scored.items()}
@@ -382,6 +393,31 @@ def _model_entry(model: scoring.LoadedModel | None, nm: str, ev: _Scored, va: _S
     entry["video"] = _level_report(vy, vp, vm, thr_v, seen)
     entry["video"]["n_videos"] = int(len(vk))
     return entry, {"frame": (ev.y, p), "video": (vy, vp)}
+
+
+def at_stored_threshold(entry: dict, model: scoring.LoadedModel | None, ensemble: scoring.Ensemble, ev: _Scored,
+                        probs: np.ndarray, top_k: int) -> dict:
+    """Macro F1 at the threshold ``predict`` applies, as it applies it: every crop judged alone (an image) and
+    every video's crops pooled with the model's own aggregate (its dftune.json, predict's default), then judged.
+    The threshold is the one stored now (``--write-threshold`` of this run included); an ensemble's is its
+    file's. ``errors``: the videos labelled wrong, worst first (the report's gallery shows them)."""
+    if "threshold_written" in entry:
+        t = float(entry["threshold_written"])
+    elif model is not None:
+        t = float(model.meta.threshold)
+    else:
+        t = float(ensemble.threshold)
+    src = model.meta.threshold_text() if model is not None and "threshold_written" not in entry else (
+        f"{t:.4f} written by this evaluate" if "threshold_written" in entry else ensemble.threshold_text())
+    crop = (model or ensemble.models[0]).meta.crop
+    how, k = pooling.parse_aggregate(crop.aggregate, top_k)
+    p = ev.of(probs)
+    vk, vp, vy, _ = _video_rows(ev.rows, p, how, k)
+    wrong = np.flatnonzero((vp >= t).astype(np.int64) != vy)
+    order = wrong[np.argsort(-np.abs(vp[wrong] - t), kind="stable")]
+    return {"threshold": t, "source": src, "aggregate": format_aggregate(how, k),
+            "frame": metrics.full_metrics(ev.y, p, t), "video": metrics.full_metrics(vy, vp, t),
+            "errors": [{"video": str(vk[i]), "label": int(vy[i]), "prob_fake": float(vp[i])} for i in order]}
 
 
 def _write_thresholds(result: EvalResult, ensemble: scoring.Ensemble, names: Sequence[str], source: dict,

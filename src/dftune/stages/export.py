@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dftune import scoring
+from dftune import hub, scoring
 from dftune.atomic import DIR_MODE, FILE_MODE, staged_folder, write_json
 from dftune.model import meta as modelmeta
 
@@ -73,6 +73,8 @@ class ExportSettings:
     bench_seconds: float = 2.0  # per backend, for images/s; 0 skips the speed measurement
     force: bool = False
     extra: dict = field(default_factory=dict)
+    push_to_hub: str | None = None  # a Hub repository id: the finished folder is uploaded there (dftune.hub)
+    private: bool = False  # --push-to-hub makes the repository private (when it creates it)
 
 
 def sample_images(model: scoring.LoadedModel, files: Sequence[str] = (), n: int = 16,
@@ -185,7 +187,7 @@ def _copy_template(dst: Path) -> None:
         (dst / PORTABLE_NAME / name).write_bytes((pkg / name).read_bytes())
 
 
-def write_card(folder: Path, meta: modelmeta.ModelMeta) -> Path:
+def write_card(folder: Path, meta: modelmeta.ModelMeta, id2label: dict | None = None) -> Path:
     """The folder's ``README.md`` as a Hugging Face model card (:func:`dftune.model.card.model_card`: licence,
     base model, datasets, pipeline tag, the metrics dftune measured), the submission instructions below it.
     What ``export`` writes, and what an upload of the folder should carry."""
@@ -193,7 +195,7 @@ def write_card(folder: Path, meta: modelmeta.ModelMeta) -> Path:
 
     tpl = resources.files("dftune") / "export_template" / README_NAME
     p = folder / README_NAME
-    p.write_text(card.model_card(meta, body=tpl.read_text(encoding="utf-8")), encoding="utf-8")
+    p.write_text(card.model_card(meta, body=tpl.read_text(encoding="utf-8"), id2label=id2label), encoding="utf-8")
     return p
 
 
@@ -237,15 +239,24 @@ def export_onnx(module, path: Path, height: int, width: int, opset: int = 17) ->
 
 
 def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSettings | None = None) -> dict:
-    """Write and verify the submission folder; returns the report (also saved as export_report.json)."""
-    import torch
-
+    """Write and verify the submission folder; returns the report (also saved as export_report.json). With
+    ``s.push_to_hub`` the finished folder is then uploaded to that Hub repository (refused up front, nothing
+    written, when offline or without a token)."""
     s = s or ExportSettings()
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not s.force:
         raise FileExistsError(f"{out}: folder exists and is not empty; pass --force to replace it")
-    if scoring.ensemble_file(model_dir):
-        return export_ensemble(model_dir, out, s)
+    token = hub.ready(s.push_to_hub) if s.push_to_hub else None  # offline, no token: refused before any write
+    report = export_ensemble(model_dir, out, s) if scoring.ensemble_file(model_dir) else _export(model_dir, out, s)
+    if s.push_to_hub:
+        report["hub"] = {"repo": s.push_to_hub, "url": hub.push(out, s.push_to_hub, token, s.private)}
+    return report
+
+
+def _export(model_dir: str | os.PathLike, out: Path, s: ExportSettings) -> dict:
+    """One model's submission folder, written and verified (``run`` without the push)."""
+    import torch
+
     from dftune.model import formats
 
     model_dir = formats.resolve(model_dir)  # GenD / timm checkpoints: their converted folder
@@ -269,7 +280,7 @@ def run(model_dir: str | os.PathLike, out_dir: str | os.PathLike, s: ExportSetti
         meta.extra = dict(meta.extra, exported_from=str(model_dir))
         modelmeta.save(tmp, meta)
         _copy_template(tmp)
-        write_card(tmp, meta)
+        write_card(tmp, meta, src.id2label)
         (tmp / REQUIREMENTS_NAME).write_text(requirements_text([meta.crop.detector or "dlib"], s.onnx),
                                              encoding="utf-8")
         plain_files = [tmp / "config.json", tmp / "model.safetensors", tmp / "preprocessor_config.json"]
@@ -331,7 +342,7 @@ def export_ensemble(ensemble: str | os.PathLike, out: Path, s: ExportSettings) -
         members, reports = [], {}
         for i, (path, w) in enumerate(e["members"]):
             dest = tmp / "members" / f"{i}_{Path(path).name}"
-            reports[dest.name] = run(path, dest, replace(s, force=True))
+            reports[dest.name] = run(path, dest, replace(s, force=True, push_to_hub=None))
             members.append((dest, w))
         scoring.write_ensemble(tmp / scoring.ENSEMBLE_NAME, members, e["threshold"], e["threshold_source"])
         _copy_template(tmp)

@@ -387,8 +387,34 @@ def _check_settings(cfg: PrepareConfig) -> None:
                     else "")
             raise SourceError(f"{cfg.out}: already prepared with other settings ({detail}){hint}; "
                               f"use another --out, or the same settings to resume")
-    else:
-        write_json(path, want)
+    else:  # with what else the command said, so that `prepare --resume OUT` needs nothing more
+        write_json(path, {**want, "command": {"root": str(Path(cfg.root).resolve()), "methods": list(cfg.methods),
+                                              "actors": cfg.actors, "class_map": cfg.class_map,
+                                              "frames_root": cfg.frames_root}})
+
+
+def resumed(out: str | os.PathLike) -> dict:
+    """``prepare --resume OUT``: the settings OUT was prepared with (``PrepareConfig`` keywords), from its
+    settings.json (the root from summary.json for a folder prepared before settings.json recorded it)."""
+    out = Path(out)
+    path = out / "settings.json"
+    if not path.exists():
+        raise SourceError(f"{path}: no settings.json: {out} was not prepared (give ROOT and --out to start)")
+    saved = read_json(path)
+    if "mix" in saved:
+        raise SourceError(f"{out}: a mix (--merge-into) of prepared folders, not a prepared folder: nothing to resume")
+    cmd = dict(saved.get("command") or {})
+    if not cmd.get("root") and (out / "summary.json").exists():
+        cmd["root"] = read_json(out / "summary.json").get("root")
+    if not cmd.get("root"):
+        raise SourceError(f"{out}: settings.json and summary.json name no root: give ROOT and --out to resume")
+    d = {k: saved[k] for k in _CROP_KEYS if saved.get(k) is not None}
+    if "detect_width" not in d and not saved.get("no_detect"):
+        d["detect_width"] = "auto" if saved.get("detector", "dlib") == "dlib" else 640  # what it left out meant
+    d["ratios"] = tuple(d["ratios"]) if "ratios" in d else PrepareConfig.ratios
+    if "methods" in cmd:
+        cmd["methods"] = tuple(cmd["methods"])
+    return {**d, **{k: v for k, v in cmd.items() if v is not None}, "out": out}
 
 
 # ---------------------------------------------------------------- the stage

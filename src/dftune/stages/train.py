@@ -11,7 +11,7 @@ RUN_DIR after a run::
     settings.yaml        resolved settings + run metadata (data, model, label map, devices, threads, workers,
                          the LR schedule's layout) and ``_stretches``: one entry per start or --resume, with
                          its epoch range, what it changed, and its threads/workers/device
-    history.json         one record per epoch, rewritten after every epoch
+    history.json/.csv/.png  one record per epoch (a table, curves: dftune.runs); the .png at most once a minute
     best/  last/         Hugging Face model folders (model + processor + dftune.json); in an epoch that is
                          the best so far, last/'s files are hard links to best/'s (written once)
     last/training_state/ optimizer, scheduler, scaler, RNG, epoch: what --resume needs beside last/'s own
@@ -86,6 +86,7 @@ from pathlib import Path
 import numpy as np
 
 from dftune import progress as _progress
+from dftune import runs
 from dftune.atomic import WriteError, read_json, write_json, write_text
 from dftune.model import card, formats
 from dftune.portable import Preprocess
@@ -467,7 +468,8 @@ def _run_meta(data_dir: Path, model_source: str, cfg: TrainConfig, accelerator, 
     spec = d.spec
     meta = {
         "data": str(data_dir.resolve()), "model": str(model_source),
-        **({"model_dir": str(Path(model_source).resolve())} if Path(model_source).is_dir() else {}),
+        **({"model_dir": str(Path(model_source).resolve()), "model_files": runs.model_files(model_source)}  # a copy
+           if Path(model_source).is_dir() else {}),
         "label_map": lm.to_dict(),
         "id2label": {int(k): v for k, v in accelerator.unwrap_model(model).config.id2label.items()},
         "train_counts": {"real": round(float(d.counts[0])), "fake": round(float(d.counts[1]))},
@@ -583,6 +585,7 @@ def _end_epoch(r: Run, epoch: int, train_stats: dict, t0: float) -> dict:
         raise ckpt.checkpoint_failed(e, run_dir, epoch, r.history, d.skipped, r.main) from e
     if r.main:
         write_json(run_dir / "history.json", r.history)
+        runs.write_history(run_dir, r.history, final=epoch == cfg.epochs or state.bad_epochs >= cfg.patience > 0)
         if d.skipped:
             write_text(run_dir / "skipped.txt", "\n".join(sorted(d.skipped)) + "\n")
         r.meta["stretches"][-1]["last_epoch"] = epoch

@@ -100,6 +100,7 @@ def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.Path
     _check_model(model_source)
     _check_checks(s.checks, data_dir, study_dir)  # a check set from the tuning data would reward memory: refused now
     study_dir.mkdir(parents=True, exist_ok=True)
+    _save_settings(study_dir, data_dir, model_source, s)  # what `tune --resume STUDY_DIR` continues with
 
     # ---- settings: the base config (defaults + --recipe's + --set + --epochs) and the space
     base, searched, fixed = _base_and_space(s, metric)
@@ -153,6 +154,21 @@ def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.Path
     summary.ran_here = ran
     summary.wanted = s.trials
     return summary
+
+
+def _save_settings(study_dir: Path, data_dir, model_source: str, s: TuneSettings) -> None:
+    """``STUDY_DIR/settings.yaml``: the command's settings, its data and model. A storage URL holding a password
+    is not written (``storage_redacted``: a resume asks for --storage again)."""
+    from dataclasses import asdict
+
+    from dftune import runs
+
+    d = asdict(s)
+    d["pruner"] = s.pruner if isinstance(s.pruner, str) else type(s.pruner).__name__
+    d["checks"] = list(s.checks)
+    if s.storage and _redact(s.storage) != s.storage:
+        d["storage"], d["storage_redacted"] = None, True
+    runs.write_command_settings(study_dir, data_dir, model_source, d)
 
 
 def _base_and_space(s: TuneSettings, metric: Metric) -> tuple[TrainConfig, dict, dict]:

@@ -100,18 +100,27 @@ def _same_folder(a: str, b: str | None) -> bool:
 def check_model(run_dir: Path, meta: dict, model_source: str) -> None:
     """Refuse to resume from another model than the run started from (its head was trained for that
     model's label order, and ``--wise`` would interpolate with the other), and say so when the starting
-    model's folder is gone (rather than a hub look-up's network error)."""
+    model's folder is gone (rather than a hub look-up's network error). A folder elsewhere whose files are
+    byte for byte the starting folder's (the SHA-256s settings.yaml recorded, or the folder itself) is the
+    same model."""
     started = meta.get("model")
     if started is None:  # settings.yaml from before the model was recorded: nothing to check against
         return
     started = str(started)
     folder = meta.get("model_dir")  # recorded when the run started from a local folder
     same = model_source == started or _same_folder(model_source, started) or _same_folder(model_source, folder)
+    if not same and Path(model_source).is_dir():  # a copy of the starting folder (moved, another machine)
+        from dftune.runs import same_content
+
+        same = same_content(model_source, meta.get("model_files"), folder)
+        if same:
+            return
     if not same:
         raise TrainError(
             f"{run_dir}: the run started from --model {started}"
             + (f" ({folder})" if folder and folder != started else "")
-            + f" and is resumed with --model {model_source}: its checkpoint continues the first one (its head was "
+            + f" and is resumed with --model {model_source} (not a copy of it: other files or bytes): its checkpoint "
+              f"continues the first one (its head was "
               f"trained for that model's labels, and --wise interpolates with the starting model); resume with "
               f"--model {started}, or start a new run (another --out) from this one's weights with "
               f"--model {run_dir / 'last'}")
