@@ -66,7 +66,7 @@ def test_the_demo_ends_with_its_commands_as_the_four_steps_and_runs_lists_its_ru
     assert train[:2] == ["dftune", "train"] and str(out / "run") in train
     assert thr[:2] == ["dftune", "evaluate"] and "--write-threshold" in thr and thr[thr.index("--split") + 1] == "val"
     assert pred[:2] == ["dftune", "predict"] and str(out / "predictions.csv") in pred
-    assert export[:3] == ["dftune", "export", str(out / "run" / "best")]
+    assert export[:4] == ["dftune", "export", "--model", str(out / "run" / "best")]
     script = (out / "commands.sh").read_text()
     assert all(" ".join(c[:2]) in script for s in steps for c in s["commands"])
     print_steps(steps, out / "commands.sh")

@@ -20,7 +20,7 @@ def model(tmp_path_factory) -> str:
 
 
 def _args(model, out, *more):
-    return ["export", model, "--out", str(out), "--bench-seconds", "0", "--n-samples", "2", *more]
+    return ["export", "--model", model, "--out", str(out), "--bench-seconds", "0", "--n-samples", "2", *more]
 
 
 class FakeHub:

@@ -92,7 +92,7 @@ def test_two_processes_form_one_group_and_their_validation_equals_a_single_proce
     crops, vit = setup
     out = tmp_path / "run"
     text = _run(_torchrun(*_train_args(crops, vit, out, "--epochs", "2")))
-    assert "device cpu:0 x2" in text and text.count("dftune train") == 1  # one group, one summary
+    assert "device cpu:0 x2" in text and text.count("best model:") == 1  # one group, one summary
     hist = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
     settings = (out / "settings.yaml").read_text()

@@ -23,7 +23,7 @@ def images(tmp_path_factory):
 
 
 def _predict(images, model, out, *extra) -> dict:
-    rc = main(["predict", str(images), "--model", model, "--out", str(out), "--detector", "none", "--tta", "none",
+    rc = main(["predict", str(images), "--model", model, "--csv", str(out), "--detector", "none", "--tta", "none",
                "--no-progress", *extra])
     assert rc == 0
     return json.loads((out.parent / (out.name + ".json")).read_text())
@@ -32,13 +32,14 @@ def _predict(images, model, out, *extra) -> dict:
 def test_share_fake_in_summary_and_sidecar(images, tiny_vit, tmp_path, capsys):
     vit = tiny_vit()
     side = _predict(images, vit, tmp_path / "p.csv", "--threshold", "0")
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err  # warnings on stderr, the summary on stdout
     probs = np.array([float(line.split(",")[2]) for line in (tmp_path / "p.csv").read_text().splitlines()[1:]])
     assert side["share_fake"] == 1.0 and side["files"] == 20
     assert side["share_fake_at_05"] == pytest.approx(float(np.mean(probs >= 0.5)))
     assert side["decided"].startswith("20 of 20 files labelled fake (100.0%) at threshold 0; at 0.5:")
     assert "100.0% of the 20 files are labelled fake at threshold 0" in side["share_warning"]
-    assert "share labelled fake" in err and "warning" in err and "100.0% of the 20 files" in err
+    assert "share labelled fake" in said.out and "warning" in err and "100.0% of the 20 files" in err
 
     side = _predict(images, vit, tmp_path / "q.csv", "--threshold", "1.01")
     assert side["share_fake"] == 0.0 and "0.0% of the 20 files" in side["share_warning"]

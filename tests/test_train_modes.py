@@ -304,7 +304,7 @@ def test_recipe_generalise_averages_then_writes_the_wise_ft_model(crops, vit, tm
         assert torch.allclose(wise[n], 0.25 * start[n] + 0.75 * best[n], atol=1e-6), n
     meta = json.loads((run / "wise" / "dftune.json").read_text())
     assert meta["crop"]["size"] == 32 and meta["threshold"] == 0.5  # the data's crops, not the hub defaults
-    assert build(None, {"recipe": "generalise"}).ema_horizon == 0.0  # a recipe applies to new runs via with_recipe
+    assert build(None, {"recipe": "generalise"}).ema_horizon == 0.4  # a recipe named through the library applies too
     assert with_recipe(None, {"recipe": "generalise"}).ema_horizon == 0.4
     cfg = with_recipe({"recipe": "generalise", "ema": 0.9}, {})
     assert (cfg.ema, cfg.ema_horizon, cfg.wise_alpha) == (0.9, 0.0, 0.75)  # the settings file beats the recipe

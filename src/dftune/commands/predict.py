@@ -163,7 +163,7 @@ def run(args) -> int:
         t.add_row("skipped: not an image or video", f"{len(sm.skipped)}: " + ", ".join(sm.skipped))
     con.print(t)
     if sm.share_warning:
-        con.print(f"[yellow]warning[/yellow] {sm.share_warning}", highlight=False)
+        console(stderr=True).print(f"[yellow]warning[/yellow] {sm.share_warning}", highlight=False)
     con.print(f"summary: {sm.sidecar}", highlight=False)
     for r in sm.results:
         if r.error:

@@ -209,7 +209,7 @@ def run(args) -> int:
                              f"--resume alone, or ROOT and --out")
         return _run(prepare.PrepareConfig(**prepare.resumed(args.resume), workers=args.workers,
                                           decode_threads=args.decode_threads, shard=args.shard,
-                                          merge_only=args.merge, progress=not args.no_progress), args)
+                                          merge_only=args.merge, progress=args.progress), args)
     if len(args.root) != 1:
         raise ValueError(f"one ROOT to prepare, got {len(args.root)}: {' '.join(args.root)} (several prepared "
                          f"folders go together with --merge-into MIX)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dftune.commands import add_parser
+from dftune.commands import add_parser, add_progress, group
 
 DESCRIPTION = """\
 List the training runs under DIR (folders holding settings.yaml and history.json, up to three levels
@@ -10,20 +10,20 @@ down): what each trained on and from, its epochs and best epoch, val and check-s
 epoch, the threshold best/ stores now and the contest's number: macro F1 at that threshold as predict
 applies it (each crop, each pooled video), on val (0.5, untuned), on the check sets (--threshold-on
 check), or on the split `dftune evaluate --write-threshold` measured when it wrote the threshold.
-
-examples:
-  dftune runs
-  dftune runs experiments/ --csv runs.csv
 """
 
 
 def register(sub) -> None:
     from dftune import runs
 
-    p = add_parser(sub, "runs", "list and compare training runs (table + CSV)", DESCRIPTION)
+    p = add_parser(sub, "runs", "list and compare training runs (table + CSV)", DESCRIPTION,
+                   examples=("dftune runs", "dftune runs experiments/ --csv runs.csv"))
     p.add_argument("dir", nargs="?", default=runs.ROOT, metavar="DIR",
                    help="folder to look for runs in (default: %(default)s, where `train --name` puts them)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV (default: not set)")
+    add_progress(p, default_text="on; listing runs takes a moment and prints no bar, accepted as every command "
+                                 "takes it")
+    group(p, {"where it goes": ["--csv"]})
     p.set_defaults(func=run)
 
 

@@ -188,7 +188,7 @@ def register(sub) -> None:
                         f"(default: {'write them to RUN_DIR/tensorboard' if d.tensorboard else 'off'})")
     p.add_argument("--set", dest="sets", action="append", metavar="KEY=VALUE", default=[],
                    help="any other setting, repeatable (e.g. --set aug_jpeg=0.3 --set aug_jpeg_quality=30,90)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                    help="continue a run from its last checkpoint with its settings.yaml, its data and its model: "
                         "--resume RUN_DIR needs no other flag (--resume alone: the --out run); flags given now may "
                         f"change only {_resume_safe_flags()} (others are refused); a cosine schedule cannot be "
