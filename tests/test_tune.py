@@ -160,7 +160,7 @@ def test_resume_study_dir_needs_nothing_else(study, tmp_path, capsys):
     assert "nothing to run" in said.out + said.err
     assert _cli("tune", "--resume", str(out), "--trials", "4") == 0
     assert [r["number"] for r in _rows(out)] == ["0", "1", "2", "3"]
-    assert sum(line.startswith("trial ") for line in capsys.readouterr().err.splitlines()) == 1  # a line a trial: stderr
+    assert sum(line.startswith("trial ") for line in capsys.readouterr().err.splitlines()) == 1
 
 
 def test_killed_study_resumes_without_repeating(crops, vit, tmp_path):
