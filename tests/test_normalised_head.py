@@ -285,3 +285,24 @@ def test_gend_resume_gives_the_same_result(gend_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ha, hb = (json.loads((tmp_path / r / "history.json").read_text()) for r in ("a", "b"))
     assert [h["train"]["loss"] for h in ha] == [h["train"]["loss"] for h in hb]
+
+
+def test_clip_classifier_gets_gend_pooling_and_a_new_head():
+    """CLIP's classifier reads the patch tokens' mean; under the normalised head the feature is GenD's (the
+    post-layernorm CLS, ``pooler_output``), so the old head is not carried over."""
+    from transformers import CLIPConfig, CLIPForImageClassification
+
+    from dftune.model import normalised
+
+    small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    cfg = CLIPConfig(vision_config={**small, "image_size": 32, "patch_size": 8}, text_config=small,
+                     id2label={0: "real", 1: "fake"}, label2id={"real": 0, "fake": 1})
+    torch.manual_seed(0)
+    clip = CLIPForImageClassification(cfg).eval()
+    m = normalised.from_classifier(clip).eval()
+    assert m.config.pooling == "pooler" and type(m.encoder).__name__ == "CLIPVisionModel"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = torch.nn.functional.normalize(clip.vision_model(pixel_values=x).pooler_output, dim=-1)
+        assert torch.allclose(m(pixel_values=x).features, want, atol=1e-6)
+    assert not normalised.reads_pooled(clip, m)

@@ -100,7 +100,9 @@ def with_head(model, processor, cfg: TrainConfig, data_dir: Path, run_dir: Path,
     except ValueError as e:
         raise TrainError(f"--head normalised: {e}") from None
     norm = feature_norm(new, processor, data_dir)
-    kept = copy_head(new, getattr(model, "classifier", None), norm)
+    from dftune.model.normalised import reads_pooled
+
+    kept = reads_pooled(model, new) and copy_head(new, getattr(model, "classifier", None), norm)
     start = Path(run_dir) / START_DIR
     if main and not (start / "config.json").exists():
         from dftune.atomic import staged_folder
@@ -115,7 +117,7 @@ def with_head(model, processor, cfg: TrainConfig, data_dir: Path, run_dir: Path,
     say(f"--head normalised: the pooled feature ({new.config.pooling}, {new.config.feature_size} wide) is "
         f"L2-normalised before the classifier; " + (f"the old head kept, scaled by the training crops' mean "
                                                     f"feature length {norm:.3f}" if kept else
-                                                    "a new head (the old one's shape differs)")
+                                                    "a new head (the old one reads another feature)")
         + f"; the start under the new head: {start}")
     return new, str(start)
 
