@@ -306,3 +306,24 @@ def test_clip_classifier_gets_gend_pooling_and_a_new_head():
         want = torch.nn.functional.normalize(clip.vision_model(pixel_values=x).pooler_output, dim=-1)
         assert torch.allclose(m(pixel_values=x).features, want, atol=1e-6)
     assert not normalised.reads_pooled(clip, m)
+
+
+def test_the_script_runs_no_code_but_dftune_own(tmp_path, tiny_vit):
+    """portable.code_kwargs trusts only the normalised head's own carried file; a folder carrying other code (a
+    GenD snapshot's modeling_gend.py, say) is not run; in dftune the registered class is used instead."""
+    from dftune.model.load import build_tiny_vit, register_families
+    from dftune.portable import code_kwargs
+
+    register_families()
+    d = build_tiny_vit(tmp_path / "norm", head="normalised")
+    assert code_kwargs(d) == {}  # registered here: transformers takes the registered class
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "modeling_gend.py").write_text("raise SystemExit('ran')\n")
+    (foreign / "config.json").write_text(json.dumps({"model_type": "GenD", "auto_map": {
+        "AutoConfig": "modeling_gend.GenDConfig", "AutoModel": "modeling_gend.GenD"}}))
+    assert code_kwargs(foreign) == {}
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"]["AutoModel"] = "other.Model"
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert code_kwargs(d) == {}
