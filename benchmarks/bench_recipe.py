@@ -20,6 +20,7 @@ look; ``--check-methods``; its val+test used). Per seed, every fine-tune has the
 * ``gend``             GenD's recipe (``--recipe gend``: LayerNorm-only, normalised head, uniformity 0.5, alignment
                        0.1, --paired, AdamW 3e-4 cosine, no weight decay, its augmentations) from the baseline
 * ``gend+w``           ... WiSE-FT 0.75 with its start under the normalised head (RUN/start, what --wise uses)
+* ``gend-ua``          GenD's recipe without its two losses (``--uniformity 0 --alignment 0``): what they add
 * ``norm``             the normalised head alone: the guide's recipe with ``--head normalised``
 
 Each is scored (``dftune.scoring``, no TTA) on C's and A's test splits: C frame macro F1 at the threshold tuned
@@ -73,6 +74,7 @@ def rows(a) -> list[dict]:
     gend = {k: list(v) if isinstance(v, tuple) else v for k, v in RECIPES["gend"].items()}  # JSON-stable
     out.append({"key": "gend", "kind": "train", "set": gend})
     out.append({"key": "gend+w", "kind": "wise", "of": "gend", "alpha": 0.75, "start": True})
+    out.append({"key": "gend-ua", "kind": "train", "set": {**gend, "uniformity": 0.0, "alignment": 0.0}})
     out.append({"key": "norm", "kind": "train", "set": {"lr": a.guide_lr, "head": "normalised"}})
     return out
 

@@ -32,13 +32,16 @@ Building one:
   - from a config: ``NormalisedConfig(encoder=ViTConfig(...), pooling="cls", id2label={0: "real", 1:
     "fake"}, label2id=...)`` then ``NormalisedForImageClassification(config)`` and load the encoder's weights
     with ``model.encoder.load_state_dict(...)`` (a GenD checkpoint: ``feature_extractor.vision_model.*`` ->
-    ``encoder.vision_model.*`` for CLIP, ``feature_extractor.backbone.*`` -> ``encoder.*`` for DINO,
-    ``model.linear.*`` -> ``classifier.*``).
+    ``encoder.*`` for CLIP with ``pooling="pooler"``: transformers 5's ``CLIPVisionModel`` holds the vision
+    transformer's modules itself; ``feature_extractor.backbone.*`` -> ``encoder.*`` for DINO with
+    ``pooling="cls"``; ``model.linear.*`` -> ``classifier.*``; check the names against
+    ``model.state_dict()``).
   - from a stock classifier (``ViTForImageClassification`` ...): ``from_classifier(model, feature_norm=None)``
     keeps its encoder's weights and labels; the classifier is copied scaled by ``feature_norm`` (a typical
     pooled-feature norm, so the logits start where the stock head's were for features of that norm) when
     given and the shapes agree, else freshly initialised. ``copy_head(new, old_linear, feature_norm)`` does
-    that copy later (once the norm is measured with the new model's ``pooled``).
+    that copy later (once the norm is measured with the new model's ``pooled``); ``reads_pooled(stock, new)``
+    says whether the stock head reads the same feature at all (CLIP's reads the patch mean: no).
 
 ``register()`` (idempotent) registers both classes with ``AutoConfig`` / ``AutoModelForImageClassification``;
 dftune calls it before every load (``dftune.model.load.register_families``). ``save_pretrained`` writes this
@@ -167,14 +170,17 @@ def register() -> None:
 def from_classifier(model, feature_norm: float | None = None, pooling: str | None = None):
     """A ``NormalisedForImageClassification`` with ``model``'s encoder weights and labels.
 
-    ``model`` is a stock ``*ForImageClassification`` whose ``base_model`` is its encoder. ``pooling`` None:
+    ``model`` is a stock ``*ForImageClassification`` whose ``base_model`` (or, for CLIP / SigLIP, its child
+    ``vision_model``) is its encoder. ``pooling`` None:
     ``"pooler"`` when the encoder returns a ``pooler_output``, else ``"cls"``. The classifier is ``model``'s
     scaled by ``feature_norm`` when that is given and the shapes agree (logits unchanged for features of that
     norm), else freshly initialised."""
     if isinstance(model, NormalisedForImageClassification):
         return model
     enc = model.base_model
-    if enc is model or not isinstance(enc, PreTrainedModel):
+    if enc is model or not isinstance(enc, PreTrainedModel):  # CLIP / SigLIP classifiers: vision_model
+        enc = next((m for m in model.children() if isinstance(m, PreTrainedModel)), None)
+    if enc is None:
         raise ValueError(f"{type(model).__name__}: no separate encoder (base_model) to put a normalised head on")
     ecfg = enc.config.to_dict()
     for k in ("id2label", "label2id", "architectures", "auto_map"):
@@ -192,6 +198,26 @@ def from_classifier(model, feature_norm: float | None = None, pooling: str | Non
     if feature_norm is not None:
         copy_head(out, getattr(model, "classifier", None), feature_norm)
     return out.to(next(model.parameters()).dtype)
+
+
+def reads_pooled(stock, model: NormalisedForImageClassification) -> bool:
+    """Whether ``stock``'s classifier reads the very feature ``model`` pools (its logits on a random image equal
+    ``stock.classifier(model.pooled(x))``): then ``copy_head`` keeps its meaning. False for, e.g., CLIP's
+    classifier (mean of the patch tokens) under GenD's pooling (the post-layernorm CLS)."""
+    old = getattr(stock, "classifier", None)
+    if not isinstance(old, nn.Linear) or old.in_features != model.config.feature_size:
+        return False
+    c = model.config.encoder
+    size = getattr(c, "image_size", 224)
+    size = size if isinstance(size, (list, tuple)) else (size, size)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, getattr(c, "num_channels", 3), *size[-2:], generator=g).to(next(stock.parameters()).dtype)
+    was = stock.training, model.training
+    stock.eval(), model.eval()
+    with torch.no_grad():
+        same = torch.allclose(stock(pixel_values=x).logits, old(model.pooled(x)[0]), atol=1e-4, rtol=1e-4)
+    stock.train(was[0]), model.train(was[1])
+    return bool(same)
 
 
 def copy_head(model: NormalisedForImageClassification, old, feature_norm: float) -> bool:

@@ -96,11 +96,15 @@ def quantize_int8(model):
         return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
 
+CARRIED_CODE = {"dftune_normalised": "normalised"}  # model_type -> the module dftune writes into such a folder
+
+
 def code_kwargs(model_dir) -> dict:
-    """``from_pretrained``'s ``trust_remote_code`` for a folder: ``{"trust_remote_code": True}`` only when its
-    ``config.json`` has an ``auto_map`` whose modules are files the folder itself carries (dftune's normalised
-    head writes ``normalised.py`` there) and no class is registered for its ``model_type`` in this process
-    (dftune registers its own, so inside dftune the folder's copy is never run); else ``{}``."""
+    """``from_pretrained``'s ``trust_remote_code`` for a folder: ``{"trust_remote_code": True}`` only for a model
+    dftune wrote with its own carried code (``CARRIED_CODE``: the normalised head's ``normalised.py``, which the
+    folder must hold, and to which every ``auto_map`` entry points) and only when no class is registered for its
+    ``model_type`` in this process (dftune registers its own, so inside dftune the folder's copy is never run).
+    Any other folder's code is never run: ``{}``."""
     import json
 
     d = os.fspath(model_dir)
@@ -109,11 +113,12 @@ def code_kwargs(model_dir) -> dict:
             cfg = json.load(f)
     except (OSError, ValueError):
         return {}
+    module = CARRIED_CODE.get(cfg.get("model_type"))
     auto_map = cfg.get("auto_map") or {}
-    if not auto_map or not isinstance(auto_map, dict):
+    if module is None or not auto_map or not isinstance(auto_map, dict):
         return {}
-    modules = {str(v).split("--")[-1].rsplit(".", 1)[0] for v in auto_map.values() if isinstance(v, str)}
-    if not modules or not all(os.path.isfile(os.path.join(d, m.replace(".", os.sep) + ".py")) for m in modules):
+    if {str(v).rsplit(".", 1)[0] for v in auto_map.values()} != {module} \
+            or not os.path.isfile(os.path.join(d, module + ".py")):
         return {}
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 

@@ -93,14 +93,14 @@ def with_head(model, processor, cfg: TrainConfig, data_dir: Path, run_dir: Path,
     A normalised model, or ``--head linear``: unchanged, None."""
     if cfg.head != "normalised" or is_normalised(model):
         return model, None
-    from dftune.model.normalised import copy_head, from_classifier
+    from dftune.model.normalised import copy_head, from_classifier, reads_pooled
 
     try:
         new = from_classifier(model)
     except ValueError as e:
         raise TrainError(f"--head normalised: {e}") from None
     norm = feature_norm(new, processor, data_dir)
-    kept = copy_head(new, getattr(model, "classifier", None), norm)
+    kept = reads_pooled(model, new) and copy_head(new, getattr(model, "classifier", None), norm)
     start = Path(run_dir) / START_DIR
     if main and not (start / "config.json").exists():
         from dftune.atomic import staged_folder
@@ -115,12 +115,12 @@ def with_head(model, processor, cfg: TrainConfig, data_dir: Path, run_dir: Path,
     say(f"--head normalised: the pooled feature ({new.config.pooling}, {new.config.feature_size} wide) is "
         f"L2-normalised before the classifier; " + (f"the old head kept, scaled by the training crops' mean "
                                                     f"feature length {norm:.3f}" if kept else
-                                                    "a new head (the old one's shape differs)")
+                                                    "a new head (the old one reads another feature)")
         + f"; the start under the new head: {start}")
     return new, str(start)
 
 
-def feature_norm(model, processor, data_dir: Path, n: int = 64) -> float:
+def feature_norm(model, processor, data_dir: Path, n: int = 32) -> float:
     """The mean L2 length of ``model``'s pooled features (``NormalisedForImageClassification.pooled``) over up
     to ``n`` training crops spread over the split, framed as validation frames them (no augmentation)."""
     import numpy as np
@@ -156,7 +156,7 @@ def crop_settings(data_dir: Path) -> modelmeta.CropSettings:
 
 
 def wise_ft(model_source: str, run_dir: Path, alpha: float | str, cfg: TrainConfig) -> dict:
-    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, stages.merge), with
+    """``--wise A``: ``RUN_DIR/wise`` = (1 - A) * the starting model + A * ``best/`` (WiSE-FT, averaging.merge), with
     ``--threshold-on check`` the check sets' pooled optimum as its threshold. A failure is reported, never
     raised: the run's own models are complete by then."""
     from dftune.averaging import merge
