@@ -48,6 +48,7 @@ class FrameSpec:
     detector_kwargs: tuple = ()  # (name, value) pairs for get_detector: the widths the training data used
     faces: str = "all"  # which faces of a video (faces.FACE_RULES); faces.FACES (not imported: stdlib only here)
     clipped: str = "whole"  # a still image whose guide square would leave it (faces.CLIPPED_RULES)
+    detect_every: int = 1  # the detector on every K-th sampled frame, boxes interpolated (faces.DETECT_EVERY)
 
 
 def default_workers() -> int:
@@ -74,7 +75,8 @@ def frame_one(detector, spec: FrameSpec, path, kind: str) -> tuple[list, dict]:
 
     try:
         ff = frame_file(path, kind, detector, spec.margin, spec.size, spec.frames, spec.every,
-                        spec.already_cropped, spec.threads, clipped=spec.clipped, faces=spec.faces)
+                        spec.already_cropped, spec.threads, clipped=spec.clipped, faces=spec.faces,
+                        detect_every=spec.detect_every)
         info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
         if ff.groups:  # --faces all: each person pooled apart
             info["groups"] = ff.groups
