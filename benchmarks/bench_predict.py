@@ -253,10 +253,14 @@ def clock(a, sub: Path, img_dir: Path, vid_dir: Path, crop_dir: Path) -> dict:
     tta = parse_tta(a.tta)
     vids = sorted(vid_dir.iterdir())
     out: dict = {"nproc": nproc, "tta": list(tta), "stages": [], "scaling": []}
-    print(f"== CPU-seconds per video by stage ({a.frames} frames, {a.clock_detector}, TTA {a.tta}; process_time: "
-          "every thread of the process) ==")
+    print(f"== CPU-seconds per video by stage ({a.frames} frames, {a.clock_detector}, TTA {a.tta}; process_time, "
+          "torch on 1 thread) ==")
     print(f"{'detect-every':>12} " + " ".join(f"{s:>8}" for s in STAGES) + f" {'total':>8}  cores used (cpu/wall) "
           "per stage")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stages' work, one core each: more threads add OpenMP's spinning, not work
     firsts = {}
     for k in [int(v) for v in a.detect_every.split(",")]:
         stage_clock(models, vids[:1], a.frames, a.clock_detector, k, tta)  # warm-up: the detector, first forward
@@ -271,6 +275,7 @@ def clock(a, sub: Path, img_dir: Path, vid_dir: Path, crop_dir: Path) -> dict:
               + " ".join(f"{s} {cores[s]:.2f}" for s in STAGES), flush=True)
         if "crops_vs_every_frame" in row:
             print(f"{'':>12} crops vs --detect-every 1: {row['crops_vs_every_frame']}", flush=True)
+    torch.set_num_threads(threads)
     print("== scaling: all files, in-process (0) and 1..nproc worker processes; CPU-seconds of every process ==")
     script = runpy.run_path(str(sub / "predict_submission.py"))
     ways = {"predict": lambda w: predict.score_files(models, predict.collect_inputs([vid_dir]), predict.PredictSettings(

@@ -85,6 +85,36 @@ def test_script_csv_bytes_do_not_depend_on_workers(env, tmp_path):
     assert [r["filename"] for r in rows] == FILES and rows[1]["error"]
 
 
+def test_the_model_leaves_the_framing_its_cores(env):
+    """While files are framed beside it (a thread, or N worker processes), the model runs on the cores left,
+    max(1, cores - N), and torch's thread count is restored after: torch's default, every core, made framing
+    and model threads outnumber the cores (and its OpenMP threads spin between operations)."""
+    from dftune import scoring
+    from dftune.stages import predict as P
+
+    seen, real = [], scoring.ensemble_prob_fake
+
+    def watched(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    models = scoring.load_models([str(env["submit"])], device="cpu")
+    items = P.collect_inputs([env["inputs"]])
+    cores = workers.default_workers()
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    try:
+        scoring.ensemble_prob_fake = watched
+        for w in (0, 2):
+            seen.clear()
+            P.score_files(models, items, P.PredictSettings(workers=w, progress=False, tta=()))
+            assert set(seen) == {max(1, cores - max(1, w))}, (w, seen)
+            assert torch.get_num_threads() == cores
+    finally:
+        scoring.ensemble_prob_fake = real
+        torch.set_num_threads(before)
+
+
 def test_frame_files_in_order_with_errors(env):
     jobs = [(env["inputs"] / f, kind_of(f)) for f in FILES] * 2
     spec = workers.FrameSpec("dlib", 1.3, 48, 3, 0, 0.5)

@@ -208,9 +208,13 @@ class Predictor:
         (default: the Predictor's); an unreadable file gets its error and ``error_label``."""
         w = portable.workers
         spec = self.frame_spec()
-        framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths],
-                               self.workers if workers is None else workers, ahead=False,
+        n = self.workers if workers is None else workers
+        framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths], n, ahead=False,
                                framer=w.Framer(spec, self.detect))  # in this process: the detector built already
+        with w.model_threads_beside(w.framing_beside(n, len(paths), ahead=False)):  # the cores the workers leave
+            return self._rows(paths, framed, error_label, names)
+
+    def _rows(self, paths, framed, error_label, names):
         rows = []
         for i, (p, (crops, info)) in enumerate(zip(paths, framed, strict=True)):
             r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of_file(p),

@@ -25,9 +25,11 @@ from a submission folder as ``dftune_portable.workers``.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
@@ -281,6 +283,35 @@ def frame_files(spec: FrameSpec, jobs: Sequence, workers: int | None = 0, *, ahe
         return
     with FramePool(spec, min(n, len(jobs))) as pool:
         yield from pool.imap(jobs)
+
+
+def framing_beside(workers: int | None, jobs: int, ahead: bool = True) -> int:
+    """How many cores :func:`frame_files` keeps busy beside the caller's model: its worker processes, 1 for the
+    framing thread (``ahead``), 0 when it frames in the caller's own thread."""
+    n = resolve_workers(workers)
+    if n <= 1 or jobs < 2:
+        return 1 if ahead and jobs > 1 else 0
+    return min(n, jobs)
+
+
+@contextmanager
+def model_threads_beside(framing: int) -> Iterator[None]:
+    """While ``framing`` processes (or a thread) frame files, the model in this process (torch, when the caller
+    imported it) runs on the cores they leave: ``max(1, cores - framing)`` intra-op threads instead of torch's
+    default of every core; restored after (0: unchanged). With every core, the framing and the model's threads
+    were more busy threads than cores, and torch's OpenMP threads spin while they wait between operations: a
+    tiny ViT's crop cost 0.16-0.24 CPU-s on 2 threads against 0.06 on 1 (docs/benchmarks.md, "Workers that
+    scale"), CPU the framing needed."""
+    torch = sys.modules.get("torch")
+    if torch is None or framing < 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(before, default_workers() - framing)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 

@@ -138,6 +138,14 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
         cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
     else:  # in this process, one file ahead in a thread
         cropper, loaded = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped), None
+    # the model runs on the cores the framing (a thread, or the worker processes) leaves
+    with workers.model_threads_beside(workers.framing_beside(n_workers, len(items))):
+        return _scored(members, items, cropper, loaded, s, how, k, threshold)
+
+
+def _scored(members, items, cropper, loaded, s: PredictSettings, how, k, threshold) -> list[FileResult]:
+    from dftune import scoring
+
     results = []
     for item, info, e, per in scoring.score_items(members, items, cropper, s.tta, s.batch_size, s.progress,
                                                   "predict", "file", loaded=loaded):
