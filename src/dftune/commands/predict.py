@@ -142,7 +142,8 @@ def run(args) -> int:
     t.add_row("models", sm.models)
     t.add_row("device / backend", f"{sm.device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
-              f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
+              f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}"
+              + (f", detected on every {crop.detect_every}th" if crop.detect_every > 1 else ""))
     t.add_row("several people (--faces)", {"all": "all: each person pooled apart, the highest",
                                            "follow": "follow: one person, the most often seen",
                                            "largest": "largest: each frame's largest face"}.get(args.faces, args.faces))
