@@ -211,8 +211,9 @@ class Predictor:
         n = self.workers if workers is None else workers
         framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths], n, ahead=False,
                                framer=w.Framer(spec, self.detect))  # in this process: the detector built already
-        with w.model_threads_beside(w.framing_beside(n, len(paths), ahead=False)):  # the cores the workers leave
-            return self._rows(paths, framed, error_label, names)
+        # the model runs on the cores the worker processes leave while it waits for them
+        with w.ModelThreads(*w.framing_beside(n, len(paths), ahead=False)) as threads:
+            return self._rows(paths, threads.paced(framed), error_label, names)
 
     def _rows(self, paths, framed, error_label, names):
         rows = []

@@ -136,11 +136,12 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
                                  detector_kwargs=tuple(sorted(kwargs.items())), faces=s.faces, clipped=s.clipped,
                                  detect_every=crop.detect_every)
         cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
-    else:  # in this process, one file ahead in a thread
-        cropper, loaded = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped), None
-    # the model runs on the cores the framing (a thread, or the worker processes) leaves
-    with workers.model_threads_beside(workers.framing_beside(n_workers, len(items))):
-        return _scored(members, items, cropper, loaded, s, how, k, threshold)
+    else:  # in this process, files ahead in a thread
+        cropper = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped)
+        loaded = scoring.prefetch(cropper, items)
+    # the model runs on the cores the framing (a thread, or the worker processes) leaves while it waits for it
+    with workers.ModelThreads(*workers.framing_beside(n_workers, len(items))) as threads:
+        return _scored(members, items, cropper, threads.paced(loaded), s, how, k, threshold)
 
 
 def _scored(members, items, cropper, loaded, s: PredictSettings, how, k, threshold) -> list[FileResult]:
