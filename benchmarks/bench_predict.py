@@ -10,7 +10,7 @@ The model is a ViT-B/16 (224 px, the baseline's architecture) with random weight
 from a config (no download); ``--arch small`` / ``tiny`` for a quick run. Usage:
 
     python benchmarks/bench_predict.py --images 16 --videos 3 --out bench_predict.json
-    python benchmarks/bench_predict.py --clock --arch tiny --frames 30 --videos 8 --images 16   # workers
+    python benchmarks/bench_predict.py --clock --arch tiny --frames 30 --videos 8 --images 2 --workers 0,1,2
 """
 
 from __future__ import annotations
@@ -163,51 +163,171 @@ def run_dftune(model_dir, inputs, backend, tta, detector, frames, batch):
     return dt, sum(r.frames for r in res), res
 
 
+STAGES = ("decode", "detect", "crop", "model", "write")
+
+
+class Clock:
+    """CPU-seconds (``time.process_time``: every thread of this process, so torch's too) and wall seconds per stage.
+    CPU-seconds hardly move when other programs load the machine; wall seconds do."""
+
+    def __init__(self):
+        self.cpu = dict.fromkeys(STAGES, 0.0)
+        self.wall = dict.fromkeys(STAGES, 0.0)
+
+    def __call__(self, stage, fn, *args, **kwargs):
+        c, w = time.process_time(), time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.cpu[stage] += time.process_time() - c
+        self.wall[stage] += time.perf_counter() - w
+        return out
+
+
+def stage_clock(models, files, frames: int, detector: str, detect_every: int, tta, faces: str = "all"):
+    """Each video through predict's steps one at a time in this process, each step timed: ``(Clock, crops per
+    file, {file: {frame position: (crop, box)}} of the first person)``."""
+    from dftune import portable, scoring
+
+    det = portable.get_detector(detector)
+    clk, n_crops, first = Clock(), 0, {}
+    rows = []
+    for path in files:
+        rgbs = clk("decode", lambda p=path: [rgb for _, rgb in portable.sample_frames(p, frames)])
+        people = clk("detect", portable.video_people, rgbs, det, faces, detect_every)
+
+        def framed(people=people, rgbs=rgbs):
+            return [[(t, *portable.frame_face(rgbs[t], f, 1.3, 224)[::2]) for t, f in enumerate(p) if f is not None]
+                    for p in people]
+
+        crops = clk("crop", framed)
+        first[path.name] = {t: (c, b) for t, c, b in (crops[0] if crops else [])}
+        flat = [c for p in crops for _, c, _ in p]
+        n_crops += len(flat)
+        probs = clk("model", scoring.ensemble_prob_fake, models, flat, tta)[0] if flat else np.zeros(0)
+        rows.append(portable.FileResult(path.name, str(path), "video", prob_fake=float(probs.mean()) if flat else 0.5))
+    out = Path(tempfile.mkdtemp()) / "p.csv"
+    clk("write", lambda: out.write_text(portable.to_csv(rows, portable.CsvFormat())))
+    return clk, n_crops / max(1, len(files)), first
+
+
+def crop_difference(a: dict, b: dict) -> dict:
+    """The first person's crops of two runs on the same frames: mean absolute pixel difference (0-255) and box IoU,
+    and the frames only one of them has a face in."""
+    from dftune.portable.faces import Face, iou
+
+    diffs, ious, only = [], [], 0
+    for name in a:
+        for t in set(a[name]) | set(b.get(name, {})):
+            if t not in a[name] or t not in b.get(name, {}):
+                only += 1
+                continue
+            (ca, ba), (cb, bb) = a[name][t], b[name][t]
+            diffs.append(float(np.abs(ca.astype(np.int16) - cb.astype(np.int16)).mean()))
+            ious.append(iou(Face(ba[0], ba[1], ba[0] + ba[2], ba[1] + ba[2]),
+                            Face(bb[0], bb[1], bb[0] + bb[2], bb[1] + bb[2])))
+    d, o = np.asarray(diffs or [0.0]), np.asarray(ious or [1.0])
+    return {"mean_abs_px": round(float(d.mean()), 2), "max_abs_px": round(float(d.max()), 2),
+            "mean_box_iou": round(float(o.mean()), 3), "min_box_iou": round(float(o.min()), 3),
+            "frames_compared": len(diffs), "frames_one_side_only": only}
+
+
+def cpu_now() -> float:
+    """CPU-seconds of this process and of its children that have ended (the pool's workers, once shut down)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def clock(a, sub: Path, img_dir: Path, vid_dir: Path, crop_dir: Path) -> dict:
-    """``--clock``: videos/s and images/s of predict and of the script with 1 and all workers, against the
-    guide's loop, per detector, with the model alone (224 px crops, no detector) as the ceiling."""
+    """``--clock``: where a video's time goes (CPU-seconds per file by stage, and the cores each stage used), the
+    crops and the detection saved by ``--detect-every``, predict's and the script's scaling over 1..nproc
+    workers (wall, CPU-seconds of all processes, cores used), and the estimate for N files on C cores with a GPU."""
     import runpy
 
     from dftune import scoring
-    from dftune.portable import workers
+    from dftune.portable import parse_tta, workers
     from dftune.stages import predict
 
-    all_w = workers.default_workers()
+    nproc = workers.default_workers()
     models = scoring.load_models([str(sub)], device="cpu")
+    tta = parse_tta(a.tta)
+    vids = sorted(vid_dir.iterdir())
+    out: dict = {"nproc": nproc, "tta": list(tta), "stages": [], "scaling": []}
+    print(f"== CPU-seconds per video by stage ({a.frames} frames, {a.clock_detector}, TTA {a.tta}; process_time, "
+          "torch on 1 thread) ==")
+    print(f"{'detect-every':>12} " + " ".join(f"{s:>8}" for s in STAGES) + f" {'total':>8}  cores used (cpu/wall) "
+          "per stage")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stages' work, one core each: more threads add OpenMP's spinning, not work
+    firsts = {}
+    for k in [int(v) for v in a.detect_every.split(",")]:
+        stage_clock(models, vids[:1], a.frames, a.clock_detector, k, tta)  # warm-up: the detector, first forward
+        clk, per_file, firsts[k] = stage_clock(models, vids, a.frames, a.clock_detector, k, tta)
+        per = {s: clk.cpu[s] / len(vids) for s in STAGES}
+        cores = {s: clk.cpu[s] / clk.wall[s] if clk.wall[s] > 0 else 0.0 for s in STAGES}
+        row = {"detect_every": k, "cpu_s_per_file": per, "cores_used": cores, "crops_per_file": per_file}
+        if k != 1 and 1 in firsts:
+            row["crops_vs_every_frame"] = crop_difference(firsts[1], firsts[k])
+        out["stages"].append(row)
+        print(f"{k:>12} " + " ".join(f"{per[s]:8.3f}" for s in STAGES) + f" {sum(per.values()):8.3f}  "
+              + " ".join(f"{s} {cores[s]:.2f}" for s in STAGES), flush=True)
+        if "crops_vs_every_frame" in row:
+            print(f"{'':>12} crops vs --detect-every 1: {row['crops_vs_every_frame']}", flush=True)
+    torch.set_num_threads(threads)
+    print("== scaling: all files, in-process (0) and 1..nproc worker processes; CPU-seconds of every process ==")
     script = runpy.run_path(str(sub / "predict_submission.py"))
-    imgs, vids = sorted(img_dir.iterdir()), sorted(vid_dir.iterdir())
-    out: dict = {"workers_all": all_w, "rows": []}
+    files = predict.collect_inputs([vid_dir])
 
-    def rate(n, fn, *args):
-        t = time.perf_counter()
-        fn(*args)
-        return n / (time.perf_counter() - t)
-
-    def row(way, det, w, kind, per_s):
-        out["rows"].append({"way": way, "detector": det, "workers": w, "kind": kind, "per_s": per_s})
-        print(f"{way:8} {det:10} workers={w}  {kind:6}/s {per_s:7.3f}", flush=True)
-
-    s0 = predict.PredictSettings(tta=(), batch_size=a.batch_size, detector="none", progress=False, workers=0)
-    items = predict.collect_inputs([crop_dir])
-    predict.score_files(models, items[:2], s0)
-    row("model", "none", 0, "crop", rate(len(items), predict.score_files, models, items, s0))
-    out["ceiling_videos_per_s"] = out["rows"][-1]["per_s"] / a.frames
-    print(f"ceiling (model only): {out['ceiling_videos_per_s']:.3f} videos/s at {a.frames} frames", flush=True)
-    for det in a.clock_detectors.split(","):
-        guide = GuideWay(sub, det)
-        guide.image(imgs[0], False)
-        row("guide", det, 1, "video", rate(len(vids), guide.videos, vids, a.frames))
-        row("guide", det, 1, "image", rate(len(imgs), guide.images_per_s, imgs, False))
-        for w in dict.fromkeys((1, all_w)):
-            s = predict.PredictSettings(tta=(), batch_size=a.batch_size, detector=det, frames=a.frames,
+    def ready(way, w):  # built before the clock starts, as a run loads its model once
+        if way == "predict":
+            s = predict.PredictSettings(tta=tta, batch_size=a.batch_size, detector=a.clock_detector, frames=a.frames,
                                         progress=False, workers=w)
-            for kind, folder, n in (("video", vid_dir, len(vids)), ("image", img_dir, len(imgs))):
-                files = predict.collect_inputs([folder])
-                row("predict", det, w, kind, rate(n, predict.score_files, models, files, s))
-            pr = script["Predictor"](sub, tta="none", detector=det, frames=a.frames, batch_size=a.batch_size,
-                                     workers=w)
-            for kind, files in (("video", vids), ("image", imgs)):
-                row("script", det, w, kind, rate(len(files), pr.predict_paths, files))
+            return lambda: predict.score_files(models, files, s)
+        pr = script["Predictor"](sub, tta=",".join(tta) or "none", detector=a.clock_detector, frames=a.frames,
+                                 batch_size=a.batch_size, workers=w)
+        pr.predict_paths(vids[:1])  # warm-up: a fresh model's first forward pass
+        return lambda: pr.predict_paths(vids)
+
+    for way in ("predict", "script"):
+        base = None
+        for w in [0, *range(2, nproc + 1)] if not a.workers else [int(v) for v in a.workers.split(",")]:
+            best = None
+            fn = ready(way, w)
+            for _ in range(a.repeat):
+                c, t = cpu_now(), time.perf_counter()
+                fn()
+                wall, cpu = time.perf_counter() - t, cpu_now() - c
+                if best is None or wall < best[0]:
+                    best = (wall, cpu)
+            wall, cpu = best
+            base = base or wall
+            row = {"way": way, "workers": w, "wall_s": wall, "cpu_s": cpu, "cpu_s_per_file": cpu / len(vids),
+                   "cores_used": cpu / wall, "x_first": base / wall}
+            out["scaling"].append(row)
+            print(f"{way:8} workers={w:<3} wall {wall:7.2f} s  CPU {cpu:7.2f} s ({cpu / len(vids):.3f}/file)  "
+                  f"cores used {cpu / wall:4.2f}  x{base / wall:4.2f} of the first", flush=True)
+    st = next(r for r in out["stages"] if r["detect_every"] == 1)["cpu_s_per_file"]
+    framing = st["decode"] + st["detect"] + st["crop"]
+    views = 1 + len(tta)  # each TTA view is one more forward of the crop
+    crops = next(r for r in out["stages"] if r["detect_every"] == 1)["crops_per_file"] * views
+    n, c, g, eff = a.estimate_files, a.estimate_cores, a.gpu_rate, a.efficiency
+    t_cpu = n * (framing + st["model"]) / (c * eff)
+    t_gpu = max(n * framing / (max(1, c - 1) * eff), n * crops / g)
+    out["estimate"] = {"files": n, "cores": c, "gpu_crops_per_s": g, "efficiency": eff, "framing_cpu_s_per_file":
+                       framing, "model_cpu_s_per_file": st["model"], "views_per_crop": views,
+                       "crops_per_file": crops / views, "cpu_only_s": t_cpu, "with_gpu_s": t_gpu}
+    print(f"== estimate: {n} files on {c} cores ==\n"
+          f"assumptions: (1) these files' CPU-seconds per file by stage hold for the contest's files (same frames, "
+          f"size, detector); (2) worker processes scale at {eff:.0%} of linear (--efficiency; measured above as "
+          f"x_first / workers); (3) with a GPU, the model runs at {g:g} crops/s (--gpu-rate, an assumed figure, not "
+          f"measured here) while {max(1, c - 1)} cores frame (one feeds the GPU), and the two overlap fully; "
+          f"(4) {views} view(s) per crop (TTA {a.tta}).\n"
+          f"CPU only: {n} x ({framing:.3f} framing + {st['model']:.3f} model) CPU-s / ({c} x {eff:.2f}) = "
+          f"{t_cpu / 60:.1f} min\n"
+          f"with a GPU: max({n} x {framing:.3f} / ({max(1, c - 1)} x {eff:.2f}), {n} x {crops:.1f} crops / {g:g}/s) "
+          f"= {t_gpu / 60:.1f} min", flush=True)
     return out
 
 
@@ -223,9 +343,22 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=None, help="JSON file for the numbers")
     ap.add_argument("--clock", action="store_true",
-                    help="instead: predict and the script with 1 and all worker processes vs the guide's loop "
-                         "(no TTA, fp32), videos/s and images/s per detector, model-only ceiling")
-    ap.add_argument("--clock-detectors", default="dlib,retinaface")
+                    help="instead: CPU-seconds per video by stage (decode, detect, crop, model, writing) and the cores "
+                         "each used, per --detect-every; predict's and the script's scaling over --workers; the "
+                         "estimate for --estimate-files on --estimate-cores with a GPU at --gpu-rate")
+    ap.add_argument("--clock-detector", default="dlib", choices=["dlib", "retinaface"])
+    ap.add_argument("--detect-every", default="1,2,3", help="--clock: detect-every values to measure (1 first)")
+    ap.add_argument("--tta", default="flip", help="--clock: TTA views (flip, none)")
+    ap.add_argument("--workers", default="", help="--clock: worker counts to measure, e.g. 1,2 (default: 0 = in "
+                    "process, then 2..nproc)")
+    ap.add_argument("--repeat", type=int, default=1, help="--clock: runs per worker count, the fastest kept")
+    ap.add_argument("--estimate-files", type=int, default=1000)
+    ap.add_argument("--estimate-cores", type=int, default=8)
+    ap.add_argument("--gpu-rate", type=float, default=1000.0,
+                    help="crops/s the model is assumed to score on the GPU (an L4 with a ViT-B/16 in half precision: "
+                         "an assumption, not measured here)")
+    ap.add_argument("--efficiency", type=float, default=0.9,
+                    help="share of linear scaling assumed for worker processes in the estimate")
     ap.add_argument("--video-size", default="640x360", help="WxH of the made videos (--clock)")
     a = ap.parse_args()
 

@@ -16,10 +16,7 @@ DESIGN = Path(__file__).resolve().parents[1] / "docs" / "design.md"
 
 # Rows of the table for options another issue adds (not built in this version): a command listed in the row
 # without them is not an error yet. Remove an entry when its option lands.
-PENDING = {
-    "prepare": {"--detect-every"},
-    "predict": {"--detect-every"},
-}
+PENDING: dict[str, set[str]] = {}
 
 # what each command needs to parse at all (its required options), so an alias can be parsed alone
 REQUIRED = {

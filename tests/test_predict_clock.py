@@ -85,6 +85,51 @@ def test_script_csv_bytes_do_not_depend_on_workers(env, tmp_path):
     assert [r["filename"] for r in rows] == FILES and rows[1]["error"]
 
 
+def test_the_model_leaves_the_framing_its_cores(env, monkeypatch):
+    """While the model waits for files framed beside it (a thread, or N worker processes), it runs on the cores
+    left, max(1, cores - N); when the next file is ready it gets torch's count back, and that count is restored
+    after: torch's default, every core, made framing and model threads outnumber the cores (and its OpenMP
+    threads spin between operations)."""
+    from dftune import scoring
+    from dftune.stages import predict as P
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(workers, "default_workers", lambda: 4)
+    torch.set_num_threads(4)
+    try:
+        with workers.ModelThreads(3, patience=2) as t:
+            assert torch.get_num_threads() == 1  # framing beside: its cores
+            t.waited(0.0)
+            assert torch.get_num_threads() == 1  # one file ready is no full read-ahead yet
+            t.waited(0.0)
+            assert torch.get_num_threads() == 4  # two in a row: the model is the slow side, the framing idle
+            t.waited(0.5)
+            assert torch.get_num_threads() == 1  # it waited: the framing is the slow side again
+        assert torch.get_num_threads() == 4
+        with workers.ModelThreads(0) as t:  # nothing frames beside the model
+            t.waited(1.0)
+            assert torch.get_num_threads() == 4
+        monkeypatch.undo()
+        seen, real = [], scoring.ensemble_prob_fake
+
+        def watched(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        models = scoring.load_models([str(env["submit"])], device="cpu")
+        items = P.collect_inputs([env["inputs"]])
+        cores = workers.default_workers()
+        monkeypatch.setattr(scoring, "ensemble_prob_fake", watched)
+        for w in (0, 2):  # a 32 px model waits for every file: framing is the slow side
+            seen.clear()
+            torch.set_num_threads(cores)
+            P.score_files(models, items, P.PredictSettings(workers=w, progress=False, tta=()))
+            assert max(1, cores - max(1, w)) in seen, (w, seen)
+            assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_frame_files_in_order_with_errors(env):
     jobs = [(env["inputs"] / f, kind_of(f)) for f in FILES] * 2
     spec = workers.FrameSpec("dlib", 1.3, 48, 3, 0, 0.5)

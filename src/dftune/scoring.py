@@ -27,6 +27,7 @@ from dftune.model import formats
 from dftune.model import meta as modelmeta
 from dftune.model.load import register_families
 from dftune.portable import BACKENDS, INT8_NAME, ONNX_NAME, Preprocess, parse_tta, quantize_int8  # noqa: F401
+from dftune.portable.workers import PREFETCH_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def batched(items: Sequence, size: int):
         yield items[i:i + size]
 
 
-def prefetch(fn, items: Sequence, depth: int = 4) -> Iterator:
+def prefetch(fn, items: Sequence, depth: int = PREFETCH_DEPTH) -> Iterator:
     """``map(fn, items)`` computed ahead in a background thread (decode/detect overlaps the
     model's forward pass); an exception in ``fn`` is raised in the consumer (``portable.workers.ahead``)."""
     from dftune.portable.workers import ahead

@@ -63,6 +63,10 @@ def register(sub) -> None:
     g.add_argument("--frames", type=int, default=None, help="frames sampled evenly from each video")
     g.add_argument("--every", type=int, default=None, metavar="K",
                    help="sample every K-th frame instead (0: use --frames; not with --frames)")
+    g.add_argument("--detect-every", type=int, default=None, metavar="K",
+                   help="run the face detector on every K-th sampled frame of a video (and its last), a face's box "
+                        "in the frames between interpolated (default: the model's dftune.json, where prepare's "
+                        "--detect-every went; 1 = every frame)")
     g.add_argument("--aggregate", default=None,
                    help="how a video's frame probabilities are pooled: mean, median, max, topk[:K]")
     g.add_argument("--top-k", type=int, default=d0.top_k, help="K for --aggregate topk")
@@ -126,7 +130,8 @@ def run(args) -> int:
         tta=None if args.tta.strip().lower() == portable.TTA_AUTO else scoring.parse_tta(args.tta),
         batch_size=args.batch_size, aggregate=args.aggregate, top_k=args.top_k,
         threshold=args.threshold, detector=args.detector, margin=args.margin, size=args.size, frames=args.frames,
-        every=args.every, already_cropped=args.already_cropped, faces=args.faces, clipped=args.clipped,
+        every=args.every, detect_every=args.detect_every, already_cropped=args.already_cropped, faces=args.faces,
+        clipped=args.clipped,
         no_face=args.no_face,
         error_label=1 if args.error_label == "fake" else 0,
         progress=args.progress, workers=None if args.workers == "auto" else args.workers,
@@ -142,7 +147,8 @@ def run(args) -> int:
     t.add_row("models", sm.models)
     t.add_row("device / backend", f"{sm.device} / {args.backend}")
     t.add_row("face crop", f"{crop.detector}, margin {crop.margin}, {crop.size}px; videos: "
-              f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}")
+              f"{'every ' + str(crop.every) if crop.every else str(crop.frames) + ' frames'}, {crop.aggregate}"
+              + (f", detected on every {crop.detect_every}th" if crop.detect_every > 1 else ""))
     t.add_row("several people (--faces)", {"all": "all: each person pooled apart, the highest",
                                            "follow": "follow: one person, the most often seen",
                                            "largest": "largest: each frame's largest face"}.get(args.faces, args.faces))

@@ -118,6 +118,10 @@ def register(sub) -> None:
                         "first, again at 640 when it finds no face or only faces under 32 px there (a tenth of the "
                         "width); a number = one pass at that width (640 = retinaface as before this option, which "
                         "is what a retinaface folder prepared before it needs to resume)")
+    p.add_argument("--detect-every", type=int, default=d["detect_every"], metavar="K",
+                   help="run the detector on every K-th sampled frame of a video (and its last), the followed "
+                        "face's box in the frames between interpolated; recorded in the crop settings, so predict "
+                        "does the same (1 = every frame)")
     p.add_argument("--landmarks", action="store_true",
                    help="record facial landmarks in the manifest (retinaface: 5 points; dlib: 68 points, "
                         "needs face-recognition-models) for self-blended training images")
@@ -222,7 +226,7 @@ def run(args) -> int:
         ratios=tuple(args.ratios), compression=args.compression, methods=tuple(args.methods), actors=args.actors,
         frames=d.frames if args.frames is None else args.frames, every=args.every or 0, size=args.size,
         margin=args.margin, detector=d.detector if args.detector == "none" else args.detector,
-        detect_width=args.detect_width,
+        detect_width=args.detect_width, detect_every=args.detect_every,
         landmarks=args.landmarks, quality=args.quality, decode_threads=args.decode_threads,
         **({} if args.workers == "auto" else {"workers": args.workers}),
         no_detect=args.detector == "none", class_map=args.class_map, frames_root=args.frames_root,

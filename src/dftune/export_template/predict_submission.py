@@ -117,7 +117,8 @@ class Predictor:
     def __init__(self, model_dirs=(HERE,), backend="torch", device="auto", tta="auto", detector=None,
                  margin=None, size=None, frames=None, every=None, aggregate=None, top_k=3, threshold=None,
                  weights=None, batch_size=16, already_cropped=portable.ALREADY_CROPPED, fake_label=None,
-                 faces=portable.FACES, clipped=portable.CLIPPED, workers=None, no_face=portable.NO_FACE):
+                 faces=portable.FACES, clipped=portable.CLIPPED, workers=None, no_face=portable.NO_FACE,
+                 detect_every=None):
         import torch
 
         if isinstance(model_dirs, (str, os.PathLike)):
@@ -139,7 +140,7 @@ class Predictor:
         self.weights = np.asarray(list(weights) if weights else [1.0] * len(self.models), dtype=np.float64)
         self.crop = c = portable.crop_settings(self.models[0]["meta"].get("crop"), {
             "detector": detector, "margin": margin, "size": size, "frames": frames, "every": every,
-            "aggregate": aggregate})
+            "aggregate": aggregate, "detect_every": detect_every})
         self.how, self.k = portable.parse_aggregate(c["aggregate"], top_k)
         self.threshold, source = portable.decide_threshold(
             threshold, ensemble, [(float(m["meta"].get("threshold", 0.5)), m["meta"].get("threshold_source"))
@@ -187,7 +188,7 @@ class Predictor:
         c = self.crop
         ff = portable.frame_file(path, portable.kind_of(path), self.detect, float(c["margin"]), int(c["size"]),
                                  int(c["frames"]), int(c["every"] or 0), self.already_cropped, clipped=self.clipped,
-                                 faces=self.faces)
+                                 faces=self.faces, detect_every=int(c["detect_every"] or 1))
         prob = portable.pool_faces(self.prob_fake_crops(ff.crops), ff.groups, self.how, self.k)
         prob, label = portable.no_face_decision(prob, int(prob >= self.threshold), ff.framing, self.no_face)
         return {"prob_fake": prob, "label": label, "faces_found": ff.faces_found,
@@ -200,16 +201,21 @@ class Predictor:
         return portable.workers.FrameSpec(c["detector"], float(c["margin"]), int(c["size"]), int(c["frames"]),
                                           int(c["every"] or 0), self.already_cropped,
                                           detector_kwargs=tuple(sorted(kwargs.items())), faces=self.faces,
-                                          clipped=self.clipped)
+                                          clipped=self.clipped, detect_every=int(c["detect_every"] or 1))
 
     def predict_paths(self, paths, error_label=0, names=None, workers=None):
         """One row per path, in order; files are framed ahead of the model by ``workers`` processes
         (default: the Predictor's); an unreadable file gets its error and ``error_label``."""
         w = portable.workers
         spec = self.frame_spec()
-        framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths],
-                               self.workers if workers is None else workers, ahead=False,
+        n = self.workers if workers is None else workers
+        framed = w.frame_files(spec, [(p, portable.kind_of_file(p)) for p in paths], n, ahead=False,
                                framer=w.Framer(spec, self.detect))  # in this process: the detector built already
+        # the model runs on the cores the worker processes leave while it waits for them
+        with w.ModelThreads(*w.framing_beside(n, len(paths), ahead=False)) as threads:
+            return self._rows(paths, threads.paced(framed), error_label, names)
+
+    def _rows(self, paths, framed, error_label, names):
         rows = []
         for i, (p, (crops, info)) in enumerate(zip(paths, framed, strict=True)):
             r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of_file(p),
@@ -244,6 +250,9 @@ def main(argv=None):
     ap.add_argument("--size", type=int)
     ap.add_argument("--frames", type=int)
     ap.add_argument("--every", type=int)
+    ap.add_argument("--detect-every", type=int, metavar="K",
+                    help="run the face detector on every K-th sampled frame (and the last), boxes interpolated between "
+                         "(default: dftune.json's, 1 = every frame)")
     ap.add_argument("--aggregate", help="mean, median, max, topk[:K]")
     ap.add_argument("--top-k", type=int, default=3)
     ap.add_argument("--already-cropped", type=float, default=portable.ALREADY_CROPPED,
@@ -274,7 +283,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     pr = Predictor(a.model or [HERE], a.backend, a.device, a.tta, a.detector, a.margin, a.size, a.frames, a.every,
                    a.aggregate, a.top_k, a.threshold, a.weight, a.batch_size, a.already_cropped, a.fake_label,
-                   faces=a.faces, clipped=a.clipped, workers=a.workers, no_face=a.no_face)
+                   faces=a.faces, clipped=a.clipped, workers=a.workers, no_face=a.no_face,
+                   detect_every=a.detect_every)
     found = portable.collect(a.inputs, a.filename_style)
     rows = pr.predict_paths([f.path for f in found.files], 1 if a.error_label == "fake" else 0,
                             [f.name for f in found.files])

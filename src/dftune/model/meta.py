@@ -34,6 +34,7 @@ class CropSettings:
     frames: int = DEFAULT_CROP["frames"]
     every: int = DEFAULT_CROP["every"]  # >0: every k-th frame instead of ``frames`` evenly spaced
     aggregate: str = DEFAULT_CROP["aggregate"]
+    detect_every: int = DEFAULT_CROP["detect_every"]  # the detector on every K-th sampled frame (boxes interpolated)
     # how the detector looked at a frame (prepare's --detect-width, resolved): every box depends on it
     detect_width: int = DETECT_DEFAULTS["detect_width"]
     first_width: int = DETECT_DEFAULTS["first_width"]  # RetinaFace's first pass (0: none)

@@ -9,12 +9,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .faces import FRAMED_NO_FACE, MARGIN, SIZE
+from .faces import DETECT_EVERY, FRAMED_NO_FACE, MARGIN, SIZE
 from .scoring import parse_tta
 from .video import FRAMES
 
 # the guide's settings: what a model folder without dftune.json is assumed to want
-DEFAULT_CROP = {"detector": "dlib", "margin": MARGIN, "size": SIZE, "frames": FRAMES, "every": 0, "aggregate": "mean"}
+# (``detect_every``: the detector on every K-th sampled frame, boxes interpolated between; 1: every frame)
+DEFAULT_CROP = {"detector": "dlib", "margin": MARGIN, "size": SIZE, "frames": FRAMES, "every": 0, "aggregate": "mean",
+                "detect_every": DETECT_EVERY}
 CROP_KEYS = tuple(DEFAULT_CROP)
 
 # How the detector looks at a frame, which shapes every box (``prepare --detect-width``): the width it
@@ -87,6 +89,8 @@ def crop_settings(model_crop: Mapping | None, overrides: Mapping | None = None) 
     command line's overrides that are set (not None)."""
     c = dict(DEFAULT_CROP, **{k: v for k, v in (model_crop or {}).items()})
     c.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if not isinstance(c["detect_every"], int) or c["detect_every"] < 1:
+        raise ValueError(f"detect_every (--detect-every) must be a whole number 1 or more, got {c['detect_every']!r}")
     return c
 
 

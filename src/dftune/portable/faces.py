@@ -475,6 +475,78 @@ FACE_RULES = ("follow", "all", "largest")
 FACES = "all"
 
 
+# Detection on fewer frames (``--detect-every K``, dftune.json's crop ``detect_every``): the detector runs on
+# every K-th sampled frame (and the last), and a person's box in the frames between is interpolated between
+# its boxes in the detected frames on either side (both needed: a person not found on one side is not
+# carried past it). 1: every sampled frame, as before. Measured in docs/benchmarks.md ("Detection on
+# fewer frames").
+DETECT_EVERY = 1
+
+
+def detected_positions(n: int, every: int = DETECT_EVERY) -> list[int]:
+    """The sampled frames (positions 0..n-1) detection runs on: every ``every``-th from the first, and the last."""
+    if not isinstance(every, int) or every < 1:
+        raise ValueError(f"detect_every (--detect-every) must be a whole number 1 or more, got {every!r}")
+    pos = list(range(0, n, every))
+    if n and pos[-1] != n - 1:
+        pos.append(n - 1)
+    return pos
+
+
+def between(a: Face, b: Face, w: float) -> Face:
+    """The box (and landmarks, score) ``w`` of the way from ``a`` to ``b`` (0: ``a``, 1: ``b``), in whole pixels."""
+    def mix(u, v):
+        return u + (v - u) * w
+
+    marks = ([(mix(p[0], q[0]), mix(p[1], q[1])) for p, q in zip(a.landmarks, b.landmarks, strict=True)]
+             if a.landmarks and len(a.landmarks) == len(b.landmarks) else [])
+    return Face(int(round(mix(a.x1, b.x1))), int(round(mix(a.y1, b.y1))), int(round(mix(a.x2, b.x2))),
+                int(round(mix(a.y2, b.y2))), float(mix(a.score, b.score)), marks)
+
+
+def fill_between(person: Sequence[Face | None], looked: Sequence[int], joins=None) -> list[Face | None]:
+    """``person``'s face per sampled frame, the frames detection skipped (not in ``looked``) filled with the
+    box interpolated between the person's faces in the detected frames on either side (None unless both are
+    there, and ``joins(a, b)`` says yes when given). Frames in ``looked`` are kept as they are."""
+    out = list(person)
+    for p, q in zip(looked, looked[1:], strict=False):
+        a, b = person[p], person[q]
+        if a is None or b is None or q == p + 1 or (joins is not None and not joins(a, b)):
+            continue
+        for t in range(p + 1, q):
+            out[t] = between(a, b, (t - p) / (q - p))
+    return out
+
+
+def video_people(rgbs: Sequence, detector, faces: str = FACES, detect_every: int = DETECT_EVERY,
+                 still: bool = False) -> list[list[Face | None]]:
+    """The faces of a file's sampled frames that reach the model, as people (each a face or None per frame),
+    by the rule ``faces`` (:data:`FACE_RULES`): ``all`` every person (:func:`persons`), ``follow`` the first
+    (:func:`follow`), ``largest`` each frame's largest face. With ``detect_every`` K > 1 the detector runs on
+    :func:`detected_positions` only; people are linked over those frames (a skipped frame is no gap), their
+    boxes in the skipped ones interpolated (:func:`fill_between`), and :data:`PERSON_SHARE` applied again to
+    the filled people (a box seen once stays a stray box when fewer frames were looked at). One implementation
+    for prepare and predict (and so the script)."""
+    if faces not in FACE_RULES:
+        raise ValueError(f"unknown face rule {faces!r}; use {', '.join(FACE_RULES)}")
+    n = len(rgbs)
+    looked = detected_positions(n, detect_every)
+    found: list = [None] * n
+    for t in looked:
+        found[t] = detect_faces(rgbs[t], detector, still)
+    if faces == "largest":
+        big = [largest(f) if f is not None else None for f in found]
+        # carried only between two boxes one track could join (its bounds), never from one person to another
+        people = [fill_between(big, looked, lambda a, b: track_continues(a, 1, b) > 0)]
+    else:
+        people = [follow(found)] if faces == "follow" else persons(found)
+        people = [fill_between(p, looked) for p in people]
+        if len(people) > 1:  # the share of frames a person needs counts the frames it fills (1: no change)
+            seen = [sum(f is not None for f in p) for p in people]
+            people = [p for p, k in zip(people, seen, strict=True) if k >= PERSON_SHARE * max(seen)]
+    return people
+
+
 @dataclass
 class FileFrames:
     """What one file gives the model: its framed crops and how it was read."""
@@ -488,12 +560,13 @@ class FileFrames:
 
 def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SIZE, frames: int = FRAMES,
                every: int = 0, already_cropped: float = ALREADY_CROPPED, threads: int = 0, clipped: str = CLIPPED,
-               faces: str = FACES) -> FileFrames:
+               faces: str = FACES, detect_every: int = DETECT_EVERY) -> FileFrames:
     """An image or a video to the crops the model scores; raises :class:`VideoError` naming the file.
 
     ``kind`` ``unknown``: decided by the content (:func:`sniff_kind`). A video keeps its frames
     with a face (as ``prepare`` does); with none at all, its whole frames. ``faces``: which faces
-    of a video (:data:`FACE_RULES`).
+    of a video (:data:`FACE_RULES`); ``detect_every``: detect on every K-th sampled frame
+    (:func:`video_people`).
     """
     if faces not in FACE_RULES:
         raise ValueError(f"unknown face rule {faces!r}; use {', '.join(FACE_RULES)}")
@@ -520,13 +593,8 @@ def frame_file(path, kind: str, detector, margin: float = MARGIN, size: int = SI
     if detector is None:
         out.crops, out.framing = rgbs, FRAMED_AS_IS
         return out
-    found = [detect_faces(rgb, detector) for rgb in rgbs]
-    if faces == "largest":
-        people = [[largest(f) for f in found]]
-    elif faces == "follow":
-        people = [follow(found)]
-    else:  # every person seen in at least PERSON_SHARE as many frames as the most-seen one (not a stray box)
-        people = persons(found)
+    # faces="all": every person seen in at least PERSON_SHARE as many frames as the most-seen one (not a stray box)
+    people = video_people(rgbs, detector, faces, detect_every)
     for person in people:
         group = []
         for rgb, face in zip(rgbs, person, strict=True):

@@ -25,11 +25,13 @@ from a submission folder as ``dftune_portable.workers``.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+PREFETCH_DEPTH = 4  # files framed ahead by predict's in-process thread (dftune.scoring.prefetch)
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                "VECLIB_MAXIMUM_THREADS")
 
@@ -48,6 +50,7 @@ class FrameSpec:
     detector_kwargs: tuple = ()  # (name, value) pairs for get_detector: the widths the training data used
     faces: str = "all"  # which faces of a video (faces.FACE_RULES); faces.FACES (not imported: stdlib only here)
     clipped: str = "whole"  # a still image whose guide square would leave it (faces.CLIPPED_RULES)
+    detect_every: int = 1  # the detector on every K-th sampled frame, boxes interpolated (faces.DETECT_EVERY)
 
 
 def default_workers() -> int:
@@ -74,7 +77,8 @@ def frame_one(detector, spec: FrameSpec, path, kind: str) -> tuple[list, dict]:
 
     try:
         ff = frame_file(path, kind, detector, spec.margin, spec.size, spec.frames, spec.every,
-                        spec.already_cropped, spec.threads, clipped=spec.clipped, faces=spec.faces)
+                        spec.already_cropped, spec.threads, clipped=spec.clipped, faces=spec.faces,
+                        detect_every=spec.detect_every)
         info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
         if ff.groups:  # --faces all: each person pooled apart
             info["groups"] = ff.groups
@@ -280,6 +284,66 @@ def frame_files(spec: FrameSpec, jobs: Sequence, workers: int | None = 0, *, ahe
     with FramePool(spec, min(n, len(jobs))) as pool:
         yield from pool.imap(jobs)
 
+
+class ModelThreads:
+    """The model's torch threads (in this process, when the caller imported torch) beside files framed ahead of it
+    by ``framing`` processes or a thread, decided file by file: while the model has to wait for the files it
+    scores, the framing is the slower side, and the model runs on the cores the framing leaves, ``max(1, cores -
+    framing)``; once ``patience`` files in a row were ready when asked for (the framing's read-ahead full, its
+    workers idle: a model dearer than the framing) it gets torch's own count back, until it waits again.
+    Torch's default of every core beside busy framing made more busy threads than cores, and its OpenMP threads
+    spin while they wait between operations: a tiny ViT's crop cost 0.16-0.24 CPU-s on 2 threads against 0.06
+    on 1 (docs/benchmarks.md, "Every core, measured"). Use as a context manager (restores torch's count);
+    :meth:`paced` wraps the ``(crops, info)`` iterator."""
+
+    WAITED = 0.005  # seconds: a file that took longer to arrive was not ready
+
+    def __init__(self, framing: int, patience: int = 4):
+        self.torch = sys.modules.get("torch") if framing >= 1 else None
+        self.patience, self.ready = max(1, patience), 0
+        if self.torch is not None:
+            self.full = self.torch.get_num_threads()
+            self.lean = max(1, min(self.full, default_workers() - framing))
+            self.torch.set_num_threads(self.lean)
+
+    def waited(self, seconds: float) -> None:
+        if self.torch is not None:
+            self.ready = 0 if seconds > self.WAITED else self.ready + 1
+            want = self.full if self.ready >= self.patience else self.lean
+            if self.torch.get_num_threads() != want:
+                self.torch.set_num_threads(want)
+
+    def paced(self, framed: Iterable) -> Iterator:
+        """``framed``'s items, the model's threads set by how long each took to arrive."""
+        import time
+
+        it = iter(framed)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+            self.waited(time.perf_counter() - t)
+            yield item
+
+    def __enter__(self) -> ModelThreads:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.torch is not None:
+            self.torch.set_num_threads(self.full)
+
+
+def framing_beside(workers: int | None, jobs: int, ahead: bool = True) -> tuple[int, int]:
+    """``(cores, read-ahead)`` :func:`frame_files` keeps busy beside the caller's model: its worker processes and
+    their window of files, 1 for the framing thread (``ahead``; ``prefetch_depth`` files), 0 when it frames in the
+    caller's own thread."""
+    n = resolve_workers(workers)
+    if n <= 1 or jobs < 2:
+        return (1, PREFETCH_DEPTH) if ahead and jobs > 1 else (0, 1)
+    n = min(n, jobs)
+    return n, 2 * n + 2
 
 
 # ---------------------------------------------------------------- the CSV a contest wants

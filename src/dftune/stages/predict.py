@@ -53,7 +53,8 @@ class Cropper:
         c = self.crop
         try:
             ff = portable.frame_file(item.path, item.kind, self._det, c.margin, c.size, c.frames, c.every,
-                                     self.already_cropped, clipped=self.clipped, faces=self.faces)
+                                     self.already_cropped, clipped=self.clipped, faces=self.faces,
+                                     detect_every=c.detect_every)
             info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
             if ff.groups:  # --faces all: each person pooled apart (score_files pops it)
                 info["groups"] = ff.groups
@@ -76,6 +77,7 @@ class PredictSettings:
     size: int | None = None
     frames: int | None = None
     every: int | None = None
+    detect_every: int | None = None  # the detector on every K-th sampled frame (None: the model's dftune.json)
     already_cropped: float = portable.ALREADY_CROPPED
     faces: str = portable.FACES  # follow (one person), all (each person pooled, the max), largest (per frame)
     clipped: str = portable.CLIPPED  # a still image whose guide square leaves it: pad, whole
@@ -137,10 +139,20 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
             raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
         kwargs = portable.detector_kwargs({**asdict(crop), "detector": detector})
         spec = workers.FrameSpec(detector, crop.margin, crop.size, crop.frames, crop.every, s.already_cropped,
-                                 detector_kwargs=tuple(sorted(kwargs.items())), faces=s.faces, clipped=s.clipped)
+                                 detector_kwargs=tuple(sorted(kwargs.items())), faces=s.faces, clipped=s.clipped,
+                                 detect_every=crop.detect_every)
         cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
-    else:  # in this process, one file ahead in a thread
-        cropper, loaded = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped), None
+    else:  # in this process, files ahead in a thread
+        cropper = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped)
+        loaded = scoring.prefetch(cropper, items)
+    # the model runs on the cores the framing (a thread, or the worker processes) leaves while it waits for it
+    with workers.ModelThreads(*workers.framing_beside(n_workers, len(items))) as threads:
+        return _scored(members, items, cropper, threads.paced(loaded), s, how, k, threshold)
+
+
+def _scored(members, items, cropper, loaded, s: PredictSettings, how, k, threshold) -> list[FileResult]:
+    from dftune import scoring
+
     results = []
     for item, info, e, per in scoring.score_items(members, items, cropper, s.tta, s.batch_size, s.progress,
                                                   "predict", "file", loaded=loaded):

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # settings that change the crops or where they go; a re-run must match them
 _CROP_KEYS = ("source", "compression", "split", "splits", "seed", "ratios", "frames", "every", "size", "margin",
-              "detector", "detect_width", "landmarks", "quality", "no_detect")
+              "detector", "detect_width", "landmarks", "quality", "no_detect", "detect_every")
 
 # settings.json keys written only when set (earlier folders have none): which rows are where
 _SPLIT_KEYS = ("holdout_generators", "hf")
@@ -64,6 +64,7 @@ class PrepareConfig:
     size: int = 224
     margin: float = 1.3
     detector: str = "dlib"
+    detect_every: int = 1  # the detector on every K-th sampled frame, boxes interpolated (portable.video_people)
     detect_width: int | str = "auto"  # auto: dlib at 640 (the guide's); retinaface 320, again at 640 for small faces
     landmarks: bool = False
     quality: int = 95
@@ -88,6 +89,8 @@ class PrepareConfig:
             d["holdout_generators"] = list(self.holdout_generators)
         if self.source == "hf":
             d["hf"] = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.hf).items()}  # as JSON reads
+        if self.no_detect or self.detect_every == 1:
+            del d["detect_every"]  # every frame detected, as in earlier versions: their settings.json stay valid
         if not self.no_detect:
             del d["no_detect"]  # settings.json of a detecting run stays as it was
         if self.no_detect or self.detector_kwargs() == {"detect_width": 640}:
@@ -216,11 +219,10 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
         FaceCrop,
         VideoError,
         crop_square,
-        detect_faces,
-        follow,
         frame_face,
         load_image,
         sample_frames,
+        video_people,
         whole_image_box,
     )
     from dftune.sources.deepfakebench import landmarks_of
@@ -247,7 +249,7 @@ def process_item(item: Item, cfg: PrepareConfig, detector, predictor=None) -> di
             # every frame's faces first, then one person followed across the file (portable.follow, as
             # predict does); a still image: its largest face
             frames = list(frames)
-            chosen = follow([detect_faces(rgb, detector, still) for _, rgb in frames])
+            chosen = video_people([rgb for _, rgb in frames], detector, "follow", cfg.detect_every, still)[0]
         for n, (fi, rgb) in enumerate(frames):
             sampled += 1
             h, w = rgb.shape[:2]
@@ -432,6 +434,8 @@ def run(cfg: PrepareConfig) -> dict:
             raise SourceError(f"--shard {k}/{n}: K must be between 1 and N")
     if not cfg.no_detect:
         cfg.detector_kwargs()  # a bad --detect-width stops here, not in every worker
+        if not isinstance(cfg.detect_every, int) or cfg.detect_every < 1:
+            raise SourceError(f"--detect-every must be a whole number 1 or more, got {cfg.detect_every!r}")
     warnings: list[dict] = []
     info: dict = {}
     items, excluded = index_items(cfg, warnings, info)
