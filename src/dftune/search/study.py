@@ -2,8 +2,14 @@
 
 Trials are counted across processes and machines through the storage: a finished trial is COMPLETE,
 PRUNED, or FAIL with a recorded reason (``COUNTED``); a RUNNING trial whose process is gone is failed
-(``fail_stale``) so another process runs a replacement; ``claim`` asks for a trial only while a slot is
-free, and steps back when another process took the last one first.
+(``fail_stale``) so another process runs a replacement, unless its run folder shows the run finished (it is
+then told COMPLETE: ``recover``); ``claim`` asks for a trial only while a slot is free, and steps back when
+another process took the last one first.
+
+The journal's lock is Optuna's symlink lock (``STUDY_DIR/study.journal.lock``, so plain Optuna processes and
+dftune's exclude each other) pointing at the journal by its absolute path, and taken over when it stays the
+same link for ``LOCK_GRACE`` seconds (a journal write holds it for milliseconds: such a link was left by a
+process killed while writing): ``JournalLock``, and ``clear_stale_lock`` at a study's start.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,14 +62,116 @@ def make_pruner(name, epochs: int):
     raise ValueError(f"unknown pruner {name!r}; choose median, hyperband or none")
 
 
+LOCK_GRACE = 10.0  # seconds a journal lock may stay the same link before it is taken over as left by a killed process
+
+
+def _link_id(path: str) -> tuple | None:
+    """The lock link as it is now (its own device, inode and time made, by lstat: a dangling link too; not its ctime,
+    which moving it aside changes), or None when gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _take_over(lock: str, seen: tuple) -> bool:
+    """Remove the lock link ``seen`` (moved aside first, so a new holder's link is never removed); True if done."""
+    aside = f"{lock}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    if _link_id(aside) == seen:
+        os.unlink(aside)
+        return True
+    try:  # a new holder's link, taken meanwhile: given back
+        os.link(aside, lock, follow_symlinks=False)
+    except OSError as e:
+        log.warning("%s: could not give back a lock taken meanwhile (%s)", lock, e)
+    os.unlink(aside)
+    return False
+
+
+def _lock_class():
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    class JournalLock(JournalFileSymlinkLock):
+        """Optuna's symlink lock on a journal, its link pointing at the journal by its absolute path, that never
+        spins on the processor, and takes over a link that stayed the same (by lstat, so a dangling link too:
+        Optuna's own grace period stats the link's target and waits forever on one that does not resolve) for
+        ``grace`` seconds. Waiting is never a reason to remove a lock (Optuna's acquire releases another
+        process's lock on Ctrl-C)."""
+
+        def __init__(self, journal: str | os.PathLike, grace: float | None = None):
+            super().__init__(os.path.abspath(journal), grace_period=None)
+            self.grace = grace
+
+        def acquire(self) -> bool:
+            grace = LOCK_GRACE if self.grace is None else self.grace
+            seen, since, said, pause = None, time.monotonic(), time.monotonic(), 0.001
+            while True:
+                try:
+                    os.symlink(self._lock_target_file, self._lock_file)
+                    return True
+                except FileExistsError:
+                    pass
+                now, link = time.monotonic(), _link_id(self._lock_file)
+                if link != seen:
+                    seen, since = link, now
+                elif link is not None and now - since >= grace:
+                    if _take_over(self._lock_file, link):
+                        log.warning("%s: took over the journal lock, unchanged for %g s (left by a process killed "
+                                    "while writing the journal)", self._lock_file, grace)
+                    seen, pause = None, 0.001
+                    continue
+                if now - said >= 10:
+                    log.warning("%s: waiting for the journal lock (held for %.0f s)", self._lock_file, now - since)
+                    said = now
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+
+    return JournalLock
+
+
+def journal_lock(journal: str | os.PathLike, grace: float | None = None):
+    """The lock every dftune writer of ``journal`` takes (:class:`JournalLock`)."""
+    return _lock_class()(journal, grace)
+
+
+def clear_stale_lock(journal: str | os.PathLike, say: Callable[[str], None] = print,
+                     grace: float | None = None) -> None:
+    """Take over ``JOURNAL.lock`` when it stays the same link for ``grace`` seconds (``LOCK_GRACE``): left by a
+    process killed while writing the journal. Run at a study's start, before any slow work; a lock that is given
+    back meanwhile is a live writer's and is left alone."""
+    grace = LOCK_GRACE if grace is None else grace
+    lock = os.path.abspath(journal) + ".lock"
+    first = _link_id(lock)
+    if first is None:
+        return
+    try:
+        target = os.readlink(lock)
+    except OSError:
+        target = "?"
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        time.sleep(min(0.05, grace))
+        if _link_id(lock) != first:
+            return
+    if _take_over(lock, first):
+        dangling = "" if os.path.exists(os.path.join(os.path.dirname(lock), target)) else \
+            f"; it pointed at {target}, which does not exist from there"
+        say(f"{lock}: took over the journal lock left by a process killed while writing the journal (unchanged "
+            f"for {grace:g} s{dangling})")
+
+
 def open_storage(study_dir: Path, url: str | None):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    if url is None:
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
-    if "://" not in url:  # a path: a journal file there
-        return optuna.storages.JournalStorage(JournalFileBackend(str(Path(url))))
+    if url is None or "://" not in url:  # a journal file: STUDY_DIR/study.journal, or the path given
+        path = os.path.abspath(study_dir / "study.journal" if url is None else url)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=journal_lock(path)))
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as e:
@@ -93,17 +202,38 @@ def _alive(t, stale_after: float) -> bool:
     return time.time() - max(float(a.get("heartbeat", 0) or 0), start) < stale_after
 
 
-def fail_stale(study, stale_after: float) -> None:
-    """Mark RUNNING trials whose process is gone (killed, crashed machine) as FAIL, not counted."""
+def fail_stale(study, stale_after: float, recover: Callable | None = None) -> list[tuple[int, float]]:
+    """Mark RUNNING trials whose process is gone (killed, crashed machine) as FAIL, not counted; one whose run had
+    finished (``recover(trial)`` gives its value and attributes: its folder shows the whole run) is told COMPLETE
+    instead. Returns the recovered trials' (number, value)."""
     from optuna.trial import TrialState
 
+    recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _alive(t, stale_after):
+            found = None
+            if recover is not None:
+                try:
+                    found = recover(t)
+                except Exception as e:  # an unreadable folder: the trial is failed as before
+                    log.debug("trial %s not recovered: %s", t.number, e)
+            if found is not None:
+                value, attrs = found
+                try:
+                    for k, v in attrs.items():
+                        study._storage.set_trial_user_attr(t._trial_id, k, v)
+                    study.tell(t.number, value, skip_if_finished=True)
+                    recovered.append((t.number, value))
+                    continue
+                except Exception as e:  # another process did it first
+                    log.debug("stale trial %s: %s", t.number, e)
+                    continue
             try:
                 study._storage.set_trial_user_attr(t._trial_id, "interrupted", "its process is gone")
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except Exception as e:  # another process did it first
                 log.debug("stale trial %s: %s", t.number, e)
+    return recovered
 
 
 class Heartbeat:
@@ -185,12 +315,10 @@ def repair_journal(path: Path, say: Callable[[str], None] = print) -> None:
     naming the file and the line. The check holds Optuna's own journal lock, so a record another process is
     writing right now is never taken for a torn one.
     """
-    from optuna.storages.journal import JournalFileSymlinkLock
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return
-    lock = JournalFileSymlinkLock(str(path))
+    lock = journal_lock(path)
     lock.acquire()
     try:
         raw = path.read_bytes()
