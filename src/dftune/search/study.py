@@ -186,10 +186,28 @@ def counts_as_finished(t) -> bool:
     return t.state == TrialState.FAIL and COUNTED in t.user_attrs
 
 
+def pid_space() -> str:
+    """Where this process's pid means this process: the host name, the boot (``boot_id``: a rebooted machine reuses
+    pids) and the pid namespace (two containers given one host name, ``docker --hostname`` or ``--network host``,
+    each count pids of their own). Its parts that cannot be read are left out."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        pass
+    try:
+        parts.append(f"pidns{os.stat('/proc/self/ns/pid').st_ino}")
+    except OSError:
+        pass
+    return ":".join(parts)
+
+
 def _alive(t, stale_after: float) -> bool:
-    """A RUNNING trial whose process still works on it (same host: the pid lives; else a recent heartbeat)."""
+    """A RUNNING trial whose process still works on it (the same pid space: the pid lives; else a recent heartbeat).
+    A trial without ``pid_space`` (made by an older dftune) is judged by its pid on a host of the same name."""
     a = t.user_attrs
-    if a.get("host") == socket.gethostname() and a.get("pid"):
+    here = a.get("pid_space") == pid_space() if a.get("pid_space") else a.get("host") == socket.gethostname()
+    if here and a.get("pid"):
         try:
             os.kill(int(a["pid"]), 0)
         except ProcessLookupError:
@@ -245,11 +263,20 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
+        failed = 0
         while not self.stop.wait(self.every):
             try:
                 self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:
-                return
+                failed = 0
+            except Exception as e:  # noqa: BLE001 - a dropped connection, a busy database: tried again next time
+                from optuna.exceptions import UpdateFinishedTrialError
+
+                if isinstance(e, UpdateFinishedTrialError):  # finished (or failed by another process): no more beats
+                    return
+                failed += 1
+                if failed == 1:  # a live trial without heartbeats is failed as dead on other machines
+                    log.warning("trial heartbeat could not be written (%s: %s); retrying every %g s",
+                                type(e).__name__, e, self.every)
 
     def __enter__(self):
         self.thread.start()
@@ -268,13 +295,23 @@ def tally(study) -> tuple[int, int]:
 
 
 def claim(study, wanted: int):
-    """A new trial marked with this host, pid and a heartbeat; None when another process took the last of the
+    """A new trial marked with this host, pid, pid space and a heartbeat; None when another process took the last of the
     ``wanted`` slots first (the trial is then told FAIL and marked ``surplus``: not counted, not reported)."""
-    from optuna.trial import TrialState
+    import optuna
+    from optuna.trial import TrialState, create_trial
 
-    trial = study.ask()
-    for k, v in (("host", socket.gethostname()), ("pid", os.getpid()), ("heartbeat", time.time())):
-        trial.set_user_attr(k, v)
+    # created with its marks in one write (Study.ask's steps, with a template trial): a process killed right
+    # after asking leaves a trial whose pid can be checked, not one that looks alive for ``stale_after``
+    marks = {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": pid_space(), "heartbeat": time.time()}
+    study._thread_local.cached_all_trials = None
+    trial_id = study._pop_waiting_trial_id()  # a trial queued with enqueue_trial: run first, as ask() does
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(
+            study._study_id, template_trial=create_trial(state=TrialState.RUNNING, user_attrs=marks))
+    trial = optuna.Trial(study, trial_id)
+    if trial.user_attrs.get("pid") != marks["pid"]:
+        for k, v in marks.items():
+            trial.set_user_attr(k, v)
     # numbers are handed out by the storage in order: if another process took the last slots between the
     # count and the ask, the later numbers step back
     live = sorted(t.number for t in study.get_trials(deepcopy=False)
