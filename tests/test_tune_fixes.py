@@ -159,8 +159,9 @@ def test_torn_journal_is_repaired_and_a_bad_middle_line_named(crops, vit, tmp_pa
     lines = []
     sm = tune.run(crops, vit, out, _settings(trials=2), say=lines.append)
     assert any(str(journal) in m and "cut off" in m and ".torn-" in m for m in lines), lines
-    # the cut record was trial 0's COMPLETE: the study no longer knows it finished, so another takes its place
-    assert sm.ran_here == 2 and [r["state"] for r in _rows(out)] == ["INTERRUPTED", "COMPLETE", "COMPLETE"]
+    # the cut record was trial 0's COMPLETE: its folder shows the run finished, so it is recovered, not run again
+    assert sm.ran_here == 1 and [r["state"] for r in _rows(out)] == ["COMPLETE", "COMPLETE"]
+    assert any("trial   0 COMPLETE" in m and "recovered from" in m for m in lines), lines
     torn = list(out.glob("study.journal.torn-*"))
     assert len(torn) == 1 and torn[0].read_bytes() == whole[:-7]
     # what an earlier dftune left: the next record glued onto the cut line -> that line dropped

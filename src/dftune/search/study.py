@@ -2,8 +2,14 @@
 
 Trials are counted across processes and machines through the storage: a finished trial is COMPLETE,
 PRUNED, or FAIL with a recorded reason (``COUNTED``); a RUNNING trial whose process is gone is failed
-(``fail_stale``) so another process runs a replacement; ``claim`` asks for a trial only while a slot is
-free, and steps back when another process took the last one first.
+(``fail_stale``) so another process runs a replacement, unless its run folder shows the run finished (it is
+then told COMPLETE: ``recover``); ``claim`` asks for a trial only while a slot is free, and steps back when
+another process took the last one first.
+
+The journal's lock is Optuna's symlink lock (``STUDY_DIR/study.journal.lock``, so plain Optuna processes and
+dftune's exclude each other) pointing at the journal by its absolute path, and taken over when it stays the
+same link for ``LOCK_GRACE`` seconds (a journal write holds it for milliseconds: such a link was left by a
+process killed while writing): ``JournalLock``, and ``clear_stale_lock`` at a study's start.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,14 +62,116 @@ def make_pruner(name, epochs: int):
     raise ValueError(f"unknown pruner {name!r}; choose median, hyperband or none")
 
 
+LOCK_GRACE = 10.0  # seconds a journal lock may stay the same link before it is taken over as left by a killed process
+
+
+def _link_id(path: str) -> tuple | None:
+    """The lock link as it is now (its own device, inode and time made, by lstat: a dangling link too; not its ctime,
+    which moving it aside changes), or None when gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _take_over(lock: str, seen: tuple) -> bool:
+    """Remove the lock link ``seen`` (moved aside first, so a new holder's link is never removed); True if done."""
+    aside = f"{lock}.stale-{uuid.uuid4().hex}"
+    try:
+        os.rename(lock, aside)
+    except FileNotFoundError:
+        return False
+    if _link_id(aside) == seen:
+        os.unlink(aside)
+        return True
+    try:  # a new holder's link, taken meanwhile: given back
+        os.link(aside, lock, follow_symlinks=False)
+    except OSError as e:
+        log.warning("%s: could not give back a lock taken meanwhile (%s)", lock, e)
+    os.unlink(aside)
+    return False
+
+
+def _lock_class():
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    class JournalLock(JournalFileSymlinkLock):
+        """Optuna's symlink lock on a journal, its link pointing at the journal by its absolute path, that never
+        spins on the processor, and takes over a link that stayed the same (by lstat, so a dangling link too:
+        Optuna's own grace period stats the link's target and waits forever on one that does not resolve) for
+        ``grace`` seconds. Waiting is never a reason to remove a lock (Optuna's acquire releases another
+        process's lock on Ctrl-C)."""
+
+        def __init__(self, journal: str | os.PathLike, grace: float | None = None):
+            super().__init__(os.path.abspath(journal), grace_period=None)
+            self.grace = grace
+
+        def acquire(self) -> bool:
+            grace = LOCK_GRACE if self.grace is None else self.grace
+            seen, since, said, pause = None, time.monotonic(), time.monotonic(), 0.001
+            while True:
+                try:
+                    os.symlink(self._lock_target_file, self._lock_file)
+                    return True
+                except FileExistsError:
+                    pass
+                now, link = time.monotonic(), _link_id(self._lock_file)
+                if link != seen:
+                    seen, since = link, now
+                elif link is not None and now - since >= grace:
+                    if _take_over(self._lock_file, link):
+                        log.warning("%s: took over the journal lock, unchanged for %g s (left by a process killed "
+                                    "while writing the journal)", self._lock_file, grace)
+                    seen, pause = None, 0.001
+                    continue
+                if now - said >= 10:
+                    log.warning("%s: waiting for the journal lock (held for %.0f s)", self._lock_file, now - since)
+                    said = now
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+
+    return JournalLock
+
+
+def journal_lock(journal: str | os.PathLike, grace: float | None = None):
+    """The lock every dftune writer of ``journal`` takes (:class:`JournalLock`)."""
+    return _lock_class()(journal, grace)
+
+
+def clear_stale_lock(journal: str | os.PathLike, say: Callable[[str], None] = print,
+                     grace: float | None = None) -> None:
+    """Take over ``JOURNAL.lock`` when it stays the same link for ``grace`` seconds (``LOCK_GRACE``): left by a
+    process killed while writing the journal. Run at a study's start, before any slow work; a lock that is given
+    back meanwhile is a live writer's and is left alone."""
+    grace = LOCK_GRACE if grace is None else grace
+    lock = os.path.abspath(journal) + ".lock"
+    first = _link_id(lock)
+    if first is None:
+        return
+    try:
+        target = os.readlink(lock)
+    except OSError:
+        target = "?"
+    end = time.monotonic() + grace
+    while time.monotonic() < end:
+        time.sleep(min(0.05, grace))
+        if _link_id(lock) != first:
+            return
+    if _take_over(lock, first):
+        dangling = "" if os.path.exists(os.path.join(os.path.dirname(lock), target)) else \
+            f"; it pointed at {target}, which does not exist from there"
+        say(f"{lock}: took over the journal lock left by a process killed while writing the journal (unchanged "
+            f"for {grace:g} s{dangling})")
+
+
 def open_storage(study_dir: Path, url: str | None):
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
-    if url is None:
-        return optuna.storages.JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
-    if "://" not in url:  # a path: a journal file there
-        return optuna.storages.JournalStorage(JournalFileBackend(str(Path(url))))
+    if url is None or "://" not in url:  # a journal file: STUDY_DIR/study.journal, or the path given
+        path = os.path.abspath(study_dir / "study.journal" if url is None else url)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=journal_lock(path)))
     try:
         return optuna.storages.RDBStorage(url)
     except ImportError as e:
@@ -77,10 +186,28 @@ def counts_as_finished(t) -> bool:
     return t.state == TrialState.FAIL and COUNTED in t.user_attrs
 
 
+def pid_space() -> str:
+    """Where this process's pid means this process: the host name, the boot (``boot_id``: a rebooted machine reuses
+    pids) and the pid namespace (two containers given one host name, ``docker --hostname`` or ``--network host``,
+    each count pids of their own). Its parts that cannot be read are left out."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        pass
+    try:
+        parts.append(f"pidns{os.stat('/proc/self/ns/pid').st_ino}")
+    except OSError:
+        pass
+    return ":".join(parts)
+
+
 def _alive(t, stale_after: float) -> bool:
-    """A RUNNING trial whose process still works on it (same host: the pid lives; else a recent heartbeat)."""
+    """A RUNNING trial whose process still works on it (the same pid space: the pid lives; else a recent heartbeat).
+    A trial without ``pid_space`` (made by an older dftune) is judged by its pid on a host of the same name."""
     a = t.user_attrs
-    if a.get("host") == socket.gethostname() and a.get("pid"):
+    here = a.get("pid_space") == pid_space() if a.get("pid_space") else a.get("host") == socket.gethostname()
+    if here and a.get("pid"):
         try:
             os.kill(int(a["pid"]), 0)
         except ProcessLookupError:
@@ -93,17 +220,38 @@ def _alive(t, stale_after: float) -> bool:
     return time.time() - max(float(a.get("heartbeat", 0) or 0), start) < stale_after
 
 
-def fail_stale(study, stale_after: float) -> None:
-    """Mark RUNNING trials whose process is gone (killed, crashed machine) as FAIL, not counted."""
+def fail_stale(study, stale_after: float, recover: Callable | None = None) -> list[tuple[int, float]]:
+    """Mark RUNNING trials whose process is gone (killed, crashed machine) as FAIL, not counted; one whose run had
+    finished (``recover(trial)`` gives its value and attributes: its folder shows the whole run) is told COMPLETE
+    instead. Returns the recovered trials' (number, value)."""
     from optuna.trial import TrialState
 
+    recovered = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _alive(t, stale_after):
+            found = None
+            if recover is not None:
+                try:
+                    found = recover(t)
+                except Exception as e:  # an unreadable folder: the trial is failed as before
+                    log.debug("trial %s not recovered: %s", t.number, e)
+            if found is not None:
+                value, attrs = found
+                try:
+                    for k, v in attrs.items():
+                        study._storage.set_trial_user_attr(t._trial_id, k, v)
+                    study.tell(t.number, value, skip_if_finished=True)
+                    recovered.append((t.number, value))
+                    continue
+                except Exception as e:  # another process did it first
+                    log.debug("stale trial %s: %s", t.number, e)
+                    continue
             try:
                 study._storage.set_trial_user_attr(t._trial_id, "interrupted", "its process is gone")
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             except Exception as e:  # another process did it first
                 log.debug("stale trial %s: %s", t.number, e)
+    return recovered
 
 
 class Heartbeat:
@@ -115,11 +263,20 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
+        failed = 0
         while not self.stop.wait(self.every):
             try:
                 self.storage.set_trial_user_attr(self.trial_id, "heartbeat", time.time())
-            except Exception:
-                return
+                failed = 0
+            except Exception as e:  # noqa: BLE001 - a dropped connection, a busy database: tried again next time
+                from optuna.exceptions import UpdateFinishedTrialError
+
+                if isinstance(e, UpdateFinishedTrialError):  # finished (or failed by another process): no more beats
+                    return
+                failed += 1
+                if failed == 1:  # a live trial without heartbeats is failed as dead on other machines
+                    log.warning("trial heartbeat could not be written (%s: %s); retrying every %g s",
+                                type(e).__name__, e, self.every)
 
     def __enter__(self):
         self.thread.start()
@@ -138,13 +295,23 @@ def tally(study) -> tuple[int, int]:
 
 
 def claim(study, wanted: int):
-    """A new trial marked with this host, pid and a heartbeat; None when another process took the last of the
+    """A new trial marked with this host, pid, pid space and a heartbeat; None when another process took the last of the
     ``wanted`` slots first (the trial is then told FAIL and marked ``surplus``: not counted, not reported)."""
-    from optuna.trial import TrialState
+    import optuna
+    from optuna.trial import TrialState, create_trial
 
-    trial = study.ask()
-    for k, v in (("host", socket.gethostname()), ("pid", os.getpid()), ("heartbeat", time.time())):
-        trial.set_user_attr(k, v)
+    # created with its marks in one write (Study.ask's steps, with a template trial): a process killed right
+    # after asking leaves a trial whose pid can be checked, not one that looks alive for ``stale_after``
+    marks = {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": pid_space(), "heartbeat": time.time()}
+    study._thread_local.cached_all_trials = None
+    trial_id = study._pop_waiting_trial_id()  # a trial queued with enqueue_trial: run first, as ask() does
+    if trial_id is None:
+        trial_id = study._storage.create_new_trial(
+            study._study_id, template_trial=create_trial(state=TrialState.RUNNING, user_attrs=marks))
+    trial = optuna.Trial(study, trial_id)
+    if trial.user_attrs.get("pid") != marks["pid"]:
+        for k, v in marks.items():
+            trial.set_user_attr(k, v)
     # numbers are handed out by the storage in order: if another process took the last slots between the
     # count and the ask, the later numbers step back
     live = sorted(t.number for t in study.get_trials(deepcopy=False)
@@ -185,12 +352,10 @@ def repair_journal(path: Path, say: Callable[[str], None] = print) -> None:
     naming the file and the line. The check holds Optuna's own journal lock, so a record another process is
     writing right now is never taken for a torn one.
     """
-    from optuna.storages.journal import JournalFileSymlinkLock
-
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return
-    lock = JournalFileSymlinkLock(str(path))
+    lock = journal_lock(path)
     lock.acquire()
     try:
         raw = path.read_bytes()

@@ -48,6 +48,7 @@ from dftune.search.study import (
     COUNTED,
     Heartbeat,
     claim,
+    clear_stale_lock,
     fail_stale,
     journal_study_names,
     make_pruner,
@@ -98,6 +99,9 @@ def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.Path
         raise ValueError(f"--fraction must be in (0, 1]; got {s.fraction}")
     _check_data(data_dir)  # before any trial: a bad --data or --model fails every trial alike
     _check_model(model_source)
+    journal = _journal(study_dir, s)
+    if journal is not None:  # a lock left by a process killed while writing the journal: taken over now
+        clear_stale_lock(journal, say)
     _check_checks(s.checks, data_dir, study_dir)  # a check set from the tuning data would reward memory: refused now
     study_dir.mkdir(parents=True, exist_ok=True)
     _save_settings(study_dir, data_dir, model_source, s)  # what `tune --resume STUDY_DIR` continues with
@@ -125,7 +129,9 @@ def run(data_dir: str | os.PathLike, model_source: str, study_dir: str | os.Path
         if s.timeout is not None and time.time() - t_start >= s.timeout:
             say(f"--timeout {s.timeout:g} s reached; no new trial started")
             break
-        fail_stale(study, stale_after)
+        for number, value in fail_stale(study, stale_after, _recover(study_dir, metric, uid)):
+            say(f"trial {number:>3} COMPLETE {metric.name} {value:.4f} | recovered from "
+                f"{trial_dir(study_dir, number)}: its process was killed after its run finished")
         done, running = tally(study)
         if done + running >= s.trials:
             if ran == 0:
@@ -213,7 +219,7 @@ def _open_study(study_dir: Path, s: TuneSettings, metric: Metric, base: TrainCon
     --epochs or --set is refused."""
     import optuna
 
-    journal = study_dir / "study.journal" if s.storage is None else None if "://" in s.storage else Path(s.storage)
+    journal = _journal(study_dir, s)
     if journal is not None:
         repair_journal(journal, say)
     name = _study_name(study_dir, s, journal, say)
@@ -250,6 +256,11 @@ def _open_study(study_dir: Path, s: TuneSettings, metric: Metric, base: TrainCon
         write_json(marker, {"study_name": name, "uid": uid,
                             "storage": "study.journal" if s.storage is None else _redact(s.storage)})
     return study, sampler, uid
+
+
+def _journal(study_dir: Path, s: TuneSettings) -> Path | None:
+    """The study's journal file (None with a database --storage)."""
+    return study_dir / "study.journal" if s.storage is None else None if "://" in s.storage else Path(s.storage)
 
 
 STUDY_FILE = "study.json"  # the study this folder holds: its name is kept here, not taken from the folder's
@@ -487,6 +498,50 @@ def _run_trial(study, trial, data, model_source, study_dir, base, searched, metr
 
 
 TRIAL_FILE = "trial.json"  # which study's trial a trials/trial_NNNN folder is
+
+
+def _recover(study_dir: Path, metric: Metric, uid: str | None) -> Callable:
+    """``recover(trial)`` for ``fail_stale``: a dead trial whose folder here (this study's: ``trial.json``'s uid
+    and number) shows its run finished (every planned epoch in history.json, or early stopping's patience spent,
+    and ``best/`` written) gives its objective as ``_run_trial`` reads it, and its attributes; else None."""
+
+    def recover(t) -> tuple[float, dict] | None:
+        run_dir = trial_dir(study_dir, t.number)
+        if uid is None or not (run_dir / TRIAL_FILE).is_file() or not (run_dir / "history.json").is_file():
+            return None
+        mark = read_json(run_dir / TRIAL_FILE)
+        if mark.get("uid") != uid or mark.get("number") != t.number or "config" not in t.user_attrs:
+            return None
+        cfg = build(None, t.user_attrs["config"])
+        hist = read_json(run_dir / "history.json")
+        if not hist or not (run_dir / "best").is_dir() or not _finished(hist, cfg):
+            return None
+        best = [h for h in hist if h.get("best")]
+        value = metric.of(best[-1]) if best else None
+        if value is None:
+            return None
+        attrs = {"epochs_run": hist[-1]["epoch"], "best_epoch": best[-1]["epoch"],
+                 "curve": [metric.of(h) for h in hist],
+                 "recovered": "its process was killed after its run finished: told COMPLETE from its folder"}
+        if metric.on == "check":
+            attrs["val_value"] = metric.val_of(best[-1])
+        return value, attrs
+
+    return recover
+
+
+def _finished(hist: list[dict], cfg: TrainConfig) -> bool:
+    """Whether a run's history shows it ended: its last planned epoch, or early stopping (``patience``
+    validations in a row without a new best, as ``train`` counts them)."""
+    if hist[-1]["epoch"] >= cfg.epochs:
+        return True
+    validated = [h for h in hist if h.get("val") is not None]
+    trailing = 0
+    for h in reversed(validated):
+        if h.get("best"):
+            break
+        trailing += 1
+    return cfg.patience > 0 and trailing >= cfg.patience
 
 
 def _clear_trial_dir(run_dir: Path, uid: str | None, say: Callable[[str], None]) -> None:
