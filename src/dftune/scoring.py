@@ -252,32 +252,19 @@ def score_items(models: Sequence[LoadedModel], items: Sequence, load: Callable |
     """
     from dftune.progress import bar as make_bar
 
-    m = len(models)
-    pending: list = []  # (item, info, n_crops)
-    buf: list = []  # crops not scored yet
-    scored = np.zeros((m + 1, 0))  # scores of crops of pending items, in order
-
-    def drain(final: bool):
-        nonlocal buf, scored, pending
-        while len(buf) >= batch_size or (final and buf):
-            chunk, buf = buf[:batch_size], buf[batch_size:]
-            ens, per = ensemble_prob_fake(models, chunk, tta)
-            scored = np.hstack([scored, np.vstack([ens[None], per])])
-        used, j = 0, 0
-        while j < len(pending) and used + pending[j][2] <= scored.shape[1]:
-            item, info, n = pending[j]
-            yield item, info, scored[0, used:used + n], scored[1:, used:used + n]
-            used, j = used + n, j + 1
-        pending, scored = pending[j:], scored[:, used:]
+    def score(chunk):
+        ens, per = ensemble_prob_fake(models, chunk, tta)
+        return np.vstack([ens[None], per])
 
     bar = make_bar(len(items), desc, unit, progress)
-    try:
+
+    def fed():  # (item, crops, info), the bar counting the items framed
         for item, (crops, info) in zip(items, prefetch(load, items) if loaded is None else loaded, strict=True):
-            pending.append((item, info, len(crops)))
-            buf.extend(crops)
-            yield from drain(False)
+            yield item, crops, info
             bar.update(1)
-        yield from drain(True)
+
+    try:
+        for item, info, sc in portable.score_across(fed(), score, batch_size, rows=len(models) + 1):
+            yield item, info, sc[0], sc[1:]
     finally:
         bar.close()
-    assert not pending, "internal error: crops left unscored"

@@ -216,20 +216,27 @@ class Predictor:
             return self._rows(paths, threads.paced(framed), error_label, names)
 
     def _rows(self, paths, framed, error_label, names):
+        """The rows of ``paths`` from their framed crops, batched across files as dftune predict batches them
+        (portable.score_across), so both write the same probabilities to the last bit."""
         rows = []
-        for i, (p, (crops, info)) in enumerate(zip(paths, framed, strict=True)):
+        fed = ((i, crops, info) for i, (crops, info) in enumerate(framed))  # lazily: framed is paced
+        scored = portable.score_across(fed, lambda chunk: self.prob_fake_crops(chunk)[None], self.batch_size)
+        for i, info, sc in scored:
+            p = paths[i]
             r = portable.FileResult(names[i] if names else Path(p).name, str(p), portable.kind_of_file(p),
                                     label=error_label)
             try:
                 if info["error"]:
                     raise RuntimeError(info["error"])
-                prob = portable.pool_faces(self.prob_fake_crops(crops), info.get("groups"), self.how, self.k)
+                prob = portable.pool_faces(sc[0], info.get("groups"), self.how, self.k)
                 r.prob_fake, r.label = portable.no_face_decision(prob, int(prob >= self.threshold), info["framing"],
                                                                  self.no_face)
                 r.faces_found, r.frames, r.framing = info["faces_found"], info["frames"], info["framing"]
             except Exception as e:  # one bad file never stops the run
                 r.error = portable.workers.error_text(p, e)
             rows.append(r)
+        if len(rows) != len(paths):
+            raise RuntimeError(f"internal error: {len(paths)} files framed, {len(rows)} scored")
         return rows
 
 

@@ -152,6 +152,7 @@ from .scoring import (
     parse_tta,
     prob_fake,
     quantize_int8,
+    score_across,
     tta_views,
 )
 from .video import (
@@ -181,6 +182,7 @@ __all__ = [
     "NO_FACE_RULES",
     "ensemble_members",
     "weighted_mean",
+    "score_across",
     "MARGIN",
     "SIZE",
     "FRAMES",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -208,3 +208,36 @@ def fake_index_of(id2label: Mapping, meta: Mapping | None = None, fake_label=Non
             f"{names} say output {by_name} ({names.get(by_name)!r}) is; the {META_NAME} is stale. Delete its "
             f"fake_index/real_index (or the file), or pass --fake-label to say which output is fake")
     return by_name
+
+
+def score_across(loaded: Iterable, score: Callable, batch_size: int, rows: int = 1) -> Iterator:
+    """Crops batched across items, as ``dftune predict`` and the exported script both score them.
+
+    ``loaded`` yields ``(item, crops, info)`` in item order; ``score(chunk) -> (K, n)`` scores a batch of at
+    most ``batch_size`` crops (K = ``rows``: the ensemble's and each model's, say). Yields ``(item, info,
+    scores (K, n_item))`` in item order, each item as soon as all its crops are scored. One file's ten frames
+    and the next file's one image share a batch, so the batches (and so the scores, to the last bit) do not
+    depend on which program framed the files or how many processes did."""
+    pending: list = []  # (item, info, n_crops) not yet yielded
+    buf: list = []  # crops not scored yet
+    scored = np.zeros((rows, 0))  # scores of the pending items' crops, in order
+
+    def drain(final: bool):
+        nonlocal buf, scored, pending
+        while len(buf) >= batch_size or (final and buf):
+            chunk, buf = buf[:batch_size], buf[batch_size:]
+            scored = np.hstack([scored, np.asarray(score(chunk)).reshape(rows, -1)])
+        used, j = 0, 0
+        while j < len(pending) and used + pending[j][2] <= scored.shape[1]:
+            item, info, n = pending[j]
+            yield item, info, scored[:, used:used + n]
+            used, j = used + n, j + 1
+        pending, scored = pending[j:], scored[:, used:]
+
+    for item, crops, info in loaded:
+        pending.append((item, info, len(crops)))
+        buf.extend(crops)
+        yield from drain(False)
+    yield from drain(True)
+    if pending:
+        raise RuntimeError("internal error: crops left unscored")
