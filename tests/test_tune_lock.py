@@ -75,8 +75,8 @@ def test_a_dangling_journal_lock_is_taken_over(made, tmp_path):
     os.symlink("s/study.journal", s / "study.journal.lock")
     r = _tune_here(tmp_path, crops, vit, trials=2)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert f"{s / 'study.journal.lock'}: took over the journal lock" in r.stdout
-    assert "which does not exist from there" in r.stdout
+    assert f"{s / 'study.journal.lock'}: took over the journal lock" in r.stderr
+    assert "which does not exist from there" in r.stderr
     assert not os.path.lexists(s / "study.journal.lock")
     assert [t.state.name for t in _study(s).trials] == ["COMPLETE", "COMPLETE"]  # the new trial was written
 
@@ -98,7 +98,7 @@ def test_the_lock_of_a_process_killed_while_holding_it_is_taken_over(made, tmp_p
     assert os.path.lexists(s / "study.journal.lock")
     r = _tune_here(tmp_path, crops, vit, trials=1)  # nothing to run: the journal is still read under its lock
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "took over the journal lock" in r.stdout and "nothing to run" in r.stdout
+    assert "took over the journal lock" in r.stderr and "nothing to run" in r.stderr  # progress and warnings: stderr
     assert not os.path.lexists(s / "study.journal.lock")
 
 
