@@ -135,6 +135,19 @@ def test_resume_out_needs_no_root_or_settings(prepared, tmp_path, capsys):
     assert "no settings.json" in capsys.readouterr().err
 
 
+def test_resume_out_with_default_workers_and_held_out_generators(ffpp_tree, tmp_path):
+    """`prepare --resume OUT` with nothing else: --workers left at auto (it was passed on as the word 'auto'
+    and failed), and a folder prepared with --holdout-generators resumes with them (they were not restored,
+    so the settings check refused the folder it had made)."""
+    out = tmp_path / "held"
+    assert _prepare(ffpp_tree, out, "--holdout-generators", "NeuralTextures") == 0
+    full = _rows(out)
+    next(iter(sorted((out / ".parts").rglob("*.json")))).unlink()
+    assert main(["prepare", "--resume", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["this_run"]["todo"] == 1
+    assert _rows(out) == full
+
+
 def test_killed_run_resumes_to_the_same_manifest(prepared, ffpp_tree, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "dftune", "prepare", str(ffpp_tree), "--out", str(out), "--split-files",

@@ -207,11 +207,12 @@ def run(args) -> int:
 
     if args.merge_into:
         return _mix(args)
+    workers = {} if args.workers == "auto" else {"workers": args.workers}  # auto: PrepareConfig's default
     if args.resume:
         if args.root or (args.out and os.path.abspath(args.out) != os.path.abspath(args.resume)):
             raise ValueError(f"--resume {args.resume} takes the root and --out from its settings.json: give "
                              f"--resume alone, or ROOT and --out")
-        return _run(prepare.PrepareConfig(**prepare.resumed(args.resume), workers=args.workers,
+        return _run(prepare.PrepareConfig(**prepare.resumed(args.resume), **workers,
                                           decode_threads=args.decode_threads, shard=args.shard,
                                           merge_only=args.merge, progress=args.progress), args)
     if len(args.root) != 1:
@@ -228,8 +229,7 @@ def run(args) -> int:
         margin=args.margin, detector=d.detector if args.detector == "none" else args.detector,
         detect_width=args.detect_width, detect_every=args.detect_every,
         landmarks=args.landmarks, quality=args.quality, decode_threads=args.decode_threads,
-        **({} if args.workers == "auto" else {"workers": args.workers}),
-        no_detect=args.detector == "none", class_map=args.class_map, frames_root=args.frames_root,
+        **workers, no_detect=args.detector == "none", class_map=args.class_map, frames_root=args.frames_root,
         shard=args.shard, merge_only=args.merge, progress=args.progress,
         holdout_generators=tuple(args.holdout_generators),
         hf=HfOptions(hf_config=args.hf_config, revision=args.revision, image_column=args.image_column,

@@ -414,6 +414,10 @@ def resumed(out: str | os.PathLike) -> dict:
     if "detect_width" not in d and not saved.get("no_detect"):
         d["detect_width"] = "auto" if saved.get("detector", "dlib") == "dlib" else 640  # what it left out meant
     d["ratios"] = tuple(d["ratios"]) if "ratios" in d else PrepareConfig.ratios
+    if saved.get("holdout_generators"):  # the split settings the re-run is checked against, as recorded
+        d["holdout_generators"] = tuple(saved["holdout_generators"])
+    if saved.get("hf"):
+        d["hf"] = HfOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved["hf"].items()})
     if "methods" in cmd:
         cmd["methods"] = tuple(cmd["methods"])
     return {**d, **{k: v for k, v in cmd.items() if v is not None}, "out": out}
