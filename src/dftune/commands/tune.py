@@ -144,9 +144,10 @@ def _resumed(args, given: dict) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no settings.yaml to resume from (a study started before tune wrote it: "
                                 f"run the command it was started with again)")
-    saved, _ = runs.read_settings(path)
-    data, model = runs.sources(path)
-    args.out, args.data, args.model = args.resume, args.data or data[0], args.model or model
+    saved, meta = runs.read_settings(path)
+    _, model = runs.sources(path)
+    # tune takes one prepared folder: the one recorded, as it is (a mix too: not expanded into its folders)
+    args.out, args.data, args.model = args.resume, args.data or str(meta["data"]), args.model or model
     d = TuneSettings()
     out = dict(given)
     for k, v in given.items():
