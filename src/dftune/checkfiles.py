@@ -152,9 +152,7 @@ def _frame(labels: Path, files, truth: dict, crop: CropSettings, folder: Path, r
     from dftune.progress import bar
 
     f = framing_of(crop)
-    spec = W.FrameSpec(f["detector"], crop.margin, crop.size, crop.frames, crop.every, f["already_cropped"],
-                       detector_kwargs=tuple(sorted(portable.detector_kwargs(f).items())), faces=f["faces"],
-                       clipped=f["clipped"], detect_every=crop.detect_every)
+    spec = portable.frame_spec(f, f["already_cropped"], f["faces"], f["clipped"])
     jobs = [(str(p), portable.kind_of_file(p)) for _, p in files]
     n = max(1, W.default_workers() - 1) if workers is None else W.resolve_workers(workers)
     out = Framed(folder, [], [], len(files))

@@ -196,12 +196,7 @@ class Predictor:
 
     def frame_spec(self):
         """What the worker processes need to frame a file as :meth:`predict_file` does."""
-        c = self.crop
-        kwargs = portable.detector_kwargs(c)
-        return portable.workers.FrameSpec(c["detector"], float(c["margin"]), int(c["size"]), int(c["frames"]),
-                                          int(c["every"] or 0), self.already_cropped,
-                                          detector_kwargs=tuple(sorted(kwargs.items())), faces=self.faces,
-                                          clipped=self.clipped, detect_every=int(c["detect_every"] or 1))
+        return portable.frame_spec(self.crop, self.already_cropped, self.faces, self.clipped)
 
     def predict_paths(self, paths, error_label=0, names=None, workers=None):
         """One row per path, in order; files are framed ahead of the model by ``workers`` processes

@@ -57,6 +57,18 @@ def detector_kwargs(crop: Mapping | None) -> dict:
     return {}
 
 
+def frame_spec(crop: Mapping, already_cropped: float, faces: str, clipped: str):
+    """The :class:`~.workers.FrameSpec` that frames files with a crop's settings (detector, margin, size,
+    frames or every, detect_every and the detector's widths): the one way predict, the check sets and the
+    script turn crop settings into framing."""
+    from .workers import FrameSpec
+
+    c = dict(DEFAULT_CROP, **crop)
+    return FrameSpec(c["detector"], float(c["margin"]), int(c["size"]), int(c["frames"]), int(c["every"] or 0),
+                     already_cropped, detector_kwargs=tuple(sorted(detector_kwargs(c).items())), faces=faces,
+                     clipped=clipped, detect_every=int(c["detect_every"] or 1))
+
+
 UNTUNED_ENSEMBLE = {"by": "weighted mean of the members' thresholds (not tuned for the ensemble; "
                           "`dftune evaluate --ensemble --write-threshold` tunes one)"}
 

@@ -21,6 +21,7 @@ from dftune import portable
 from dftune.atomic import write_json, write_text
 from dftune.model.meta import CropSettings
 from dftune.portable import CsvFormat, FileResult, InputFile, Inputs, collect, collect_inputs, kind_of, to_csv  # noqa: F401
+from dftune.portable.workers import frame_one
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,17 @@ class Cropper:
             raise ValueError(f"unknown face detector {self.detector_name!r}; choose one of {', '.join(DETECTORS)}")
         self.already_cropped, self.faces, self.clipped = already_cropped, faces, clipped
         # the widths prepare detected at (dftune.json), so that the boxes are the training data's
-        self._det = portable.get_detector(self.detector_name,
-                                          **portable.detector_kwargs({**asdict(crop), "detector": self.detector_name}))
+        self.spec = portable.frame_spec({**asdict(crop), "detector": self.detector_name}, already_cropped, faces,
+                                        clipped)
+        self._det = portable.get_detector(self.detector_name, **dict(self.spec.detector_kwargs))
 
     def __call__(self, item: InputFile) -> tuple[list, dict]:
-        """``(crops, info)``; ``info['error']`` names the file and the problem (no crops then)."""
-        c = self.crop
-        try:
-            ff = portable.frame_file(item.path, item.kind, self._det, c.margin, c.size, c.frames, c.every,
-                                     self.already_cropped, clipped=self.clipped, faces=self.faces,
-                                     detect_every=c.detect_every)
-            info = {"faces_found": ff.faces_found, "frames": ff.frames, "framing": ff.framing, "error": ""}
-            if ff.groups:  # --faces all: each person pooled apart (score_files pops it)
-                info["groups"] = ff.groups
-            return ff.crops, info
-        except Exception as e:  # one bad file never stops the batch
-            err = str(e) if str(item.path) in str(e) else f"{item.path}: {type(e).__name__}: {e}"
-            log.info("%s", err)
-            return [], {"faces_found": 0, "frames": 0, "framing": "", "error": err}
+        """``(crops, info)``; ``info['error']`` names the file and the problem (no crops then): the worker
+        processes' :func:`dftune.portable.workers.frame_one`, in this process."""
+        crops, info = frame_one(self._det, self.spec, item.path, item.kind)
+        if info["error"]:  # one bad file never stops the batch
+            log.info("%s", info["error"])
+        return crops, info
 
 
 @dataclass
@@ -108,7 +102,7 @@ def decision(ens, s: PredictSettings) -> tuple[float, str, tuple]:
     tta, warning = portable.decide_tta(s.tta, source)
     if warning:
         log.warning("%s", warning)
-    text = portable.describe_threshold(t, source) if s.threshold is not None else ens.threshold_text()
+    text = portable.describe_threshold(t, source)
     return t, text, tta
 
 
@@ -137,10 +131,7 @@ def score_files(models, items: Sequence[InputFile], s: PredictSettings, threshol
         detector = crop.detector or "dlib"
         if detector not in DETECTORS:
             raise ValueError(f"unknown face detector {detector!r}; choose one of {', '.join(DETECTORS)}")
-        kwargs = portable.detector_kwargs({**asdict(crop), "detector": detector})
-        spec = workers.FrameSpec(detector, crop.margin, crop.size, crop.frames, crop.every, s.already_cropped,
-                                 detector_kwargs=tuple(sorted(kwargs.items())), faces=s.faces, clipped=s.clipped,
-                                 detect_every=crop.detect_every)
+        spec = portable.frame_spec({**asdict(crop), "detector": detector}, s.already_cropped, s.faces, s.clipped)
         cropper, loaded = None, workers.frame_files(spec, [(i.path, i.kind) for i in items], n_workers)
     else:  # in this process, files ahead in a thread
         cropper = Cropper(crop, crop.detector, s.already_cropped, s.faces, s.clipped)
