@@ -421,8 +421,11 @@ def face_tracks(faces_per_frame: Sequence[Sequence[Face]]) -> list[dict]:
         if faces is None:
             continue
         looked[t] = len(looked)
-        pairs = sorted(((track_continues(tr[max(tr)], looked[t] - looked[max(tr)], f), i, j)
-                        for i, tr in enumerate(tracks) for j, f in enumerate(faces)), reverse=True)
+        last = [next(reversed(tr)) for tr in tracks]  # frames are added in order: a track's last key is its latest
+        pairs = sorted(((track_continues(tr[e], looked[t] - looked[e], f), i, j)
+                        for i, (tr, e) in enumerate(zip(tracks, last, strict=True))
+                        if looked[t] - looked[e] <= TRACK_GAP  # a track missed for longer continues no one
+                        for j, f in enumerate(faces)), reverse=True)
         used_t: set = set()
         used_f: set = set()
         for score, i, j in pairs:
