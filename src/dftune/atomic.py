@@ -97,8 +97,13 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; a file that is not JSON raises the same ``JSONDecodeError``, its message naming
+    the file (a torn settings.json or dftune.json says which one)."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise json.JSONDecodeError(f"{path}: not valid JSON: {e.msg}", e.doc, e.pos) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -37,9 +37,11 @@ def greedy_soup(paths: Sequence[str], out: str | os.PathLike, data: str | os.Pat
                 level: str = "frame", split: str = "val", tta: Sequence[str] = (), force: bool = False) -> dict:
     """The greedy soup: sort by val ``metric``, add each model if the soup's val metric does not drop."""
     from dftune import metrics, prepared, scoring
+    from dftune.model import formats
     from dftune.pooling import video_aggregate
     from dftune.portable import load_image, prob_fake
 
+    paths = [formats.resolve(p) for p in paths]  # GenD / timm checkpoints: their converted folders, as merge()
     refuse_overwriting_an_input(paths, out)
     rows = prepared.read_manifest(data, [split])
     if not rows:
